@@ -1,0 +1,80 @@
+"""The backend interface every model implements, and the registry that names them.
+
+A backend turns a normalised image (``[H, W, 3]`` float32 in [0, 1]) into an embedding once, then turns
+prompts into masks many times from that embedding (the segment-anything ``SamPredictor`` pattern).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from oncoseg.errors import OncoSegError
+from oncoseg.prompts import Prompt
+
+
+@dataclass
+class ImageEmbedding:
+    """A backend's encoding of one 2D image, plus what is needed to map masks back to it."""
+
+    features: Any
+    original_size: tuple[int, int]  # (H, W) of the image that was encoded
+    input_size: tuple[int, int]  # (h, w) after resizing, before padding
+    backend: str
+
+
+@dataclass
+class MaskPrediction:
+    """One mask per prompt: ``masks`` is ``(N, H, W)`` bool, ``scores`` the model's quality estimate per mask,
+    ``logits`` the low-resolution logits (usable as a mask prompt on a neighbouring slice)."""
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray | None = None
+
+
+class Backend(ABC):
+    """A promptable segmentation model."""
+
+    name: str = ""
+    supports_text: bool = False
+
+    @abstractmethod
+    def encode(self, image: np.ndarray) -> ImageEmbedding:
+        """Encode a ``[H, W, 3]`` float32 image with values in [0, 1]."""
+
+    @abstractmethod
+    def decode(
+        self, embedding: ImageEmbedding, prompts: Sequence[Prompt], mask_input: np.ndarray | None = None
+    ) -> MaskPrediction:
+        """One mask per prompt (box and/or points, in pixel coordinates of the encoded image)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+
+_REGISTRY: dict[str, Callable[..., Backend]] = {}
+
+
+def register_backend(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    """Decorator: make a backend factory available under ``name``."""
+
+    def decorate(factory: Callable[..., Backend]) -> Callable[..., Backend]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def available_backends() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def load_backend(name: str = "litemedsam", **kwargs: Any) -> Backend:
+    """Build the backend called ``name`` (e.g. ``"litemedsam"``); kwargs go to its constructor."""
+    if name not in _REGISTRY:
+        raise OncoSegError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+    return _REGISTRY[name](**kwargs)

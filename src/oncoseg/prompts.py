@@ -1,0 +1,177 @@
+"""Prompts (boxes, points) in pixel coordinates, their validation, and their generation from masks.
+
+Coordinates are pixel indices of the image as Onco-Seg stores it: ``x`` is the column, ``y`` the row, ``z`` the
+slice of a volume (array axis 0). A box's ``x1``/``y1`` are inclusive, as in a mask's bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import ndimage
+
+from oncoseg.errors import PromptError
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    z: int | None = None
+
+    def as_array(self) -> np.ndarray:
+        return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float32)
+
+    def enlarged(self, fraction: float, minimum: float, shape: tuple[int, int]) -> "Box":
+        """Grow by ``fraction`` of each side (at least ``minimum`` px), clipped to ``shape`` = (H, W)."""
+        dx = max(minimum, fraction * (self.x1 - self.x0 + 1))
+        dy = max(minimum, fraction * (self.y1 - self.y0 + 1))
+        h, w = shape
+        return replace(
+            self,
+            x0=max(0.0, self.x0 - dx),
+            y0=max(0.0, self.y0 - dy),
+            x1=min(w - 1.0, self.x1 + dx),
+            y1=min(h - 1.0, self.y1 + dy),
+        )
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    positive: bool = True
+    z: int | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model gets for one object: an optional box and any number of points."""
+
+    box: Box | None = None
+    points: tuple[Point, ...] = field(default_factory=tuple)
+
+    @property
+    def z(self) -> int | None:
+        """The slice this prompt is on (None for 2D images or when not given)."""
+        slices = {p.z for p in self.points if p.z is not None}
+        if self.box is not None and self.box.z is not None:
+            slices.add(self.box.z)
+        if len(slices) > 1:
+            raise PromptError(f"prompt parts lie on different slices {sorted(slices)}: give one slice per object")
+        return slices.pop() if slices else None
+
+    def on_slice(self, z: int | None) -> "Prompt":
+        box = replace(self.box, z=z) if self.box is not None else None
+        return Prompt(box, tuple(replace(p, z=z) for p in self.points))
+
+
+def parse_box(text: str) -> Box:
+    """``"X0,Y0,X1,Y1"`` or ``"X0,Y0,X1,Y1,Z"`` → Box."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise PromptError(f"box {text!r} is not numbers: use X0,Y0,X1,Y1[,Z]") from None
+    if len(values) not in (4, 5):
+        raise PromptError(f"box {text!r} needs 4 or 5 numbers: X0,Y0,X1,Y1[,Z]")
+    z = _slice_index(values[4], text) if len(values) == 5 else None
+    return Box(*values[:4], z=z)
+
+
+def parse_point(text: str) -> Point:
+    """``"X,Y"``, ``"X,Y,Z"``, optionally followed by ``":neg"`` (exclude) or ``":pos"`` → Point."""
+    body, _, kind = text.partition(":")
+    if kind not in ("", "pos", "neg"):
+        raise PromptError(f"point {text!r}: the suffix must be ':pos' or ':neg'")
+    try:
+        values = [float(v) for v in body.split(",")]
+    except ValueError:
+        raise PromptError(f"point {text!r} is not numbers: use X,Y[,Z][:neg]") from None
+    if len(values) not in (2, 3):
+        raise PromptError(f"point {text!r} needs 2 or 3 numbers: X,Y[,Z][:neg]")
+    z = _slice_index(values[2], text) if len(values) == 3 else None
+    return Point(values[0], values[1], positive=kind != "neg", z=z)
+
+
+def _slice_index(value: float, text: str) -> int:
+    if value != int(value):
+        raise PromptError(f"slice index in {text!r} must be a whole number")
+    return int(value)
+
+
+def validate_prompt(prompt: Prompt, shape: tuple[int, ...]) -> None:
+    """Raise PromptError unless the prompt fits an image of spatial ``shape`` ((H, W) or (Z, H, W))."""
+    if prompt.box is None and not prompt.points:
+        raise PromptError("no prompt given: pass a box or at least one point")
+    h, w = shape[-2:]
+    z = prompt.z
+    if len(shape) == 3:
+        if z is None:
+            raise PromptError(f"this is a volume of {shape[0]} slices: give the slice index Z of the prompt")
+        if not 0 <= z < shape[0]:
+            raise PromptError(f"slice {z} is outside the volume (slices 0..{shape[0] - 1})")
+    elif z not in (None, 0):
+        raise PromptError(f"slice index {z} given for a 2D image")
+    if prompt.box is not None:
+        b = prompt.box
+        if not all(np.isfinite([b.x0, b.y0, b.x1, b.y1])):
+            raise PromptError("box coordinates must be finite numbers")
+        if b.x1 <= b.x0 or b.y1 <= b.y0:
+            raise PromptError(f"box ({b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}) has zero area: need X0<X1 and Y0<Y1")
+        if b.x0 < 0 or b.y0 < 0 or b.x1 > w - 1 or b.y1 > h - 1:
+            raise PromptError(
+                f"box ({b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}) lies outside the image (x 0..{w - 1}, y 0..{h - 1})"
+            )
+    for p in prompt.points:
+        if not (np.isfinite(p.x) and np.isfinite(p.y)) or not (0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
+            raise PromptError(f"point ({p.x:g},{p.y:g}) lies outside the image (x 0..{w - 1}, y 0..{h - 1})")
+    if prompt.points and not any(p.positive for p in prompt.points) and prompt.box is None:
+        raise PromptError("only negative points given: add a positive point or a box to say what to segment")
+
+
+def box_from_mask(
+    mask: np.ndarray, jitter: float = 0.0, rng: np.random.Generator | None = None, z: int | None = None
+) -> Box:
+    """Tight bounding box of a 2D mask; ``jitter`` moves each side by up to that fraction of the box size."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise PromptError("cannot make a box from an empty mask")
+    x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    if jitter > 0:
+        rng = rng or np.random.default_rng()
+        bw, bh = x1 - x0 + 1, y1 - y0 + 1
+        dx0, dx1 = rng.uniform(-jitter, jitter, 2) * bw
+        dy0, dy1 = rng.uniform(-jitter, jitter, 2) * bh
+        h, w = mask.shape
+        x0, x1 = np.clip([x0 + dx0, x1 + dx1], 0, w - 1)
+        y0, y1 = np.clip([y0 + dy0, y1 + dy1], 0, h - 1)
+        if x1 <= x0 or y1 <= y0:
+            x0, x1, y0, y1 = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+    if x1 == x0:
+        x1 = min(x0 + 1, mask.shape[1] - 1.0)
+        x0 = x1 - 1
+    if y1 == y0:
+        y1 = min(y0 + 1, mask.shape[0] - 1.0)
+        y0 = y1 - 1
+    return Box(float(x0), float(y0), float(x1), float(y1), z=z)
+
+
+def points_from_mask(
+    mask: np.ndarray, n: int = 1, rng: np.random.Generator | None = None, z: int | None = None
+) -> tuple[Point, ...]:
+    """``n`` positive points inside a 2D mask: the first at its most interior pixel (largest distance to the
+    border), the others drawn at random from the interior."""
+    if not mask.any():
+        raise PromptError("cannot place points in an empty mask")
+    distance = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(distance)), mask.shape)
+    points = [Point(float(x), float(y), True, z)]
+    if n > 1:
+        rng = rng or np.random.default_rng()
+        ys, xs = np.nonzero(mask)
+        for i in rng.choice(len(xs), size=min(n - 1, len(xs)), replace=False):
+            points.append(Point(float(xs[i]), float(ys[i]), True, z))
+    return tuple(points)
