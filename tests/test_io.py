@@ -98,7 +98,7 @@ def test_dicom_series_and_its_nifti_label_map_share_one_grid():
     np.testing.assert_allclose(labels.origin, ct.origin, atol=1e-3)
     np.testing.assert_allclose(labels.direction, ct.direction, atol=1e-3)
 
-    names = json.loads((TOTALSEG / "label_map_total_and_total_mr.json").read_text())["total"]
+    names = json.loads((TOTALSEG / "label_map_total_and_total_mr.json").read_text(encoding="utf-8"))["total"]
     liver = labels.array == int(next(k for k, v in names.items() if v == "liver"))
     assert liver.sum() > 10_000
     assert 0 < ct.array[liver].mean() < 150  # soft tissue, not air or bone
@@ -283,7 +283,7 @@ def make_bad_input(tmp_path: Path, kind: str) -> Path:
         (tmp_path / kind).write_bytes(data[: len(data) // 2])
         return tmp_path / kind
     if kind == "unknown.xyz":
-        (tmp_path / kind).write_text("hello")
+        (tmp_path / kind).write_text("hello", encoding="utf-8")
         return tmp_path / kind
     if kind == "5d.nii":
         nibabel.save(nibabel.Nifti1Image(np.zeros((3, 3, 3, 2, 2), np.float32), np.eye(4)), tmp_path / kind)
@@ -294,7 +294,7 @@ def make_bad_input(tmp_path: Path, kind: str) -> Path:
     folder = tmp_path / kind
     folder.mkdir()
     if kind == "not_dicom_folder":
-        (folder / "notes.txt").write_text("no images here")
+        (folder / "notes.txt").write_text("no images here", encoding="utf-8")
     return folder
 
 
@@ -329,15 +329,15 @@ def test_rejected_masks_leave_nothing_behind(tmp_path):
 
 def test_atomic_write_path_replaces_on_success_and_cleans_up_on_failure(tmp_path):
     target = tmp_path / "result.json"
-    target.write_text("old")
+    target.write_text("old", encoding="utf-8")
     with pytest.raises(RuntimeError):
         with atomic_write_path(target) as tmp:
             assert tmp.parent == tmp_path
             assert tmp.name.startswith(".tmp-") and tmp.name.endswith(".result.json")
-            tmp.write_text("half")
+            tmp.write_text("half", encoding="utf-8")
             raise RuntimeError("interrupted")
-    assert target.read_text() == "old" and os.listdir(tmp_path) == ["result.json"]
+    assert target.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path) == ["result.json"]
 
     with atomic_write_path(target) as tmp:
-        tmp.write_text("new")
-    assert target.read_text() == "new" and os.listdir(tmp_path) == ["result.json"]
+        tmp.write_text("new", encoding="utf-8")
+    assert target.read_text(encoding="utf-8") == "new" and os.listdir(tmp_path) == ["result.json"]

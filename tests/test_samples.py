@@ -26,7 +26,7 @@ def read_array(path: Path) -> np.ndarray:
 def test_manifest_lists_the_four_samples():
     assert set(MANIFEST) == {"ct_abdomen", "polyp", "breast_ultrasound", "hippocampus"}
     assert {e["modality"] for e in MANIFEST.values()} == {"ct", "endoscopy", "ultrasound", "mri"}
-    readme = (SAMPLES / "README.md").read_text()
+    readme = (SAMPLES / "README.md").read_text(encoding="utf-8")
     for entry in MANIFEST.values():
         assert entry["source"] and entry["licence"] and entry["ground_truth"]
         assert f"`{entry['file']}`" in readme and f"`{entry['mask']}`" in readme
@@ -87,7 +87,7 @@ def test_ct_liver_mask_shares_the_ct_geometry():
 def test_samples_match_their_sources():
     ts = DATA / "totalsegmentator-example"
     assert sample_path("ct_abdomen").read_bytes() == (ts / "example_ct_sm.nii.gz").read_bytes()
-    labels = json.loads((ts / "label_map_total_and_total_mr.json").read_text())["total"]
+    labels = json.loads((ts / "label_map_total_and_total_mr.json").read_text(encoding="utf-8"))["total"]
     liver_id = int(next(k for k, v in labels.items() if v == "liver"))
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(ts / "example_seg.nii.gz")))
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(sample_path("ct_abdomen_liver.nii.gz"))))
@@ -95,7 +95,7 @@ def test_samples_match_their_sources():
 
     polyp_id = "cju2y40d8ulqo0993q0adtgtb"
     kvasir = DATA / "kvasir-seg"
-    assert polyp_id in (kvasir / "splits" / "test.txt").read_text().split()
+    assert polyp_id in (kvasir / "splits" / "test.txt").read_text(encoding="utf-8").split()
     assert sample_path("polyp").read_bytes() == (kvasir / "images" / f"{polyp_id}.jpg").read_bytes()
     source_mask = np.asarray(Image.open(kvasir / "masks" / f"{polyp_id}.jpg").convert("L")) > 127
     assert np.array_equal(read_array(sample_path("polyp_mask.png")) > 0, source_mask)

@@ -2,6 +2,6 @@
 
 from oncoseg.io.read import guess_modality, load_image
 from oncoseg.io.write import atomic_write_path, save_image, save_mask
-from oncoseg.preprocess import MODALITIES
+from oncoseg.modality import MODALITIES
 
 __all__ = ["MODALITIES", "atomic_write_path", "guess_modality", "load_image", "save_image", "save_mask"]

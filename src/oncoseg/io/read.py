@@ -20,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from oncoseg.errors import ImageReadError
 from oncoseg.image import MedicalImage
-from oncoseg.preprocess import canonical_modality
+from oncoseg.modality import canonical_modality
 
 log = logging.getLogger(__name__)
 

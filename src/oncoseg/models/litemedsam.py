@@ -86,7 +86,7 @@ def build_model(checkpoint: str | Path | None = None) -> torch.nn.Module:
 def cpu_has_bf16() -> bool:
     """True when this CPU runs bfloat16 matrix arithmetic natively (AVX-512 BF16 or AMX)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -13,6 +13,7 @@ import numpy as np
 from monai.transforms import Transform
 
 from oncoseg.errors import OncoSegError
+from oncoseg.modality import MODALITIES, canonical_modality
 from oncoseg.preprocess.channels import CHANNEL_MODES, SelectMedicalChannels, SelectMedicalChannelsd
 from oncoseg.preprocess.normalize import (
     CT_WINDOWS,
@@ -54,45 +55,7 @@ NORMALIZERS: dict[str, type[Transform]] = {
     "cxr": NormalizeCXR,
     "srh": NormalizeSRH,
 }
-MODALITIES: tuple[str, ...] = tuple(NORMALIZERS)
-
-# Other names (compared lower-case, without spaces, "-" or "_"), including DICOM Modality codes (PT, MG, DX, ...).
-_ALIASES = {
-    "computedtomography": "ct",
-    "mr": "mri",
-    "magneticresonance": "mri",
-    "us": "ultrasound",
-    "sonography": "ultrasound",
-    "derm": "dermoscopy",
-    "dermatoscopy": "dermoscopy",
-    "endo": "endoscopy",
-    "es": "endoscopy",
-    "colonoscopy": "endoscopy",
-    "gastroscopy": "endoscopy",
-    "radiograph": "xray",
-    "radiography": "xray",
-    "dx": "xray",
-    "cr": "xray",
-    "pt": "pet",
-    "mammo": "mammography",
-    "mammogram": "mammography",
-    "mg": "mammography",
-    "chestxray": "cxr",
-    "chestradiograph": "cxr",
-    "stimulatedramanhistology": "srh",
-}
-
-
-def canonical_modality(name: str) -> str:
-    """The canonical modality name for ``name`` or an alias ("MR" → "mri", "colonoscopy" → "endoscopy", ...)."""
-    key = "".join(str(name).lower().split()).replace("-", "").replace("_", "")
-    if key in NORMALIZERS:
-        return key
-    if key in _ALIASES:
-        return _ALIASES[key]
-    raise OncoSegError(
-        f"unknown modality {name!r}; expected one of: {', '.join(MODALITIES)} (or an alias such as MR, US, mammo)"
-    )
+assert MODALITIES == tuple(NORMALIZERS)
 
 
 def get_normalizer(modality: str, **kwargs: Any) -> Transform:

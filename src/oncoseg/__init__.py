@@ -1,0 +1,35 @@
+"""Onco-Seg: promptable medical image segmentation for cancer care.
+
+The public API is importable from here lazily, so ``import oncoseg`` stays fast:
+``segment``, ``Predictor``, ``load_image``, ``save_mask``, ``measure``, ``propagate``, ``load_backend``.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "segment": "oncoseg.api",
+    "SegmentationResult": "oncoseg.api",
+    "Predictor": "oncoseg.predictor",
+    "load_image": "oncoseg.io",
+    "save_mask": "oncoseg.io",
+    "MedicalImage": "oncoseg.image",
+    "measure": "oncoseg.measure",
+    "propagate": "oncoseg.volume",
+    "PropagationSettings": "oncoseg.volume",
+    "load_backend": "oncoseg.models",
+    "Box": "oncoseg.prompts",
+    "Point": "oncoseg.prompts",
+    "Prompt": "oncoseg.prompts",
+    "OncoSegError": "oncoseg.errors",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'oncoseg' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

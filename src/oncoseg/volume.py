@@ -1,0 +1,95 @@
+"""3D segmentation by propagation: segment the prompted slice, then walk slice by slice in both directions,
+prompting each slice with the (slightly enlarged) bounding box of its neighbour's mask, until the object ends.
+
+The object is taken to have ended on a slice when the model's mask there is (almost) empty, when the model's own
+quality score drops below ``min_score``, or when the mask no longer touches the neighbour's mask (it jumped to
+another structure). Mask pieces that do not touch the neighbour's mask are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from oncoseg.errors import EmptyResultError, OncoSegError
+from oncoseg.predictor import Predictor
+from oncoseg.prompts import Prompt, box_from_mask
+
+
+@dataclass
+class PropagationSettings:
+    box_margin: float = 0.1  # enlarge the neighbour's box by this fraction of its size per side ...
+    min_margin_px: float = 2.0  # ... and by at least this many pixels
+    min_score: float = 0.5  # stop below this predicted mask quality
+    min_pixels: int = 4  # stop when the mask has fewer pixels than this
+    min_area_ratio: float = 0.05  # ... or is smaller than this fraction of the start slice's mask
+    min_iou: float = 0.0  # stop when the mask overlaps its neighbour's by less than this IoU
+    max_growth: float = 100.0  # stop when the mask is more than this many times its neighbour's area
+    max_slices: int | None = None  # limit the walk in each direction
+
+
+@dataclass
+class VolumeResult:
+    mask: np.ndarray  # [z, y, x] bool
+    start_slice: int
+    slice_scores: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def slice_range(self) -> tuple[int, int]:
+        zs = sorted(self.slice_scores)
+        return zs[0], zs[-1]
+
+
+def keep_touching(mask: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The connected pieces of ``mask`` that overlap ``reference`` grown by one pixel."""
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask if count == 0 or (mask & ndimage.binary_dilation(reference)).any() else np.zeros_like(mask)
+    touching = np.unique(labels[ndimage.binary_dilation(reference, iterations=1) & mask])
+    return np.isin(labels, touching[touching > 0])
+
+
+def propagate(
+    predictor: Predictor,
+    prompt: Prompt,
+    settings: PropagationSettings | None = None,
+    on_slice: Callable[[int], None] | None = None,
+) -> VolumeResult:
+    """Segment the volume set on ``predictor`` from ``prompt`` (which names its slice ``z``)."""
+    settings = settings or PropagationSettings()
+    image = predictor.image
+    if image is None or not image.is_3d:
+        raise OncoSegError("3D propagation needs a volume: set one on the predictor first")
+    z0 = prompt.z
+    first = predictor.predict(prompt, z=z0)
+    start = first.masks[0]
+    if not start.any():
+        raise EmptyResultError(f"the model found nothing at the prompt on slice {z0}")
+    volume = np.zeros(image.shape, dtype=bool)
+    volume[z0] = start
+    result = VolumeResult(volume, z0, {z0: float(first.scores[0])})
+    if on_slice:
+        on_slice(z0)
+    min_pixels = max(settings.min_pixels, settings.min_area_ratio * start.sum())
+    for step in (1, -1):
+        previous, z, walked = start, z0 + step, 0
+        while 0 <= z < image.num_slices and (settings.max_slices is None or walked < settings.max_slices):
+            box = box_from_mask(previous, z=z).enlarged(settings.box_margin, settings.min_margin_px, start.shape)
+            prediction = predictor.predict(Prompt(box=box), z=z)
+            mask = keep_touching(prediction.masks[0], previous)
+            score = float(prediction.scores[0])
+            if on_slice:
+                on_slice(z)
+            area = int(mask.sum())
+            iou = (mask & previous).sum() / max(1, (mask | previous).sum())
+            if area < min_pixels or score < settings.min_score or iou < settings.min_iou:
+                break
+            if area > settings.max_growth * previous.sum():
+                break
+            volume[z] = mask
+            result.slice_scores[z] = score
+            previous, z, walked = mask, z + step, walked + 1
+    return result
