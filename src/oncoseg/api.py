@@ -20,12 +20,8 @@ from oncoseg.image import MedicalImage
 from oncoseg.io import atomic_write_path, load_image, save_mask
 from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor
-from oncoseg.prompts import Box, Point, Prompt, parse_box, parse_point
+from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, build_prompts, validate_prompt
 from oncoseg.volume import PropagationSettings, propagate
-
-BoxLike = Box | str | Sequence[float]
-PointLike = Point | str | Sequence[float]
-
 
 @dataclass
 class SegmentationResult:
@@ -93,41 +89,6 @@ def _prompt_dict(prompt: Prompt) -> dict[str, Any]:
     return out
 
 
-def build_prompts(boxes: Sequence[BoxLike] = (), points: Sequence[PointLike] = ()) -> list[Prompt]:
-    """One object per box; points go with the single box, or form one object of their own when there is no box.
-
-    Strings are parsed as on the command line (``"X0,Y0,X1,Y1[,Z]"``, ``"X,Y[,Z][:neg]"``), sequences as numbers.
-    """
-    box_list = [_as_box(b) for b in boxes]
-    point_list = tuple(_as_point(p) for p in points)
-    if point_list and len(box_list) > 1:
-        raise OncoSegError("points can be combined with at most one box: give several boxes, or one box with points")
-    if box_list:
-        prompts = [Prompt(box=b) for b in box_list]
-        if point_list:
-            prompts[0] = Prompt(box=box_list[0], points=point_list)
-        return prompts
-    if point_list:
-        return [Prompt(points=point_list)]
-    raise OncoSegError("no prompt given: pass a box (--box) or at least one point (--point)")
-
-
-def _as_box(value: BoxLike) -> Box:
-    if isinstance(value, Box):
-        return value
-    if isinstance(value, str):
-        return parse_box(value)
-    return parse_box(",".join(str(v) for v in value))
-
-
-def _as_point(value: PointLike) -> Point:
-    if isinstance(value, Point):
-        return value
-    if isinstance(value, str):
-        return parse_point(value)
-    return parse_point(",".join(str(v) for v in value))
-
-
 def segment(
     image: str | Path | MedicalImage | np.ndarray,
     box: BoxLike | Sequence[BoxLike] | None = None,
@@ -156,6 +117,8 @@ def segment(
     prompts = build_prompts(boxes, points)
     if volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
+    for prompt in prompts:  # before the model is loaded or run
+        validate_prompt(prompt, image.shape)
 
     predictor = predictor or Predictor(backend)
     predictor.set_image(image, modality=modality)
@@ -194,7 +157,10 @@ def segment(
 
 
 def _is_single_box(box: Any) -> bool:
-    return isinstance(box, (Box, str)) or (len(box) in (4, 5) and all(np.isscalar(v) for v in box))
+    """True for one box (a Box, a string, or 4-5 numbers); False for a list of boxes."""
+    if isinstance(box, (Box, str)):
+        return True
+    return len(box) in (4, 5) and all(np.isscalar(v) and not isinstance(v, str) for v in box)
 
 
 def _wrap_array(array: np.ndarray) -> MedicalImage:

@@ -100,15 +100,19 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    from oncoseg.api import segment
     from oncoseg.io import load_image
 
     image = load_image(args.input, modality=args.modality)
+    _check_request(args, image)
+    from oncoseg.api import segment
+
     progress = None
     if args.volume and not args.quiet:
         from tqdm import tqdm
 
-        progress = tqdm(total=image.num_slices, desc="propagating", unit="slice", file=sys.stderr, leave=False)
+        progress = tqdm(
+            total=image.num_slices, desc="propagating", unit="slice", file=sys.stderr, leave=False, disable=None
+        )
     try:
         result = segment(
             image,
@@ -133,6 +137,16 @@ def run_segment(args: argparse.Namespace) -> int:
     else:
         print_summary(summary, args.output, args.overlay)
     return 0
+
+
+def _check_request(args: argparse.Namespace, image) -> None:
+    """Fail on bad prompts, or --3d on a 2D image, before torch and the model are loaded."""
+    from oncoseg.prompts import build_prompts, validate_prompt
+
+    if args.volume and not image.is_3d:
+        raise OncoSegError("--3d needs a volume, but this image is 2D")
+    for prompt in build_prompts(args.box, args.point):
+        validate_prompt(prompt, image.shape)
 
 
 def _predictor(args: argparse.Namespace):

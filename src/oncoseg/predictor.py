@@ -59,7 +59,8 @@ class Predictor:
         chosen = modality or image.modality
         self.modality = canonical_modality(chosen) if chosen else None
         self.image = image
-        self._pixels = normalise_image(image, self.modality)
+        native = self.modality in self.backend.native_intensity_modalities
+        self._pixels = normalise_image(image, None if native else self.modality)
         self._cache.clear()
 
     def _require_image(self) -> MedicalImage:

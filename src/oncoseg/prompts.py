@@ -7,6 +7,7 @@ slice of a volume (array axis 0). A box's ``x1``/``y1`` are inclusive, as in a m
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -97,9 +98,48 @@ def parse_point(text: str) -> Point:
 
 
 def _slice_index(value: float, text: str) -> int:
-    if value != int(value):
+    if not value.is_integer():
         raise PromptError(f"slice index in {text!r} must be a whole number")
     return int(value)
+
+
+BoxLike = Box | str | Sequence[float]
+PointLike = Point | str | Sequence[float]
+
+
+def build_prompts(boxes: Sequence[BoxLike] = (), points: Sequence[PointLike] = ()) -> list[Prompt]:
+    """One object per box; points go with the single box, or form one object of their own when there is no box.
+
+    Strings are parsed as on the command line (``"X0,Y0,X1,Y1[,Z]"``, ``"X,Y[,Z][:neg]"``), sequences as numbers.
+    """
+    box_list = [_as_box(b) for b in boxes]
+    point_list = tuple(_as_point(p) for p in points)
+    if point_list and len(box_list) > 1:
+        raise PromptError("points can be combined with at most one box: give several boxes, or one box with points")
+    if box_list:
+        prompts = [Prompt(box=b) for b in box_list]
+        if point_list:
+            prompts[0] = Prompt(box=box_list[0], points=point_list)
+        return prompts
+    if point_list:
+        return [Prompt(points=point_list)]
+    raise PromptError("no prompt given: pass a box (--box) or at least one point (--point)")
+
+
+def _as_box(value: BoxLike) -> Box:
+    if isinstance(value, Box):
+        return value
+    if isinstance(value, str):
+        return parse_box(value)
+    return parse_box(",".join(str(v) for v in value))
+
+
+def _as_point(value: PointLike) -> Point:
+    if isinstance(value, Point):
+        return value
+    if isinstance(value, str):
+        return parse_point(value)
+    return parse_point(",".join(str(v) for v in value))
 
 
 def validate_prompt(prompt: Prompt, shape: tuple[int, ...]) -> None:

