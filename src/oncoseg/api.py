@@ -9,9 +9,10 @@ measurements and files.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, build_prompts, validate_prompt
 from oncoseg.volume import PropagationSettings, propagate
+
 
 @dataclass
 class SegmentationResult:

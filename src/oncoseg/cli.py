@@ -47,21 +47,33 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("input", help="image file or DICOM series folder")
     seg.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[,Z]", help="box prompt")
     seg.add_argument("--point", action="append", default=[], metavar="X,Y[,Z][:neg]", help="point prompt")
-    seg.add_argument("--modality", choices=MODALITIES, help="intensity normalisation (default: from DICOM or file)")
-    seg.add_argument("--3d", dest="volume", action="store_true", help="propagate through the volume from the prompt")
-    seg.add_argument("-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .mha; .png for 2D inputs)")
+    seg.add_argument(
+        "--modality", choices=MODALITIES, help="intensity normalisation (default: from DICOM or file)"
+    )
+    seg.add_argument(
+        "--3d", dest="volume", action="store_true", help="propagate through the volume from the prompt"
+    )
+    seg.add_argument(
+        "-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .mha; .png for 2D inputs)"
+    )
     seg.add_argument("--overlay", metavar="PNG", help="also write a picture of the mask over the image")
     seg.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     seg.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
-    seg.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="encoder precision")
+    seg.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="encoder precision"
+    )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     info = commands.add_parser("info", help="show shape, spacing, orientation and modality of an image")
     info.add_argument("input", help="image file or DICOM series folder")
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    demo = commands.add_parser("demo", help="segment the bundled sample cases and write masks, overlays, JSON")
-    demo.add_argument("-o", "--output", default="demo-output", help="folder for the results (default: demo-output)")
+    demo = commands.add_parser(
+        "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
+    )
+    demo.add_argument(
+        "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
+    )
     return parser
 
 
@@ -91,8 +103,12 @@ def run_info(args: argparse.Namespace) -> int:
         print(json.dumps(facts, indent=2))
         return 0
     axes = "z, y, x" if image.is_3d else "y, x"
-    print(f"shape       {' x '.join(map(str, facts['shape']))}  ({axes}), {image.channels} channel(s), {facts['dtype']}")
-    print(f"spacing     {' x '.join(f'{s:g}' for s in image.spacing)} mm  (x, y{', z' if image.is_3d else ''})")
+    print(
+        f"shape       {' x '.join(map(str, facts['shape']))}  ({axes}), {image.channels} channel(s), {facts['dtype']}"
+    )
+    print(
+        f"spacing     {' x '.join(f'{s:g}' for s in image.spacing)} mm  (x, y{', z' if image.is_3d else ''})"
+    )
     if image.is_3d:
         print(f"orientation {facts['orientation']} on disk, read as LPS")
     print(f"modality    {facts['modality']} ({facts['modality_source']})")
@@ -111,7 +127,12 @@ def run_segment(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         progress = tqdm(
-            total=image.num_slices, desc="propagating", unit="slice", file=sys.stderr, leave=False, disable=None
+            total=image.num_slices,
+            desc="propagating",
+            unit="slice",
+            file=sys.stderr,
+            leave=False,
+            disable=None,
         )
     try:
         result = segment(
@@ -157,7 +178,9 @@ def _predictor(args: argparse.Namespace):
 
 def print_summary(summary: dict, output: str, overlay: str | None) -> None:
     for obj in summary["objects"]:
-        size = f"{obj['volume_ml']:.2f} mL" if obj.get("volume_ml") is not None else f"{obj['area_mm2']:.1f} mm²"
+        size = (
+            f"{obj['volume_ml']:.2f} mL" if obj.get("volume_ml") is not None else f"{obj['area_mm2']:.1f} mm²"
+        )
         where = f", slices {obj['slices'][0]}-{obj['slices'][1]}" if obj.get("slices") else ""
         print(
             f"object {obj['label']}: {size}, RECIST long {obj['recist_long_mm']:.1f} mm, "
@@ -194,7 +217,9 @@ def run_demo(args: argparse.Namespace) -> int:
         entry["dice_vs_reference"] = _dice_with_reference(result, sample_path(sample["mask"]))
         report[name] = entry
         obj = entry["objects"][0]
-        size = f"{obj['volume_ml']:.1f} mL" if obj.get("volume_ml") is not None else f"{obj['area_mm2']:.0f} mm²"
+        size = (
+            f"{obj['volume_ml']:.1f} mL" if obj.get("volume_ml") is not None else f"{obj['area_mm2']:.0f} mm²"
+        )
         print(
             f"{name:18s} {sample['target']:14s} {size:>10s}  RECIST {obj['recist_long_mm']:.1f} x "
             f"{obj['recist_short_mm']:.1f} mm  Dice vs reference {entry['dice_vs_reference']:.3f}"

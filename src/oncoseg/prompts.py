@@ -6,8 +6,8 @@ slice of a volume (array axis 0). A box's ``x1``/``y1`` are inclusive, as in a m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -26,7 +26,7 @@ class Box:
     def as_array(self) -> np.ndarray:
         return np.array([self.x0, self.y0, self.x1, self.y1], dtype=np.float32)
 
-    def enlarged(self, fraction: float, minimum: float, shape: tuple[int, int]) -> "Box":
+    def enlarged(self, fraction: float, minimum: float, shape: tuple[int, int]) -> Box:
         """Grow by ``fraction`` of each side (at least ``minimum`` px), clipped to ``shape`` = (H, W)."""
         dx = max(minimum, fraction * (self.x1 - self.x0 + 1))
         dy = max(minimum, fraction * (self.y1 - self.y0 + 1))
@@ -62,10 +62,12 @@ class Prompt:
         if self.box is not None and self.box.z is not None:
             slices.add(self.box.z)
         if len(slices) > 1:
-            raise PromptError(f"prompt parts lie on different slices {sorted(slices)}: give one slice per object")
+            raise PromptError(
+                f"prompt parts lie on different slices {sorted(slices)}: give one slice per object"
+            )
         return slices.pop() if slices else None
 
-    def on_slice(self, z: int | None) -> "Prompt":
+    def on_slice(self, z: int | None) -> Prompt:
         box = replace(self.box, z=z) if self.box is not None else None
         return Prompt(box, tuple(replace(p, z=z) for p in self.points))
 
@@ -115,7 +117,9 @@ def build_prompts(boxes: Sequence[BoxLike] = (), points: Sequence[PointLike] = (
     box_list = [_as_box(b) for b in boxes]
     point_list = tuple(_as_point(p) for p in points)
     if point_list and len(box_list) > 1:
-        raise PromptError("points can be combined with at most one box: give several boxes, or one box with points")
+        raise PromptError(
+            "points can be combined with at most one box: give several boxes, or one box with points"
+        )
     if box_list:
         prompts = [Prompt(box=b) for b in box_list]
         if point_list:
@@ -160,7 +164,9 @@ def validate_prompt(prompt: Prompt, shape: tuple[int, ...]) -> None:
         if not all(np.isfinite([b.x0, b.y0, b.x1, b.y1])):
             raise PromptError("box coordinates must be finite numbers")
         if b.x1 <= b.x0 or b.y1 <= b.y0:
-            raise PromptError(f"box ({b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}) has zero area: need X0<X1 and Y0<Y1")
+            raise PromptError(
+                f"box ({b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}) has zero area: need X0<X1 and Y0<Y1"
+            )
         if b.x0 < 0 or b.y0 < 0 or b.x1 > w - 1 or b.y1 > h - 1:
             raise PromptError(
                 f"box ({b.x0:g},{b.y0:g},{b.x1:g},{b.y1:g}) lies outside the image (x 0..{w - 1}, y 0..{h - 1})"

@@ -1,0 +1,231 @@
+"""`oncoseg.segment` end to end with the real LiteMedSAM model on the bundled samples: masks, measurements, the
+files it writes (mask, overlay, JSON) and that it writes none when it fails. The module shares one `Predictor`
+and encodes six images in all."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from oncoseg.api import SegmentationResult, segment
+from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
+from oncoseg.io import load_image
+from oncoseg.predictor import Predictor
+from oncoseg.samples import list_samples, sample_path
+from oncoseg.volume import PropagationSettings
+
+SAMPLES = list_samples()
+IMAGE_KEYS = {"shape", "channels", "spacing_mm", "origin_mm", "orientation", "modality", "dtype"}
+OBJECT_KEYS = {
+    "label", "score", "prompt", "volume_ml", "area_mm2", "voxel_count", "recist_long_mm", "recist_short_mm",
+    "recist_slice", "long_axis_endpoints", "bbox", "bbox_mm", "centroid_mm", "max_3d_diameter_mm",
+}  # fmt: skip
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def reference(name: str) -> np.ndarray:
+    return load_image(sample_path(SAMPLES[name]["mask"])).array > 0
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor("litemedsam")
+
+
+# -- 2D --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ultrasound(predictor, tmp_path_factory):
+    """The breast ultrasound sample segmented from its manifest box, writing mask, overlay and JSON."""
+    out = tmp_path_factory.mktemp("ultrasound")
+    result = segment(
+        str(sample_path("breast_ultrasound")),
+        box=SAMPLES["breast_ultrasound"]["prompt"]["box"],
+        predictor=predictor,
+        output=out / "mask.png",
+        overlay=out / "overlay.png",
+        json_path=out / "result.json",
+    )
+    return result, out
+
+
+def test_2d_result_has_one_label_its_area_and_matches_the_reference(ultrasound):
+    result, _ = ultrasound
+    assert isinstance(result, SegmentationResult)
+    assert result.labels.dtype == np.uint8 and result.labels.shape == (487, 349)
+    assert set(np.unique(result.labels)) == {0, 1}
+    assert dice(result.labels == 1, reference("breast_ultrasound")) >= 0.85
+    m = result.measurements[0]
+    assert m.volume_ml is None and m.area_mm2 > 0 and m.area_mm2 == m.voxel_count * 1.0  # PNG pixels are 1 mm
+    assert m.voxel_count == int((result.labels == 1).sum())
+    assert np.isfinite(result.scores[0]) and result.slices == [None]
+
+
+def test_2d_outputs_are_written_and_reload_equal(ultrasound):
+    result, out = ultrasound
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mask.png",
+        "overlay.png",
+        "result.json",
+    ]  # no temp files
+    np.testing.assert_array_equal(
+        load_image(out / "mask.png").array, result.labels * 255
+    )  # one object: 0/255
+    assert json.loads((out / "result.json").read_text(encoding="utf-8")) == json.loads(
+        json.dumps(result.to_dict())
+    )
+
+
+def test_overlay_tints_the_mask_and_leaves_the_rest_of_the_image(ultrasound, predictor):
+    result, out = ultrasound
+    with Image.open(out / "overlay.png") as picture:
+        assert picture.mode == "RGB" and picture.size == (349, 487)
+        overlay = np.asarray(picture).astype(int)
+    plain = (np.clip(predictor.slice_pixels(None), 0, 1) * 255).astype(np.uint8).astype(int)
+    inside = result.labels == 1
+    changed = (overlay != plain).any(axis=2)
+    assert changed[inside].mean() > 0.99
+    assert (overlay[inside][:, 0] >= plain[inside][:, 0]).all()  # tinted towards red
+    assert changed[~inside].mean() < 0.01  # outside: only the long-axis line
+
+
+@pytest.fixture(scope="module")
+def polyp_four(predictor):
+    """The polyp and three empty corners as four box strings (four objects)."""
+    boxes = [
+        ",".join(map(str, SAMPLES["polyp"]["prompt"]["box"])),
+        "0,0,40,40",
+        "576,0,616,40",
+        "0,488,40,528",
+    ]
+    return segment(sample_path("polyp"), box=boxes, predictor=predictor), boxes
+
+
+def test_several_boxes_give_labels_in_prompt_order(polyp_four, tmp_path):
+    result, boxes = polyp_four
+    assert result.labels.dtype == np.uint8
+    assert set(np.unique(result.labels)) == {0, 1, 2, 3, 4}
+    assert dice(result.labels == 1, reference("polyp")) >= 0.85
+    assert (result.labels[:41, :41] == 2).any() and (result.labels[:41, 576:] == 3).any()
+    assert (result.labels[488:, :41] == 4).any()
+    assert len(result.measurements) == len(result.scores) == 4
+    assert result.measurements[0].area_mm2 > 10 * result.measurements[1].area_mm2
+    objects = result.to_dict()["objects"]
+    assert [o["label"] for o in objects] == [1, 2, 3, 4]
+    assert [o["prompt"]["box"] for o in objects] == [[float(v) for v in b.split(",")] for b in boxes]
+    result.save(tmp_path / "labels.png")  # several labels are written as they are
+    np.testing.assert_array_equal(load_image(tmp_path / "labels.png").array, result.labels)
+
+
+def test_to_dict_is_json_with_only_the_documented_fields(polyp_four):
+    result, _ = polyp_four
+    summary = result.to_dict()
+    text = json.dumps(summary)
+    assert set(summary) == {"image", "objects"}
+    assert set(summary["image"]) == IMAGE_KEYS
+    assert all(set(o) == OBJECT_KEYS for o in summary["objects"])
+    assert "polyp" not in text and "/" not in text  # no file name or path
+    assert summary["image"]["shape"] == [529, 617] and summary["image"]["channels"] == 3
+
+
+# -- 3D --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct(predictor, tmp_path_factory):
+    """The CT sample propagated from its manifest box one slice each way, written as NIfTI."""
+    out = tmp_path_factory.mktemp("ct") / "liver.nii.gz"
+    prompt = SAMPLES["ct_abdomen"]["prompt"]
+    visited = []
+    result = segment(
+        sample_path("ct_abdomen"),
+        box=[*prompt["box"], prompt["z"]],
+        volume=True,
+        predictor=predictor,
+        propagation=PropagationSettings(max_slices=1),
+        output=out,
+        on_slice=visited.append,
+    )
+    return result, out, visited
+
+
+def test_3d_propagation_covers_several_slices_and_measures_volume(ct):
+    result, _, visited = ct
+    z = SAMPLES["ct_abdomen"]["prompt"]["z"]
+    assert result.labels.shape == (30, 101, 122) and result.labels.dtype == np.uint8
+    covered = np.nonzero(result.labels.any(axis=(1, 2)))[0].tolist()
+    assert covered == [z - 1, z, z + 1] and sorted(visited) == covered
+    assert result.slices == [(z - 1, z + 1)]
+    truth = reference("ct_abdomen")
+    assert dice(result.labels[covered] > 0, truth[covered]) >= 0.85
+    m = result.measurements[0]
+    assert m.area_mm2 is None and m.volume_ml > 0
+    assert m.volume_ml == pytest.approx(m.voxel_count * 27 / 1000)  # 3 mm voxels
+    assert result.to_dict()["objects"][0]["slices"] == [z - 1, z + 1]
+
+
+def test_3d_mask_file_has_the_source_geometry(ct):
+    result, out, _ = ct
+    source, written = sitk.ReadImage(str(sample_path("ct_abdomen"))), sitk.ReadImage(str(out))
+    assert written.GetSize() == source.GetSize()
+    np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing())
+    np.testing.assert_allclose(written.GetOrigin(), source.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), source.GetDirection(), atol=1e-6)
+    assert written.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(load_image(out).array, result.labels)  # read back in LPS: the same voxels
+
+
+def test_3d_overlay_shows_the_slice_where_the_object_is_largest(ct, tmp_path):
+    result, _, _ = ct
+    path = result.save_overlay(tmp_path / "overlay.png")
+    with Image.open(path) as picture:
+        assert picture.mode == "RGB" and picture.size == (122, 101)
+
+
+def test_a_png_mask_for_a_volume_is_refused_and_nothing_written(ct, tmp_path):
+    result, _, _ = ct
+    with pytest.raises(OncoSegError, match=r"x\.png: cannot write this file type here"):
+        result.save(tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- failures write nothing ------------------------------------------------------------------------------------
+
+
+def test_empty_result_raises_and_writes_nothing(predictor, tmp_path):
+    # LiteMedSAM was trained with boxes: a lone click on a uniform black image gives an empty mask.
+    with pytest.raises(EmptyResultError, match="found nothing for object 1"):
+        segment(
+            np.zeros((64, 64), np.float32),
+            points=[(30, 30)],
+            predictor=predictor,
+            output=tmp_path / "mask.png",
+            overlay=tmp_path / "overlay.png",
+            json_path=tmp_path / "result.json",
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"box": (148, 160, 617, 416)}, PromptError, "outside the image"),
+        ({"box": "148,160,148,416"}, PromptError, "zero area"),
+        ({"box": (148, 160, 424, 416, 3)}, PromptError, "2D image"),
+        ({"box": [(1, 1, 50, 50), (60, 60, 90, 90)], "points": ["5,5"]}, PromptError, "at most one box"),
+        ({}, PromptError, "no prompt"),
+        ({"box": (148, 160, 424, 416), "volume": True}, OncoSegError, "needs a volume"),
+        ({"box": (148, 160, 424, 416), "backend": "nonesuch"}, OncoSegError, "unknown backend 'nonesuch'"),
+    ],
+)
+def test_bad_requests_raise_one_line_and_write_nothing(kwargs, error, words, tmp_path):
+    with pytest.raises(error, match="^[^\n]+$") as info:
+        segment(sample_path("polyp"), output=tmp_path / "mask.png", overlay=tmp_path / "o.png", **kwargs)
+    assert words in str(info.value)
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,157 @@
+"""The installed ``oncoseg`` command, run as a subprocess: help, info, segment (2D and 3D), demo, and bad input
+(exit code 2, one line on stderr, no output file)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from oncoseg.cli import print_summary
+from oncoseg.io import load_image
+from oncoseg.samples import list_samples, sample_path
+
+SAMPLES = list_samples()
+ONCOSEG = Path(sys.executable).with_name("oncoseg")
+POLYP_BOX = ",".join(map(str, SAMPLES["polyp"]["prompt"]["box"]))
+CT_BOX = ",".join(map(str, SAMPLES["ct_abdomen"]["prompt"]["box"]))
+CT_Z = SAMPLES["ct_abdomen"]["prompt"]["z"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    assert ONCOSEG.is_file(), f"{ONCOSEG} missing: install the package (pip install -e .)"
+    return subprocess.run(
+        [str(ONCOSEG), *map(str, args)], check=False, capture_output=True, text=True, timeout=600
+    )
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(1, int(a.sum() + b.sum()))
+
+
+def test_help_lists_commands_and_prompt_options():
+    top = run("--help")
+    assert top.returncode == 0 and all(c in top.stdout for c in ("segment", "info", "demo"))
+    seg = run("segment", "--help")
+    assert seg.returncode == 0
+    assert all(option in seg.stdout for option in ("--box", "--point", "--3d", "X0,Y0,X1,Y1[,Z]", ":neg"))
+    assert run().returncode == 0  # no command: help
+
+
+def test_info_prints_shape_spacing_and_orientation():
+    text = run("info", sample_path("ct_abdomen"))
+    assert text.returncode == 0, text.stderr
+    assert "30 x 101 x 122" in text.stdout and "(z, y, x)" in text.stdout
+    assert "3 x 3 x 3 mm" in text.stdout and "RAS on disk" in text.stdout
+    facts = json.loads(run("info", sample_path("polyp"), "--json").stdout)
+    assert facts["shape"] == [529, 617] and facts["channels"] == 3 and facts["modality"] == "endoscopy"
+
+
+def test_segment_2d_prints_json_and_writes_mask_and_overlay(tmp_path):
+    mask, overlay = tmp_path / "polyp_mask.png", tmp_path / "polyp_overlay.png"
+    done = run(
+        "segment", sample_path("polyp"), "--box", POLYP_BOX, "-o", mask, "--overlay", overlay, "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    obj = summary["objects"][0]
+    assert obj["area_mm2"] > 0 and obj["volume_ml"] is None and summary["output"] == str(mask)
+    written = load_image(mask).array > 0
+    assert obj["voxel_count"] == int(written.sum())
+    assert dice(written, load_image(sample_path("polyp_mask.png")).array > 0) >= 0.85
+    assert load_image(overlay).array.shape == (529, 617, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["polyp_mask.png", "polyp_overlay.png"]
+
+
+def test_summary_table_names_size_diameters_and_files(capsys):
+    summary = {
+        "objects": [
+            {"label": 1, "volume_ml": None, "area_mm2": 412.25, "recist_long_mm": 30.0, "recist_short_mm": 12.5,
+             "score": 0.91},
+            {"label": 2, "volume_ml": 2.5, "area_mm2": None, "recist_long_mm": 20.0, "recist_short_mm": 10.0,
+             "score": 0.8, "slices": [3, 9]},
+        ]
+    }  # fmt: skip
+    print_summary(summary, "m.nii.gz", "o.png")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "object 1: 412.2 mm², RECIST long 30.0 mm, short 12.5 mm, score 0.91",
+        "object 2: 2.50 mL, RECIST long 20.0 mm, short 10.0 mm, score 0.80, slices 3-9",
+        "mask written to m.nii.gz, overlay to o.png",
+    ]
+
+
+def test_segment_3d_propagates_and_reports_volume(tmp_path):
+    # Three slices of the CT sample around its prompt (a full propagation encodes all 30; `demo` does that).
+    source = sitk.ReadImage(str(sample_path("ct_abdomen")))
+    crop = tmp_path / "ct_crop.nii.gz"
+    sitk.WriteImage(source[:, :, CT_Z - 1 : CT_Z + 2], str(crop))
+    out = tmp_path / "out" / "liver.nii.gz"
+    done = run("segment", crop, "--box", f"{CT_BOX},1", "--3d", "-o", out, "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    obj = json.loads(done.stdout)["objects"][0]
+    assert obj["volume_ml"] > 0 and obj["slices"] == [0, 2]
+    labels = load_image(out).array
+    assert labels.shape == (3, 101, 122)
+    assert obj["voxel_count"] == int((labels > 0).sum())
+    truth = load_image(sample_path("ct_abdomen_liver.nii.gz")).array[CT_Z - 1 : CT_Z + 2] > 0
+    assert dice(labels > 0, truth) >= 0.8
+
+
+@pytest.mark.slow
+def test_demo_writes_masks_overlays_and_results_for_every_sample(tmp_path):
+    out = tmp_path / "demo"
+    done = run("demo", "-o", out)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert set(report) == set(SAMPLES)
+    for name, sample in SAMPLES.items():
+        suffix = ".nii.gz" if "z" in sample["prompt"] else ".png"
+        assert (out / f"{name}_mask{suffix}").is_file() and (out / f"{name}_overlay.png").is_file()
+        assert load_image(out / f"{name}_mask{suffix}").shape == tuple(sample["shape"])
+        assert 0 < report[name]["dice_vs_reference"] <= 1 and name in done.stdout
+    assert report["polyp"]["dice_vs_reference"] >= 0.85
+    assert report["ct_abdomen"]["objects"][0]["volume_ml"] > 0
+    assert len(list(out.iterdir())) == 2 * len(SAMPLES) + 1  # no temp files left
+
+
+@pytest.fixture(scope="module")
+def garbage_nifti(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("inputs") / "broken.nii.gz"
+    path.write_bytes(b"this is not a NIfTI file at all" * 20)
+    return path
+
+
+CT, POLYP = sample_path("ct_abdomen"), sample_path("polyp")
+BAD_REQUESTS = {
+    "missing input": ([POLYP.with_name("nonesuch.nii.gz"), "--box", "1,1,5,5,0"], ".nii.gz", "no such file"),
+    "corrupt input": (["GARBAGE", "--box", "1,1,5,5,0"], ".nii.gz", "cannot be read as nifti"),
+    "box outside image": ([POLYP, "--box", "148,160,700,416"], ".png", "outside the image"),
+    "zero-area box": ([POLYP, "--box", "148,160,424,160"], ".png", "zero area"),
+    "box not numbers": ([POLYP, "--box", "a,b,c,d"], ".png", "is not numbers"),
+    "slice out of range": ([CT, "--box", f"{CT_BOX},30"], ".nii.gz", "slice 30 is outside the volume"),
+    "slice not whole": ([CT, "--box", f"{CT_BOX},nan"], ".nii.gz", "whole number"),
+    "volume without Z": ([CT, "--box", CT_BOX, "--3d"], ".nii.gz", "give the slice index Z"),
+    "3d on a 2D image": ([POLYP, "--box", POLYP_BOX, "--3d"], ".png", "needs a volume"),
+    "only negative points": ([POLYP, "--point", "200,200:neg"], ".png", "only negative points"),
+    "unknown backend": ([POLYP, "--box", POLYP_BOX, "--backend", "nonesuch"], ".png", "unknown backend"),
+    "png mask for a volume": ([CT, "--box", f"{CT_BOX},{CT_Z}"], ".png", "cannot write this file type"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, garbage_nifti, tmp_path):
+    args, suffix, words = BAD_REQUESTS[case]
+    args = [garbage_nifti if a == "GARBAGE" else a for a in args]
+    out = tmp_path / "out"
+    out.mkdir()
+    done = run("segment", *args, "-o", out / f"mask{suffix}", "--overlay", out / "overlay.png")
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("oncoseg: error:"), done.stderr
+    assert words in lines[0]
+    assert done.stdout == ""
+    assert list(out.iterdir()) == []
