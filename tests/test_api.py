@@ -12,6 +12,7 @@ from PIL import Image
 from oncoseg.api import SegmentationResult, segment
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.io import load_image
+from oncoseg.models import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
 from oncoseg.samples import list_samples, sample_path
 from oncoseg.volume import PropagationSettings
@@ -185,7 +186,8 @@ def test_3d_overlay_shows_the_slice_where_the_object_is_largest(ct, tmp_path):
     result, _, _ = ct
     path = result.save_overlay(tmp_path / "overlay.png")
     with Image.open(path) as picture:
-        assert picture.mode == "RGB" and picture.size == (122, 101)
+        # 122 x 101 pixels, enlarged 4x (the whole factor that reaches 384 px) so a person can see it
+        assert picture.mode == "RGB" and picture.size == (122 * 4, 101 * 4)
 
 
 def test_a_png_mask_for_a_volume_is_refused_and_nothing_written(ct, tmp_path):
@@ -198,13 +200,26 @@ def test_a_png_mask_for_a_volume_is_refused_and_nothing_written(ct, tmp_path):
 # -- failures write nothing ------------------------------------------------------------------------------------
 
 
-def test_empty_result_raises_and_writes_nothing(predictor, tmp_path):
-    # LiteMedSAM was trained with boxes: a lone click on a uniform black image gives an empty mask.
+class BlankBackend(Backend):
+    """A backend that finds nothing anywhere: the real LiteMedSAM always paints something inside a prompt, so an
+    empty result (which a fine-tuned or SAM3 model can return) is produced through the public backend interface."""
+
+    name = "blank"
+
+    def encode(self, image):
+        return ImageEmbedding(None, image.shape[:2], image.shape[:2], self.name)
+
+    def decode(self, embedding, prompts, mask_input=None):
+        h, w = embedding.original_size
+        return MaskPrediction(np.zeros((len(prompts), h, w), bool), np.zeros(len(prompts), np.float32))
+
+
+def test_empty_result_raises_and_writes_nothing(tmp_path):
     with pytest.raises(EmptyResultError, match="found nothing for object 1"):
         segment(
             np.zeros((64, 64), np.float32),
-            points=[(30, 30)],
-            predictor=predictor,
+            box=(10, 10, 40, 40),
+            predictor=Predictor(BlankBackend()),
             output=tmp_path / "mask.png",
             overlay=tmp_path / "overlay.png",
             json_path=tmp_path / "result.json",

@@ -10,7 +10,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.io import load_image
 from oncoseg.models import load_backend
 from oncoseg.predictor import Predictor, normalise_image
-from oncoseg.prompts import Box, Point, Prompt
+from oncoseg.prompts import Box, Point, Prompt, points_from_mask
 from oncoseg.samples import list_samples, sample_path
 
 SAMPLES = list_samples()
@@ -198,3 +198,11 @@ def test_rgba_array_loses_its_alpha_channel(backend):
     predictor = Predictor(backend)
     predictor.set_image(rgba)
     assert predictor.image.channels == 3 and predictor.slice_pixels(None).shape == (30, 40, 3)
+
+
+def test_a_lone_click_is_answered_with_the_object_under_it(polyp, polyp_truth):
+    # LiteMedSAM knows only boxes: a click alone is turned into candidate boxes around it (was an empty mask).
+    click = points_from_mask(polyp_truth, 1)[0]
+    mask = polyp.predict(Prompt(points=(click,))).masks[0]
+    assert mask[int(click.y), int(click.x)]
+    assert dice(mask, polyp_truth) > 0.5

@@ -18,7 +18,7 @@ import numpy as np
 
 from oncoseg.errors import EmptyResultError, OncoSegError
 from oncoseg.image import MedicalImage
-from oncoseg.io import atomic_write_path, load_image, save_mask
+from oncoseg.io import atomic_write_path, check_mask_path, load_image, save_mask
 from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, build_prompts, validate_prompt
@@ -121,6 +121,8 @@ def segment(
         raise OncoSegError("--3d needs a volume, but this image is 2D")
     for prompt in prompts:  # before the model is loaded or run
         validate_prompt(prompt, image.shape)
+    if output is not None:
+        check_mask_path(output, image)
 
     predictor = predictor or Predictor(backend)
     predictor.set_image(image, modality=modality)

@@ -162,12 +162,16 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def _check_request(args: argparse.Namespace, image) -> None:
     """Fail on bad prompts, or --3d on a 2D image, before torch and the model are loaded."""
+    from oncoseg.io import check_mask_path
     from oncoseg.prompts import build_prompts, validate_prompt
 
     if args.volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
     for prompt in build_prompts(args.box, args.point):
         validate_prompt(prompt, image.shape)
+    check_mask_path(args.output, image)
+    if args.overlay and not args.overlay.lower().endswith(".png"):
+        raise OncoSegError(f"{args.overlay}: the overlay is a picture; give a .png file name")
 
 
 def _predictor(args: argparse.Namespace):

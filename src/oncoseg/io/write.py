@@ -60,6 +60,15 @@ def save_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLike
     return _write(labels, reference, 1, path, suffix)
 
 
+def check_mask_path(path: str | os.PathLike, reference: MedicalImage) -> Path:
+    """Raise OncoSegError now, before any work, if a mask for ``reference`` cannot be written to ``path``."""
+    path = Path(path)
+    _output_suffix(path, (".png",) if reference.ndim == 2 else ())
+    if path.is_dir():
+        raise OncoSegError(f"{path}: is a folder; give a file name for the mask")
+    return path
+
+
 def save_image(image: MedicalImage, path: str | os.PathLike) -> Path:
     """Write an image in its original orientation: .nii, .nii.gz, .nrrd, .mha, or for 2D images also
     .png/.jpg/.jpeg/.tif/.tiff/.bmp (8-bit grey or RGB; 16-bit grey for PNG and TIFF)."""
