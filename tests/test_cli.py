@@ -155,3 +155,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, garbage_nifti,
     assert words in lines[0]
     assert done.stdout == ""
     assert list(out.iterdir()) == []
+
+
+def test_datasets_lists_the_registry_and_what_is_found(shared_data):
+    done = subprocess.run(
+        [str(ONCOSEG), "datasets", "--root", str(shared_data), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows["kvasir-seg"]["found"] and rows["kvasir-seg"]["n_cases"] == 1000
+    assert rows["busi"]["paper_dice"] == 0.752
+    assert not rows["isic2018"]["found"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("input", help="image file or DICOM series folder")
     info.add_argument("--json", action="store_true", help="print JSON")
 
+    datasets = commands.add_parser(
+        "datasets",
+        help="list the datasets Onco-Seg knows and which are found locally",
+        description="List the benchmark datasets (the paper's and ours), their modality, target and layout, "
+        "and whether they are found under the data root (--root, else $ONCOSEG_DATA, else ../shared/data).",
+    )
+    datasets.add_argument("--root", help="folder holding the datasets")
+    datasets.add_argument("--json", action="store_true", help="print JSON")
+
     demo = commands.add_parser(
         "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
     )
@@ -84,13 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"segment": run_segment, "info": run_info, "demo": run_demo}[args.command](args)
+        return {"segment": run_segment, "info": run_info, "datasets": run_datasets, "demo": run_demo}[args.command](args)
     except OncoSegError as error:
         print(f"oncoseg: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("oncoseg: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python quiet at exit
+        return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -112,6 +125,14 @@ def run_info(args: argparse.Namespace) -> int:
     if image.is_3d:
         print(f"orientation {facts['orientation']} on disk, read as LPS")
     print(f"modality    {facts['modality']} ({facts['modality_source']})")
+    return 0
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    from oncoseg.data import datasets_table, format_datasets_table
+
+    rows = datasets_table(Path(args.root) if args.root else None)
+    print(json.dumps(rows, indent=2, default=str) if args.json else format_datasets_table(rows))
     return 0
 
 
