@@ -79,3 +79,17 @@ def test_keep_touching_drops_far_pieces():
     kept = keep_touching(mask, reference)
     assert kept[3, 3] and not kept[15, 15]
     assert not keep_touching(mask, np.zeros_like(mask)).any()
+
+
+def test_brats_two_channel_mri_propagates(predictor, shared_data):
+    from oncoseg.data import open_dataset
+
+    image, masks = open_dataset("brats2015", root=shared_data).cases()[0].load()
+    assert image.channels == 2  # [FLAIR, T1c] → normalised to [T1c, T1c, FLAIR] for the model
+    truth = masks["WT"]
+    z0 = int(np.argmax(truth.sum(axis=(1, 2))))
+    predictor.set_image(image, modality="mri")
+    result = propagate(predictor, Prompt(box=box_from_mask(truth[z0], z=z0)), PropagationSettings(max_slices=3))
+    lo, hi = result.slice_range
+    assert result.mask.shape == image.shape and hi > lo
+    assert dice(result.mask[lo : hi + 1], truth[lo : hi + 1]) > 0.45  # zero-shot whole tumour (~0.6)
