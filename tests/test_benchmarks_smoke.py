@@ -66,6 +66,8 @@ def test_accuracy_script_on_three_images_per_dataset(shared_data, tmp_path):
         "--limit",
         "3",
         "--reference",
+        "--reference-datasets",
+        "kvasir,busi",
         "--data",
         shared_data,
         "--out",
