@@ -89,7 +89,7 @@ def speed_section(result: dict) -> str:
     text = [
         "## Speed on this machine's CPU",
         "",
-        f"Command: `.venv/bin/python benchmarks/speed.py` (commit `{env.get('git_commit') or '?'}`, "
+        f"Command: `.venv/bin/python benchmarks/speed.py{' --quick' if result['settings'].get('quick') else ''}` (commit `{env.get('git_commit') or '?'}`, "
         f"torch {env['torch']}, {env['torch_threads']} threads, encoder {result['settings']['precision']}, "
         f"CPU bf16 {cpu['flags'].get('avx512_bf16')}, AMX {cpu['flags'].get('amx_bf16')}). Median (p90) wall-clock "
         "seconds; the machine is shared, so the ratio to the reference measured in the same run is the stable figure.",
