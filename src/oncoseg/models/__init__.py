@@ -1,5 +1,6 @@
 """Model backends behind one interface; ``load_backend("litemedsam")`` is the bundled default."""
 
+from oncoseg.models import litemedsam as _litemedsam  # noqa: F401  (registers the default backend)
 from oncoseg.models.base import (
     Backend,
     ImageEmbedding,
@@ -8,7 +9,6 @@ from oncoseg.models.base import (
     load_backend,
     register_backend,
 )
-from oncoseg.models import litemedsam as _litemedsam  # noqa: F401  (registers the default backend)
 
 __all__ = [
     "Backend",

@@ -7,8 +7,9 @@ prompts into masks many times from that embedding (the segment-anything ``SamPre
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ class ImageEmbedding:
     original_size: tuple[int, int]  # (H, W) of the image that was encoded
     input_size: tuple[int, int]  # (h, w) after resizing, before padding
     backend: str
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # backend's per-image decoder state
 
 
 @dataclass

@@ -1,0 +1,94 @@
+"""The CPU-laid-out mask decoder must give SAM's own decoder's numbers for every kind of prompt."""
+
+import numpy as np
+import pytest
+import torch
+
+from oncoseg.models import fast_decoder
+from oncoseg.models.litemedsam import LiteMedSAMBackend
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return LiteMedSAMBackend(precision="fp32")
+
+
+def reference_decode(model, features, sparse, dense):
+    return model.mask_decoder(
+        image_embeddings=features,
+        image_pe=model.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "boxes, points, with_mask",
+    [
+        ([[20.0, 30.0, 120.0, 100.0]], None, False),
+        ([[20.0, 30.0, 120.0, 100.0], [5.0, 5.0, 250.0, 250.0], [100.0, 100.0, 110.0, 140.0]], None, False),
+        ([[20.0, 30.0, 120.0, 100.0]], ([[[60.0, 60.0], [30.0, 90.0]]], [[1, 0]]), False),
+        (None, ([[[60.0, 60.0]]], [[1]]), False),
+        ([[20.0, 30.0, 120.0, 100.0], [40.0, 40.0, 200.0, 90.0]], None, True),
+    ],
+    ids=["one box", "three boxes", "box and clicks", "click only", "mask prompt"],
+)
+def test_fast_decoder_matches_sam_decoder(backend, boxes, points, with_mask):
+    model = backend.model
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 256, 64, 64, generator=generator)
+    box_tensor = torch.tensor(boxes) if boxes is not None else None
+    point_tensors = None
+    if points is not None:
+        point_tensors = (torch.tensor(points[0]), torch.tensor(points[1]))
+    n = len(boxes) if boxes is not None else 1
+    masks = torch.randn(n, 1, 256, 256, generator=generator) * 5 if with_mask else None
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(points=point_tensors, boxes=box_tensor, masks=masks)
+        expected_logits, expected_scores = reference_decode(model, features, sparse, dense)
+        state = fast_decoder.image_state(
+            model.mask_decoder,
+            features,
+            model.prompt_encoder.get_dense_pe(),
+            model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1),
+        )
+        logits, scores = fast_decoder.decode(model.mask_decoder, state, sparse, dense if with_mask else None)
+    assert logits.shape == expected_logits.shape == (n, 1, 256, 256)
+    assert scores.shape == expected_scores.shape == (n, 1)
+    assert torch.allclose(logits, expected_logits, atol=1e-3, rtol=1e-4)
+    assert torch.allclose(scores, expected_scores, atol=1e-5)
+    assert expected_logits.abs().max() > 1  # the comparison is not between two near-zero maps
+
+
+def test_decoder_state_is_cached_on_the_embedding(backend):
+    from oncoseg.prompts import Box, Prompt
+
+    image = np.random.default_rng(0).random((120, 160, 3), dtype=np.float32)
+    embedding = backend.encode(image)
+    first = backend.decode(embedding, [Prompt(box=Box(10, 10, 80, 90))])
+    assert len(embedding.cache) == 1
+    state = next(iter(embedding.cache.values()))
+    second = backend.decode(embedding, [Prompt(box=Box(10, 10, 80, 90))])
+    assert next(iter(embedding.cache.values())) is state
+    np.testing.assert_array_equal(first.masks, second.masks)
+
+
+def test_bf16_decoder_agrees_with_fp32_on_a_real_image(backend, shared_data):
+    from oncoseg.io import load_image
+    from oncoseg.predictor import Predictor
+    from oncoseg.prompts import Prompt, box_from_mask
+
+    root = shared_data / "kvasir-seg"
+    name = min((root / "images").iterdir()).name
+    image = load_image(root / "images" / name)
+    truth = load_image(root / "masks" / name).array
+    truth = (truth[..., 0] if truth.ndim == 3 else truth) > 127
+    masks = {}
+    for precision in ("fp32", "bf16"):
+        predictor = Predictor(LiteMedSAMBackend(precision=precision) if precision == "bf16" else backend)
+        predictor.set_image(image, "endoscopy")
+        masks[precision] = predictor.predict(Prompt(box=box_from_mask(truth))).masks[0]
+    a, b = masks["fp32"], masks["bf16"]
+    dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+    assert dice > 0.97
