@@ -42,6 +42,24 @@ pictures; HD95 is undefined, and counted as such, when exactly one of prediction
 """
 
 
+EPILOG_TRAIN = """\
+example CONFIG (relative paths are taken from the config file's folder):
+  name: brain-lora
+  output: runs/brain-lora
+  seed: 0
+  batch_size: 4
+  lora: {r: 16, alpha: 32, dropout: 0.1, unfreeze: [mask_decoder]}
+  phases:
+    - name: brain                # registered as checkpoint "brain" and "latest"
+      datasets: [msd-hippocampus]
+      epochs: 3                  # omit for the paper's calibration by dataset size
+
+then: oncoseg evaluate msd-hippocampus --checkpoint brain
+Other keys: lr, weight_decay, accumulate, patience, precision (auto|32-true|bf16-mixed|16-mixed),
+accelerator, devices, num_nodes, max_steps_per_epoch, loggers [csv, tensorboard, wandb], data_root.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oncoseg",
@@ -74,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     seg.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
     seg.add_argument(
+        "--checkpoint",
+        help="fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`",
+    )
+    seg.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="encoder precision"
     )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -100,16 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_EVALUATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    evaluate.add_argument("dataset", help="registry name, e.g. kvasir-seg, busi, msd-hippocampus (see `oncoseg datasets`)")
+    evaluate.add_argument(
+        "dataset", help="registry name, e.g. kvasir-seg, busi, msd-hippocampus (see `oncoseg datasets`)"
+    )
     evaluate.add_argument(
         "--split", default="test", choices=("train", "val", "test", "all"), help="fixed split (default: test)"
     )
     evaluate.add_argument(
-        "--protocol", default="box", metavar="P", help="box, box:jitter=0.1, points, points:3 or text (default: box)"
+        "--protocol",
+        default="box",
+        metavar="P",
+        help="box, box:jitter=0.1, points, points:3 or text (default: box)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of jittered boxes and random points")
     evaluate.add_argument(
-        "--modes", default="propagate,per_slice", help="3D datasets: propagate and/or per_slice (default: both)"
+        "--modes",
+        default="propagate,per_slice",
+        help="3D datasets: propagate and/or per_slice (default: both)",
     )
     evaluate.add_argument(
         "--tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D pictures); default 2"
@@ -119,8 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--out", help="output folder (default: eval-output/DATASET-SPLIT-PROTOCOL)")
     evaluate.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     evaluate.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
-    evaluate.add_argument("--checkpoint", help="fine-tuned weights (a full LiteMedSAM state dict)")
-    evaluate.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="model precision")
+    evaluate.add_argument(
+        "--checkpoint",
+        help="fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`",
+    )
+    evaluate.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="model precision"
+    )
     evaluate.add_argument(
         "--devices", type=int, default=1, help="processes per machine through Lightning DDP (default 1)"
     )
@@ -130,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--no-report", action="store_true", help="skip report.md/report.html")
     evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    train = commands.add_parser(
+        "train",
+        help="fine-tune the model with LoRA in phases described by a YAML file",
+        description="Fine-tune LiteMedSAM with LoRA (r=16, alpha=32, dropout 0.1 on the image encoder's attention; "
+        "mask decoder trained) over the phases of CONFIG, with Lightning. Finished phases are skipped, an "
+        "interrupted phase resumes from its last.ckpt, and each finished phase registers its adapter under its "
+        "name and as 'latest' for --checkpoint NAME.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("config", help="YAML file: name, output, phases (see the example below)")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     demo = commands.add_parser(
         "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
@@ -149,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "segment": run_segment, "info": run_info, "datasets": run_datasets, "evaluate": run_evaluate,
-            "demo": run_demo,
+            "train": run_train, "demo": run_demo,
         }  # fmt: skip
         return commands[args.command](args)
     except OncoSegError as error:
@@ -235,11 +282,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from oncoseg.train.phases import load_config, train
+
+    config = load_config(args.config)
+    for record in train(config, progress=not args.quiet):
+        if "adapter" in record:
+            dice = record.get("best_val_dice")
+            print(
+                f"phase {record['phase']}: best validation Dice "
+                f"{'–' if dice is None else f'{dice:.3f}'}, adapter {record['adapter']}"
+            )
+    return 0
+
+
 def format_summary(summary: dict) -> str:
     """The summary groups as a plain table (what `oncoseg evaluate` prints)."""
     run = summary["run"]
     lines = [f"{run['dataset']} ({run['split'] or 'all'} split), prompt: {run['prompt']}"]
-    lines.append(f"{'mode':<10} {'target':<14} {'category':<12} {'n':>4}  {'Dice mean ± sd':<16} {'NSD':>6} {'HD95':>8}")
+    lines.append(
+        f"{'mode':<10} {'target':<14} {'category':<12} {'n':>4}  {'Dice mean ± sd':<16} {'NSD':>6} {'HD95':>8}"
+    )
     for group in summary["groups"]:
         dice, nsd, hd95 = group["dice"], group["nsd"], group["hd95"]
         text = f"{dice['mean']:.3f} ± {dice['sd']:.3f}" if dice["n"] else "–"
@@ -314,6 +377,10 @@ def _check_request(args: argparse.Namespace, image) -> None:
 def _predictor(args: argparse.Namespace):
     from oncoseg.predictor import Predictor
 
+    if getattr(args, "checkpoint", None):
+        from oncoseg.train.checkpoints import model_from_checkpoint
+
+        return Predictor(args.backend, precision=args.precision, model=model_from_checkpoint(args.checkpoint))
     return Predictor(args.backend, precision=args.precision)
 
 

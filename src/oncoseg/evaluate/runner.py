@@ -84,9 +84,13 @@ def select_cases(dataset: Dataset, split: str | None, limit: int | None) -> list
 
 
 def make_predictor(config: EvaluationConfig) -> Predictor:
+    """The predictor an evaluation uses; ``config.checkpoint`` is a LoRA adapter, a full state dict or a name
+    registered by ``oncoseg train`` (see `oncoseg.train.checkpoints`)."""
     kwargs: dict[str, Any] = {"precision": config.precision} if config.backend == "litemedsam" else {}
     if config.checkpoint:
-        kwargs["checkpoint"] = config.checkpoint
+        from oncoseg.train.checkpoints import model_from_checkpoint
+
+        kwargs["model"] = model_from_checkpoint(config.checkpoint)
     return Predictor(config.backend, cache_slices=1024, **kwargs)
 
 

@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA, losses, training samples, the Lightning loop, phases and checkpoints."""

@@ -1,0 +1,357 @@
+"""`oncoseg train CONFIG`: fine-tuning in phases described by a YAML file, with checkpoint chaining.
+
+```yaml
+name: brain-lora                 # run name (also the W&B project prefix)
+output: runs/brain-lora          # one folder per phase inside
+seed: 0
+lora: {r: 16, alpha: 32, dropout: 0.1, unfreeze: [mask_decoder]}
+batch_size: 4
+phases:
+  - name: brain                  # registered as the named checkpoint "brain" (and "latest")
+    datasets: [msd-hippocampus]
+    epochs: null                 # null: the paper's calibration by training-set size
+```
+
+A new phase starts from the previous phase's adapter (weights only: a fresh optimizer and scheduler). An
+interrupted phase resumes from its ``last.ckpt`` with its full state (weights, optimizer, scheduler, epoch);
+each epoch's random draws depend only on (seed, epoch), so the resumed run ends where an uninterrupted one would.
+A finished phase keeps ``last.ckpt``, ``adapter.safetensors`` (its best validation Dice) and ``done.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oncoseg.errors import OncoSegError
+
+LOGGERS = ("csv", "tensorboard", "wandb")
+
+
+def calibrated_epochs(cases: int) -> int:
+    """The paper's epochs by training-set size: < 50 → 50, 50–200 → 30, 200–1000 → 20 (15 above 500), > 1000 → 15."""
+    if cases < 50:
+        return 50
+    if cases <= 200:
+        return 30
+    if cases <= 500:
+        return 20
+    return 15
+
+
+@dataclass
+class PhaseConfig:
+    name: str
+    datasets: list[str]
+    epochs: int | None = None  # None: calibrated_epochs(training cases)
+    samples_per_epoch: int | None = None  # None: the sample set's own size
+    checkpoint_name: str | None = None  # named checkpoint to register (default: the phase name)
+    train_split: str = "train"
+    val_split: str = "val"
+    val_limit: int | None = 64  # validation samples per epoch (evenly spread)
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    output: str
+    phases: list[PhaseConfig]
+    seed: int = 0
+    data_root: str | None = None
+    base_checkpoint: str | None = None  # start weights (default: the bundled LiteMedSAM)
+    lora: dict[str, Any] = field(default_factory=dict)  # LoraSettings fields
+    batch_size: int = 4
+    accumulate: int = 1  # gradient accumulation steps
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    patience: int = 10  # early stopping on validation Dice
+    precision: str = "auto"  # auto: bf16-mixed on CPUs with bf16, 16-mixed on GPUs, else 32-true
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    max_steps_per_epoch: int | None = None  # cap batches per epoch (a quick look)
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    wandb_offline: bool = True
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.phases:
+            raise OncoSegError("the training config has no phases")
+        unknown = set(self.loggers) - set(LOGGERS)
+        if unknown:
+            raise OncoSegError(f"unknown logger(s) {', '.join(sorted(unknown))}: use {', '.join(LOGGERS)}")
+        names = [phase.name for phase in self.phases]
+        if len(set(names)) != len(names):
+            raise OncoSegError(f"phase names must differ: {', '.join(names)}")
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise OncoSegError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+    try:
+        return cls(**values)
+    except TypeError as error:
+        raise OncoSegError(f"{where}: {error}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read and check a YAML training config."""
+    import yaml
+
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OncoSegError(f"training config not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise OncoSegError(f"{path.name} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(document, dict):
+        raise OncoSegError(f"{path.name}: expected a mapping with name, output and phases")
+    phases = document.pop("phases", None) or []
+    if not isinstance(phases, list):
+        raise OncoSegError(f"{path.name}: phases must be a list")
+    document["phases"] = [
+        _build(PhaseConfig, dict(p), f"{path.name} phase {i + 1}") for i, p in enumerate(phases)
+    ]
+    config = _build(TrainConfig, document, path.name)
+    output = Path(config.output)
+    if not output.is_absolute():
+        config.output = str((path.parent / output).resolve())
+    return config
+
+
+def trainer_precision(setting: str, accelerator: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "16-mixed"
+    from oncoseg.models.litemedsam import cpu_has_bf16
+
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+class _EpochView:
+    """The sample set as one epoch sees it: drawn for that epoch, in an order that depends only on (seed, epoch)."""
+
+    def __init__(self, samples, seed: int, epoch: int) -> None:
+        self.samples, self.epoch = samples, epoch
+        self.order = np.random.default_rng([seed, epoch, 17]).permutation(len(samples))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        self.samples.set_epoch(self.epoch)
+        return self.samples[int(self.order[index])]
+
+
+def _data_module(samples, validation, config: TrainConfig):
+    """Loaders rebuilt every epoch (``reload_dataloaders_every_n_epochs=1``) from the trainer's epoch, which a
+    resumed run restores before it asks for them."""
+    import lightning
+    from oncoseg.train.samples import collate_samples
+    from torch.utils.data import DataLoader
+
+    class PhaseData(lightning.LightningDataModule):
+        def train_dataloader(self):
+            view = _EpochView(samples, config.seed, self.trainer.current_epoch)
+            return DataLoader(view, batch_size=config.batch_size, shuffle=False, collate_fn=collate_samples,
+                              num_workers=config.num_workers)  # fmt: skip
+
+        def val_dataloader(self):
+            return DataLoader(validation, batch_size=config.batch_size, collate_fn=collate_samples)
+
+    return PhaseData()
+
+
+def phase_folder(config: TrainConfig, index: int) -> Path:
+    return Path(config.output) / f"{index + 1:02d}-{config.phases[index].name}"
+
+
+def train(config: TrainConfig | str | Path, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every phase of ``config`` in order (finished phases are skipped); returns each phase's record."""
+    if not isinstance(config, TrainConfig):
+        config = load_config(config)
+    records, previous_adapter = [], None
+    for index, phase in enumerate(config.phases):
+        folder = phase_folder(config, index)
+        done = folder / "done.json"
+        if done.exists():
+            record = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            record = run_phase(config, phase, folder, previous_adapter, progress)
+        records.append(record)
+        previous_adapter = folder / "adapter.safetensors"
+    return records
+
+
+def _cases(config: TrainConfig, phase: PhaseConfig, split: str):
+    from oncoseg.data import open_dataset
+
+    cases = []
+    for name in phase.datasets:
+        found = open_dataset(name, config.data_root).cases(split)
+        if not found:
+            raise OncoSegError(f"phase {phase.name}: {name} has no {split} cases")
+        cases += found
+    return cases
+
+
+def _loggers(config: TrainConfig, phase: PhaseConfig, folder: Path) -> list:
+    from lightning.pytorch import loggers
+
+    chosen = []
+    if "csv" in config.loggers:
+        chosen.append(loggers.CSVLogger(folder, name="logs", version=""))
+    if "tensorboard" in config.loggers:
+        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard", version=""))
+    if "wandb" in config.loggers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise OncoSegError(
+                "the wandb logger was asked for but wandb is not installed: pip install wandb"
+            ) from None
+        chosen.append(
+            loggers.WandbLogger(
+                project=f"{config.name}-{phase.name}", save_dir=str(folder), offline=config.wandb_offline
+            )
+        )
+    return chosen
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of the trainable tensors (names and float32 bytes, in name order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        if parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_resumable(path: Path, module) -> None:
+    """Refuse a damaged checkpoint, or one written for another model or LoRA setting, with one clear line."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        weights = state["state_dict"]
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise OncoSegError(
+            f"cannot resume: {path} is damaged ({type(error).__name__}); delete it to restart the phase"
+        ) from None
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (missing or unexpected or wrong)[0]
+        raise OncoSegError(
+            f"cannot resume: {path} was written for another model or LoRA setting ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} differently shaped tensors, e.g. {detail}); "
+            "delete it or use another output folder"
+        )
+
+
+def run_phase(
+    config: TrainConfig, phase: PhaseConfig, folder: Path, start_adapter: Path | None, progress: bool = True
+) -> dict[str, Any]:
+    """Train one phase in ``folder`` (resuming from its ``last.ckpt`` if there is one)."""
+    import lightning
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from oncoseg.train.lora import LoraSettings, apply_lora, describe, load_adapter, save_adapter
+    from oncoseg.train.samples import SampleSettings, TrainingSamples, validation_samples
+
+    from oncoseg.models.litemedsam import build_model
+    from oncoseg.train.checkpoints import register
+    from oncoseg.train.module import SegmentationModule
+
+    began = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    lightning.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_model(config.base_checkpoint)
+    settings = LoraSettings.from_dict(config.lora) if config.lora else LoraSettings()
+    if start_adapter is not None:
+        load_adapter(model, start_adapter)  # weights only: the optimizer and scheduler start afresh
+    else:
+        apply_lora(model, settings)
+    train_cases, val_cases = _cases(config, phase, phase.train_split), _cases(config, phase, phase.val_split)
+    sample_settings = SampleSettings(seed=config.seed)
+    samples = TrainingSamples(train_cases, sample_settings, samples_per_epoch=phase.samples_per_epoch)
+    validation = validation_samples(val_cases, sample_settings)
+    if phase.val_limit and len(validation) > phase.val_limit:
+        picks = np.linspace(0, len(validation) - 1, phase.val_limit).round().astype(int)
+        validation = [validation[i] for i in sorted(set(picks.tolist()))]
+    epochs = phase.epochs or calibrated_epochs(len(train_cases))
+
+    module = SegmentationModule(model, lr=config.lr, weight_decay=config.weight_decay, seed=config.seed)
+    module.train()  # LoRA dropout on (frozen BatchNorm keeps its statistics: see oncoseg.train.lora)
+    data = _data_module(samples, validation, config)
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_dice", mode="max", save_last=True)
+    multi = config.devices * config.num_nodes > 1
+    trainer = lightning.Trainer(
+        max_epochs=epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy="ddp_find_unused_parameters_true" if multi else "auto",
+        precision=trainer_precision(config.precision, config.accelerator),
+        accumulate_grad_batches=config.accumulate,
+        limit_train_batches=config.max_steps_per_epoch or 1.0,
+        callbacks=[best, EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)],
+        logger=_loggers(config, phase, folder),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+        reload_dataloaders_every_n_epochs=1,
+    )
+    resume = folder / "last.ckpt"
+    if resume.exists():
+        check_resumable(resume, module)
+    if trainer.is_global_zero:
+        print(f"phase {phase.name}: {describe(model)}; {len(samples)} samples/epoch, {epochs} epochs")
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
+    seconds = time.perf_counter() - began
+    # Every process notes a fingerprint of its trainable weights: after DDP they must all be the same.
+    (folder / f"weights.rank{trainer.global_rank}.sha256").write_text(weights_fingerprint(model) + "\n")
+    record = {"phase": phase.name, "folder": str(folder)}
+    if trainer.is_global_zero:
+        if best.best_model_path:  # export the weights with the best validation Dice
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            module.load_state_dict(state)
+        adapter = folder / "adapter.safetensors"
+        best_dice = float(best.best_model_score) if best.best_model_score is not None else None
+        save_adapter(model, adapter, extra={"phase": phase.name, "best_val_dice": best_dice})
+        for old in folder.glob("best*.ckpt"):
+            old.unlink()
+        record.update(
+            adapter=str(adapter),
+            epochs=epochs,
+            epochs_run=trainer.current_epoch,
+            best_val_dice=best_dice,
+            train_cases=len(train_cases),
+            samples_per_epoch=len(samples),
+            seconds=round(seconds, 1),
+            datasets=phase.datasets,
+        )
+        name = phase.checkpoint_name or phase.name
+        register(name, adapter, run=config.name, phase=phase.name, best_val_dice=best_dice)
+        register("latest", adapter, run=config.name, phase=phase.name, best_val_dice=best_dice)
+        (folder / "done.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record

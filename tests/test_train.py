@@ -1,0 +1,176 @@
+"""`oncoseg train`: config checks, a real (tiny) LoRA run on real data with chaining and named checkpoints,
+resume after a real kill, and DDP over 2 CPU processes ending with identical weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from oncoseg.cli import main
+from oncoseg.errors import OncoSegError
+from oncoseg.train.phases import calibrated_epochs, load_config
+
+TINY = """\
+name: tiny
+output: {output}
+seed: 3
+data_root: {data}
+batch_size: 1
+max_steps_per_epoch: {steps}
+loggers: [csv]
+phases:
+  - name: first
+    datasets: [msd-hippocampus]
+    epochs: {epochs}
+    val_limit: 2
+"""
+
+
+def write_config(folder: Path, data: Path, epochs=1, steps=2, extra_phase=False, **keys) -> Path:
+    text = TINY.format(output=folder / "run", data=data, epochs=epochs, steps=steps)
+    text += "".join(f"{key}: {value}\n" for key, value in keys.items())
+    if extra_phase:
+        text += "  - name: second\n    datasets: [msd-hippocampus]\n    epochs: 1\n    val_limit: 2\n"
+    path = folder / "train.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_calibrated_epochs_follow_the_paper():
+    assert [calibrated_epochs(n) for n in (10, 49, 50, 200, 201, 1000, 5000)] == [50, 50, 30, 30, 20, 15, 15]
+
+
+def test_config_errors_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\noutput: out\nlearning_rate: 3\nphases: [{name: a, datasets: [busi]}]\n")
+    with pytest.raises(OncoSegError, match="unknown key.*learning_rate"):
+        load_config(bad)
+    bad.write_text("name: x\noutput: out\nphases: []\n")
+    with pytest.raises(OncoSegError, match="no phases"):
+        load_config(bad)
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(OncoSegError, match="not valid YAML"):
+        load_config(bad)
+    good = tmp_path / "good.yaml"
+    good.write_text("name: x\noutput: out\nphases: [{name: a, datasets: [busi]}]\n")
+    config = load_config(good)
+    assert Path(config.output) == (tmp_path / "out").resolve()  # relative to the config file
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ONCOSEG_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, home, capsys):
+    from oncoseg.train.checkpoints import read_index, resolve
+    from oncoseg.train.lora import adapter_state
+
+    config = write_config(tmp_path, shared_data, extra_phase=True)
+    assert main(["train", str(config), "-q"]) == 0
+    first, second = tmp_path / "run" / "01-first", tmp_path / "run" / "02-second"
+    for phase in (first, second):
+        assert (phase / "adapter.safetensors").exists() and (phase / "last.ckpt").exists()
+        assert not list(phase.glob("best*.ckpt"))  # a finished phase keeps last.ckpt and the adapter only
+        record = json.loads((phase / "done.json").read_text())
+        assert record["epochs_run"] >= 1 and 0 <= record["best_val_dice"] <= 1
+    index = read_index()
+    assert set(index) == {"first", "second", "latest"}
+    assert resolve("latest") == (second / "adapter.safetensors").resolve()
+    assert (first / "adapter.safetensors").stat().st_size < 20e6
+
+    # Chaining: the second phase started from the first one's weights with a fresh optimizer (its own steps only).
+    state = torch.load(second / "last.ckpt", map_location="cpu", weights_only=False)
+    steps = [s["step"] for s in state["optimizer_states"][0]["state"].values()]
+    assert max(float(s) for s in steps) == 2  # 2 batches in its 1 epoch, nothing carried over
+    from oncoseg.models.litemedsam import build_model
+    from oncoseg.train.lora import load_adapter
+
+    a, b = build_model(), build_model()
+    load_adapter(a, first / "adapter.safetensors")
+    load_adapter(b, second / "adapter.safetensors")
+    assert any(not torch.equal(x, y) for x, y in zip(adapter_state(a).values(), adapter_state(b).values()))
+
+    # A second call finds both phases done and trains nothing.
+    began = time.perf_counter()
+    assert main(["train", str(config), "-q"]) == 0
+    assert time.perf_counter() - began < 30
+
+    # The named checkpoint works where users meet it.
+    out = tmp_path / "eval"
+    code = main(["evaluate", "msd-hippocampus", "--limit", "1", "--modes", "per_slice", "--checkpoint", "latest",
+                 "--data", str(shared_data), "-o", str(out), "-q", "--no-report"])  # fmt: skip
+    assert code == 0
+    assert json.loads((out / "run.json").read_text())["checkpoint"] == "latest"
+    capsys.readouterr()
+
+
+def test_damaged_or_foreign_checkpoints_are_refused(shared_data, tmp_path, home, capsys):
+    config = write_config(tmp_path, shared_data, epochs=2, steps=1)
+    phase = tmp_path / "run" / "01-first"
+    phase.mkdir(parents=True)
+    (phase / "last.ckpt").write_bytes(b"not a checkpoint")
+    assert main(["train", str(config), "-q"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("oncoseg: error")]
+    assert len(errors) == 1 and "damaged" in errors[0] and "last.ckpt" in errors[0]
+    torch.save({"state_dict": {"model.something": torch.zeros(3)}}, phase / "last.ckpt")
+    assert main(["train", str(config), "-q"]) == 2
+    assert "another model or LoRA setting" in capsys.readouterr().err
+    assert main(["evaluate", "kvasir-seg", "--checkpoint", "no-such-name", "-q"]) == 2
+    assert "no checkpoint file or name" in capsys.readouterr().err
+
+
+def _run(config: Path, env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "oncoseg.cli", "train", str(config), "-q"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(shared_data, tmp_path):
+    env = {**os.environ, "ONCOSEG_HOME": str(tmp_path / "home"), "PYTHONWARNINGS": "ignore"}
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    straight_dir.mkdir()
+    killed_dir.mkdir()
+    straight = write_config(straight_dir, shared_data, epochs=3, steps=3)
+    killed = write_config(killed_dir, shared_data, epochs=3, steps=3)
+
+    process = _run(killed, env)
+    metrics = killed_dir / "run" / "01-first" / "logs" / "metrics.csv"
+    deadline = time.time() + 600
+    # Wait until epoch 0 is finished (its checkpoint and logged metrics exist), then kill inside epoch 1.
+    while time.time() < deadline and process.poll() is None:
+        if (killed_dir / "run" / "01-first" / "last.ckpt").exists() and metrics.exists():
+            if "train_loss_step" in metrics.read_text() and metrics.read_text().count("\n") >= 5:
+                break
+        time.sleep(0.2)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "run" / "01-first" / "done.json").exists()
+
+    resumed = _run(killed, env)
+    assert resumed.wait(timeout=900) == 0, resumed.stderr.read()[-2000:]
+    reference = _run(straight, env)
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-2000:]
+    fingerprint = (killed_dir / "run" / "01-first" / "weights.rank0.sha256").read_text()
+    assert fingerprint == (straight_dir / "run" / "01-first" / "weights.rank0.sha256").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_with_two_processes_ends_with_identical_weights(shared_data, tmp_path):
+    env = {**os.environ, "ONCOSEG_HOME": str(tmp_path / "home"), "PYTHONWARNINGS": "ignore"}
+    config = write_config(tmp_path, shared_data, epochs=1, steps=2, devices=2, accelerator="cpu")
+    process = _run(config, env)
+    assert process.wait(timeout=900) == 0, process.stderr.read()[-3000:]
+    phase = tmp_path / "run" / "01-first"
+    ranks = sorted(phase.glob("weights.rank*.sha256"))
+    assert [p.name for p in ranks] == ["weights.rank0.sha256", "weights.rank1.sha256"]
+    assert ranks[0].read_text() == ranks[1].read_text()
+    assert (phase / "adapter.safetensors").exists()
