@@ -1,12 +1,14 @@
 """The Lightning module that fine-tunes a promptable model: box-prompted forward pass, the modality-weighted
-Dice + Focal loss, validation Dice/IoU, AdamW with cosine warm restarts (the paper's recipe).
+Dice + Focal loss, validation Dice/IoU, AdamW with cosine warm restarts (the paper's recipe; the rate is set
+from the epoch number at each epoch's start, the same schedule as torch's CosineAnnealingWarmRestarts).
 
-Each epoch starts from a seed derived from the run's seed and the epoch number, so an epoch replayed after a
-crash draws the same dropout masks and samples as the uninterrupted run.
+Each training batch seeds torch from the run's seed, the epoch and the batch number, so a step replayed after a crash draws
+the same dropout masks as in the uninterrupted run (the samples are fixed by seed and epoch: see ``phases``).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning
@@ -65,8 +67,24 @@ class SegmentationModule(lightning.LightningModule):
     def forward(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         return box_forward(self.model, image, box)
 
+    def learning_rate(self, epoch: int) -> float:
+        """Cosine annealing with warm restarts (T0 = ``restart_epochs``, period × ``restart_mult`` after each
+        restart) as a function of the epoch: nothing to save or restore, so a resumed run has the same rate."""
+        period, start = self.restart_epochs, 0
+        while epoch >= start + period:
+            start, period = start + period, period * self.restart_mult
+        return 0.5 * self.lr * (1 + math.cos(math.pi * (epoch - start) / period))
+
+    def on_train_batch_start(self, batch: Any, batch_index: int) -> None:
+        # Dropout masks depend only on (seed, epoch, batch, rank): whatever else drew random numbers before (data
+        # loader start-up, validation), a batch replayed after a resume draws the same masks.
+        torch.manual_seed(hash((self.seed, self.current_epoch, batch_index, self.global_rank)) % 2**63)
+
     def on_train_epoch_start(self) -> None:
-        torch.manual_seed(self.seed * 1_000_003 + self.current_epoch * 7_919 + self.global_rank)
+        rate = self.learning_rate(self.current_epoch)
+        for group in self.trainer.optimizers[0].param_groups:
+            group["lr"] = rate
+        self.log("lr", rate, on_step=False, on_epoch=True)
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         logits = self(batch["image"], batch["box"])
@@ -83,10 +101,6 @@ class SegmentationModule(lightning.LightningModule):
         self.log("val_dice", dice.mean(), prog_bar=True, sync_dist=True, batch_size=size)
         self.log("val_iou", iou.mean(), sync_dist=True, batch_size=size)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> torch.optim.Optimizer:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=self.restart_epochs, T_mult=self.restart_mult
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return torch.optim.AdamW(trainable, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)

@@ -142,38 +142,48 @@ def trainer_precision(setting: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_bf16() else "32-true"
 
 
-class _EpochView:
-    """The sample set as one epoch sees it: drawn for that epoch, in an order that depends only on (seed, epoch)."""
+class EpochSampler:
+    """Sample indices in an order that depends only on (seed, epoch), as ``(epoch, index)`` pairs, split between
+    DDP processes by rank. Lightning calls ``set_epoch`` before every epoch, also right after a resume, so a
+    replayed epoch sees exactly the samples (and random draws) of the uninterrupted run."""
 
-    def __init__(self, samples, seed: int, epoch: int) -> None:
-        self.samples, self.epoch = samples, epoch
-        self.order = np.random.default_rng([seed, epoch, 17]).permutation(len(samples))
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return -(-self.length // self._rank_world()[1])
+
+    def __iter__(self):
+        rank, world = self._rank_world()
+        order = np.random.default_rng([self.seed, self.epoch, 17]).permutation(self.length)
+        order = np.resize(order, len(self) * world)  # equal shares: wrap around to pad
+        return iter([(self.epoch, int(index)) for index in order[rank::world]])
+
+
+class _EpochSamples:
+    """Training samples addressed by ``(epoch, index)``."""
+
+    def __init__(self, samples) -> None:
+        self.samples = samples
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
-        self.samples.set_epoch(self.epoch)
-        return self.samples[int(self.order[index])]
-
-
-def _data_module(samples, validation, config: TrainConfig):
-    """Loaders rebuilt every epoch (``reload_dataloaders_every_n_epochs=1``) from the trainer's epoch, which a
-    resumed run restores before it asks for them."""
-    import lightning
-    from oncoseg.train.samples import collate_samples
-    from torch.utils.data import DataLoader
-
-    class PhaseData(lightning.LightningDataModule):
-        def train_dataloader(self):
-            view = _EpochView(samples, config.seed, self.trainer.current_epoch)
-            return DataLoader(view, batch_size=config.batch_size, shuffle=False, collate_fn=collate_samples,
-                              num_workers=config.num_workers)  # fmt: skip
-
-        def val_dataloader(self):
-            return DataLoader(validation, batch_size=config.batch_size, collate_fn=collate_samples)
-
-    return PhaseData()
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        self.samples.set_epoch(epoch)
+        return self.samples[index]
 
 
 def phase_folder(config: TrainConfig, index: int) -> Path:
@@ -214,9 +224,9 @@ def _loggers(config: TrainConfig, phase: PhaseConfig, folder: Path) -> list:
 
     chosen = []
     if "csv" in config.loggers:
-        chosen.append(loggers.CSVLogger(folder, name="logs", version=""))
+        chosen.append(loggers.CSVLogger(folder, name="logs"))
     if "tensorboard" in config.loggers:
-        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard", version=""))
+        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard"))
     if "wandb" in config.loggers:
         try:
             import wandb  # noqa: F401
@@ -274,8 +284,9 @@ def run_phase(
     import lightning
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from torch.utils.data import DataLoader
     from oncoseg.train.lora import LoraSettings, apply_lora, describe, load_adapter, save_adapter
-    from oncoseg.train.samples import SampleSettings, TrainingSamples, validation_samples
+    from oncoseg.train.samples import SampleSettings, TrainingSamples, collate_samples, validation_samples
 
     from oncoseg.models.litemedsam import build_model
     from oncoseg.train.checkpoints import register
@@ -301,7 +312,11 @@ def run_phase(
 
     module = SegmentationModule(model, lr=config.lr, weight_decay=config.weight_decay, seed=config.seed)
     module.train()  # LoRA dropout on (frozen BatchNorm keeps its statistics: see oncoseg.train.lora)
-    data = _data_module(samples, validation, config)
+    train_loader = DataLoader(
+        _EpochSamples(samples), batch_size=config.batch_size, sampler=EpochSampler(len(samples), config.seed),
+        collate_fn=collate_samples, num_workers=config.num_workers,
+    )  # fmt: skip
+    val_loader = DataLoader(validation, batch_size=config.batch_size, collate_fn=collate_samples)
     best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_dice", mode="max", save_last=True)
     multi = config.devices * config.num_nodes > 1
     trainer = lightning.Trainer(
@@ -319,14 +334,14 @@ def run_phase(
         enable_model_summary=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
-        reload_dataloaders_every_n_epochs=1,
+        use_distributed_sampler=False,  # EpochSampler shards by rank itself
     )
     resume = folder / "last.ckpt"
     if resume.exists():
         check_resumable(resume, module)
     if trainer.is_global_zero:
         print(f"phase {phase.name}: {describe(model)}; {len(samples)} samples/epoch, {epochs} epochs")
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.exists() else None)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
     seconds = time.perf_counter() - began
     # Every process notes a fingerprint of its trainable weights: after DDP they must all be the same.
     (folder / f"weights.rank{trainer.global_rank}.sha256").write_text(weights_fingerprint(model) + "\n")
