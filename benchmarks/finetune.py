@@ -40,7 +40,9 @@ def main_dice(summary: dict[str, Any], mode: str) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "finetune-hippocampus.yaml")
-    parser.add_argument("--limit", type=int, default=26, help="test volumes (evenly spread; default 26 of 52)")
+    parser.add_argument(
+        "--limit", type=int, default=13, help="test volumes (evenly spread; default 13 of 52)"
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/speed.py                                      # → results/speed.json
     .venv/bin/python benchmarks/paper_table.py                                # → results/paper_table.json
     .venv/bin/python benchmarks/scale.py --ddp                                # → results/scale.json
+    .venv/bin/python benchmarks/finetune.py                                   # → results/finetune.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
@@ -49,8 +50,10 @@ def accuracy_section(result: dict) -> str:
     text = [
         "## Accuracy with ground-truth box prompts",
         "",
-        "Command: `.venv/bin/python benchmarks/accuracy.py --reference --compare-precision` "
-        f"(commit `{env.get('git_commit') or '?'}`).",
+        (
+            "Command: `.venv/bin/python benchmarks/accuracy.py --reference --compare-precision` "
+            f"(commit `{env.get('git_commit') or '?'}`)."
+        ),
         "",
         table(
             ["dataset", "method", "n", "Dice mean ± sd", "median", "paper (its own prompts)", "prompt"], rows
@@ -64,10 +67,12 @@ def accuracy_section(result: dict) -> str:
     if comparison:
         text += [
             "",
-            f"bf16 encoder vs fp32 on Kvasir-SEG test: mean Dice {comparison['bf16']['mean']:.4f} vs "
-            f"{comparison['fp32']['mean']:.4f} (difference {comparison['mean_dice_difference_bf16_minus_fp32']:+.4f}, "
-            f"tolerance ±{comparison['tolerance']}; largest single-case difference "
-            f"{comparison['max_abs_case_difference']:.3f}).",
+            (
+                f"bf16 encoder vs fp32 on Kvasir-SEG test: mean Dice {comparison['bf16']['mean']:.4f} vs "
+                f"{comparison['fp32']['mean']:.4f} (difference {comparison['mean_dice_difference_bf16_minus_fp32']:+.4f}, "
+                f"tolerance ±{comparison['tolerance']}; largest single-case difference "
+                f"{comparison['max_abs_case_difference']:.3f})."
+            ),
         ]
     return "\n".join(text)
 
@@ -98,10 +103,12 @@ def speed_section(result: dict) -> str:
     text = [
         "## Speed on this machine's CPU",
         "",
-        f"Command: `.venv/bin/python benchmarks/speed.py{' --quick' if result['settings'].get('quick') else ''}` (commit `{env.get('git_commit') or '?'}`, "
-        f"torch {env['torch']}, {env['torch_threads']} threads, encoder {result['settings']['precision']}, "
-        f"CPU bf16 {cpu['flags'].get('avx512_bf16')}, AMX {cpu['flags'].get('amx_bf16')}). Median (p90) wall-clock "
-        "seconds; the machine is shared, so the ratio to the reference measured in the same run is the stable figure.",
+        (
+            f"Command: `.venv/bin/python benchmarks/speed.py{' --quick' if result['settings'].get('quick') else ''}` (commit `{env.get('git_commit') or '?'}`, "
+            f"torch {env['torch']}, {env['torch_threads']} threads, encoder {result['settings']['precision']}, "
+            f"CPU bf16 {cpu['flags'].get('avx512_bf16')}, AMX {cpu['flags'].get('amx_bf16')}). Median (p90) wall-clock "
+            "seconds; the machine is shared, so the ratio to the reference measured in the same run is the stable figure."
+        ),
         "",
         table(
             [
@@ -136,12 +143,16 @@ def paper_table_section(result: dict) -> str:
     lines = [
         "## The benchmark table: every labelled dataset in ../shared/data, beside the preprint",
         "",
-        f"Command: `.venv/bin/python benchmarks/paper_table.py` (commit `{env.get('git_commit') or '?'}`, "
-        f"model LiteMedSAM {result['precision']}, zero-shot; prompt protocol `{result['protocol']}`). "
-        "Per-case CSVs and HTML reports with box plots and best/median/worst overlays: "
-        "`benchmarks/results/eval/*/report.html` (not committed: regenerate with the command).",
-        "The preprint's numbers come from its own prompts and fine-tuned models; ours use the ground-truth box "
-        "(tight bounding box of the target, no jitter). NSD at 2 mm for volumes and 2 px for pictures; HD95 median.",
+        (
+            f"Command: `.venv/bin/python benchmarks/paper_table.py` (commit `{env.get('git_commit') or '?'}`, "
+            f"model LiteMedSAM {result['precision']}, zero-shot; prompt protocol `{result['protocol']}`). "
+            "Per-case CSVs and HTML reports with box plots and best/median/worst overlays: "
+            "`benchmarks/results/eval/*/report.html` (not committed: regenerate with the command)."
+        ),
+        (
+            "The preprint's numbers come from its own prompts and fine-tuned models; ours use the ground-truth box "
+            "(tight bounding box of the target, no jitter). NSD at 2 mm for volumes and 2 px for pictures; HD95 median."
+        ),
         "",
         result["markdown"],
         "",
@@ -155,6 +166,44 @@ def paper_table_section(result: dict) -> str:
     return "\n".join(lines)
 
 
+def finetune_section(result: dict) -> str:
+    env, record = result["environment"], result["train_record"]
+    phase = result["config"]["phases"][-1]
+    rows = [
+        [f"{result['dataset']} test ({result['test_cases']} volumes), {target}, GT box every slice",
+         f"{result['before'][target]:.3f}", f"{result['after'][target]:.3f}", f"{result['gain'][target]:+.3f}"]
+        for target in result["before"]
+    ]  # fmt: skip
+    rows.append(
+        ["Kvasir-SEG test (100), forgetting check", f"{result['kvasir_before']:.3f}", f"{result['kvasir_after']:.3f}",
+         f"{-result['forgetting']:+.3f}"]
+    )  # fmt: skip
+    verdict = (
+        f"Mean gain {result['mean_gain']:+.3f} (target ≥ +{result['target_gain']:.2f}: "
+        f"{'met' if result['meets_gain'] else 'not met'}); Kvasir change {-result['forgetting']:+.3f} "
+        f"(limit −{result['forgetting_limit']:.2f}: {'met' if result['meets_forgetting'] else 'not met'})."
+    )
+    return "\n".join(
+        [
+            "## Fine-tuning: LoRA on real data, before and after",
+            "",
+            (
+                f"Command: `.venv/bin/python benchmarks/finetune.py` (commit `{env.get('git_commit') or '?'}`; config "
+                "`configs/finetune-hippocampus.yaml`: LoRA r=16/α=32/dropout 0.1 on the encoder's attention qkv/proj, "
+                f"mask decoder trained; {phase['epochs']} epochs × {phase['samples_per_epoch']} samples from the train "
+                f"split, batch {result['config']['batch_size']}, AdamW lr {result['config']['lr']:g}, bf16 autocast). "
+                f"Training took {result['train_seconds'] / 60:.1f} min on this 2-core CPU "
+                f"({result['samples_per_second'] or 0:.2f} samples/s, validation included); "
+                f"best validation Dice {record.get('best_val_dice') or 0:.3f}. The test volumes were never trained on."
+            ),
+            "",
+            table(["test set", "zero-shot Dice", "fine-tuned Dice", "change"], rows),
+            "",
+            verdict,
+        ]
+    )
+
+
 def scale_section(result: dict) -> str:
     env = result["environment"]
     rows = [
@@ -166,10 +215,12 @@ def scale_section(result: dict) -> str:
         [
             "## Evaluation at scale",
             "",
-            f"Command: `.venv/bin/python benchmarks/scale.py --ddp` (commit `{env.get('git_commit') or '?'}`): "
-            "`oncoseg evaluate kvasir-seg` over the 100 test images in a fresh process, model loading and "
-            "writing included; 2 DDP processes share the same 2 cores, so they show that distribution works, "
-            "not a speed-up.",
+            (
+                f"Command: `.venv/bin/python benchmarks/scale.py --ddp` (commit `{env.get('git_commit') or '?'}`): "
+                "`oncoseg evaluate kvasir-seg` over the 100 test images in a fresh process, model loading and "
+                "writing included; 2 DDP processes share the same 2 cores, so they show that distribution works, "
+                "not a speed-up."
+            ),
             "",
             table(["run", "cases", "wall clock", "per case", f"target ≤ {result['target_s']:.0f} s"], rows),
         ]
@@ -188,7 +239,7 @@ def main() -> None:
         "Each section names the command that produced its numbers. Data: `../shared/data` (real, public, labelled).",
     ]
     accuracy, speed = load("accuracy"), load("speed")
-    paper_table, scale = load("paper_table"), load("scale")
+    paper_table, scale, finetune = load("paper_table"), load("scale"), load("finetune")
     if paper_table:
         sections += ["", paper_table_section(paper_table)]
     if accuracy:
@@ -197,6 +248,8 @@ def main() -> None:
         sections += ["", speed_section(speed)]
     if scale:
         sections += ["", scale_section(scale)]
+    if finetune:
+        sections += ["", finetune_section(finetune)]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")

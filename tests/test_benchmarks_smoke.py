@@ -116,3 +116,22 @@ def test_speed_script_quick(shared_data, tmp_path):
         assert entry["speedup"] > 0
     assert measurements["propagation"]["volume_shape_zyx"][0] == 3
     assert measurements["propagation"]["reference"]["slices_processed"] == 3
+    assert "normalised_s" in measurements["encoder"] and result["machine_factor"] > 0
+
+
+def test_paper_table_script_on_two_small_datasets(shared_data, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "paper_table.py"), "--only", "ircadb-liver-slices,busi",
+         "--limit", "2", "--data", str(shared_data), "--out", str(tmp_path)],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "paper_table.json").read_text())
+    assert [d["dataset"] for d in result["datasets"]] == ["ircadb-liver-slices", "busi"]
+    busi = result["datasets"][1]
+    assert busi["paper_dice"] == pytest.approx(0.752)
+    assert {g["category"] for g in busi["groups"]} >= {"all"}
+    assert "| Dataset |" in result["markdown"] and "BUSI" in result["markdown"]
+    for entry in result["datasets"]:
+        assert (tmp_path / entry["folder"] / "report.html").exists()
+        assert (tmp_path / entry["folder"] / "cases.csv").exists()

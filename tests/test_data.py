@@ -41,13 +41,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Table 7 of the Onco-Seg preprint.
 PAPER_DICE = {
-    "busi": 0.752, "hyper-kvasir": 0.714, "kvasir-seg": 0.714, "isic2018": 0.680, "lits": 0.641,
-    "ircadb": 0.621, "promise12": 0.495, "msd-colon": 0.330, "btcv": 0.303, "lndb": 0.264,
-    "msd-pancreas": 0.239, "autopet": 0.215,
+    "busi": 0.752,
+    "hyper-kvasir": 0.714,
+    "kvasir-seg": 0.714,
+    "isic2018": 0.680,
+    "lits": 0.641,
+    "ircadb": 0.621,
+    "promise12": 0.495,
+    "msd-colon": 0.330,
+    "btcv": 0.303,
+    "lndb": 0.264,
+    "msd-pancreas": 0.239,
+    "autopet": 0.215,
 }
 # Case counts of ../shared/data (its README; BUSI: 437 benign + 210 malignant + 40 normal).
 SHARED_COUNTS = {
-    "kvasir-seg": 1000, "busi": 687, "msd-hippocampus": 260, "brats2015": 4, "ircadb-liver-slices": 36,
+    "kvasir-seg": 1000,
+    "busi": 687,
+    "msd-hippocampus": 260,
+    "brats2015": 4,
+    "ircadb-liver-slices": 36,
     "totalsegmentator-example": 3,
 }
 NOT_SHARED = sorted(set(REGISTRY) - set(SHARED_COUNTS) - {"hyper-kvasir"})
@@ -88,7 +101,11 @@ def test_every_dataset_has_a_reader_and_complete_facts():
         assert info.targets and info.folders and info.expected and info.citation and info.licence
         assert info.url.startswith("http")
     assert {REGISTRY[n].folder for n in SHARED_COUNTS} == {
-        "kvasir-seg", "busi", "msd-task04-hippocampus", "brats2015-samples", "ircadb-liver-slices",
+        "kvasir-seg",
+        "busi",
+        "msd-task04-hippocampus",
+        "brats2015-samples",
+        "ircadb-liver-slices",
         "totalsegmentator-example",
     }
     assert get_info("Task04_Hippocampus").name == "msd-hippocampus"
@@ -136,8 +153,9 @@ def test_images_have_the_channels_preprocessing_expects(opened):
     assert brain.metadata["channel_names"] == ["FLAIR", "T1c"]
     flair = load_first(opened["brats2015"])[0].image_paths[0]
     assert flair.name.startswith("Flair")
-    np.testing.assert_array_equal(brain.array[..., 0], sitk.GetArrayFromImage(sitk.DICOMOrient(
-        sitk.ReadImage(str(flair)), "LPS")))
+    np.testing.assert_array_equal(
+        brain.array[..., 0], sitk.GetArrayFromImage(sitk.DICOMOrient(sitk.ReadImage(str(flair)), "LPS"))
+    )
 
 
 def test_hippocampus_targets_follow_dataset_json(opened):
@@ -150,8 +168,11 @@ def test_hippocampus_targets_follow_dataset_json(opened):
 def test_busi_extra_masks_are_united_and_normal_masks_are_empty(opened):
     busi = opened["busi"]
     case = busi.case("benign (195)")
-    assert [p.name for p in case.label_paths] == ["benign (195)_mask.png", "benign (195)_mask_1.png",
-                                                  "benign (195)_mask_2.png"]
+    assert [p.name for p in case.label_paths] == [
+        "benign (195)_mask.png",
+        "benign (195)_mask_1.png",
+        "benign (195)_mask_2.png",
+    ]
     _, masks = case.load()
     files = [np.asarray(Image.open(p).convert("L")) > 127 for p in case.label_paths]
     np.testing.assert_array_equal(masks["lesion"], np.logical_or.reduce(files))
@@ -175,7 +196,10 @@ def test_totalsegmentator_example_masks_are_the_organs_present(opened):
     assert set(masks) < set(label_map["total"].values())
     assert all(m.any() for m in masks.values()) and len(masks) > 20
     assert {c.case_id: c.modality for c in opened["totalsegmentator-example"].cases()} == {
-        "ct": "ct", "ct_dicom": "ct", "mr": "mri"}
+        "ct": "ct",
+        "ct_dicom": "ct",
+        "mr": "mri",
+    }
 
 
 def test_datasets_table_reports_found_and_missing(shared_data):
@@ -194,7 +218,7 @@ def test_datasets_table_reports_found_and_missing(shared_data):
     assert lines[0].split() == ["name", "modality", "dim", "target", "cases", "paper", "Dice", "path"]
     assert any(line.startswith("busi ") and " 687 " in line and "0.752" in line for line in lines)
     missing = [f"  {rows[n]['problem']}" for n in rows if n in NOT_SHARED]
-    assert lines[lines.index("Not found:") + 1:] == missing
+    assert lines[lines.index("Not found:") + 1 :] == missing
 
 
 # --- splits -------------------------------------------------------------------------------------------------
@@ -211,11 +235,15 @@ def test_committed_splits_are_disjoint_cover_every_case_and_keep_patients_togeth
     assert set().union(*parts.values()) == {c.case_id for c in cases}
     patient = {c.case_id: c.patient_id for c in cases}
     patients = {s: {patient[i] for i in ids} for s, ids in parts.items()}
-    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"]
-                or patients["val"] & patients["test"])
+    assert not (
+        patients["train"] & patients["val"]
+        or patients["train"] & patients["test"]
+        or patients["val"] & patients["test"]
+    )
     for split in SPLITS:
-        assert [c.case_id for c in opened[name].cases(split)] == [c.case_id for c in cases
-                                                                  if c.case_id in parts[split]]
+        assert [c.case_id for c in opened[name].cases(split)] == [
+            c.case_id for c in cases if c.case_id in parts[split]
+        ]
         assert get_split(name, split) == document[split]
 
 
@@ -244,8 +272,19 @@ def test_kvasir_test_split_is_the_official_list(opened):
 
 def test_make_splits_script_reproduces_the_committed_files(tmp_path, shared_data):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_splits.py"), "--root", str(shared_data),
-                    "--out", str(tmp_path)], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_splits.py"),
+            "--root",
+            str(shared_data),
+            "--out",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     made = sorted(p.name for p in tmp_path.glob("*.json"))
     assert made == sorted(p.name for p in SPLIT_DIR.glob("*.json"))
     assert made == sorted(f"{n}.json" for n in SHARED_COUNTS)
@@ -304,8 +343,12 @@ def write_dicom_series(folder: Path, volume: np.ndarray) -> None:
     for k, plane in enumerate(volume.astype(np.int16)):
         slice_ = sitk.GetImageFromArray(plane)
         for tag, value in {
-            "0008|0060": "CT", "0020|000e": series, "0020|0013": str(k + 1),
-            "0020|0032": f"0\\0\\{2.5 * k:g}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.8\\0.8",
+            "0008|0060": "CT",
+            "0020|000e": series,
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{2.5 * k:g}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.8\\0.8",
             "0008|0018": f"{series}.{k}",
         }.items():
             slice_.SetMetaData(tag, value)
@@ -321,16 +364,20 @@ def msd_folder(folder: Path, task: str, labels: dict[str, str], n: int) -> None:
     for i in range(n):
         write_volume(folder / "imagesTr" / f"{task}_{i:03d}.nii.gz", ct(i))
         write_volume(folder / "labelsTr" / f"{task}_{i:03d}.nii.gz", LABELS)
-        training.append({"image": f"./imagesTr/{task}_{i:03d}.nii.gz",
-                         "label": f"./labelsTr/{task}_{i:03d}.nii.gz"})
+        training.append(
+            {"image": f"./imagesTr/{task}_{i:03d}.nii.gz", "label": f"./labelsTr/{task}_{i:03d}.nii.gz"}
+        )
     (folder / "imagesTr" / f"._{task}_000.nii.gz").write_bytes(b"\0")  # macOS junk shipped in the MSD tars
     (folder / "dataset.json").write_text(json.dumps({"labels": labels, "training": training}))
 
 
 def make_isic2018(root: Path, n: int = 2) -> None:
     base = root / "isic2018"
-    write_pairs_2d(base / "ISIC2018_Task1-2_Training_Input", base / "ISIC2018_Task1_Training_GroundTruth",
-                   [(f"ISIC_{i:07d}.jpg", f"ISIC_{i:07d}_segmentation.png") for i in range(n)])
+    write_pairs_2d(
+        base / "ISIC2018_Task1-2_Training_Input",
+        base / "ISIC2018_Task1_Training_GroundTruth",
+        [(f"ISIC_{i:07d}.jpg", f"ISIC_{i:07d}_segmentation.png") for i in range(n)],
+    )
 
 
 def make_hyper_kvasir(root: Path) -> None:
@@ -385,10 +432,16 @@ def make_autopet(root: Path) -> None:
         write_volume(base / "imagesTr" / f"{case}_0000.nii.gz", ct(seed))
         write_volume(base / "imagesTr" / f"{case}_0001.nii.gz", np.full(LABELS.shape, 7.5, np.float32))
         write_volume(base / "labelsTr" / f"{case}.nii.gz", (LABELS > 0).astype(np.uint8))
-    (base / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "tumor": 1}, "numTraining": 3,
-        "file_ending": ".nii.gz",
-    }))
+    (base / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "CT", "1": "PET"},
+                "labels": {"background": 0, "tumor": 1},
+                "numTraining": 3,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
 
 
 def make_brats2021(root: Path) -> None:
@@ -411,11 +464,13 @@ BUILDERS = {
     "ircadb": make_ircadb,
     "promise12": make_promise12,
     "msd-colon": lambda root: msd_folder(
-        root / "Task10_Colon", "colon", {"0": "background", "1": "colon cancer primaries"}, 2),
+        root / "Task10_Colon", "colon", {"0": "background", "1": "colon cancer primaries"}, 2
+    ),
     "btcv": make_btcv,
     "lndb": make_lndb,
     "msd-pancreas": lambda root: msd_folder(
-        root / "msd-pancreas", "pancreas", {"0": "background", "1": "pancreas", "2": "cancer"}, 2),
+        root / "msd-pancreas", "pancreas", {"0": "background", "1": "pancreas", "2": "cancer"}, 2
+    ),
     "autopet": make_autopet,
     "brats2021": make_brats2021,
 }
@@ -432,8 +487,9 @@ def test_registry_only_dataset_in_an_empty_folder_says_what_is_missing(tmp_path,
         open_dataset(name, tmp_path)
     message = str(error.value)
     assert "\n" not in message
-    assert message == (f"{name}: no {info.folder}/ folder in {tmp_path}; expected {info.expected}; "
-                       f"get it from {info.url}")
+    assert message == (
+        f"{name}: no {info.folder}/ folder in {tmp_path}; expected {info.expected}; get it from {info.url}"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -535,8 +591,11 @@ def test_incomplete_msd_and_brats_folders_name_what_is_missing(tmp_path):
     hippocampus = tmp_path / "msd-task04-hippocampus"
     msd_folder(hippocampus, "hippocampus", {"0": "background", "1": "Anterior", "2": "Posterior"}, 2)
     (hippocampus / "labelsTr" / "hippocampus_001.nii.gz").unlink()
-    with pytest.raises(OncoSegError, match=r"^msd-hippocampus: 1 image/label files missing \(first: "
-                                           r"labelsTr/hippocampus_001.nii.gz\) in .*; get it from http"):
+    with pytest.raises(
+        OncoSegError,
+        match=r"^msd-hippocampus: 1 image/label files missing \(first: "
+        r"labelsTr/hippocampus_001.nii.gz\) in .*; get it from http",
+    ):
         open_dataset("msd-hippocampus", tmp_path)
     for path in (hippocampus / "labelsTr").iterdir():
         path.unlink()
@@ -546,6 +605,9 @@ def test_incomplete_msd_and_brats_folders_name_what_is_missing(tmp_path):
 
     make_brats2021(tmp_path)
     (tmp_path / "brats2021" / "BraTS2021_00002" / "BraTS2021_00002_t1ce.nii.gz").unlink()
-    with pytest.raises(OncoSegError, match=r"^brats2021: 1 of 2 case folders incomplete \(first missing: "
-                                           r"BraTS2021_00002/BraTS2021_00002_t1ce.nii.gz\) in "):
+    with pytest.raises(
+        OncoSegError,
+        match=r"^brats2021: 1 of 2 case folders incomplete \(first missing: "
+        r"BraTS2021_00002/BraTS2021_00002_t1ce.nii.gz\) in ",
+    ):
         open_dataset("brats2021", tmp_path)

@@ -219,7 +219,16 @@ def test_modality_argument_beats_the_guess_and_guess_follows_intensities(tmp_pat
     with pytest.raises(OncoSegError, match="'sonar'"):
         load_image(tmp_path / "ct.nrrd", modality="sonar")
     assert set(MODALITIES) == {
-        "ct", "mri", "ultrasound", "dermoscopy", "endoscopy", "xray", "pet", "mammography", "cxr", "srh",
+        "ct",
+        "mri",
+        "ultrasound",
+        "dermoscopy",
+        "endoscopy",
+        "xray",
+        "pet",
+        "mammography",
+        "cxr",
+        "srh",
     }
 
 
@@ -228,7 +237,7 @@ def test_modality_argument_beats_the_guess_and_guess_follows_intensities(tmp_pat
 
 @needs_data
 def test_kvasir_jpeg_is_rgb_and_busi_png_is_grey():
-    kvasir_path = sorted((DATA / "kvasir-seg" / "images").glob("*.jpg"))[0]
+    kvasir_path = min((DATA / "kvasir-seg" / "images").glob("*.jpg"))
     kvasir = load_image(kvasir_path)
     with Image.open(kvasir_path) as pil:
         assert kvasir.array.shape == (pil.height, pil.width, 3)
@@ -301,8 +310,15 @@ def make_bad_input(tmp_path: Path, kind: str) -> Path:
 @pytest.mark.parametrize(
     "kind",
     [
-        "missing", "garbage.nii.gz", "garbage.png", "truncated.nii.gz", "unknown.xyz", "5d.nii",
-        "one_pixel.nrrd", "empty_folder", "not_dicom_folder",
+        "missing",
+        "garbage.nii.gz",
+        "garbage.png",
+        "truncated.nii.gz",
+        "unknown.xyz",
+        "5d.nii",
+        "one_pixel.nrrd",
+        "empty_folder",
+        "not_dicom_folder",
     ],
 )
 def test_bad_inputs_raise_one_line_naming_the_file(tmp_path, kind):
@@ -330,12 +346,11 @@ def test_rejected_masks_leave_nothing_behind(tmp_path):
 def test_atomic_write_path_replaces_on_success_and_cleans_up_on_failure(tmp_path):
     target = tmp_path / "result.json"
     target.write_text("old", encoding="utf-8")
-    with pytest.raises(RuntimeError):
-        with atomic_write_path(target) as tmp:
-            assert tmp.parent == tmp_path
-            assert tmp.name.startswith(".tmp-") and tmp.name.endswith(".result.json")
-            tmp.write_text("half", encoding="utf-8")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_write_path(target) as tmp:
+        assert tmp.parent == tmp_path
+        assert tmp.name.startswith(".tmp-") and tmp.name.endswith(".result.json")
+        tmp.write_text("half", encoding="utf-8")
+        raise RuntimeError("interrupted")
     assert target.read_text(encoding="utf-8") == "old" and os.listdir(tmp_path) == ["result.json"]
 
     with atomic_write_path(target) as tmp:

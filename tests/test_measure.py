@@ -190,8 +190,12 @@ def test_to_dict_is_json_ready_and_rounded():
     assert d["recist_long_mm"] == 3.61
     assert d["volume_ml"] == 0.024
     assert d["bbox"] == [[2, 2], [3, 3], [4, 4]]
-    assert d["long_axis_endpoints"] in ([[3.5, 2.5], [4.5, 3.5]], [[4.5, 3.5], [3.5, 2.5]],
-                                        [[3.5, 3.5], [4.5, 2.5]], [[4.5, 2.5], [3.5, 3.5]])
+    assert d["long_axis_endpoints"] in (
+        [[3.5, 2.5], [4.5, 3.5]],
+        [[4.5, 3.5], [3.5, 2.5]],
+        [[3.5, 3.5], [4.5, 2.5]],
+        [[4.5, 2.5], [3.5, 3.5]],
+    )
     assert d["area_mm2"] is None
 
 

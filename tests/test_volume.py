@@ -22,7 +22,9 @@ def predictor():
 
 @pytest.fixture(scope="module")
 def ct_case():
-    return load_image(sample_path("ct_abdomen"), modality="ct"), load_image(sample_path("ct_abdomen_liver.nii.gz"))
+    return load_image(sample_path("ct_abdomen"), modality="ct"), load_image(
+        sample_path("ct_abdomen_liver.nii.gz")
+    )
 
 
 def test_liver_propagates_from_one_box(predictor, ct_case):
@@ -59,7 +61,9 @@ def test_max_slices_limits_the_walk(predictor, ct_case):
     image, label = ct_case
     truth = label.array > 0
     predictor.set_image(image)
-    result = propagate(predictor, Prompt(box=box_from_mask(truth[15], z=15)), PropagationSettings(max_slices=2))
+    result = propagate(
+        predictor, Prompt(box=box_from_mask(truth[15], z=15)), PropagationSettings(max_slices=2)
+    )
     lo, hi = result.slice_range
     assert lo >= 13 and hi <= 17
 
@@ -89,7 +93,9 @@ def test_brats_two_channel_mri_propagates(predictor, shared_data):
     truth = masks["WT"]
     z0 = int(np.argmax(truth.sum(axis=(1, 2))))
     predictor.set_image(image, modality="mri")
-    result = propagate(predictor, Prompt(box=box_from_mask(truth[z0], z=z0)), PropagationSettings(max_slices=3))
+    result = propagate(
+        predictor, Prompt(box=box_from_mask(truth[z0], z=z0)), PropagationSettings(max_slices=3)
+    )
     lo, hi = result.slice_range
     assert result.mask.shape == image.shape and hi > lo
     assert dice(result.mask[lo : hi + 1], truth[lo : hi + 1]) > 0.45  # zero-shot whole tumour (~0.6)

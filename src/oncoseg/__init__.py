@@ -32,4 +32,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'oncoseg' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)

@@ -59,7 +59,7 @@ class MedicalImage:
             return self.array
         return self.array[index]
 
-    def with_array(self, array: np.ndarray, channels: int = 1) -> "MedicalImage":
+    def with_array(self, array: np.ndarray, channels: int = 1) -> MedicalImage:
         """Same geometry, new pixels (e.g. a mask)."""
         if tuple(array.shape[: self.ndim]) != self.shape:
             raise ValueError(f"array shape {array.shape} does not match image shape {self.shape}")
@@ -72,7 +72,7 @@ class MedicalImage:
         spacing: tuple[float, ...] | None = None,
         modality: str | None = None,
         channels: int = 1,
-    ) -> "MedicalImage":
+    ) -> MedicalImage:
         """Wrap a plain array (``[z, y, x]``, ``[y, x]`` or with a trailing channel axis) with unit geometry."""
         array = np.asarray(array)
         ndim = array.ndim - (1 if channels > 1 else 0)

@@ -5,7 +5,16 @@ from __future__ import annotations
 from oncoseg.errors import OncoSegError
 
 MODALITIES: tuple[str, ...] = (
-    "ct", "mri", "ultrasound", "dermoscopy", "endoscopy", "xray", "pet", "mammography", "cxr", "srh",
+    "ct",
+    "mri",
+    "ultrasound",
+    "dermoscopy",
+    "endoscopy",
+    "xray",
+    "pet",
+    "mammography",
+    "cxr",
+    "srh",
 )
 
 # Other names (compared lower-case, without spaces, "-" or "_"), including DICOM Modality codes (PT, MG, DX, ...).

@@ -11,8 +11,8 @@ rules; 0.65 with no margin, where the mask shrinks away).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -50,7 +50,9 @@ def keep_touching(mask: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """The connected pieces of ``mask`` that overlap ``reference`` grown by one pixel."""
     labels, count = ndimage.label(mask)
     if count <= 1:
-        return mask if count == 0 or (mask & ndimage.binary_dilation(reference)).any() else np.zeros_like(mask)
+        return (
+            mask if count == 0 or (mask & ndimage.binary_dilation(reference)).any() else np.zeros_like(mask)
+        )
     touching = np.unique(labels[ndimage.binary_dilation(reference, iterations=1) & mask])
     return np.isin(labels, touching[touching > 0])
 
@@ -80,7 +82,9 @@ def propagate(
     for step in (1, -1):
         previous, z, walked = start, z0 + step, 0
         while 0 <= z < image.num_slices and (settings.max_slices is None or walked < settings.max_slices):
-            box = box_from_mask(previous, z=z).enlarged(settings.box_margin, settings.min_margin_px, start.shape)
+            box = box_from_mask(previous, z=z).enlarged(
+                settings.box_margin, settings.min_margin_px, start.shape
+            )
             prediction = predictor.predict(Prompt(box=box), z=z)
             mask = keep_touching(prediction.masks[0], previous)
             score = float(prediction.scores[0])

@@ -18,7 +18,19 @@ from oncoseg.data.registry import REGISTRY, DatasetInfo, get_info, paper_benchma
 from oncoseg.data.splits import SPLITS, get_split, make_split
 
 __all__ = [
-    "ENV_VAR", "REGISTRY", "SPLITS", "Case", "Dataset", "DatasetInfo", "LabelSpec", "data_root",
-    "datasets_table", "format_datasets_table", "get_info", "get_split", "make_split", "open_dataset",
+    "ENV_VAR",
+    "REGISTRY",
+    "SPLITS",
+    "Case",
+    "Dataset",
+    "DatasetInfo",
+    "LabelSpec",
+    "data_root",
+    "datasets_table",
+    "format_datasets_table",
+    "get_info",
+    "get_split",
+    "make_split",
+    "open_dataset",
     "paper_benchmarks",
 ]

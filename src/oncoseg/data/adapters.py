@@ -207,10 +207,18 @@ class PairedFiles:
                 unlabelled.append(image)
                 continue
             case_id = self.case_id_of(image)
-            cases.append(Case(
-                info.name, case_id, self.patient_of(case_id), (image,), tuple(labels), info.modality,
-                self.labels, self.category_of(image),
-            ))
+            cases.append(
+                Case(
+                    info.name,
+                    case_id,
+                    self.patient_of(case_id),
+                    (image,),
+                    tuple(labels),
+                    info.modality,
+                    self.labels,
+                    self.category_of(image),
+                )
+            )
         if unlabelled:
             first = unlabelled[0].relative_to(folder)
             raise _Missing(f"no label file for {len(unlabelled)} of {len(images)} images (first: {first})")
@@ -248,8 +256,13 @@ class Decathlon:
             channels = meta.get("channel_names", {"0": ""})
             channel_names = tuple(channels[k] for k in sorted(channels, key=int))
             pairs = [
-                (tuple(folder / "imagesTr" / f"{label.name[: -len(ending)]}_{c:04d}{ending}"
-                       for c in range(len(channels))), label)
+                (
+                    tuple(
+                        folder / "imagesTr" / f"{label.name[: -len(ending)]}_{c:04d}{ending}"
+                        for c in range(len(channels))
+                    ),
+                    label,
+                )
                 for label in sorted((folder / "labelsTr").glob(f"*{ending}"))
                 if not label.name.startswith(".")
             ]
@@ -260,8 +273,16 @@ class Decathlon:
             first = missing[0].relative_to(folder)
             raise _Missing(f"{len(missing)} image/label files missing (first: {first})")
         return [
-            Case(info.name, _stem(label), self.patient_of(_stem(label)), images, (label,), info.modality,
-                 labels, channel_names=channel_names)
+            Case(
+                info.name,
+                _stem(label),
+                self.patient_of(_stem(label)),
+                images,
+                (label,),
+                info.modality,
+                labels,
+                channel_names=channel_names,
+            )
             for images, label in pairs
         ]
 
@@ -271,8 +292,11 @@ def _regions_from(labels: dict[str, Any]) -> tuple[Region, ...]:
     if all(key.isdigit() for key in labels):
         regions = [(name, (int(key),)) for key, name in labels.items() if int(key) != 0]
     else:
-        regions = [(name, tuple(np.atleast_1d(value).astype(int).tolist())) for name, value in labels.items()
-                   if name != "background"]
+        regions = [
+            (name, tuple(np.atleast_1d(value).astype(int).tolist()))
+            for name, value in labels.items()
+            if name != "background"
+        ]
     if len(regions) > 1 and all(len(values) == 1 for _, values in regions):
         regions.append(("whole", tuple(v for _, values in regions for v in values)))
     return tuple(regions)
@@ -302,10 +326,18 @@ class BratsFolders:
             if missing:
                 incomplete.append(missing[0].relative_to(folder))
                 continue
-            cases.append(Case(
-                info.name, d.name, self.patient_of(d.name), tuple(files[:-1]), (files[-1],), info.modality,
-                LabelSpec(self.regions), channel_names=self.channel_names,
-            ))
+            cases.append(
+                Case(
+                    info.name,
+                    d.name,
+                    self.patient_of(d.name),
+                    tuple(files[:-1]),
+                    (files[-1],),
+                    info.modality,
+                    LabelSpec(self.regions),
+                    channel_names=self.channel_names,
+                )
+            )
         if incomplete:
             raise _Missing(
                 f"{len(incomplete)} of {len(dirs)} case folders incomplete (first missing: {incomplete[0]})"
@@ -339,10 +371,17 @@ class TotalSegmentatorExample:
             if not (folder / label).is_file():
                 raise _Missing(f"no {label} for {image}")
             regions = tuple((name, (int(value),)) for value, name in tasks[task].items())
-            cases.append(Case(
-                info.name, case_id, "example", (folder / image,), (folder / label,), modality,
-                LabelSpec(regions, only_present=True),
-            ))
+            cases.append(
+                Case(
+                    info.name,
+                    case_id,
+                    "example",
+                    (folder / image,),
+                    (folder / label,),
+                    modality,
+                    LabelSpec(regions, only_present=True),
+                )
+            )
         if not cases:
             raise _Missing(f"no {self.pairs[0][1]}")
         return cases
@@ -367,19 +406,31 @@ KVASIR = PairedFiles(("images/*.jpg",), _sibling("masks"), binary("polyp", 127),
 LAYOUTS: dict[str, tuple[Layout, ...]] = {
     "kvasir-seg": (KVASIR,),
     "hyper-kvasir": (KVASIR,),
-    "busi": (PairedFiles(
-        tuple(f"{c}/{c} (*).png" for c in BUSI), _busi_masks, binary("lesion", 127), required=BUSI,
-        category_of=lambda image: image.parent.name,
-    ),),
-    "isic2018": (PairedFiles(
-        ("ISIC2018_Task1-2_Training_Input/ISIC_*.jpg",),
-        lambda p: _existing(p.parent.parent / ISIC_TRUTH / f"{p.stem}_segmentation.png"),
-        binary("lesion", 127), required=("ISIC2018_Task1-2_Training_Input", ISIC_TRUTH),
-    ),),
-    "cvc-clinicdb": (PairedFiles(
-        ("Original/*.tif", "Original/*.png"), _sibling("Ground Truth"), binary("polyp", 127),
-        required=("Original", "Ground Truth"),
-    ),),
+    "busi": (
+        PairedFiles(
+            tuple(f"{c}/{c} (*).png" for c in BUSI),
+            _busi_masks,
+            binary("lesion", 127),
+            required=BUSI,
+            category_of=lambda image: image.parent.name,
+        ),
+    ),
+    "isic2018": (
+        PairedFiles(
+            ("ISIC2018_Task1-2_Training_Input/ISIC_*.jpg",),
+            lambda p: _existing(p.parent.parent / ISIC_TRUTH / f"{p.stem}_segmentation.png"),
+            binary("lesion", 127),
+            required=("ISIC2018_Task1-2_Training_Input", ISIC_TRUTH),
+        ),
+    ),
+    "cvc-clinicdb": (
+        PairedFiles(
+            ("Original/*.tif", "Original/*.png"),
+            _sibling("Ground Truth"),
+            binary("polyp", 127),
+            required=("Original", "Ground Truth"),
+        ),
+    ),
     "lits": (
         Decathlon(LIVER_TUMOUR),
         PairedFiles(
@@ -388,41 +439,65 @@ LAYOUTS: dict[str, tuple[Layout, ...]] = {
             LabelSpec(LIVER_TUMOUR),
         ),
     ),
-    "ircadb": (PairedFiles(
-        ("3Dircadb1.*/PATIENT_DICOM",), lambda p: _existing(p.parent / "MASKS_DICOM" / "liver"),
-        binary("liver"), case_id_of=lambda p: p.parent.name,
-    ),),
-    "promise12": (PairedFiles(
-        ("Case[0-9][0-9].mhd", "*/Case[0-9][0-9].mhd"),
-        lambda p: _existing(p.with_name(f"{p.stem}_segmentation.mhd")), binary("prostate"),
-    ),),
+    "ircadb": (
+        PairedFiles(
+            ("3Dircadb1.*/PATIENT_DICOM",),
+            lambda p: _existing(p.parent / "MASKS_DICOM" / "liver"),
+            binary("liver"),
+            case_id_of=lambda p: p.parent.name,
+        ),
+    ),
+    "promise12": (
+        PairedFiles(
+            ("Case[0-9][0-9].mhd", "*/Case[0-9][0-9].mhd"),
+            lambda p: _existing(p.with_name(f"{p.stem}_segmentation.mhd")),
+            binary("prostate"),
+        ),
+    ),
     "msd-colon": (Decathlon((("tumour", (1,)),)),),
-    "btcv": (PairedFiles(
-        ("img/img*.nii.gz", "RawData/Training/img/img*.nii.gz"),
-        lambda p: _existing(p.parent.parent / "label" / p.name.replace("img", "label", 1)),
-        LabelSpec(tuple((organ, (i,)) for i, organ in enumerate(BTCV_ORGANS, start=1))),
-    ),),
-    "lndb": (PairedFiles(
-        ("LNDb-[0-9][0-9][0-9][0-9].mhd", "data*/LNDb-[0-9][0-9][0-9][0-9].mhd"), _lndb_masks,
-        binary("nodule"),
-    ),),
+    "btcv": (
+        PairedFiles(
+            ("img/img*.nii.gz", "RawData/Training/img/img*.nii.gz"),
+            lambda p: _existing(p.parent.parent / "label" / p.name.replace("img", "label", 1)),
+            LabelSpec(tuple((organ, (i,)) for i, organ in enumerate(BTCV_ORGANS, start=1))),
+        ),
+    ),
+    "lndb": (
+        PairedFiles(
+            ("LNDb-[0-9][0-9][0-9][0-9].mhd", "data*/LNDb-[0-9][0-9][0-9][0-9].mhd"),
+            _lndb_masks,
+            binary("nodule"),
+        ),
+    ),
     "msd-pancreas": (Decathlon(PANCREAS_TUMOUR),),
     "autopet": (Decathlon((("lesion", (1,)),), patient_of=lambda case_id: "_".join(case_id.split("_")[:2])),),
     "msd-hippocampus": (Decathlon(),),
-    "brats2015": (BratsFolders(
-        ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"), "OTMultiClass.nii.gz",
-        ("FLAIR", "T1c"),
-        (("WT", (1, 2, 3, 4)), ("TC", (1, 3, 4)), ("ET", (4,))),
-        patient_of=lambda case_id: case_id.rsplit("_", 1)[0],  # brats_tcia_pat222_0122: patient, scan
-    ),),
-    "brats2021": (BratsFolders(
-        tuple(f"{{case}}_{s}.nii.gz" for s in ("flair", "t1", "t1ce", "t2")), "{case}_seg.nii.gz",
-        ("FLAIR", "T1w", "T1gd", "T2w"), (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))),
-    ),),
-    "ircadb-liver-slices": (PairedFiles(
-        ("images/*.png",), _sibling("masks"), binary("liver", 127), required=("images", "masks"),
-        patient_of=lambda case_id: case_id.split("_")[0],  # "10001_60": patient 10001, slice 60
-    ),),
+    "brats2015": (
+        BratsFolders(
+            ("Flair_subtrMeanDivStd.nii.gz", "T1c_subtrMeanDivStd.nii.gz"),
+            "OTMultiClass.nii.gz",
+            ("FLAIR", "T1c"),
+            (("WT", (1, 2, 3, 4)), ("TC", (1, 3, 4)), ("ET", (4,))),
+            patient_of=lambda case_id: case_id.rsplit("_", 1)[0],  # brats_tcia_pat222_0122: patient, scan
+        ),
+    ),
+    "brats2021": (
+        BratsFolders(
+            tuple(f"{{case}}_{s}.nii.gz" for s in ("flair", "t1", "t1ce", "t2")),
+            "{case}_seg.nii.gz",
+            ("FLAIR", "T1w", "T1gd", "T2w"),
+            (("WT", (1, 2, 4)), ("TC", (1, 4)), ("ET", (4,))),
+        ),
+    ),
+    "ircadb-liver-slices": (
+        PairedFiles(
+            ("images/*.png",),
+            _sibling("masks"),
+            binary("liver", 127),
+            required=("images", "masks"),
+            patient_of=lambda case_id: case_id.split("_")[0],  # "10001_60": patient 10001, slice 60
+        ),
+    ),
     "totalsegmentator-example": (TotalSegmentatorExample(),),
 }
 
@@ -469,10 +544,20 @@ def datasets_table(root: str | os.PathLike | None = None) -> list[dict[str, Any]
     rows = []
     for info in REGISTRY.values():
         row = {
-            "name": info.name, "title": info.title, "modality": info.modality, "target": info.target,
-            "dim": info.dim, "found": False, "path": str(base / info.folder), "n_cases": None,
-            "paper_dice": info.paper_dice, "expected": info.expected, "citation": info.citation,
-            "licence": info.licence, "url": info.url, "problem": None,
+            "name": info.name,
+            "title": info.title,
+            "modality": info.modality,
+            "target": info.target,
+            "dim": info.dim,
+            "found": False,
+            "path": str(base / info.folder),
+            "n_cases": None,
+            "paper_dice": info.paper_dice,
+            "expected": info.expected,
+            "citation": info.citation,
+            "licence": info.licence,
+            "url": info.url,
+            "problem": None,
         }
         try:
             dataset = open_dataset(info.name, base)
@@ -488,13 +573,22 @@ def format_datasets_table(rows: list[dict[str, Any]]) -> str:
     """`datasets_table` rows as a plain-text table, followed by what is missing for datasets not found."""
     header = ("name", "modality", "dim", "target", "cases", "paper Dice", "path")
     lines = [header] + [
-        (r["name"], r["modality"], r["dim"], r["target"], str(r["n_cases"]) if r["found"] else "missing",
-         "-" if r["paper_dice"] is None else f"{r['paper_dice']:.3f}", r["path"])
+        (
+            r["name"],
+            r["modality"],
+            r["dim"],
+            r["target"],
+            str(r["n_cases"]) if r["found"] else "missing",
+            "-" if r["paper_dice"] is None else f"{r['paper_dice']:.3f}",
+            r["path"],
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
-            for line in lines]
+    text = [
+        "  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+        for line in lines
+    ]
     missing = [r for r in rows if not r["found"]]
     if missing:
         text += ["", "Not found:"] + [f"  {r['problem']}" for r in missing]

@@ -49,7 +49,9 @@ def _cut(patients: list[str], test: float, val: float) -> dict[str, list[str]]:
     n_test = max(1, int(n * test + 0.5)) if test else 0
     n_val = max(1, int(n * val + 0.5))
     return {
-        "train": patients[n_test + n_val:], "val": patients[n_test:n_test + n_val], "test": patients[:n_test],
+        "train": patients[n_test + n_val :],
+        "val": patients[n_test : n_test + n_val],
+        "test": patients[:n_test],
     }
 
 
@@ -62,8 +64,10 @@ def make_split(dataset: Dataset) -> dict[str, Any]:
         test = official.read_text(encoding="utf-8").split()
         rest = hash_order(name, [c.case_id for c in cases if c.case_id not in set(test)])
         parts = {**_cut(rest, test=0.0, val=FRACTIONS["val"]), "test": test}
-        method = (f"test = splits/test.txt; the other cases ordered by sha256('{name}:<case_id>'): "
-                  "the first 10% val, the rest train")
+        method = (
+            f"test = splits/test.txt; the other cases ordered by sha256('{name}:<case_id>'): "
+            "the first 10% val, the rest train"
+        )
         stratified = None
     else:
         stratified = "category" if dataset.info.categories else None
@@ -78,8 +82,10 @@ def make_split(dataset: Dataset) -> dict[str, Any]:
         split_of = {patient: split for split in SPLITS for patient in by_patient[split]}
         parts = {s: [c.case_id for c in cases if split_of[c.patient_id] == s] for s in SPLITS}
         within = " within each category" if stratified else ""
-        method = (f"patients ordered by sha256('{name}:<patient_id>'){within}: first 20% (at least 1) test, "
-                  "next 10% (at least 1) val, rest train; groups of fewer than 3 patients all test")
+        method = (
+            f"patients ordered by sha256('{name}:<patient_id>'){within}: first 20% (at least 1) test, "
+            "next 10% (at least 1) val, rest train; groups of fewer than 3 patients all test"
+        )
     return {
         "dataset": name,
         "version": VERSION,

@@ -4,4 +4,12 @@ from oncoseg.io.read import guess_modality, load_image
 from oncoseg.io.write import atomic_write_path, check_mask_path, save_image, save_mask
 from oncoseg.modality import MODALITIES
 
-__all__ = ["MODALITIES", "atomic_write_path", "check_mask_path", "guess_modality", "load_image", "save_image", "save_mask"]
+__all__ = [
+    "MODALITIES",
+    "atomic_write_path",
+    "check_mask_path",
+    "guess_modality",
+    "load_image",
+    "save_image",
+    "save_mask",
+]

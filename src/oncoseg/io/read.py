@@ -6,9 +6,9 @@ import gzip
 import logging
 import os
 import zlib
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import nibabel
 import numpy as np
@@ -25,16 +25,32 @@ from oncoseg.modality import canonical_modality
 log = logging.getLogger(__name__)
 
 VOLUME_FORMATS = {
-    ".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd",
-    ".mha": "metaimage", ".mhd": "metaimage",
+    ".nii.gz": "nifti",
+    ".nii": "nifti",
+    ".nrrd": "nrrd",
+    ".nhdr": "nrrd",
+    ".mha": "metaimage",
+    ".mhd": "metaimage",
 }
 PHOTO_FORMATS = {
-    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".bmp": "bmp",
 }
 
 DICOM_MODALITIES = {
-    "CT": "ct", "MR": "mri", "PT": "pet", "US": "ultrasound", "MG": "mammography",
-    "DX": "xray", "CR": "xray", "RF": "xray", "XA": "xray",
+    "CT": "ct",
+    "MR": "mri",
+    "PT": "pet",
+    "US": "ultrasound",
+    "MG": "mammography",
+    "DX": "xray",
+    "CR": "xray",
+    "RF": "xray",
+    "XA": "xray",
 }
 
 
@@ -231,13 +247,16 @@ def _read_dicom_series(folder: Path, wanted: Path | None = None) -> MedicalImage
         raise ImageReadError(f"{folder}: folder holds no files")
     reader = sitk.ImageSeriesReader()
     with _itk_warnings_off():
-        series = {sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid))
-                  for sid in reader.GetGDCMSeriesIDs(str(folder))}
+        series = {
+            sid: list(reader.GetGDCMSeriesFileNames(str(folder), sid))
+            for sid in reader.GetGDCMSeriesIDs(str(folder))
+        }
     if not series:
         raise ImageReadError(f"{folder}: no DICOM series found in this folder")
     if wanted is not None:
-        chosen = next((sid for sid, files in series.items()
-                       if any(os.path.samefile(f, wanted) for f in files)), None)
+        chosen = next(
+            (sid for sid, files in series.items() if any(os.path.samefile(f, wanted) for f in files)), None
+        )
         if chosen is None:
             raise ImageReadError(f"{wanted}: not readable as part of a DICOM series")
     else:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,11 +48,15 @@ def save_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLike
     mask = np.asarray(mask)
     if mask.shape != reference.shape:
         raise OncoSegError(f"{path}: mask shape {mask.shape} does not match image shape {reference.shape}")
-    if mask.size and mask.dtype != bool and (
-        not np.array_equal(mask, np.round(mask)) or mask.min() < 0 or mask.max() > 255
+    if (
+        mask.size
+        and mask.dtype != bool
+        and (not np.array_equal(mask, np.round(mask)) or mask.min() < 0 or mask.max() > 255)
     ):
-        raise OncoSegError(f"{path}: mask values must be integer labels 0-255, got {mask.dtype} "
-                           f"in [{mask.min()}, {mask.max()}]")
+        raise OncoSegError(
+            f"{path}: mask values must be integer labels 0-255, got {mask.dtype} "
+            f"in [{mask.min()}, {mask.max()}]"
+        )
     labels = mask.astype(np.uint8)
     suffix = _output_suffix(path, (".png",) if reference.ndim == 2 else ())
     if suffix == ".png" and labels.max(initial=0) <= 1:

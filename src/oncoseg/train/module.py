@@ -13,8 +13,9 @@ from typing import Any
 
 import lightning
 import torch
-from oncoseg.train.losses import ModalityLoss
 from torch import nn
+
+from oncoseg.train.losses import ModalityLoss
 
 
 def box_forward(model: nn.Module, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:

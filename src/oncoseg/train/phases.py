@@ -162,7 +162,8 @@ class EpochSampler:
         return 0, 1
 
     def __len__(self) -> int:
-        return -(-self.length // self._rank_world()[1])
+        world = self._rank_world()[1]
+        return (self.length + world - 1) // world
 
     def __iter__(self):
         rank, world = self._rank_world()
@@ -285,12 +286,12 @@ def run_phase(
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from torch.utils.data import DataLoader
-    from oncoseg.train.lora import LoraSettings, apply_lora, describe, load_adapter, save_adapter
-    from oncoseg.train.samples import SampleSettings, TrainingSamples, collate_samples, validation_samples
 
     from oncoseg.models.litemedsam import build_model
     from oncoseg.train.checkpoints import register
+    from oncoseg.train.lora import LoraSettings, apply_lora, describe, load_adapter, save_adapter
     from oncoseg.train.module import SegmentationModule
+    from oncoseg.train.samples import SampleSettings, TrainingSamples, collate_samples, validation_samples
 
     began = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
