@@ -11,6 +11,7 @@ Run: ``PYTHONPATH=src python benchmarks/paper_table.py [--only kvasir-seg,busi] 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,10 @@ from common import DEFAULT_DATA, DEFAULT_OUT, environment, require_data, write_j
 from oncoseg.data import get_info
 from oncoseg.evaluate.report import results_table, write_report
 from oncoseg.evaluate.runner import EvaluationConfig, evaluate, make_predictor
+
+# Our datasets whose nearest number in the preprint is another dataset's: the 3D-IRCADb liver slices are cut
+# from the 3D-IRCADb volumes the paper scored (Dice 0.621).
+PAPER_COUNTERPART = {"ircadb-liver-slices": "ircadb"}
 
 # dataset → (split, case limit or None, note)
 PLAN: dict[str, tuple[str | None, int | None, str]] = {
@@ -64,9 +69,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             name, folder, split, args.protocol, overwrite=args.overwrite, predictor=predictor,
             limit=limit, precision=args.precision, data_root=str(data),
         )  # fmt: skip
+        info = get_info(name)
+        if name in PAPER_COUNTERPART:
+            summary["paper_dice"] = get_info(PAPER_COUNTERPART[name]).paper_dice
+            summary["paper_note"] = f"the paper's {get_info(PAPER_COUNTERPART[name]).title} volumes"
+            (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         write_report(folder)
         folders.append(folder)
-        info = get_info(name)
         entries.append(
             {
                 "dataset": name,
@@ -74,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "split": split or "all",
                 "selection": note if limit == PLAN[name][1] else f"{limit} cases",
                 "folder": str(folder.relative_to(args.out)),
-                "paper_dice": info.paper_dice,
+                "paper_dice": summary["paper_dice"],
+                "paper_note": summary.get("paper_note"),
                 "seconds": round(time.perf_counter() - began, 1),
                 "groups": summary["groups"],
                 "prompt": summary["run"]["prompt"],

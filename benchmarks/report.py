@@ -162,6 +162,7 @@ def paper_table_section(result: dict) -> str:
     for entry in result["datasets"]:
         lines.append(
             f"- **{entry['title']}** ({entry['split']} split): {entry['selection']}; {entry['seconds']:.0f} s"
+            + (f"; paper Dice from {entry['paper_note']}" if entry.get("paper_note") else "")
         )
     return "\n".join(lines)
 
