@@ -7,6 +7,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/paper_table.py                                # → results/paper_table.json
     .venv/bin/python benchmarks/scale.py --ddp                                # → results/scale.json
     .venv/bin/python benchmarks/finetune.py                                   # → results/finetune.json
+    .venv/bin/python benchmarks/train_speed.py                                # → results/train_speed.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
@@ -205,6 +206,34 @@ def finetune_section(result: dict) -> str:
     )
 
 
+def train_speed_section(result: dict) -> str:
+    env = result["environment"]
+    rows = [
+        [mode, f"{r['trainable'] / 1e6:.2f} M of {r['total'] / 1e6:.2f} M", f"{r['median_step_s']:.1f} s",
+         f"{r['images_per_s']:.2f}", f"{r['peak_rss_mb']:.0f} MB"]
+        for mode, r in result["runs"].items()
+    ]  # fmt: skip
+    batch = next(iter(result["runs"].values()))["batch"]
+    return "\n".join(
+        [
+            "## Training throughput: LoRA vs full fine-tuning",
+            "",
+            (
+                f"Command: `.venv/bin/python benchmarks/train_speed.py` (commit `{env.get('git_commit') or '?'}`): "
+                f"optimizer steps on real MSD Hippocampus samples, batch {batch}, bf16 autocast, median step after a "
+                "warm-up; peak RSS of each mode's own process."
+            ),
+            "",
+            table(["mode", "trainable parameters", "step", "images/s", "peak memory"], rows),
+            "",
+            (
+                f"LoRA is {result['speedup_lora_vs_full']:.2f}× as fast per step and uses "
+                f"{result['memory_ratio_lora_vs_full']:.2f}× the memory of full fine-tuning."
+            ),
+        ]
+    )
+
+
 def scale_section(result: dict) -> str:
     env = result["environment"]
     rows = [
@@ -241,6 +270,7 @@ def main() -> None:
     ]
     accuracy, speed = load("accuracy"), load("speed")
     paper_table, scale, finetune = load("paper_table"), load("scale"), load("finetune")
+    train_speed = load("train_speed")
     if paper_table:
         sections += ["", paper_table_section(paper_table)]
     if accuracy:
@@ -251,6 +281,8 @@ def main() -> None:
         sections += ["", scale_section(scale)]
     if finetune:
         sections += ["", finetune_section(finetune)]
+    if train_speed:
+        sections += ["", train_speed_section(train_speed)]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")
