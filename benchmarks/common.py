@@ -50,7 +50,7 @@ def kvasir_cases(data: Path) -> list[Case2D]:
     """The 100 Kvasir-SEG test images in ``splits/test.txt`` order; JPEG masks binarised at > 127."""
     root = data / "kvasir-seg"
     cases = []
-    for case_id in (root / "splits" / "test.txt").read_text().split():
+    for case_id in (root / "splits" / "test.txt").read_text(encoding="utf-8").split():
         with Image.open(root / "masks" / f"{case_id}.jpg") as mask:
             binary = np.asarray(mask.convert("L")) > 127
         cases.append(Case2D(case_id, root / "images" / f"{case_id}.jpg", binary, "test"))
@@ -145,7 +145,7 @@ def timing_summary(seconds: Sequence[float]) -> dict[str, float | int]:
 def cpu_info() -> dict[str, Any]:
     """CPU model, core count and the instruction-set flags that matter for bf16 inference."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         text = ""
     model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
@@ -169,7 +169,7 @@ def git_commit() -> str | None:
             check=False,
             cwd=REPO,
             capture_output=True,
-            text=True,
+            encoding="utf-8",
             timeout=10,
         )
     except OSError:

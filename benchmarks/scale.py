@@ -35,7 +35,7 @@ def run(arguments: list[str], out: Path) -> dict[str, Any]:
         "--no-report",
     ]
     began = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    finished = subprocess.run(command, capture_output=True, encoding="utf-8", check=False)
     seconds = time.perf_counter() - began
     if finished.returncode != 0:
         raise SystemExit(f"oncoseg evaluate failed:\n{finished.stderr[-2000:]}")

@@ -107,7 +107,7 @@ def timing_images(data: Path, per_dataset: int) -> list[dict[str, Any]]:
 def liver_volume(data: Path, slices: int) -> tuple[MedicalImage, np.ndarray]:
     """The TotalSegmentator example CT and its liver mask, cut to ``slices`` slices around the largest liver."""
     root = data / "totalsegmentator-example"
-    labels = json.loads((root / "label_map_total_and_total_mr.json").read_text())["total"]
+    labels = json.loads((root / "label_map_total_and_total_mr.json").read_text(encoding="utf-8"))["total"]
     liver_id = int(next(key for key, name in labels.items() if name == LIVER))
     image = load_image(root / "example_ct_sm.nii.gz", modality="ct")
     liver = load_image(root / "example_seg.nii.gz").array == liver_id

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for mode in MODES:
         command = [sys.executable, __file__, "--one", mode, "--steps", str(args.steps), "--batch", str(args.batch),
                    "--data", str(data)]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, capture_output=True, encoding="utf-8", check=False)
         if done.returncode != 0:
             raise SystemExit(f"{mode} failed:\n{done.stderr[-2000:]}")
         runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])

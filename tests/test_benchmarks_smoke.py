@@ -26,7 +26,7 @@ def run_script(name: str, *args: str | Path) -> None:
     }
     command = [sys.executable, str(REPO / "benchmarks" / name), *map(str, args)]
     done = subprocess.run(
-        command, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        command, check=False, cwd=REPO, env=env, capture_output=True, encoding="utf-8", timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| dataset |" in done.stdout or "| measurement |" in done.stdout
@@ -73,7 +73,7 @@ def test_accuracy_script_on_three_images_per_dataset(shared_data, tmp_path):
         "--out",
         tmp_path,
     )
-    result = json.loads((tmp_path / "accuracy.json").read_text())
+    result = json.loads((tmp_path / "accuracy.json").read_text(encoding="utf-8"))
     assert {"environment", "settings", "protocols", "datasets", "table"} <= result.keys()
     kvasir, busi = result["datasets"]["kvasir"], result["datasets"]["busi"]
     assert kvasir["n"] == busi["n"] == 3
@@ -91,7 +91,7 @@ def test_accuracy_script_on_one_hippocampus_volume(shared_data, tmp_path):
     run_script(
         "accuracy.py", "--datasets", "hippocampus", "--limit", "1", "--data", shared_data, "--out", tmp_path
     )
-    entry = json.loads((tmp_path / "accuracy.json").read_text())["datasets"]["hippocampus"]
+    entry = json.loads((tmp_path / "accuracy.json").read_text(encoding="utf-8"))["datasets"]["hippocampus"]
     (case,) = entry["cases"]
     assert case["id"] == "hippocampus_001"
     assert 0.0 <= case["dice_propagate"] <= 1.0
@@ -103,7 +103,7 @@ def test_speed_script_quick(shared_data, tmp_path):
     run_script(
         "speed.py", "--quick", "--images", "1", "--slices", "3", "--data", shared_data, "--out", tmp_path
     )
-    result = json.loads((tmp_path / "speed.json").read_text())
+    result = json.loads((tmp_path / "speed.json").read_text(encoding="utf-8"))
     assert result["environment"]["torch_threads"] >= 1
     assert set(result["environment"]["cpu"]["flags"]) >= {"avx512_bf16", "amx_bf16"}
     assert result["settings"]["precision"] in ("fp32", "bf16")
@@ -123,10 +123,10 @@ def test_paper_table_script_on_two_small_datasets(shared_data, tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "paper_table.py"), "--only", "ircadb-liver-slices,busi",
          "--limit", "2", "--data", str(shared_data), "--out", str(tmp_path)],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=900,
+        check=False, cwd=REPO, capture_output=True, encoding="utf-8", timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "paper_table.json").read_text())
+    result = json.loads((tmp_path / "paper_table.json").read_text(encoding="utf-8"))
     assert [d["dataset"] for d in result["datasets"]] == ["ircadb-liver-slices", "busi"]
     busi = result["datasets"][1]
     assert busi["paper_dice"] == pytest.approx(0.752)

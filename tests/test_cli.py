@@ -24,7 +24,7 @@ CT_Z = SAMPLES["ct_abdomen"]["prompt"]["z"]
 def run(*args: str) -> subprocess.CompletedProcess:
     assert ONCOSEG.is_file(), f"{ONCOSEG} missing: install the package (pip install -e .)"
     return subprocess.run(
-        [str(ONCOSEG), *map(str, args)], check=False, capture_output=True, text=True, timeout=600
+        [str(ONCOSEG), *map(str, args)], check=False, capture_output=True, encoding="utf-8", timeout=600
     )
 
 
@@ -162,7 +162,7 @@ def test_datasets_lists_the_registry_and_what_is_found(shared_data):
         [str(ONCOSEG), "datasets", "--root", str(shared_data), "--json"],
         check=False,
         capture_output=True,
-        text=True,
+        encoding="utf-8",
         timeout=120,
     )
     assert done.returncode == 0, done.stderr

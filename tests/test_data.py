@@ -192,7 +192,9 @@ def test_brats_regions_are_nested_on_a_real_case(opened):
 
 def test_totalsegmentator_example_masks_are_the_organs_present(opened):
     case, _, masks = load_first(opened["totalsegmentator-example"])
-    label_map = json.loads((case.image_paths[0].parent / "label_map_total_and_total_mr.json").read_text())
+    label_map = json.loads(
+        (case.image_paths[0].parent / "label_map_total_and_total_mr.json").read_text(encoding="utf-8")
+    )
     assert set(masks) < set(label_map["total"].values())
     assert all(m.any() for m in masks.values()) and len(masks) > 20
     assert {c.case_id: c.modality for c in opened["totalsegmentator-example"].cases()} == {
@@ -262,7 +264,10 @@ def test_split_sizes_follow_the_rule(opened):
 
 def test_kvasir_test_split_is_the_official_list(opened):
     folder = opened["kvasir-seg"].folder
-    official = {s: set((folder / "splits" / f"{s}.txt").read_text().split()) for s in ("train", "test")}
+    official = {
+        s: set((folder / "splits" / f"{s}.txt").read_text(encoding="utf-8").split())
+        for s in ("train", "test")
+    }
     assert set(get_split("kvasir-seg", "test")) == official["test"] and len(official["test"]) == 100
     train, val = set(get_split("kvasir-seg", "train")), set(get_split("kvasir-seg", "val"))
     assert train | val == official["train"] and len(val) == 90

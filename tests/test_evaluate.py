@@ -67,11 +67,11 @@ def test_store_resumes_ignores_a_torn_line_and_refuses_other_settings(tmp_path):
     rows = [{"case_id": "a", "mode": "2d", "target": "t", "category": "", "dice": 0.5, "iou": 1 / 3,
              "nsd": 0.4, "hd95": 3.0}]  # fmt: skip
     store.record("a", rows)
-    with store.log_path().open("a") as log:
+    with store.log_path().open("a", encoding="utf-8") as log:
         log.write('{"case_id": "b", "rows": [')  # an interrupted write
     again = ResultStore(tmp_path, {**run, "started": "later"})
     assert list(again.finished()) == ["a"]
-    assert json.loads((tmp_path / "run.json").read_text())["started"] == "now"
+    assert json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))["started"] == "now"
     with pytest.raises(OncoSegError, match="protocol"):
         ResultStore(tmp_path, {**run, "protocol": {"kind": "points"}})
     fresh = ResultStore(tmp_path, {**run, "protocol": {"kind": "points"}}, overwrite=True)
@@ -179,11 +179,11 @@ def test_evaluate_with_two_ddp_processes_matches_one_process(shared_data, tmp_pa
                "--data", str(shared_data), "--no-report", "-q", "--precision", "fp32"]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     two = subprocess.run([*command, "--devices", "2", "-o", str(tmp_path / "ddp")], env=env, check=False,
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+                         capture_output=True, encoding="utf-8", timeout=900)  # fmt: skip
     assert two.returncode == 0, two.stderr[-2000:]
     assert (tmp_path / "ddp" / "cases.jsonl").exists() and (tmp_path / "ddp" / "cases.rank1.jsonl").exists()
     one = subprocess.run([*command, "-o", str(tmp_path / "single")], env=env, check=False,
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+                         capture_output=True, encoding="utf-8", timeout=900)  # fmt: skip
     assert one.returncode == 0, one.stderr[-2000:]
     ddp_rows = {r["case_id"]: float(r["dice"]) for r in read_csv(tmp_path / "ddp" / "cases.csv")}
     single_rows = {r["case_id"]: float(r["dice"]) for r in read_csv(tmp_path / "single" / "cases.csv")}

@@ -125,7 +125,7 @@ def markdown_images(path: Path) -> list[Path]:
 
 def test_report_files_html_and_markdown(kvasir):
     folder, _ = kvasir
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     dice = summary["groups"][0]["dice"]
     expected = f"{dice['mean']:.3f} ± {dice['sd']:.3f}"
 
@@ -133,10 +133,10 @@ def test_report_files_html_and_markdown(kvasir):
     assert {"table", "figure", "style"} <= page.tags and not {"script", "link", "iframe"} & page.tags
     assert page.images and all(src.startswith("data:image/png;base64,") for src in page.images)
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in page.images)
-    assert "http" not in (folder / "report.html").read_text()
+    assert "http" not in (folder / "report.html").read_text(encoding="utf-8")
     assert "Kvasir-SEG" in page.text and expected in page.text and "0.714" in page.text
 
-    markdown = (folder / "report.md").read_text()
+    markdown = (folder / "report.md").read_text(encoding="utf-8")
     assert expected in markdown and "GT box" in markdown and "4 cases" in markdown
     images = markdown_images(folder / "report.md")
     assert len(images) == 1 + 3  # the box plots, then best / median / worst
@@ -149,7 +149,7 @@ def test_strip_shows_best_median_and_worst(kvasir):
     rows = read_rows(folder)
     by_dice = sorted(rows, key=lambda row: -row["dice"])
     assert by_dice[0]["case_id"] == ids[1] and by_dice[-1]["case_id"] == ids[2]
-    markdown = (folder / "report.md").read_text()
+    markdown = (folder / "report.md").read_text(encoding="utf-8")
     assert f"best: {ids[1]}, Dice 1.000" in markdown
     assert f"worst: {ids[2]}, Dice {by_dice[-1]['dice']:.3f}" in markdown
     assert f"median: {by_dice[2]['case_id']}" in markdown  # 4 cases: ranks 1, 3 and 4
@@ -158,9 +158,9 @@ def test_strip_shows_best_median_and_worst(kvasir):
 
 
 def test_volume_report(hippocampus):
-    summary = json.loads((hippocampus / "summary.json").read_text())
+    summary = json.loads((hippocampus / "summary.json").read_text(encoding="utf-8"))
     assert len(summary["groups"]) == 6  # 3 targets × 2 modes
-    markdown = (hippocampus / "report.md").read_text()
+    markdown = (hippocampus / "report.md").read_text(encoding="utf-8")
     assert "NSD mean (2 mm)" in markdown and "HD95 median (mm)" in markdown and "Paper Dice" not in markdown
     for group in summary["groups"]:
         assert f"### {group['target']}, {group['mode']}" in markdown
@@ -174,7 +174,7 @@ def test_categories_and_empty_ground_truth(tmp_path, shared_data):
     cases = {"benign (1)": 0, "benign (10)": 3, "malignant (1)": 8, "normal (1)": 0}
     build_folder(tmp_path, "busi", shared_data, cases, ("2d",))
     markdown, _ = write_report(tmp_path, max_strip=2)
-    text = markdown.read_text()
+    text = markdown.read_text(encoding="utf-8")
     assert "| 2d | lesion | benign | 2 |" in text and "| 2d | lesion | malignant | 1 |" in text
     assert "4 cases" in text and "normal (1)" not in text  # empty ground truth: counted, never drawn
     assert (tmp_path / "report_files" / "metrics_by_category.png").is_file()
@@ -185,10 +185,10 @@ def test_missing_data_still_gives_tables_and_plots(kvasir, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(kvasir[0], folder)
     shutil.rmtree(folder / "report_files")
-    run = json.loads((folder / "run.json").read_text())
+    run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     (folder / "run.json").write_text(json.dumps(dict(run, data_root=str(tmp_path / "gone"))))
     markdown, page = write_report(folder)
-    text = markdown.read_text()
+    text = markdown.read_text(encoding="utf-8")
     assert text.count("No case pictures") == 1 and "| 2d | polyp | all | 4 |" in text
     assert [image.name for image in markdown_images(markdown)] == ["metrics.png"]
     assert len(parse(page).images) == 1

@@ -38,7 +38,7 @@ def write_config(folder: Path, data: Path, epochs=1, steps=2, extra_phase=False,
     if extra_phase:
         text += "  - name: second\n    datasets: [msd-hippocampus]\n    epochs: 1\n    val_limit: 2\n"
     path = folder / "train.yaml"
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
@@ -48,17 +48,19 @@ def test_calibrated_epochs_follow_the_paper():
 
 def test_config_errors_are_one_clear_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\noutput: out\nlearning_rate: 3\nphases: [{name: a, datasets: [busi]}]\n")
+    bad.write_text(
+        "name: x\noutput: out\nlearning_rate: 3\nphases: [{name: a, datasets: [busi]}]\n", encoding="utf-8"
+    )
     with pytest.raises(OncoSegError, match="unknown key.*learning_rate"):
         load_config(bad)
-    bad.write_text("name: x\noutput: out\nphases: []\n")
+    bad.write_text("name: x\noutput: out\nphases: []\n", encoding="utf-8")
     with pytest.raises(OncoSegError, match="no phases"):
         load_config(bad)
-    bad.write_text("name: [unclosed\n")
+    bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(OncoSegError, match="not valid YAML"):
         load_config(bad)
     good = tmp_path / "good.yaml"
-    good.write_text("name: x\noutput: out\nphases: [{name: a, datasets: [busi]}]\n")
+    good.write_text("name: x\noutput: out\nphases: [{name: a, datasets: [busi]}]\n", encoding="utf-8")
     config = load_config(good)
     assert Path(config.output) == (tmp_path / "out").resolve()  # relative to the config file
 
@@ -79,7 +81,7 @@ def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, h
     for phase in (first, second):
         assert (phase / "adapter.safetensors").exists() and (phase / "last.ckpt").exists()
         assert not list(phase.glob("best*.ckpt"))  # a finished phase keeps last.ckpt and the adapter only
-        record = json.loads((phase / "done.json").read_text())
+        record = json.loads((phase / "done.json").read_text(encoding="utf-8"))
         assert record["epochs_run"] >= 1 and 0 <= record["best_val_dice"] <= 1
     index = read_index()
     assert set(index) == {"first", "second", "latest"}
@@ -108,7 +110,7 @@ def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, h
     code = main(["evaluate", "msd-hippocampus", "--limit", "1", "--modes", "per_slice", "--checkpoint", "latest",
                  "--data", str(shared_data), "-o", str(out), "-q", "--no-report"])  # fmt: skip
     assert code == 0
-    assert json.loads((out / "run.json").read_text())["checkpoint"] == "latest"
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["checkpoint"] == "latest"
     capsys.readouterr()
 
 
@@ -129,7 +131,7 @@ def test_damaged_or_foreign_checkpoints_are_refused(shared_data, tmp_path, home,
 
 def _run(config: Path, env: dict, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "oncoseg.cli", "train", str(config), "-q"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", **kwargs)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -157,8 +159,10 @@ def test_killed_run_resumes_to_the_same_weights(shared_data, tmp_path):
     assert resumed.wait(timeout=900) == 0, resumed.stderr.read()[-2000:]
     reference = _run(straight, env)
     assert reference.wait(timeout=900) == 0, reference.stderr.read()[-2000:]
-    fingerprint = (killed_dir / "run" / "01-first" / "weights.rank0.sha256").read_text()
-    assert fingerprint == (straight_dir / "run" / "01-first" / "weights.rank0.sha256").read_text()
+    fingerprint = (killed_dir / "run" / "01-first" / "weights.rank0.sha256").read_text(encoding="utf-8")
+    assert fingerprint == (straight_dir / "run" / "01-first" / "weights.rank0.sha256").read_text(
+        encoding="utf-8"
+    )
 
 
 @pytest.mark.slow
@@ -170,5 +174,5 @@ def test_ddp_with_two_processes_ends_with_identical_weights(shared_data, tmp_pat
     phase = tmp_path / "run" / "01-first"
     ranks = sorted(phase.glob("weights.rank*.sha256"))
     assert [p.name for p in ranks] == ["weights.rank0.sha256", "weights.rank1.sha256"]
-    assert ranks[0].read_text() == ranks[1].read_text()
+    assert ranks[0].read_text(encoding="utf-8") == ranks[1].read_text(encoding="utf-8")
     assert (phase / "adapter.safetensors").exists()

@@ -345,7 +345,9 @@ def run_phase(
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
     seconds = time.perf_counter() - began
     # Every process notes a fingerprint of its trainable weights: after DDP they must all be the same.
-    (folder / f"weights.rank{trainer.global_rank}.sha256").write_text(weights_fingerprint(model) + "\n")
+    (folder / f"weights.rank{trainer.global_rank}.sha256").write_text(
+        weights_fingerprint(model) + "\n", encoding="utf-8"
+    )
     record = {"phase": phase.name, "folder": str(folder)}
     if trainer.is_global_zero:
         if best.best_model_path:  # export the weights with the best validation Dice
