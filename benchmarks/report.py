@@ -194,7 +194,7 @@ def finetune_section(result: dict) -> str:
                 "`configs/finetune-hippocampus.yaml`: LoRA r=16/α=32/dropout 0.1 on the encoder's attention qkv/proj, "
                 f"mask decoder trained; {phase['epochs']} epochs × {phase['samples_per_epoch']} samples from the train "
                 f"split, batch {result['config']['batch_size']}, AdamW lr {result['config']['lr']:g}, bf16 autocast). "
-                f"Training took {result['train_seconds'] / 60:.1f} min on this 2-core CPU "
+                f"Training took {result['train_seconds'] / 60:.1f} min wall clock on this shared 2-core CPU "
                 f"({result['samples_per_second'] or 0:.2f} samples/s, validation included); "
                 f"best validation Dice {record.get('best_val_dice') or 0:.3f}. The test volumes were never trained on."
             ),
