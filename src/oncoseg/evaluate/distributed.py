@@ -64,6 +64,10 @@ def evaluate_distributed(
             per_process = max(1, (os.cpu_count() or 1) // max(1, self.trainer.num_devices))
             torch.set_num_threads(per_process)
 
+        def on_predict_end(self) -> None:
+            # Every process has written its last case before process 0 reads the logs.
+            self.trainer.strategy.barrier("oncoseg-evaluate-done")
+
         def predict_step(self, batch: list[int], batch_idx: int) -> None:
             for index in batch:
                 case = todo[index]
