@@ -11,7 +11,6 @@ Run: ``PYTHONPATH=src python benchmarks/paper_table.py [--only kvasir-seg,busi] 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from common import DEFAULT_DATA, DEFAULT_OUT, environment, require_data, write_j
 
 from oncoseg.data import get_info
 from oncoseg.evaluate.report import results_table, write_report
+from oncoseg.evaluate.results import write_json as write_results_json
 from oncoseg.evaluate.runner import EvaluationConfig, evaluate, make_predictor
 
 # Our datasets whose nearest number in the preprint is another dataset's: the 3D-IRCADb liver slices are cut
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if name in PAPER_COUNTERPART:
             summary["paper_dice"] = get_info(PAPER_COUNTERPART[name]).paper_dice
             summary["paper_note"] = f"the paper's {get_info(PAPER_COUNTERPART[name]).title} volumes"
-            (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+            write_results_json(folder / "summary.json", summary)
         write_report(folder)
         folders.append(folder)
         entries.append(

@@ -60,6 +60,9 @@ accelerator, devices, num_nodes, max_steps_per_epoch, loggers [csv, tensorboard,
 """
 
 
+CHECKPOINT_HELP = "fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oncoseg",
@@ -91,10 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlay", metavar="PNG", help="also write a picture of the mask over the image")
     seg.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     seg.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
-    seg.add_argument(
-        "--checkpoint",
-        help="fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`",
-    )
+    seg.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     seg.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="encoder precision"
     )
@@ -148,10 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--out", help="output folder (default: eval-output/DATASET-SPLIT-PROTOCOL)")
     evaluate.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     evaluate.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
-    evaluate.add_argument(
-        "--checkpoint",
-        help="fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`",
-    )
+    evaluate.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="model precision"
     )
