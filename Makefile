@@ -10,7 +10,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint bench
+.PHONY: help setup system-deps demo test test-fast lint bench
 
 help:
 	@echo "make demo       set up $(VENV) and segment the bundled samples into demo-output/"
@@ -34,15 +34,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-input $(TORCH_PINS) -e ".[dev]"
 	touch $@
 
+# Debian packages for the service/DICOM/GUI tests (Orthanc, dciodvfy, Chromium, Xvfb); installs only what is missing.
+system-deps:
+	@sh scripts/system-deps.sh
+
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/oncoseg demo -o demo-output
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -114,6 +114,32 @@ def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, h
     capsys.readouterr()
 
 
+def test_replay_and_wandb_offline_logging(shared_data, tmp_path, home, monkeypatch):
+    """Rehearsal draws from a replayed dataset, and the W&B logger writes an offline run (no network) under the
+    phase folder with the per-phase project name."""
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    text = TINY.format(output=tmp_path / "run", data=shared_data, epochs=1, steps=2).replace(
+        "loggers: [csv]", "loggers: [csv, wandb]"
+    )
+    text += "    samples_per_epoch: 2\n    replay: {kvasir-seg: 0.5}\n"
+    config = tmp_path / "train.yaml"
+    config.write_text(text, encoding="utf-8")
+    assert main(["train", str(config), "-q"]) == 0
+    phase = tmp_path / "run" / "01-first"
+    record = json.loads((phase / "done.json").read_text(encoding="utf-8"))
+    assert record["replay"] == {"kvasir-seg": 0.5} and record["samples_per_epoch"] == 2
+    runs = list((phase / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), "no offline W&B run was written"
+    log = next(runs[0].glob("*.wandb")).read_bytes()  # the offline run's record stream, synced later
+    assert b"val_dice" in log and b"tiny-first" in log  # the metrics, in the per-phase project
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("0.5}", "1.5}"), encoding="utf-8")
+    with pytest.raises(OncoSegError, match="replay shares"):
+        load_config(bad)
+
+
 def test_damaged_or_foreign_checkpoints_are_refused(shared_data, tmp_path, home, capsys):
     config = write_config(tmp_path, shared_data, epochs=2, steps=1)
     phase = tmp_path / "run" / "01-first"

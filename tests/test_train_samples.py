@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 from oncoseg.data.adapters import open_dataset
 from oncoseg.prompts import box_from_mask
 from oncoseg.train.samples import (
+    MixedSamples,
     SampleSettings,
     TrainingSamples,
     _frame_mask,
@@ -201,3 +202,32 @@ def test_validation_samples_fixed_and_unjittered(kvasir_cases, hippocampus_cases
         tight = box_from_mask(mask[z]).as_array() * (SIZE / max(mask.shape[1:]))
         assert np.allclose(sample["box"].numpy(), tight, atol=1e-4)
         _check_frame(sample)
+
+
+def test_short_epochs_walk_through_every_case(kvasir_cases):
+    """An epoch shorter than the case list continues where the previous epoch stopped."""
+    samples = TrainingSamples(kvasir_cases, SampleSettings(seed=3), samples_per_epoch=2)
+    seen = []
+    for epoch in range(3):
+        samples.set_epoch(epoch)
+        seen += [samples[i]["case_id"] for i in range(len(samples))]
+    assert seen[:5] == [case.case_id for case in kvasir_cases] and seen[5] == kvasir_cases[0].case_id
+
+
+def test_mixed_samples_keep_their_shares(kvasir_cases, hippocampus_cases):
+    main = TrainingSamples(hippocampus_cases, SampleSettings(seed=1), samples_per_epoch=60)
+    replay = TrainingSamples(kvasir_cases, SampleSettings(seed=1))
+    mixed = MixedSamples([main, replay], [0.8, 0.2], samples_per_epoch=50)
+    sources = [mixed.source_of(n) for n in range(200)]
+    assert sum(1 for s, _ in sources if s == 1) == 40  # exactly the share
+    assert max(n for s, n in sources if s == 1) == 39 and max(n for s, n in sources if s == 0) == 159
+    # evenly spread: every window of 10 draws holds 2 replayed ones
+    assert all(sum(1 for s, _ in sources[i : i + 10] if s == 1) == 2 for i in range(0, 200, 10))
+    mixed.set_epoch(1)
+    source, number = mixed.source_of(50 + 7)
+    sample = mixed[7]
+    expected_case = (hippocampus_cases if source == 0 else kvasir_cases)[number % (3 if source == 0 else 5)]
+    assert sample["case_id"] == expected_case.case_id
+    assert torch.equal(sample["box"], mixed[7]["box"])  # deterministic
+    with pytest.raises(Exception, match="sum to 1"):
+        MixedSamples([main, replay], [0.9, 0.2])

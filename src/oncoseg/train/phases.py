@@ -55,6 +55,20 @@ class PhaseConfig:
     train_split: str = "train"
     val_split: str = "val"
     val_limit: int | None = 64  # validation samples per epoch (evenly spread)
+    # rehearsal against forgetting: dataset → share of the training draws taken from its train split
+    # (e.g. {kvasir-seg: 0.15}); the phase's own datasets get the rest. Validation stays on the phase's datasets.
+    replay: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shares = dict(self.replay or {})
+        if (
+            any(not isinstance(v, (int, float)) or v <= 0 for v in shares.values())
+            or sum(shares.values()) >= 1
+        ):
+            raise OncoSegError(
+                f"phase {self.name}: replay shares must be positive numbers summing to less than 1, not {shares}"
+            )
+        self.replay = {str(k): float(v) for k, v in shares.items()}
 
 
 @dataclass
@@ -208,11 +222,11 @@ def train(config: TrainConfig | str | Path, progress: bool = True) -> list[dict[
     return records
 
 
-def _cases(config: TrainConfig, phase: PhaseConfig, split: str):
+def _cases(config: TrainConfig, phase: PhaseConfig, split: str, datasets: list[str] | None = None):
     from oncoseg.data import open_dataset
 
     cases = []
-    for name in phase.datasets:
+    for name in phase.datasets if datasets is None else datasets:
         found = open_dataset(name, config.data_root).cases(split)
         if not found:
             raise OncoSegError(f"phase {phase.name}: {name} has no {split} cases")
@@ -241,6 +255,13 @@ def _loggers(config: TrainConfig, phase: PhaseConfig, folder: Path) -> list:
             )
         )
     return chosen
+
+
+def _finish_wandb(trainer) -> None:
+    """Close the phase's W&B run (each phase is its own run, in its own project) so its summary is written."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.finish()
 
 
 def weights_fingerprint(model) -> str:
@@ -291,7 +312,13 @@ def run_phase(
     from oncoseg.train.checkpoints import register
     from oncoseg.train.lora import LoraSettings, apply_lora, describe, load_adapter, save_adapter
     from oncoseg.train.module import SegmentationModule
-    from oncoseg.train.samples import SampleSettings, TrainingSamples, collate_samples, validation_samples
+    from oncoseg.train.samples import (
+        MixedSamples,
+        SampleSettings,
+        TrainingSamples,
+        collate_samples,
+        validation_samples,
+    )
 
     began = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
@@ -304,7 +331,15 @@ def run_phase(
         apply_lora(model, settings)
     train_cases, val_cases = _cases(config, phase, phase.train_split), _cases(config, phase, phase.val_split)
     sample_settings = SampleSettings(seed=config.seed)
-    samples = TrainingSamples(train_cases, sample_settings, samples_per_epoch=phase.samples_per_epoch)
+    if phase.replay:
+        sources = [TrainingSamples(train_cases, sample_settings)] + [
+            TrainingSamples(_cases(config, phase, phase.train_split, [name]), sample_settings)
+            for name in phase.replay
+        ]
+        shares = [1.0 - sum(phase.replay.values()), *phase.replay.values()]
+        samples = MixedSamples(sources, shares, samples_per_epoch=phase.samples_per_epoch)
+    else:
+        samples = TrainingSamples(train_cases, sample_settings, samples_per_epoch=phase.samples_per_epoch)
     validation = validation_samples(val_cases, sample_settings)
     if phase.val_limit and len(validation) > phase.val_limit:
         picks = np.linspace(0, len(validation) - 1, phase.val_limit).round().astype(int)
@@ -343,6 +378,7 @@ def run_phase(
     if trainer.is_global_zero:
         print(f"phase {phase.name}: {describe(model)}; {len(samples)} samples/epoch, {epochs} epochs")
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
+    _finish_wandb(trainer)
     seconds = time.perf_counter() - began
     # Every process notes a fingerprint of its trainable weights: after DDP they must all be the same.
     (folder / f"weights.rank{trainer.global_rank}.sha256").write_text(
@@ -367,6 +403,7 @@ def run_phase(
             samples_per_epoch=len(samples),
             seconds=round(seconds, 1),
             datasets=phase.datasets,
+            replay=phase.replay,
         )
         name = phase.checkpoint_name or phase.name
         register(name, adapter, run=config.name, phase=phase.name, best_val_dice=best_dice)

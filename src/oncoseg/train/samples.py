@@ -249,9 +249,16 @@ class TrainingSamples(Dataset):
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} is outside 0..{len(self) - 1}")
+        # epochs continue where the previous one stopped, so an epoch shorter than the case list still
+        # reaches every case over the run
+        return self.draw(self.epoch * len(self) + index, (self.epoch, index))
+
+    def draw(self, number: int, key: tuple[int, ...]) -> dict[str, Any]:
+        """The ``number``-th draw of the run (case ``number % len(cases)``, on its visit
+        ``number // len(cases)``), with its random choices seeded by ``(seed, *key)``."""
         settings = self.settings
-        rng = np.random.default_rng([settings.seed, self.epoch, index])
-        position, visit = index % len(self.cases), index // len(self.cases)
+        rng = np.random.default_rng([settings.seed, *key])
+        position, visit = number % len(self.cases), number // len(self.cases)
         loaded = self.load(position)
         target = loaded.targets[visit % len(loaded.targets)]
         mask, present, z = loaded.masks[target], loaded.present[target], None
@@ -269,6 +276,64 @@ class TrainingSamples(Dataset):
         else:
             box = _random_box(mask.shape, rng)
         return make_sample(loaded, target, z, box, settings.image_size)
+
+
+class MixedSamples(Dataset):
+    """Draws from several `TrainingSamples` in fixed shares, e.g. the datasets being learnt plus a share of
+    earlier datasets replayed so the model does not forget them (rehearsal).
+
+    Draws follow a repeating pattern of ``PATTERN`` slots in which source ``s`` holds ``round(share_s *
+    PATTERN)`` evenly spread slots; each source walks through its own draws in order. The first source is
+    the main one: it defines the default length of an epoch (its own length divided by its share)."""
+
+    PATTERN = 100
+
+    def __init__(
+        self,
+        sources: Sequence[TrainingSamples],
+        shares: Sequence[float],
+        samples_per_epoch: int | None = None,
+    ):
+        if len(sources) != len(shares) or not sources:
+            raise OncoSegError("MixedSamples needs one share per source")
+        if any(share <= 0 for share in shares) or abs(sum(shares) - 1.0) > 1e-6:
+            raise OncoSegError(f"sample shares must be positive and sum to 1, not {list(shares)}")
+        slots = [max(1, round(share * self.PATTERN)) for share in shares]
+        slots[0] = self.PATTERN - sum(slots[1:])
+        if slots[0] < 1:
+            raise OncoSegError(f"the replayed shares leave nothing for the main datasets: {list(shares)}")
+        # slot i of the pattern goes to the source whose quota is furthest behind (an even spread)
+        self.pattern: list[tuple[int, int]] = []  # (source, rank of this slot within the source's slots)
+        taken = [0] * len(sources)
+        for i in range(self.PATTERN):
+            source = max(
+                range(len(sources)), key=lambda s: (slots[s] * (i + 1) / self.PATTERN - taken[s], -s)
+            )
+            self.pattern.append((source, taken[source]))
+            taken[source] += 1
+        self.slots, self.sources, self.shares = slots, list(sources), list(shares)
+        self.epoch = 0
+        self._length = samples_per_epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self._length is None:
+            self._length = max(1, round(len(self.sources[0]) / self.shares[0]))
+        return self._length
+
+    def source_of(self, number: int) -> tuple[int, int]:
+        """(source, that source's own draw number) of the run's ``number``-th draw."""
+        source, rank = self.pattern[number % self.PATTERN]
+        return source, (number // self.PATTERN) * self.slots[source] + rank
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} is outside 0..{len(self) - 1}")
+        source, number = self.source_of(self.epoch * len(self) + index)
+        return self.sources[source].draw(number, (self.epoch, index, source))
 
 
 def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
