@@ -1,0 +1,210 @@
+"""What `oncoseg export` does: NIfTI (or NRRD/MHA) masks → RTSTRUCT/SEG over a DICOM series, and back.
+
+Masks must lie on the reference series' own grid: same shape, spacing, origin and orientation after both are
+read through `oncoseg.io.load_image`. Nothing is ever resampled; a mask that does not fit is refused with a
+message naming what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from oncoseg.dicom.reference import DicomExportError, ReferenceSeries, load_reference
+from oncoseg.image import MedicalImage
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def parse_names(spec: str | None) -> dict[int, str]:
+    """``"1=Liver,2=Kidney_L"`` or a JSON file (``{"1": "liver"}``, ``{"liver": 1}`` or nnU-Net's
+    ``dataset.json`` with ``"labels"``; ``FILE.json:KEY`` picks one map of a file holding several, e.g.
+    TotalSegmentator's ``label_map.json:total``) → ``{label: name}``. Bare names (``"Liver,Spleen"``) are
+    labels 1, 2, ... in order."""
+    if not spec:
+        return {}
+    path_part, _, key = spec.partition(".json:")
+    path = Path(path_part + ".json") if key else Path(spec)
+    if path.suffix.lower() == ".json" or key:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DicomExportError(f"{path}: cannot read the label names ({exc})") from exc
+        if key:
+            if not isinstance(data, dict) or key not in data:
+                raise DicomExportError(f"{path}: has no label map named {key!r}")
+            data = data[key]
+        elif isinstance(data, dict) and isinstance(data.get("labels"), dict):
+            data = data["labels"]
+        if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
+            raise DicomExportError(
+                f"{path}: holds several label maps ({', '.join(data)}); pick one as {path}:{next(iter(data))}"
+            )
+        return _label_dict(data, str(path))
+    if "=" not in spec:  # "Liver" or "Liver,Spleen": labels (or binary mask files) 1, 2, ... in order
+        return {i: name.strip() for i, name in enumerate(spec.split(","), start=1) if name.strip()}
+    pairs = {}
+    for item in spec.split(","):
+        label, sep, name = item.partition("=")
+        pairs[label.strip()] = name.strip()
+        if not sep or not name.strip():
+            raise DicomExportError(f"--names: {item!r} is not LABEL=NAME (e.g. 1=Liver,2=Kidney_L)")
+    return _label_dict(pairs, "--names")
+
+
+def _label_dict(data, source: str) -> dict[int, str]:
+    if not isinstance(data, dict):
+        raise DicomExportError(f"{source}: expected a mapping of labels to names")
+    names: dict[int, str] = {}
+    for k, v in data.items():
+        label, name = (k, v) if str(k).strip().isdigit() else (v, k)
+        try:
+            label = int(str(label).strip())
+        except ValueError:
+            raise DicomExportError(f"{source}: {k!r}: {v!r} pairs no integer label with a name") from None
+        if label != 0:  # background
+            names[label] = str(name)
+    return names
+
+
+def masks_from_files(
+    paths: list[str | Path], reference: ReferenceSeries, names: dict[int, str] | None = None
+) -> dict[str, np.ndarray]:
+    """Read mask files that lie on the reference grid: a label map gives one structure per label (named by
+    ``names``, else ``<file stem>_<label>``); the i-th binary (0/1) file gives one structure named by
+    ``names[i]`` (1-based), else by its file stem."""
+    from oncoseg.io import load_image
+
+    names = names or {}
+    masks: dict[str, np.ndarray] = {}
+    for index, path in enumerate(map(Path, paths), start=1):
+        image = load_image(path)
+        check_same_grid(image, reference.image, path)
+        labels = _integer_labels(image.array, path)
+        present = [int(v) for v in np.unique(labels) if v != 0]
+        if not present:
+            raise DicomExportError(f"{path}: mask is empty (no non-zero voxel)")
+        stem = _stem(path)
+        if present == [1] and (len(paths) > 1 or len(names) <= 1):  # a binary mask
+            items = [(names.get(index) or stem, labels == 1)]
+        else:
+            missing = [v for v in present if names and v not in names]
+            if missing:
+                raise DicomExportError(f"{path}: labels {missing} have no name in --names")
+            items = [(names.get(v, f"{stem}_{v}"), labels == v) for v in present]
+        for name, mask in items:
+            if name in masks:
+                raise DicomExportError(f"{path}: structure {name!r} is given twice")
+            masks[name] = mask
+    return masks
+
+
+def _integer_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim != 3:
+        raise DicomExportError(f"{path}: expected a 3D mask, got an array of shape {array.shape}")
+    if np.issubdtype(array.dtype, np.floating) and (
+        not np.isfinite(array).all() or not np.array_equal(array, np.round(array))
+    ):
+        raise DicomExportError(
+            f"{path}: mask holds non-integer values (a probability map?); binarise it first"
+        )
+    if array.min() < 0:
+        raise DicomExportError(f"{path}: mask holds negative labels")
+    return array.astype(np.int64)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def check_same_grid(image: MedicalImage, reference: MedicalImage, path: str | Path) -> None:
+    """Raise DicomExportError naming what differs when ``image`` is not on ``reference``'s voxel grid."""
+    problems = []
+    if image.shape != reference.shape:
+        problems.append(f"shape {image.shape} vs {reference.shape} (z, y, x)")
+    if not np.allclose(image.spacing, reference.spacing, rtol=1e-3, atol=1e-3):
+        problems.append(f"spacing {_fmt(image.spacing)} vs {_fmt(reference.spacing)} mm")
+    if not np.allclose(image.direction, reference.direction, atol=1e-3):
+        problems.append(
+            f"orientation {image.source_orientation or 'oblique'} vs {reference.source_orientation or 'oblique'}"
+            if image.source_orientation != reference.source_orientation
+            else "direction cosines differ"
+        )
+    tolerance = 0.05 * min(reference.spacing)  # mm: far below a voxel
+    if not np.allclose(image.origin, reference.origin, atol=tolerance):
+        problems.append(f"origin {_fmt(image.origin)} vs {_fmt(reference.origin)} mm")
+    if problems:
+        raise DicomExportError(
+            f"{path}: mask does not lie on the reference series' grid ({'; '.join(problems)}); "
+            "it is never resampled: export the mask on the series' own grid"
+        )
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.3f}".rstrip("0").rstrip(".") for v in values) + ")"
+
+
+def read_structures(path: str | Path, reference: ReferenceSeries) -> dict[str, np.ndarray]:
+    """Read an RTSTRUCT or SEG file (told apart by its Modality) onto the reference series."""
+    import pydicom
+
+    from oncoseg.dicom.rtstruct import read_rtstruct
+    from oncoseg.dicom.seg import read_seg
+
+    try:
+        modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
+    except (OSError, pydicom.errors.InvalidDicomError) as exc:
+        raise DicomExportError(f"{path}: cannot be read as DICOM ({exc})") from exc
+    if modality == "RTSTRUCT":
+        return read_rtstruct(path, reference)
+    if modality == "SEG":
+        return read_seg(path, reference)
+    raise DicomExportError(f"{path}: is a {modality or 'non-'} DICOM object, not RTSTRUCT or SEG")
+
+
+def export_nifti(source: str | Path, reference: str | Path, output: str | Path) -> list[Path]:
+    """Write the structures of an RTSTRUCT/SEG file as NIfTI on the reference series' grid.
+
+    ``output`` ending in .nii.gz/.nii/.nrrd/.mha: one label map (labels 1..N in file order) plus a JSON file
+    of label names next to it (``OUT.json``, usable as ``--names`` again); overlapping voxels go to the later
+    structure (a warning names the pairs). Any other ``output`` is a folder: one binary mask per structure.
+    Returns the files written.
+    """
+    from oncoseg.io import atomic_write_path, save_mask
+
+    ref = reference if isinstance(reference, ReferenceSeries) else load_reference(reference)
+    structures = read_structures(source, ref)
+    if not structures:
+        raise DicomExportError(f"{source}: holds no structures")
+    output = Path(output)
+    suffix = next((s for s in NIFTI_SUFFIXES if output.name.lower().endswith(s)), None)
+    if suffix is None:
+        written = []
+        for name, mask in structures.items():
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+            written.append(save_mask(mask.astype(np.uint8), ref.image, output / f"{safe}.nii.gz"))
+        return written
+    if len(structures) > 255:
+        raise DicomExportError(f"{source}: {len(structures)} structures do not fit one 8-bit label map")
+    labels = np.zeros(ref.shape, dtype=np.uint8)
+    for number, (name, mask) in enumerate(structures.items(), start=1):
+        overlap = np.unique(labels[mask & (labels > 0)])
+        if overlap.size:
+            others = ", ".join(list(structures)[v - 1] for v in overlap)
+            log.warning("%s overlaps %s; the label map keeps %s there", name, others, name)
+        labels[mask] = number
+    save_mask(labels, ref.image, output)
+    sidecar = output.with_name(output.name[: -len(suffix)] + ".json")
+    with atomic_write_path(sidecar) as tmp:
+        names = {str(i): name for i, name in enumerate(structures, start=1)}
+        tmp.write_text(json.dumps(names, indent=2), encoding="utf-8")
+    return [output, sidecar]
