@@ -32,6 +32,8 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --no-input $(TORCH_PINS) -e ".[dev]"
+	# MONAI Label's client class, for the compatibility test (its heavy server dependencies are not needed)
+	$(BIN)/python -m pip install --no-input --no-deps "monailabel==0.8.5"
 	touch $@
 
 # Debian packages for the service/DICOM/GUI tests (Orthanc, dciodvfy, Chromium, Xvfb); installs only what is missing.

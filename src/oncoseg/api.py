@@ -21,7 +21,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.io import atomic_write_path, check_mask_path, load_image, save_mask
 from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor
-from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, build_prompts, validate_prompt
+from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, _as_box, build_prompts, validate_prompt
 from oncoseg.volume import PropagationSettings, propagate
 
 
@@ -86,6 +86,10 @@ def _prompt_dict(prompt: Prompt) -> dict[str, Any]:
         out["box"] = [prompt.box.x0, prompt.box.y0, prompt.box.x1, prompt.box.y1]
     if prompt.points:
         out["points"] = [[p.x, p.y, int(p.positive)] for p in prompt.points]
+    if prompt.text is not None:
+        out["text"] = prompt.text
+    if prompt.exemplars:
+        out["exemplars"] = [[b.x0, b.y0, b.x1, b.y1] for b in prompt.exemplars]
     if prompt.z is not None:
         out["slice"] = prompt.z
     return out
@@ -105,6 +109,11 @@ def segment(
     overlay: str | Path | None = None,
     json_path: str | Path | None = None,
     on_slice: Callable[[int], None] | None = None,
+    text: str | None = None,
+    exemplars: Sequence[BoxLike] = (),
+    slice_index: int | None = None,
+    weights: str | Path | None = None,
+    threshold: float | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` from boxes and/or points and measure each object.
 
@@ -112,7 +121,17 @@ def segment(
     slice index as last box value / third point value for volumes. ``volume=True`` propagates each object through
     the volume; otherwise only the prompted slice is segmented. Outputs are written only when everything
     succeeded (an empty result raises ``EmptyResultError`` and writes nothing).
+
+    Concept prompts (``backend="sam3"``): ``text`` ("liver tumour") and/or ``exemplars`` (boxes around examples)
+    find every instance, one label each; on a volume give ``slice_index`` (text alone) or ``volume=True`` (every
+    slice, instances joined in 3D). ``weights`` is the SAM3 folder, ``threshold`` its instance confidence.
     """
+    if text is not None or exemplars:
+        return _segment_concept(
+            image, text, exemplars, modality=modality, volume=volume, backend=backend, predictor=predictor,
+            output=output, overlay=overlay, json_path=json_path, on_slice=on_slice, slice_index=slice_index,
+            weights=weights, threshold=threshold,
+        )  # fmt: skip
     if not isinstance(image, MedicalImage):
         image = load_image(image, modality=modality) if isinstance(image, (str, Path)) else _wrap_array(image)
     boxes = [] if box is None else ([box] if _is_single_box(box) else list(box))
@@ -124,7 +143,7 @@ def segment(
     if output is not None:
         check_mask_path(output, image)
 
-    predictor = predictor or Predictor(backend)
+    predictor = predictor or _make_predictor(backend, weights, threshold)
     predictor.set_image(image, modality=modality)
     labels = np.zeros(image.shape, dtype=np.uint8)
     scores, measurements, slices = [], [], []
@@ -158,6 +177,89 @@ def segment(
     if json_path is not None:
         result.save_json(json_path)
     return result
+
+
+def _make_predictor(backend: str, weights: str | Path | None, threshold: float | None) -> Predictor:
+    options: dict[str, Any] = {}
+    if weights is not None:
+        options["weights"] = weights
+    if threshold is not None:
+        options["threshold"] = threshold
+    return Predictor(backend, **options)
+
+
+def _segment_concept(
+    image, text, exemplars, *, modality, volume, backend, predictor, output, overlay, json_path, on_slice,
+    slice_index, weights, threshold,
+) -> SegmentationResult:  # fmt: skip
+    """`segment` for a concept prompt: every instance of ``text``/``exemplars`` becomes one label."""
+    if not isinstance(image, MedicalImage):
+        image = load_image(image, modality=modality) if isinstance(image, (str, Path)) else _wrap_array(image)
+    boxes = [
+        _as_box(b) for b in ([exemplars] if exemplars and _is_single_box(exemplars) else list(exemplars))
+    ]
+    prompt, z = Prompt(text=text, exemplars=tuple(boxes)), None
+    if image.is_3d and not volume:
+        z = prompt.z if prompt.z is not None else slice_index
+        if z is None:
+            raise OncoSegError("a text prompt on a volume needs the slice (slice_index / --slice) or --3d")
+        prompt = prompt.on_slice(z)
+    validate_prompt(prompt, image.shape)
+    if volume and not image.is_3d:
+        raise OncoSegError("--3d needs a volume, but this image is 2D")
+    if output is not None:
+        check_mask_path(output, image)
+    predictor = predictor or _make_predictor(backend, weights, threshold)
+    if not predictor.backend.supports_text:
+        raise OncoSegError(
+            f"the {predictor.backend.name} backend has no text or exemplar prompts (use --backend sam3)"
+        )
+    predictor.set_image(image, modality=modality)
+    what = repr(text) if text is not None else "the exemplars"
+    if volume:
+        labels, scores = predictor.backend.segment_text_volume(
+            predictor, text, prompt.exemplars, on_slice=on_slice, threshold=threshold
+        )
+        slices = [_extent(labels == i) for i in range(1, len(scores) + 1)]
+    else:
+        embedding = predictor.embedding(z)
+        prediction = predictor.backend.detect(embedding, text, prompt.exemplars, threshold=threshold)
+        scores = [float(s) for s in prediction.scores]
+        labels = np.zeros(image.shape, dtype=np.uint16)
+        for i, mask in enumerate(prediction.masks, start=1):
+            target = labels[z] if image.is_3d else labels
+            target[mask & (target == 0)] = i
+        slices = [(z, z) if image.is_3d else None for _ in scores]
+    present = [i for i in range(1, len(scores) + 1) if (labels == i).any()]  # overlapped or empty ones go
+    relabel = np.zeros(len(scores) + 1, dtype=labels.dtype)
+    relabel[present] = np.arange(1, len(present) + 1)
+    labels, scores, slices = (
+        relabel[labels],
+        [scores[i - 1] for i in present],
+        [slices[i - 1] for i in present],
+    )
+    if not scores:
+        raise EmptyResultError(
+            f"the model found no instance of {what}: lower the threshold or check the prompt"
+        )
+    if labels.max() < 256:
+        labels = labels.astype(np.uint8)
+    measurements = [measure(labels == i, image.spacing) for i in range(1, len(scores) + 1)]
+    result = SegmentationResult(
+        image, labels, [prompt] * len(scores), scores, measurements, slices, predictor
+    )
+    if output is not None:
+        result.save(output)
+    if overlay is not None:
+        result.save_overlay(overlay)
+    if json_path is not None:
+        result.save_json(json_path)
+    return result
+
+
+def _extent(mask: np.ndarray) -> tuple[int, int]:
+    zs = np.nonzero(mask.any(axis=(1, 2)))[0]
+    return int(zs[0]), int(zs[-1])
 
 
 def _is_single_box(box: Any) -> bool:

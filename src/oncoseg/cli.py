@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,11 +17,16 @@ EPILOG_SEGMENT = """\
 prompts (pixel coordinates; x = column, y = row, z = slice index of a volume, counted from 0):
   --box X0,Y0,X1,Y1[,Z]      a box around the object (repeat for several objects: one mask each)
   --point X,Y[,Z][:neg]      a click inside the object; ':neg' marks a point to exclude
+  --text "liver tumour"      every instance of a named structure (--backend sam3; --slice Z or --3d on volumes)
+  --exemplar X0,Y0,X1,Y1[,Z] a box around one example: every similar instance (--backend sam3; with --text too)
 
 examples:
   oncoseg segment polyp.jpg --box 120,80,300,260 -o polyp_mask.png --overlay polyp_overlay.png
   oncoseg segment ct.nii.gz --box 14,16,80,76,24 --3d -o liver.nii.gz --json
   oncoseg segment ct_dicom_folder/ --box 200,180,320,300,45 --modality ct -o lesion.nii.gz
+  oncoseg segment ct_dicom_folder/ --box 200,180,320,300,45 --3d --output-type rtstruct --names 1=GTV -o gtv_rt.dcm
+  oncoseg segment ct.nii.gz --backend sam3 --weights ~/sam3 --text "liver tumour" --3d -o tumours.nii.gz
+  oncoseg segment ct.nii.gz --backend sam3 --weights ~/sam3 --box 14,16,80,76,24 --3d -o liver.nii.gz
 
 Find coordinates with `oncoseg info IMAGE` (shape is printed as z, y, x) or any viewer that shows pixel indices
 of the image as stored (volumes are read in LPS orientation: x to the patient's left, y to posterior, z up).
@@ -42,6 +48,22 @@ pictures; HD95 is undefined, and counted as such, when exactly one of prediction
 """
 
 
+EPILOG_EXPORT = """\
+examples:
+  oncoseg export rtstruct liver.nii.gz kidneys.nii.gz --reference ct_dicom/ -o contours.dcm \\
+      --names Liver,Kidneys
+  oncoseg export seg labels.nii.gz --reference ct_dicom/ -o seg.dcm --names 1=Liver,2=Kidney_L,3=Kidney_R
+  oncoseg export rtstruct seg.nii.gz --reference ct_dicom/ -o rt.dcm --names label_map.json:total
+  oncoseg export nifti manual_contours.dcm --reference ct_dicom/ -o truth.nii.gz   # + truth.json (names)
+  oncoseg export nifti seg.dcm --reference ct_dicom/ -o masks/                     # one .nii.gz per structure
+
+A label map gives one structure per label; a binary (0/1) mask one structure named by --names or its file
+stem. Names become AAPM TG-263 names where known (kidney_left -> Kidney_L). RTSTRUCT contours: one closed
+planar contour per boundary and slice (holes are separate contours, filled even-odd); SEG: binary, one segment
+per structure. Check outputs with `dciodvfy FILE` (dicom3tools).
+"""
+
+
 EPILOG_TRAIN = """\
 example CONFIG (relative paths are taken from the config file's folder):
   name: brain-lora
@@ -60,6 +82,10 @@ accelerator, devices, num_nodes, max_steps_per_epoch, loggers [csv, tensorboard,
 """
 
 
+WEIGHTS_HELP = (
+    "SAM3 only: the folder of the facebook/sam3 download (Hugging Face layout; default $ONCOSEG_SAM3_WEIGHTS). "
+    "The weights are gated: request access on huggingface.co/facebook/sam3 first (see docs/sam3.md)"
+)
 CHECKPOINT_HELP = "fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`"
 
 
@@ -93,12 +119,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overlay", metavar="PNG", help="also write a picture of the mask over the image")
     seg.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    seg.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
+    seg.add_argument("--text", help="text prompt: segment every instance of this structure (SAM3)")
+    seg.add_argument(
+        "--exemplar", action="append", default=[], metavar="X0,Y0,X1,Y1[,Z]", help="box exemplar (SAM3)"
+    )
+    seg.add_argument("--slice", type=int, metavar="Z", help="slice of a volume for --text without --3d")
+    seg.add_argument(
+        "--threshold", type=float, help="SAM3: confidence needed to keep an instance of --text (default 0.5)"
+    )
+    seg.add_argument("--backend", default="litemedsam", help="model backend: litemedsam (default) or sam3")
+    seg.add_argument("--weights", metavar="DIR", help=WEIGHTS_HELP)
     seg.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     seg.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="encoder precision"
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default="auto",
+        help="model precision (fp16: SAM3 on GPUs only)",
     )
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    seg.add_argument(
+        "--output-type",
+        choices=("nifti", "dicom_seg", "rtstruct"),
+        default="nifti",
+        help="nifti (default: a label map, format by -o's extension), dicom_seg or rtstruct (a DICOM file over "
+        "the input series; needs a DICOM series folder as INPUT)",
+    )
+    seg.add_argument(
+        "--names",
+        metavar="1=NAME,...",
+        help="structure names of the objects for dicom_seg/rtstruct (TG-263 names are used where known; "
+        "default Object_1, Object_2, ...)",
+    )
 
     info = commands.add_parser("info", help="show shape, spacing, orientation and modality of an image")
     info.add_argument("input", help="image file or DICOM series folder")
@@ -147,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="data root (default: $ONCOSEG_DATA, else ../shared/data)")
     evaluate.add_argument("-o", "--out", help="output folder (default: eval-output/DATASET-SPLIT-PROTOCOL)")
     evaluate.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    evaluate.add_argument("--backend", default="litemedsam", help="model backend (default: litemedsam)")
+    evaluate.add_argument(
+        "--backend", default="litemedsam", help="model backend: litemedsam (default) or sam3"
+    )
+    evaluate.add_argument("--weights", metavar="DIR", help=WEIGHTS_HELP)
     evaluate.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="model precision"
@@ -175,12 +229,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="YAML file: name, output, phases (see the example below)")
     train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+    export = commands.add_parser(
+        "export",
+        help="convert masks to DICOM-RT Structure Set / DICOM SEG over a DICOM series, or back to NIfTI",
+        description="rtstruct|seg: write MASK files (NIfTI/NRRD/MHA label maps or binary masks on the grid of the "
+        "--reference series) as one RTSTRUCT or SEG file. nifti: read an RTSTRUCT or SEG file (e.g. manual "
+        "contours) back onto the --reference series as NIfTI. Masks are never resampled: one that does not fit "
+        "the series (shape, spacing, origin, orientation) is refused.",
+        epilog=EPILOG_EXPORT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("format", choices=("rtstruct", "seg", "nifti"), help="what to write")
+    export.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="mask files (rtstruct, seg) or one RTSTRUCT/SEG file"
+    )
+    export.add_argument("--reference", required=True, metavar="DICOM_DIR", help="the source CT/MR series")
+    export.add_argument(
+        "-o", "--output", required=True, help="output file (.dcm; nifti: .nii.gz, or a folder: one mask each)"
+    )
+    export.add_argument(
+        "--names",
+        metavar="SPEC",
+        help="structure names: 1=Liver,2=Kidney_L | Liver,Spleen (in order) | labels.json[:KEY]",
+    )
+    export.add_argument("--description", help="series description of the DICOM output")
+    export.add_argument(
+        "--allow-empty", action="store_true", help="write structures without voxels as ROIs without contours"
+    )
+
     demo = commands.add_parser(
         "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
     )
     demo.add_argument(
         "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
     )
+    add_serve_parser(commands)
+    add_contour_parser(commands)
+    add_assistant_parser(commands)
     return parser
 
 
@@ -193,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "segment": run_segment, "info": run_info, "datasets": run_datasets, "evaluate": run_evaluate,
-            "train": run_train, "demo": run_demo,
+            "train": run_train, "demo": run_demo, "export": run_export, "serve": run_serve,
+            "contour": run_contour, "assistant": run_assistant,
         }  # fmt: skip
         return commands[args.command](args)
     except OncoSegError as error:
@@ -242,6 +328,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from oncoseg.evaluate.runner import EvaluationConfig, evaluate
 
     protocol = parse_protocol(args.protocol, seed=args.seed)
+    if getattr(args, "weights", None):  # SAM3's folder, also for DDP worker processes
+        from oncoseg.models.sam3 import WEIGHTS_ENV
+
+        os.environ[WEIGHTS_ENV] = str(Path(args.weights).expanduser().resolve())
     config = EvaluationConfig(
         dataset=args.dataset,
         split=None if args.split == "all" else args.split,
@@ -319,6 +409,12 @@ def run_segment(args: argparse.Namespace) -> int:
     _check_request(args, image)
     from oncoseg.api import segment
 
+    concept = {}
+    if args.text is not None or args.exemplar:
+        concept = {"text": args.text, "exemplars": args.exemplar, "slice_index": args.slice}
+    if args.backend == "sam3":
+        concept.update(predictor=_sam3_predictor(args))
+
     progress = None
     if args.volume and not args.quiet:
         from tqdm import tqdm
@@ -341,11 +437,15 @@ def run_segment(args: argparse.Namespace) -> int:
             backend=args.backend,
             on_slice=(lambda z: progress.update(1)) if progress else None,
             **({"predictor": _predictor(args)} if args.backend == "litemedsam" else {}),
+            **concept,
         )
     finally:
         if progress:
             progress.close()
-    result.save(args.output)
+    if args.output_type == "nifti":
+        result.save(args.output)
+    else:
+        _save_dicom(result, args)
     if args.overlay:
         result.save_overlay(args.overlay)
     summary = result.to_dict()
@@ -364,11 +464,75 @@ def _check_request(args: argparse.Namespace, image) -> None:
 
     if args.volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
-    for prompt in build_prompts(args.box, args.point):
+    concept = getattr(args, "text", None) is not None or getattr(args, "exemplar", [])
+    if concept and (args.box or args.point):
+        raise OncoSegError("--text/--exemplar find every instance: give them without --box/--point")
+    for prompt in [] if concept else build_prompts(args.box, args.point):
         validate_prompt(prompt, image.shape)
-    check_mask_path(args.output, image)
+    if args.output_type == "nifti":
+        check_mask_path(args.output, image)
+    elif image.metadata.get("format") != "dicom" or not image.is_3d or not Path(args.input).is_dir():
+        raise OncoSegError(
+            f"--output-type {args.output_type} writes a DICOM object over the input series: INPUT must be a "
+            "DICOM series folder (CT/MR), not a file"
+        )
+    elif Path(args.output).is_dir():
+        raise OncoSegError(f"{args.output}: is a folder; give a file name for the DICOM output (e.g. rt.dcm)")
     if args.overlay and not args.overlay.lower().endswith(".png"):
         raise OncoSegError(f"{args.overlay}: the overlay is a picture; give a .png file name")
+
+
+def _save_dicom(result, args: argparse.Namespace) -> None:
+    """Write the objects of ``result`` as an RTSTRUCT or DICOM SEG over the input series."""
+    from oncoseg.dicom import write_rtstruct, write_seg
+    from oncoseg.dicom.export import parse_names
+
+    names = parse_names(args.names)
+    masks = {names.get(i, f"Object_{i}"): result.labels == i for i in range(1, int(result.labels.max()) + 1)}
+    write = write_rtstruct if args.output_type == "rtstruct" else write_seg
+    write(masks, args.input, args.output)
+
+
+class _StderrWarnings(logging.Handler):
+    """Warnings of the DICOM writers/readers as ``oncoseg: warning: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"oncoseg: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from oncoseg.dicom import load_reference, standard_name, write_rtstruct, write_seg
+    from oncoseg.dicom.export import export_nifti, masks_from_files, parse_names
+
+    dicom_log = logging.getLogger("oncoseg.dicom")
+    if not any(isinstance(h, _StderrWarnings) for h in dicom_log.handlers):
+        dicom_log.addHandler(_StderrWarnings(logging.WARNING))
+    reference = load_reference(args.reference)
+    if args.format == "nifti":
+        if len(args.inputs) != 1:
+            raise OncoSegError("export nifti reads one RTSTRUCT or SEG file at a time")
+        for path in export_nifti(args.inputs[0], reference, args.output):
+            print(f"written {path}")
+        return 0
+    masks = masks_from_files(args.inputs, reference, parse_names(args.names))
+    options = {"series_description": args.description} if args.description else {}
+    write = write_rtstruct if args.format == "rtstruct" else write_seg
+    write(masks, reference, args.output, allow_empty=args.allow_empty, **options)
+    written = ", ".join(standard_name(name) for name in masks)
+    print(f"{args.format.upper()} with {len(masks)} structure(s) written to {args.output}: {written}")
+    return 0
+
+
+def _sam3_predictor(args: argparse.Namespace):
+    """The SAM3 predictor of --weights (else $ONCOSEG_SAM3_WEIGHTS), --precision and --threshold."""
+    from oncoseg.predictor import Predictor
+
+    options = {"weights": args.weights, "precision": args.precision}
+    if getattr(args, "checkpoint", None):
+        options["adapter"] = args.checkpoint  # a LoRA adapter file fine-tuned on SAM3
+    if getattr(args, "threshold", None) is not None:
+        options["threshold"] = args.threshold
+    return Predictor("sam3", **options)
 
 
 def _predictor(args: argparse.Namespace):
@@ -448,3 +612,110 @@ def _dice_with_reference(result, mask_path: Path) -> float:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+EPILOG_SERVE = """\
+examples:
+  oncoseg serve                                   # http://127.0.0.1:8765/ : web page, API, /docs
+  oncoseg serve --pacs http://127.0.0.1:8042      # open series from Orthanc (DICOMweb), store SEG/RTSTRUCT back
+  ONCOSEG_TOKEN=... oncoseg serve --host 0.0.0.0  # beyond loopback only with a bearer token
+
+The web page: pick a series (or upload a file), scroll slices, left click = include, right click = exclude,
+drag = box; "Propagate 3D" follows the object through the volume; "Save to PACS" stores DICOM SEG/RTSTRUCT.
+API: POST /api/images (series UID) or /api/images/upload, then /api/images/ID/segment, /propagate,
+/measurements, /store (OpenAPI at /docs). 3D Slicer and OHIF MONAI Label plugins: point them at the
+service URL (models "oncoseg" and "oncoseg_slice"; with a token, log in with the token as password).
+Model work runs one request at a time; when --max-queue requests wait, more get HTTP 503 (retry later).
+"""
+
+
+def add_serve_parser(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the interactive service (web page, REST API, MONAI Label-compatible routes)",
+        description="Serve interactive segmentation over HTTP: a web page, a REST API (OpenAPI at /docs) and the "
+        "subset of MONAI Label's API that 3D Slicer and OHIF use. Binds 127.0.0.1 unless given a token.",
+        epilog=EPILOG_SERVE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
+    serve.add_argument(
+        "--token-file",
+        help="file holding the bearer token (or set ONCOSEG_TOKEN); required to listen beyond loopback",
+    )
+    serve.add_argument("--pacs", help="Orthanc/DICOMweb base URL, e.g. http://127.0.0.1:8042")
+    serve.add_argument("--dicomweb", help="DICOMweb root if not PACS/dicom-web")
+    serve.add_argument(
+        "--pacs-user", help="PACS user for HTTP basic auth (password from ONCOSEG_PACS_PASSWORD)"
+    )
+    serve.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=2048,
+        help="memory for open images and embeddings (default 2048)",
+    )
+    serve.add_argument("--max-upload-mb", type=float, default=512, help="largest request body (default 512)")
+    serve.add_argument("--max-queue", type=int, default=8, help="model requests allowed to wait (default 8)")
+    serve.add_argument(
+        "--workdir", help="folder for uploads, downloads and the datastore (default: a temp folder)"
+    )
+    serve.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    serve.add_argument("--no-warmup", action="store_true", help="skip the model warm-up at start")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from oncoseg.service.security import check_bind
+
+    token = os.environ.get("ONCOSEG_TOKEN") or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise OncoSegError(f"{args.token_file}: cannot read the token file ({error.strerror})") from None
+    check_bind(args.host, token)  # before loading the model
+
+    from oncoseg.service.app import serve
+    from oncoseg.service.core import ServiceConfig
+
+    pacs_auth = (args.pacs_user, os.environ.get("ONCOSEG_PACS_PASSWORD", "")) if args.pacs_user else None
+    config = ServiceConfig(
+        host=args.host,
+        port=args.port,
+        token=token,
+        pacs_url=args.pacs,
+        dicomweb_url=args.dicomweb,
+        pacs_auth=pacs_auth,
+        memory_budget_mb=args.memory_budget_mb,
+        max_upload_mb=args.max_upload_mb,
+        max_queue=args.max_queue,
+        workdir=args.workdir,
+        checkpoint=args.checkpoint,
+        warmup=not args.no_warmup,
+    )
+    serve(config)
+    return 0
+
+
+def add_contour_parser(commands) -> None:
+    from oncoseg.contour.cli import add_parser
+
+    add_parser(commands)
+
+
+def run_contour(args: argparse.Namespace) -> int:
+    from oncoseg.contour.cli import run
+
+    return run(args)
+
+
+def add_assistant_parser(commands) -> None:
+    from oncoseg.assistant.cli import add_parser
+
+    add_parser(commands)
+
+
+def run_assistant(args: argparse.Namespace) -> int:
+    from oncoseg.assistant.cli import run
+
+    return run(args)

@@ -35,6 +35,17 @@ def normalise_image(image: MedicalImage, modality: str | None) -> np.ndarray:
     return normalize_for_sam(array, modality, channel_axis=-1)
 
 
+def _nbytes(value) -> int:
+    """Bytes of the arrays/tensors in ``value`` (nested dicts, lists and tuples are walked)."""
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if hasattr(value, "nbytes"):  # numpy arrays and torch tensors
+        return int(value.nbytes)
+    return 0
+
+
 class Predictor:
     """Promptable segmentation of one image or volume with a cached embedding per slice."""
 
@@ -91,6 +102,29 @@ class Predictor:
             self._cache.popitem(last=False)
         return embedding
 
+    def is_cached(self, z: int | None = None) -> bool:
+        """Whether slice ``z``'s embedding is in the cache (a prediction there only runs the decoder)."""
+        return (z if self.image is not None and self.image.is_3d else None) in self._cache
+
+    @property
+    def pixels_nbytes(self) -> int:
+        """Memory held by the normalised copy of the image made by `set_image`."""
+        return 0 if self._pixels is None else int(self._pixels.nbytes)
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Memory held by the cached embeddings (features and the backend's per-image decoder state)."""
+        return sum(_nbytes(e.features) + _nbytes(e.cache) for e in self._cache.values())
+
+    def trim_cache(self, max_bytes: int, keep: int = 0) -> int:
+        """Drop least recently used embeddings until at most ``max_bytes`` remain (always keeping the ``keep``
+        most recent ones); returns the number dropped. The service uses it to share one memory budget."""
+        dropped = 0
+        while len(self._cache) > keep and self.cache_nbytes > max_bytes:
+            self._cache.popitem(last=False)
+            dropped += 1
+        return dropped
+
     def predict(
         self, prompts: Prompt | Sequence[Prompt], z: int | None = None, mask_input: np.ndarray | None = None
     ) -> MaskPrediction:
@@ -104,6 +138,10 @@ class Predictor:
             if z is None and len(slices) == 1:
                 z = slices.pop()
             prompts = [p.on_slice(z) for p in prompts]
+        if any(p.is_concept for p in prompts) and not self.backend.supports_text:
+            raise PromptError(
+                f"the {self.backend.name} backend has no text or exemplar prompts (use --backend sam3)"
+            )
         for prompt in prompts:
             validate_prompt(prompt, image.shape)
         return self.backend.decode(self.embedding(z), prompts, mask_input=mask_input)

@@ -50,17 +50,26 @@ class Point:
 
 @dataclass(frozen=True)
 class Prompt:
-    """What the model gets for one object: an optional box and any number of points."""
+    """What the model gets for one object: an optional box and any number of points.
+
+    A concept prompt instead names a kind of structure: ``text`` (e.g. "liver tumour") and/or ``exemplars``
+    (boxes around examples); backends that read them (``supports_text``, e.g. SAM3) return every instance."""
 
     box: Box | None = None
     points: tuple[Point, ...] = field(default_factory=tuple)
+    text: str | None = None
+    exemplars: tuple[Box, ...] = field(default_factory=tuple)
+
+    @property
+    def is_concept(self) -> bool:
+        """True for a text/exemplar prompt (all instances of a concept), False for a box/point prompt."""
+        return self.text is not None or bool(self.exemplars)
 
     @property
     def z(self) -> int | None:
         """The slice this prompt is on (None for 2D images or when not given)."""
         slices = {p.z for p in self.points if p.z is not None}
-        if self.box is not None and self.box.z is not None:
-            slices.add(self.box.z)
+        slices |= {b.z for b in (self.box, *self.exemplars) if b is not None and b.z is not None}
         if len(slices) > 1:
             raise PromptError(
                 f"prompt parts lie on different slices {sorted(slices)}: give one slice per object"
@@ -69,7 +78,12 @@ class Prompt:
 
     def on_slice(self, z: int | None) -> Prompt:
         box = replace(self.box, z=z) if self.box is not None else None
-        return Prompt(box, tuple(replace(p, z=z) for p in self.points))
+        return replace(
+            self,
+            box=box,
+            points=tuple(replace(p, z=z) for p in self.points),
+            exemplars=tuple(replace(b, z=z) for b in self.exemplars),
+        )
 
 
 def parse_box(text: str) -> Box:
@@ -148,19 +162,23 @@ def _as_point(value: PointLike) -> Point:
 
 def validate_prompt(prompt: Prompt, shape: tuple[int, ...]) -> None:
     """Raise PromptError unless the prompt fits an image of spatial ``shape`` ((H, W) or (Z, H, W))."""
-    if prompt.box is None and not prompt.points:
+    if prompt.box is None and not prompt.points and not prompt.is_concept:
         raise PromptError("no prompt given: pass a box or at least one point")
+    if prompt.text is not None and not prompt.text.strip():
+        raise PromptError("the text prompt is empty: name the structure, e.g. 'liver tumour'")
     h, w = shape[-2:]
     z = prompt.z
+    text_only = prompt.box is None and not prompt.points and not prompt.exemplars
     if len(shape) == 3:
-        if z is None:
+        if z is None and not text_only:  # a text prompt has no slice of its own: the caller names it
             raise PromptError(f"this is a volume of {shape[0]} slices: give the slice index Z of the prompt")
-        if not 0 <= z < shape[0]:
+        if z is not None and not 0 <= z < shape[0]:
             raise PromptError(f"slice {z} is outside the volume (slices 0..{shape[0] - 1})")
     elif z not in (None, 0):
         raise PromptError(f"slice index {z} given for a 2D image")
-    if prompt.box is not None:
-        b = prompt.box
+    for b in (prompt.box, *prompt.exemplars):
+        if b is None:
+            continue
         if not all(np.isfinite([b.x0, b.y0, b.x1, b.y1])):
             raise PromptError("box coordinates must be finite numbers")
         if b.x1 <= b.x0 or b.y1 <= b.y0:

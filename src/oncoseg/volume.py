@@ -63,7 +63,11 @@ def propagate(
     settings: PropagationSettings | None = None,
     on_slice: Callable[[int], None] | None = None,
 ) -> VolumeResult:
-    """Segment the volume set on ``predictor`` from ``prompt`` (which names its slice ``z``)."""
+    """Segment the volume set on ``predictor`` from ``prompt`` (which names its slice ``z``). A backend with its
+    own volume tracker (SAM3's video model: ``propagate_volume``) does it its own way."""
+    own = getattr(predictor.backend, "propagate_volume", None)
+    if own is not None:
+        return own(predictor, prompt, settings, on_slice=on_slice)
     settings = settings or PropagationSettings()
     image = predictor.image
     if image is None or not image.is_3d:

@@ -133,8 +133,11 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _under(name: str, prefix: str) -> bool:
+    """``name`` is the module ``prefix`` or inside it; a prefix also names that module at any depth (SAM3's
+    "mask_decoder" is ``tracker_model.mask_decoder`` and ``detector_model.mask_decoder``)."""
     prefix = prefix.strip(".")
-    return name == prefix or name.startswith(prefix + ".")
+    dotted = "." + name + "."
+    return name == prefix or name.startswith(prefix + ".") or ("." + prefix + ".") in dotted
 
 
 def _linear_names(model: nn.Module) -> list[str]:

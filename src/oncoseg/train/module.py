@@ -19,7 +19,13 @@ from oncoseg.train.losses import ModalityLoss
 
 
 def box_forward(model: nn.Module, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """Mask logits ``[B, 1, 256, 256]`` of a SAM-style model for one box per image (``[B, 4]``, 256 frame)."""
+    """Mask logits ``[B, 1, h, w]`` of a promptable model for one box per image (``[B, 4]``, 256 frame): SAM3
+    (``Sam3VideoModel``: a list of logits when its detector heads train too, see ``oncoseg.models.sam3``), else a
+    SAM-style model (LiteMedSAM; 256×256 logits)."""
+    if type(model).__name__ == "Sam3VideoModel":
+        from oncoseg.models.sam3 import box_forward as sam3_box_forward
+
+        return sam3_box_forward(model, image, box)
     features = model.image_encoder(image)
     sparse, dense = model.prompt_encoder(points=None, boxes=box[:, None, :], masks=None)
     logits, _ = model.mask_decoder(
@@ -30,6 +36,13 @@ def box_forward(model: nn.Module, image: torch.Tensor, box: torch.Tensor) -> tor
         multimask_output=False,
     )
     return logits
+
+
+def match_size(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Logits resized (bilinear) to the target mask's size when a model predicts at another resolution."""
+    if logits.shape[-2:] == target.shape[-2:]:
+        return logits
+    return nn.functional.interpolate(logits.float(), target.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def dice_iou(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,15 +100,24 @@ class SegmentationModule(lightning.LightningModule):
             group["lr"] = rate
         self.log("lr", rate, on_step=False, on_epoch=True)
 
+    def predictions(self, batch: dict[str, Any]) -> list[torch.Tensor]:
+        """The model's mask logits at the target's size: one tensor, or several for models with several heads
+        (SAM3's tracker and detector), each trained with the loss; the first is the one scored."""
+        out = self(batch["image"], batch["box"])
+        return [
+            match_size(logits, batch["mask"]) for logits in (out if isinstance(out, (list, tuple)) else [out])
+        ]
+
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
-        logits = self(batch["image"], batch["box"])
-        loss = self.loss(logits.float(), batch["mask"], batch["modality"])
+        heads = self.predictions(batch)
+        loss = sum(self.loss(logits.float(), batch["mask"], batch["modality"]) for logits in heads)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["box"]))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:
-        logits = self(batch["image"], batch["box"])
-        loss = self.loss(logits.float(), batch["mask"], batch["modality"])
+        heads = self.predictions(batch)
+        logits = heads[0]
+        loss = sum(self.loss(head.float(), batch["mask"], batch["modality"]) for head in heads)
         dice, iou = dice_iou(logits, batch["mask"])
         size = len(batch["box"])
         self.log("val_loss", loss, sync_dist=True, batch_size=size)

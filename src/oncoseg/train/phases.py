@@ -78,7 +78,9 @@ class TrainConfig:
     phases: list[PhaseConfig]
     seed: int = 0
     data_root: str | None = None
-    base_checkpoint: str | None = None  # start weights (default: the bundled LiteMedSAM)
+    backend: str = "litemedsam"  # litemedsam or sam3
+    weights: str | None = None  # sam3: the Hugging Face weights folder (default: $ONCOSEG_SAM3_WEIGHTS)
+    base_checkpoint: str | None = None  # litemedsam start weights (default: the bundled LiteMedSAM)
     lora: dict[str, Any] = field(default_factory=dict)  # LoraSettings fields
     batch_size: int = 4
     accumulate: int = 1  # gradient accumulation steps
@@ -100,6 +102,8 @@ class TrainConfig:
         unknown = set(self.loggers) - set(LOGGERS)
         if unknown:
             raise OncoSegError(f"unknown logger(s) {', '.join(sorted(unknown))}: use {', '.join(LOGGERS)}")
+        if self.backend not in ("litemedsam", "sam3"):
+            raise OncoSegError(f"unknown backend {self.backend!r} to train: use litemedsam or sam3")
         names = [phase.name for phase in self.phases]
         if len(set(names)) != len(names):
             raise OncoSegError(f"phase names must differ: {', '.join(names)}")
@@ -144,16 +148,18 @@ def load_config(path: str | Path) -> TrainConfig:
     return config
 
 
-def trainer_precision(setting: str, accelerator: str) -> str:
+def trainer_precision(setting: str, accelerator: str, backend: str = "litemedsam") -> str:
+    """Lightning precision for ``auto``: 16-bit mixed on GPUs (bf16 for SAM3, as it was trained); on CPUs bf16
+    mixed where the CPU has bf16, except SAM3 (CPU autocast fails inside its attention), else 32-bit."""
     if setting != "auto":
         return setting
     import torch
 
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "16-mixed"
+        return "bf16-mixed" if backend == "sam3" and torch.cuda.is_bf16_supported() else "16-mixed"
     from oncoseg.models.litemedsam import cpu_has_bf16
 
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    return "bf16-mixed" if cpu_has_bf16() and backend != "sam3" else "32-true"
 
 
 class EpochSampler:
@@ -323,7 +329,12 @@ def run_phase(
     began = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
     lightning.seed_everything(config.seed, workers=True, verbose=False)
-    model = build_model(config.base_checkpoint)
+    if config.backend == "sam3":
+        from oncoseg.models.sam3 import training_model
+
+        model = training_model(config.weights)
+    else:
+        model = build_model(config.base_checkpoint)
     settings = LoraSettings.from_dict(config.lora) if config.lora else LoraSettings()
     if start_adapter is not None:
         load_adapter(model, start_adapter)  # weights only: the optimizer and scheduler start afresh
@@ -361,7 +372,7 @@ def run_phase(
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy="ddp_find_unused_parameters_true" if multi else "auto",
-        precision=trainer_precision(config.precision, config.accelerator),
+        precision=trainer_precision(config.precision, config.accelerator, config.backend),
         accumulate_grad_batches=config.accumulate,
         limit_train_batches=config.max_steps_per_epoch or 1.0,
         callbacks=[best, EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)],

@@ -1,0 +1,405 @@
+"""Latency and load of ``oncoseg serve``, measured from a real HTTP client against a real uvicorn process.
+
+    .venv/bin/python benchmarks/service_latency.py            # full run (about 2-3 minutes)
+    .venv/bin/python benchmarks/service_latency.py --quick    # smoke test (about half a minute)
+
+The image is the example CT DICOM series (20 slices of 512×512, ../shared/data/totalsegmentator-example),
+uploaded as a zip. Measured:
+
+* **first click**: a click on a slice whose embedding is not cached (encoder + decoder + answer), every slice
+  once, over ``--rounds`` rounds (the image is closed and reopened between rounds, so the cache is cold);
+* **later clicks**: further clicks on a slice whose embedding is cached (decoder only);
+* **first click after viewing** (the web page's flow): the slice PNG is fetched, which lets the idle model
+  prefetch that slice's embedding, and the click follows ``--think`` seconds later;
+* **load**: ``--clients`` concurrent clients, each with its own open copy of the series (opened first, not timed), clicking for
+  ``--seconds`` without pause: ``--clicks-per-slice`` clicks (random points) on a random slice, then the next
+  slice (so first clicks and cached clicks mix), while a probe polls ``/health`` every 0.25 s and the server's
+  RSS and cache size are sampled. Allowed answers: 200 and deliberate 429/503 backpressure (the client waits
+  and retries).
+
+Prints a Markdown table and writes JSON (default ``benchmarks/results/service_latency.json``; ``--quick``
+writes ``service_latency.quick.json`` unless ``--output`` is given). Targets (the issue's, on 2 CPU cores):
+first click p95 ≤ 500 ms, later clicks p95 ≤ 60 ms, 0 errors other than 429/503 under load, memory under the
+budget, health answered throughout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SERIES = REPO.parent / "shared/data/totalsegmentator-example/example_ct_dicom"
+OUT = REPO / "benchmarks" / "results"
+ONCOSEG = Path(sys.executable).parent / "oncoseg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    array = np.asarray(values)
+    return {
+        "n": len(values),
+        "p50": round(float(np.percentile(array, 50)), 1),
+        "p95": round(float(np.percentile(array, 95)), 1),
+        "max": round(float(array.max()), 1),
+        "mean": round(float(array.mean()), 1),
+    }
+
+
+class Server:
+    def __init__(self, budget_mb: float, max_queue: int, workdir: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(workdir / "server.log", "w", encoding="utf-8")  # noqa: SIM115
+        command = [
+            str(ONCOSEG), "serve", "--port", str(self.port), "--workdir", str(workdir / "work"),
+            "--memory-budget-mb", str(budget_mb), "--max-queue", str(max_queue),
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if k != "ONCOSEG_TOKEN"}
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"oncoseg serve exited: see {workdir / 'server.log'}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit("oncoseg serve did not start within 300 s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def series_zip() -> bytes:
+    if not SERIES.is_dir():
+        raise SystemExit(f"{SERIES} not found: the example CT series lives in ../shared/data")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(SERIES.iterdir()):
+            archive.write(path, path.name)
+    return buffer.getvalue()
+
+
+def open_image(client: httpx.Client, data: bytes, statuses: dict | None = None) -> dict:
+    """Upload the series; on deliberate backpressure (429/503) wait as told and try again."""
+    while True:
+        answer = client.post("/api/images/upload", files={"file": ("ct.zip", data)})
+        if statuses is not None:
+            statuses[str(answer.status_code)] = statuses.get(str(answer.status_code), 0) + 1
+        if answer.status_code not in (429, 503):
+            answer.raise_for_status()
+            return answer.json()
+        time.sleep(float(answer.headers.get("retry-after", "1")))
+
+
+def click(client: httpx.Client, image_id: str, z: int, x: int, y: int) -> tuple[int, float, dict]:
+    start = time.perf_counter()
+    answer = client.post(
+        f"/api/images/{image_id}/segment", json={"z": z, "points": [{"x": x, "y": y}], "overlay": True}
+    )
+    elapsed = 1000 * (time.perf_counter() - start)
+    return answer.status_code, elapsed, answer.json() if answer.status_code == 200 else {}
+
+
+def measure_clicks(url: str, data: bytes, rounds: int, later: int, rng: random.Random) -> dict:
+    first, repeat, cached_flags, first_compute, repeat_compute = [], [], [], [], []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for _ in range(rounds):
+            image = open_image(client, data)
+            for z in range(image["num_slices"]):
+                status, ms, answer = click(client, image["image_id"], z, 256, 256)
+                assert status == 200, status
+                first.append(ms)
+                first_compute.append(answer["compute_ms"])
+                cached_flags.append(answer["embedding_cached"])
+                for _ in range(later):
+                    status, ms, answer = click(
+                        client, image["image_id"], z, rng.randint(150, 360), rng.randint(150, 360)
+                    )
+                    assert status == 200 and answer["embedding_cached"], status
+                    repeat.append(ms)
+                    repeat_compute.append(answer["compute_ms"])
+            client.delete(f"/api/images/{image['image_id']}")
+    assert not any(cached_flags), "a 'first' click found its embedding cached"
+    return {
+        "first_click_ms": percentiles(first),
+        "later_click_ms": percentiles(repeat),
+        # time inside the server's model thread (encode and/or decode, mask encodings, measurements)
+        "first_click_server_compute_ms": percentiles(first_compute),
+        "later_click_server_compute_ms": percentiles(repeat_compute),
+    }
+
+
+def measure_viewed_clicks(url: str, data: bytes, slices: int, think: float) -> dict:
+    """The web page's flow: the slice is shown (its PNG fetched, which prefetches the embedding when the model
+    is idle), the user looks for ``think`` seconds, then clicks."""
+    latencies, cached = [], 0
+    with httpx.Client(base_url=url, timeout=120) as client:
+        image = open_image(client, data)
+        for z in range(min(slices, image["num_slices"])):
+            client.get(f"/api/images/{image['image_id']}/slices/{z}").raise_for_status()
+            time.sleep(think)
+            status, ms, answer = click(client, image["image_id"], z, 256, 256)
+            assert status == 200, status
+            latencies.append(ms)
+            cached += bool(answer["embedding_cached"])
+        client.delete(f"/api/images/{image['image_id']}")
+    return {
+        "viewed_first_click_ms": percentiles(latencies),
+        "viewed_think_s": think,
+        "viewed_prefetched": cached,
+    }
+
+
+def load_test(
+    server: Server,
+    data: bytes,
+    clients: int,
+    seconds: float,
+    budget_mb: float,
+    seed: int,
+    clicks_per_slice: int,
+) -> dict:
+    stop = threading.Event()
+    statuses: dict[str, int] = {}
+    opens: dict[str, int] = {}
+    latencies: list[float] = []
+    errors: list[str] = []
+    health_ms: list[float] = []
+    health_failures = [0]
+    rss: list[float] = []
+    cache: list[int] = []
+    lock = threading.Lock()
+
+    opened, go = threading.Semaphore(0), threading.Event()
+
+    def user(index: int) -> None:
+        try:
+            clicking(index)
+        except Exception as error:  # noqa: BLE001 - counted, never lost in a thread
+            with lock:
+                errors.append(f"client crashed: {error!r}")
+
+    def clicking(index: int) -> None:
+        rng = random.Random(seed + index)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            try:
+                image = open_image(client, data, opens)
+            except httpx.HTTPError as error:
+                with lock:
+                    errors.append(f"open: {error!r}")
+                return
+            finally:
+                opened.release()
+            go.wait()
+            clicks_here, z = 0, 0
+            while not stop.is_set():
+                if clicks_here == 0:  # a user clicks a few times on a slice, then moves on
+                    z, clicks_here = rng.randrange(image["num_slices"]), clicks_per_slice
+                x, y = rng.randint(150, 360), rng.randint(150, 360)
+                try:
+                    status, ms, _ = click(client, image["image_id"], z, x, y)
+                except httpx.HTTPError as error:
+                    with lock:
+                        errors.append(repr(error))
+                    continue
+                with lock:
+                    statuses[str(status)] = statuses.get(str(status), 0) + 1
+                    if status == 200:
+                        latencies.append(ms)
+                        clicks_here -= 1
+                    elif status not in (429, 503):
+                        errors.append(f"HTTP {status}")
+                if status in (429, 503):
+                    time.sleep(0.2 + rng.random() * 0.8)  # back off as told
+
+    def probe() -> None:
+        with httpx.Client(base_url=server.url, timeout=5) as client:
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    answer = client.get("/health")
+                    health_ms.append(1000 * (time.perf_counter() - start))
+                    if answer.status_code != 200:
+                        health_failures[0] += 1
+                    else:
+                        cache.append(answer.json()["cache_bytes"])
+                except httpx.HTTPError:
+                    health_failures[0] += 1
+                rss.append(rss_mb(server.process.pid))
+                time.sleep(0.25)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)] + [
+        threading.Thread(target=probe)
+    ]
+    opening = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for _ in range(clients):  # every client opens its image first; the clock starts when all have
+        opened.acquire()
+    open_s = time.monotonic() - opening
+    start = time.monotonic()
+    go.set()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    duration = time.monotonic() - start
+    final = httpx.get(f"{server.url}/health", timeout=10).json()
+    return {
+        "clients": clients,
+        "seconds": round(duration, 1),
+        "clicks_per_slice": clicks_per_slice,
+        "opening_s": round(open_s, 1),
+        "statuses": statuses,
+        "open_statuses": opens,
+        "errors": len(errors),
+        "error_examples": errors[:5],
+        "answered_per_s": round(statuses.get("200", 0) / duration, 2),
+        "click_ms_200": percentiles(latencies),
+        "health_ms": percentiles(health_ms),
+        "health_failures": health_failures[0],
+        "cache_mb_max": round(max(cache, default=0) / 2**20, 1),
+        "cache_high_water_mb": round(final["high_water_bytes"] / 2**20, 1),
+        "budget_mb": budget_mb,
+        "rss_mb_max": round(max(rss, default=float("nan")), 1),
+        "evicted_sessions": final["evicted_sessions"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--rounds", type=int, help="cold passes over the 20 slices (default 3; quick 1)")
+    parser.add_argument("--later", type=int, help="cached clicks after each first click (default 3; quick 1)")
+    parser.add_argument(
+        "--clients", type=int, help="concurrent clients in the load phase (default 20; quick 4)"
+    )
+    parser.add_argument("--seconds", type=float, help="length of the load phase (default 60; quick 8)")
+    parser.add_argument(
+        "--budget-mb", type=float, default=1024, help="server --memory-budget-mb (default 1024)"
+    )
+    parser.add_argument("--max-queue", type=int, default=8, help="server --max-queue (default 8)")
+    parser.add_argument("--clicks-per-slice", type=int, default=3, help="load phase: clicks per slice (3)")
+    parser.add_argument("--think", type=float, default=1.0, help="seconds between viewing and clicking (1.0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="JSON path")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    rounds = args.rounds or (1 if quick else 3)
+    later = args.later or (1 if quick else 3)
+    clients = args.clients or (4 if quick else 20)
+    seconds = args.seconds or (8.0 if quick else 60.0)
+    output = Path(args.output or OUT / ("service_latency.quick.json" if quick else "service_latency.json"))
+
+    data = series_zip()
+    with tempfile.TemporaryDirectory(prefix="oncoseg-bench-") as tmp:
+        started = time.perf_counter()
+        server = Server(args.budget_mb, args.max_queue, Path(tmp))
+        startup_s = time.perf_counter() - started
+        try:
+            clicks = measure_clicks(server.url, data, rounds, later, random.Random(args.seed))
+            clicks.update(measure_viewed_clicks(server.url, data, 5 if quick else 20, args.think))
+            load = load_test(server, data, clients, seconds, args.budget_mb, args.seed, args.clicks_per_slice)
+        finally:
+            server.stop()
+
+    result = {
+        "command": " ".join(["benchmarks/service_latency.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_1m": os.getloadavg()[0],
+        },
+        "image": "example CT DICOM series, 20 x 512 x 512, uploaded as a zip",
+        "startup_s": round(startup_s, 1),
+        **clicks,
+        "load": load,
+        "targets": {"first_click_p95_ms": 500, "later_click_p95_ms": 60},
+    }
+    first, later_ms = clicks["first_click_ms"], clicks["later_click_ms"]
+    result["meets"] = {
+        "first_click": first["p95"] <= 500,
+        "later_click": later_ms["p95"] <= 60,
+        "no_errors": load["errors"] == 0,
+        "health_throughout": load["health_failures"] == 0,
+        "memory_under_budget": load["cache_high_water_mb"] <= args.budget_mb,
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+    rows = [
+        ("first click on a new 512×512 slice", first, "p95 ≤ 500 ms"),
+        ("  of which server compute", clicks["first_click_server_compute_ms"], "-"),
+        ("later click on the same slice", later_ms, "p95 ≤ 60 ms"),
+        ("  of which server compute", clicks["later_click_server_compute_ms"], "-"),
+        (
+            f"first click {args.think:g} s after viewing the slice (page flow)",
+            clicks["viewed_first_click_ms"],
+            "-",
+        ),
+        (f"clicks under load ({clients} clients, answered)", load["click_ms_200"], "-"),
+        ("/health under load", load["health_ms"], "always answered"),
+    ]
+    print("| measurement | n | p50 ms | p95 ms | max ms | target |")
+    print("|---|---|---|---|---|---|")
+    for name, stats, target in rows:
+        print(f"| {name} | {stats.get('n', 0)} | {stats.get('p50', '-')} | {stats.get('p95', '-')} | "
+              f"{stats.get('max', '-')} | {target} |")  # fmt: skip
+    print(
+        f"\nload: {load['seconds']} s, click statuses {load['statuses']}, image opens {load['open_statuses']}, "
+        f"errors {load['errors']}, "
+        f"health failures {load['health_failures']}, cache high water {load['cache_high_water_mb']} MiB "
+        f"of {args.budget_mb:.0f} MiB budget, server RSS max {load['rss_mb_max']} MiB, "
+        f"load average {result['machine']['load_avg_1m']:.1f}"
+    )
+    print(f"targets met: {result['meets']}")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``oncoseg contour``: the subcommand's arguments and runner (kept here; `oncoseg.cli` wires it in)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from oncoseg.errors import OncoSegError
+
+EPILOG = """\
+examples:
+  oncoseg contour --list                                   # known organs, and which the atlas/model support
+  oncoseg contour ct_dicom_folder/ -o oars.nii.gz          # label map + oars.json (TG-263 names, colours)
+  oncoseg contour ct_dicom_folder/ -o oars.dcm --output-type rtstruct
+  oncoseg contour ct.nii.gz --organs Liver,Spleen,kidney_left -o oars.nii.gz --atlas my_atlas/
+
+How it works: the atlas CT is registered to the CT (rigid/affine, then deformable), its labels are carried
+over, and compact organs are refined slice by slice by the model (a box from the carried label). Organs the
+model does not refine keep the registered atlas label. The default atlas is TotalSegmentator's example
+(from $ONCOSEG_DATA or ../shared/data): a demonstration atlas of ONE patient whose labels are another tool's
+predictions. Contours from it are starting points for review, not clinical contours (see docs/contour.md).
+An atlas folder holds atlas.json: {"image": "ct.nii.gz", "labels": "labels.nii.gz", "names": {"1": "liver"}}.
+"""
+
+
+def add_parser(commands) -> argparse.ArgumentParser:
+    parser = commands.add_parser(
+        "contour",
+        help="contour organs at risk on a CT (atlas registration + model refinement)",
+        description="Contour the organs at risk of a CT (NIfTI/NRRD/MHA or a DICOM series folder) and write a "
+        "label map with a JSON sidecar, or an RTSTRUCT over the input DICOM series.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", nargs="?", help="CT file or DICOM series folder")
+    parser.add_argument(
+        "-o", "--output", help="output: .nii.gz/.nrrd/.mha label map, or .dcm for --output-type rtstruct"
+    )
+    parser.add_argument(
+        "--output-type",
+        choices=("nifti", "rtstruct"),
+        default="nifti",
+        help="label map + JSON (default) or RTSTRUCT",
+    )
+    parser.add_argument(
+        "--organs", help="comma-separated TG-263 names or aliases (default: all the atlas has)"
+    )
+    parser.add_argument(
+        "--atlas", help="atlas folder (default: $ONCOSEG_ATLAS, else the TotalSegmentator example)"
+    )
+    parser.add_argument("--list", action="store_true", help="list the known organs and how each is contoured")
+    parser.add_argument("--no-refine", action="store_true", help="atlas labels only (no model; faster)")
+    parser.add_argument(
+        "--registration-spacing",
+        type=float,
+        default=4.0,
+        metavar="MM",
+        help="registration grid (default 4 mm)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the per-organ report as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from oncoseg.contour import contour, load_atlas, organ_table
+
+    if args.list:
+        try:
+            atlas = load_atlas(args.atlas)
+        except OncoSegError as error:
+            print(f"oncoseg: note: {error}", file=sys.stderr)
+            atlas = None
+        rows = organ_table(atlas)
+        if args.json:
+            print(json.dumps({"atlas": atlas.source if atlas else None, "organs": rows}, indent=2))
+            return 0
+        print(f"atlas: {atlas.source if atlas else 'none found'}")
+        print(f"{'TG-263 name':<17} {'description':<28} {'colour':<13} status")
+        for row in rows:
+            color = ",".join(str(c) for c in row["color"])
+            print(f"{row['name']:<17} {row['description']:<28} {color:<13} {row['status']}")
+        supported = sum(r["status"] != "not in atlas" for r in rows)
+        print(f"{len(rows)} organs known; {supported} supported by this atlas")
+        return 0
+    if not args.input or not args.output:
+        raise OncoSegError("give a CT and -o OUTPUT (or --list): oncoseg contour CT -o oars.nii.gz")
+    if args.output_type == "rtstruct" and not Path(args.input).is_dir():
+        raise OncoSegError("--output-type rtstruct needs a DICOM series folder as input")
+    organs = [o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None
+    result = contour(
+        args.input,
+        organs,
+        atlas=args.atlas,
+        refine=not args.no_refine,
+        registration_spacing=args.registration_spacing,
+        progress=not args.quiet,
+    )
+    path = result.save(args.output, args.output_type)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{'organ':<17} {'volume mL':>10} {'atlas mL':>10}  method")
+    for name, row in summary["organs"].items():
+        print(f"{name:<17} {row['volume_ml']:>10.1f} {row['atlas_volume_ml']:>10.1f}  {row['method']}")
+    print(f"wrote {path} in {summary['timings_s']['total']:.1f} s")
+    return 0

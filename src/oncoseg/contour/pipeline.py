@@ -1,0 +1,187 @@
+"""Whole-CT organ-at-risk contouring: atlas registration → carried-over labels → per-slice model refinement.
+
+from oncoseg.contour import contour
+
+result = contour("ct_dicom_folder/", organs=["Liver", "Spleen", "kidney_left"])
+result.save("oars.nii.gz")                      # label map + oars.json (TG-263 names, colours, report)
+result.save("oars.dcm", output_type="rtstruct")  # DICOM-RT Structure Set over the input series
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oncoseg import __version__
+from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas, resolve_organs
+from oncoseg.contour.refine import OrganRefinement, RefineSettings, refine_priors
+from oncoseg.contour.registration import register, warp_labels
+from oncoseg.dicom.tg263 import default_color
+from oncoseg.errors import OncoSegError
+from oncoseg.image import MedicalImage
+from oncoseg.io.write import atomic_write_path, save_mask
+
+OUTPUT_TYPES = ("nifti", "rtstruct")
+
+
+@dataclass
+class ContourResult:
+    """Masks (TG-263 name → bool ``[z, y, x]`` on the input's grid) and how each was made."""
+
+    image: MedicalImage
+    masks: dict[str, np.ndarray]
+    priors: dict[str, np.ndarray]  # the registered atlas labels before refinement
+    methods: dict[str, str]  # "atlas + model" or "atlas only"
+    refinement: dict[str, OrganRefinement]
+    timings: dict[str, float]
+    atlas: str = ""
+    model: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def label_map(self) -> tuple[np.ndarray, dict[int, str]]:
+        """One uint8 label per voxel (1..N in organ order); where organs overlap the smaller one wins."""
+        labels = np.zeros(self.image.shape, dtype=np.uint8)
+        values = {name: i for i, name in enumerate(self.masks, start=1)}
+        for name in sorted(self.masks, key=lambda n: -int(self.masks[n].sum())):
+            labels[self.masks[name]] = values[name]
+        return labels, {v: n for n, v in values.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """Per-organ volume, method and refinement counts, plus timings: what the JSON sidecar holds."""
+        voxel_ml = float(np.prod(self.image.spacing)) / 1000.0
+        organs = {}
+        for name, mask in self.masks.items():
+            row: dict[str, Any] = {
+                "volume_ml": round(float(mask.sum()) * voxel_ml, 2),
+                "atlas_volume_ml": round(float(self.priors[name].sum()) * voxel_ml, 2),
+                "method": self.methods[name],
+                "color": list(default_color(name)),
+            }
+            if name in self.refinement:
+                row["refinement"] = asdict(self.refinement[name])
+            organs[name] = row
+        return {
+            "organs": organs,
+            "atlas": self.atlas,
+            "model": self.model,
+            "oncoseg_version": __version__,
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            **self.info,
+        }
+
+    def save(self, path: str | Path, output_type: str = "nifti", reference: str | Path | None = None) -> Path:
+        """Write a NIfTI/NRRD/MHA label map with a JSON sidecar, or an RTSTRUCT over ``reference`` (the DICOM
+        series folder; default: the folder the image was read from)."""
+        path = Path(path)
+        if output_type == "rtstruct":
+            from oncoseg.dicom import write_rtstruct
+
+            reference = reference or self.image.source_path
+            if not reference or not Path(reference).is_dir():
+                raise OncoSegError("--output-type rtstruct needs a DICOM series folder as input")
+            masks = {name: mask for name, mask in self.masks.items() if mask.any()}
+            if not masks:
+                raise OncoSegError("no organ was found in this CT: nothing to write")
+            colors = {name: default_color(name) for name in masks}
+            return write_rtstruct(masks, reference, path, colors=colors, series_description="Onco-Seg OARs")
+        if output_type != "nifti":
+            raise OncoSegError(f"unknown output type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
+        labels, names = self.label_map()
+        save_mask(labels, self.image, path)
+        sidecar = sidecar_path(path)
+        payload = {"labels": {str(v): n for v, n in names.items()}, **self.summary()}
+        with atomic_write_path(sidecar) as tmp:
+            tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        return path
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``oars.nii.gz`` → ``oars.json``."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(name + ".json")
+
+
+def contour(
+    image: str | Path | MedicalImage,
+    organs: Sequence[str] | None = None,
+    *,
+    atlas: str | Path | Atlas | None = None,
+    refine: bool = True,
+    predictor=None,
+    backend: str = "litemedsam",
+    registration_spacing: float = 4.0,
+    deformable: bool = True,
+    settings: RefineSettings | None = None,
+    progress: bool = False,
+) -> ContourResult:
+    """Contour the organs at risk of a CT (file or DICOM series folder) from an atlas, refined by the model.
+
+    ``organs``: TG-263 names or aliases (default: every organ the atlas has). ``refine=False`` keeps the
+    registered atlas labels (no model), which is fast but only as good as the registration.
+    """
+    from oncoseg.io import load_image
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if not isinstance(image, MedicalImage):
+        image = load_image(image)  # modality from the DICOM header or guessed from the values
+    if not image.is_3d or image.channels != 1:
+        raise OncoSegError("organ contouring needs a single-channel CT volume")
+    if image.modality not in (None, "ct"):
+        raise OncoSegError(f"organ contouring needs a CT, but this image looks like {image.modality}")
+    if not isinstance(atlas, Atlas):
+        atlas = load_atlas(atlas)
+    chosen = resolve_organs(list(organs) if organs else None, atlas.organs())
+    timings["load"] = time.perf_counter() - start
+
+    t = time.perf_counter()
+    registration = register(image, atlas.image, spacing=registration_spacing, deformable=deformable)
+    warped = warp_labels(atlas.labels, registration, image)
+    priors = {name: np.isin(warped, [v for v, n in atlas.names.items() if n == name]) for name in chosen}
+    timings["registration"] = time.perf_counter() - t
+    timings.update({f"registration_{k}": v for k, v in registration.timings.items()})
+
+    methods = {name: "atlas only" for name in chosen}
+    masks, refinement, model = dict(priors), {}, ""
+    to_refine = {name: priors[name] for name in chosen if name in MODEL_REFINED and priors[name].any()}
+    if refine and to_refine:
+        t = time.perf_counter()
+        from oncoseg.predictor import Predictor
+
+        predictor = predictor or Predictor(backend)
+        predictor.set_image(image, modality="ct")
+        model = predictor.backend.name
+        slices = int(np.any(np.stack([p.any(axis=(1, 2)) for p in to_refine.values()]), axis=0).sum())
+        bar = _progress(slices, "refining slices") if progress else None
+        refined, refinement = refine_priors(
+            predictor,
+            to_refine,
+            image.spacing[:2],
+            settings,
+            on_slice=(lambda z: bar.update(1)) if bar else None,
+        )
+        if bar:
+            bar.close()
+        masks.update(refined)
+        methods.update({name: "atlas + model" for name in refined})
+        timings["refine"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    info = {"registration_spacing_mm": registration_spacing, "deformable": deformable, "refine": refine}
+    return ContourResult(image, masks, priors, methods, refinement, timings, atlas.source, model, info)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="slice", leave=False)

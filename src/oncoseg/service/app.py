@@ -1,0 +1,302 @@
+"""The FastAPI application: REST routes over `Engine`, JSON errors, the web page, MONAI Label routes.
+
+Run it with ``oncoseg serve`` (see `serve`); the OpenAPI description is at ``/openapi.json`` and ``/docs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from oncoseg import __version__
+from oncoseg.errors import EmptyResultError, ImageReadError, OncoSegError, PromptError
+from oncoseg.pacs import PacsError, PacsUnavailableError
+from oncoseg.service.cache import NotFoundError, TooLargeError
+from oncoseg.service.core import WINDOWS, ConflictError, Engine, ServiceConfig, build_prompt
+from oncoseg.service.security import GuardMiddleware, UidFilter, check_bind
+from oncoseg.service.worker import BusyError
+
+log = logging.getLogger("oncoseg.service")
+STATIC = Path(__file__).parent / "static"
+
+
+class PointIn(BaseModel):
+    x: float = Field(description="column (pixels, 0 = left)")
+    y: float = Field(description="row (pixels, 0 = top)")
+    positive: bool = Field(True, description="true = include (left click), false = exclude (right click)")
+
+
+class PromptIn(BaseModel):
+    z: int | None = Field(None, description="slice index (volumes); leave out for 2D images")
+    points: list[PointIn] = Field(default_factory=list, max_length=64)
+    box: list[float] | None = Field(None, min_length=4, max_length=4, description="[x0, y0, x1, y1] pixels")
+    overlay: bool = Field(True, description="include a transparent RGBA PNG of the mask (base64)")
+
+
+class PropagateIn(PromptIn):
+    max_slices: int | None = Field(None, ge=1, description="walk at most this many slices each way")
+
+
+class OpenSeriesIn(BaseModel):
+    series_uid: str = Field(description="SeriesInstanceUID on the configured PACS (DICOMweb)")
+    study_uid: str | None = Field(None, description="StudyInstanceUID (looked up with QIDO-RS when left out)")
+    modality: str | None = Field(None, description="override the DICOM Modality (e.g. ct, mri)")
+
+
+class StoreIn(BaseModel):
+    format: Literal["seg", "rtstruct"] = "seg"
+    name: str = Field("Lesion", min_length=1, max_length=64, description="structure/segment name")
+
+
+ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
+    (BusyError, 503, "busy"),
+    (NotFoundError, 404, "not_found"),
+    (TooLargeError, 413, "too_large"),
+    (ConflictError, 409, "conflict"),
+    (PromptError, 422, "bad_prompt"),
+    (EmptyResultError, 422, "empty_result"),
+    (PacsUnavailableError, 502, "pacs_unavailable"),
+    (ImageReadError, 400, "unreadable_image"),
+    (OncoSegError, 400, "bad_request"),
+]
+
+
+def error_response(error: Exception) -> JSONResponse:
+    if isinstance(error, PacsError) and not isinstance(error, PacsUnavailableError):
+        status, code = (404, "not_found") if error.status_code == 404 else (502, "pacs_error")
+    else:
+        status, code = next(
+            ((s, c) for kind, s, c in ERROR_STATUS if isinstance(error, kind)), (500, "internal")
+        )
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"detail": str(error), "code": code}, status_code=status, headers=headers)
+
+
+def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
+    """The application for ``config`` (an `Engine` is built unless given)."""
+    engine = engine or Engine(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if config.warmup:
+            seconds = await engine.worker.run(engine.warm_up)
+            log.info("model warmed up in %.2f s", seconds)
+        yield
+        engine.close()
+
+    app = FastAPI(
+        title="Onco-Seg service",
+        version=__version__,
+        description="Interactive promptable segmentation of CT/MR/... images: open an image (upload or DICOMweb), "
+        "click or drag a box on a slice, propagate in 3D, measure, store DICOM SEG/RTSTRUCT back to the PACS. "
+        "Every route except /health (and the web page's files) needs `Authorization: Bearer <token>` when the "
+        'service runs with a token. Errors are JSON: `{"detail": message, "code": kind}`.',
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.add_middleware(GuardMiddleware, token=config.token, max_body_bytes=config.max_body_bytes)
+
+    @app.exception_handler(OncoSegError)
+    async def _oncoseg_error(request: Request, error: OncoSegError):
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError):
+        parts = []
+        for item in error.errors():
+            where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return JSONResponse({"detail": "; ".join(parts), "code": "invalid_request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse({"detail": str(error.detail), "code": code}, status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception):
+        log.error(
+            "internal error %s in %s",
+            type(error).__name__,
+            request.scope.get("route", None) and request.scope["route"].path,
+        )
+        return JSONResponse({"detail": f"internal error ({type(error).__name__})", "code": "internal"}, 500)
+
+    # ---------------------------------------------------------------- health and page
+    @app.get("/health", tags=["service"], summary="Liveness and load (no token needed)")
+    async def health():
+        return engine.health()
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ---------------------------------------------------------------- images
+    @app.get("/api/series", tags=["images"], summary="Series on the configured PACS (with modality)")
+    async def list_series():
+        return await run_in_threadpool(engine.list_series)
+
+    @app.post("/api/images", status_code=201, tags=["images"], summary="Open a series from the PACS by UID")
+    async def open_series(body: OpenSeriesIn):
+        session = await run_in_threadpool(engine.open_series, body.series_uid, body.study_uid, body.modality)
+        return session.describe()
+
+    @app.post("/api/images/upload", status_code=201, tags=["images"], summary="Open an uploaded image")
+    async def upload(
+        file: Annotated[
+            UploadFile,
+            File(description="NIfTI/NRRD/MHA, PNG/JPEG/TIFF, one DICOM file or a .zip of a series"),
+        ],
+        modality: str | None = Form(None),
+    ):
+        data = await file.read()
+        session = await run_in_threadpool(engine.open_upload, file.filename or "", data, modality)
+        return session.describe()
+
+    @app.get("/api/images", tags=["images"], summary="Open images")
+    async def list_images():
+        return [s.describe() for s in engine.store.list()]
+
+    @app.get("/api/images/{image_id}", tags=["images"], summary="Shape, spacing, modality of an open image")
+    async def describe(image_id: str):
+        return engine.store.get(image_id).describe()
+
+    @app.delete("/api/images/{image_id}", tags=["images"], summary="Close an image and free its memory")
+    async def close(image_id: str):
+        engine.store.remove(image_id)
+        return {"image_id": image_id, "closed": True}
+
+    @app.get("/api/windows", tags=["images"], summary="Window/level presets (centre, width)")
+    async def windows():
+        return {"auto": None, **{k: list(v) for k, v in WINDOWS.items()}}
+
+    @app.get(
+        "/api/images/{image_id}/slices/{z}",
+        tags=["images"],
+        summary="One slice as an 8-bit PNG",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def slice_png(
+        image_id: str,
+        z: int,
+        window: str | None = Query(None, description="preset (see /api/windows) or CENTRE,WIDTH"),
+        prefetch: bool = Query(
+            True, description="compute this slice's embedding in the background when idle"
+        ),
+    ):
+        session = engine.store.get(image_id)
+        data = await run_in_threadpool(engine.slice_png, session, z, window)
+        if prefetch:
+            engine.prefetch(session, z if session.image.is_3d else None)
+        return Response(data, media_type="image/png")
+
+    @app.get(
+        "/api/images/{image_id}/result/{z}",
+        tags=["segmentation"],
+        summary="The current result on one slice as a transparent RGBA PNG",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def result_png(image_id: str, z: int):
+        session = engine.store.get(image_id)
+        data = await run_in_threadpool(engine.result_png, session, z)
+        return Response(data, media_type="image/png")
+
+    # ---------------------------------------------------------------- segmentation
+    @app.post(
+        "/api/images/{image_id}/segment",
+        tags=["segmentation"],
+        summary="Segment one slice from clicks and/or a box",
+        description="Returns the mask as row-major RLE (`counts` alternate 0-runs and 1-runs, starting with 0s) "
+        "and as contours (`[x, y]` polygons), a transparent PNG overlay (base64) and the measurements "
+        "(area mm², RECIST long/short axis mm).",
+    )
+    async def segment(image_id: str, body: PromptIn):
+        session = engine.store.get(image_id)
+        prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
+        z = engine.check_prompt(session, prompt, body.z)
+        return await engine.worker.run(engine.segment, session, prompt, z, body.overlay)
+
+    @app.post(
+        "/api/images/{image_id}/propagate",
+        tags=["segmentation"],
+        summary="Segment slice z from the prompt and follow the object through the volume",
+    )
+    async def propagate(image_id: str, body: PropagateIn):
+        session = engine.store.get(image_id)
+        prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
+        z = engine.check_prompt(session, prompt, body.z)
+        return await engine.worker.run(engine.propagate, session, prompt, z, body.max_slices)
+
+    @app.get(
+        "/api/images/{image_id}/measurements",
+        tags=["segmentation"],
+        summary="Volume (mL), RECIST diameters and extent of the current result",
+    )
+    async def measurements(image_id: str):
+        session = engine.store.get(image_id)
+        return await run_in_threadpool(engine.measurements, session)
+
+    @app.post(
+        "/api/images/{image_id}/store",
+        tags=["segmentation"],
+        summary="Store the current result to the PACS as DICOM SEG or RTSTRUCT",
+    )
+    async def store(image_id: str, body: StoreIn):
+        session = engine.store.get(image_id)
+        return await run_in_threadpool(engine.store_result, session, body.format, body.name)
+
+    from oncoseg.service.monailabel import monailabel_router
+
+    app.include_router(monailabel_router(engine, config))
+    return app
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines to stderr through a filter that hides UIDs; uvicorn's own access log is replaced."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(UidFilter())
+    for name in ("oncoseg", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def serve(config: ServiceConfig) -> None:
+    """Check the binding rules, build the app and run uvicorn until interrupted."""
+    import uvicorn
+
+    check_bind(config.host, config.token)
+    configure_logging()
+    app = create_app(config)
+    log.info(
+        "Onco-Seg service on http://%s:%d (token %s, PACS %s, memory budget %.0f MiB)",
+        config.host if ":" not in config.host else f"[{config.host}]",
+        config.port,
+        "required" if config.token else "off (loopback only)",
+        "configured" if config.pacs_url else "none",
+        config.memory_budget_mb,
+    )
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+    )

@@ -1,0 +1,526 @@
+"""What the service does, without HTTP: open images (upload, DICOMweb), segment a slice from clicks/boxes,
+propagate in 3D, measure, render PNGs, store results back to the PACS. The routes in `app` and `monailabel`
+are thin shells over `Engine`; model work runs on the `ModelWorker` thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import re
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from oncoseg.errors import OncoSegError, PromptError
+from oncoseg.image import MedicalImage
+from oncoseg.measure import measure
+from oncoseg.models import load_backend
+from oncoseg.pacs import PacsClient, uid_hash
+from oncoseg.predictor import Predictor
+from oncoseg.prompts import Box, Point, Prompt, validate_prompt
+from oncoseg.service.cache import NotFoundError, Session, SessionStore
+from oncoseg.service.worker import ModelWorker
+from oncoseg.volume import PropagationSettings, propagate
+
+log = logging.getLogger("oncoseg.service")
+
+# Window presets (centre, width) in HU for CT; "auto" stretches the slice's 1st-99th percentile.
+WINDOWS = {
+    "soft-tissue": (40.0, 400.0),
+    "liver": (60.0, 160.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+UPLOAD_SUFFIXES = (
+    ".nii.gz",
+    ".nii",
+    ".nrrd",
+    ".mha",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".dcm",
+)
+FILL = (255, 64, 64, 90)
+EDGE = (255, 255, 80, 255)
+
+
+class ConflictError(OncoSegError):
+    """The request does not fit the image's state (e.g. storing a result that does not exist)."""
+
+
+@dataclass
+class ServiceConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None
+    pacs_url: str | None = None  # Orthanc base URL (REST + /dicom-web)
+    dicomweb_url: str | None = None  # another DICOMweb root; default pacs_url + "/dicom-web"
+    pacs_auth: tuple[str, str] | str | None = None
+    memory_budget_mb: float = 2048.0  # images, normalised pixels, embeddings and results of open images
+    max_upload_mb: float = 512.0
+    max_queue: int = 8
+    workdir: str | None = None
+    backend: str = "litemedsam"
+    checkpoint: str | None = None
+    warmup: bool = True
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.memory_budget_mb * 2**20)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+def build_prompt(
+    points: list[tuple[float, float, bool]] | None, box: list[float] | None, z: int | None
+) -> Prompt:
+    """A prompt on slice ``z`` from ``(x, y, positive)`` points and an optional ``[x0, y0, x1, y1]`` box."""
+    if box is not None and len(box) != 4:
+        raise PromptError(f"box needs 4 numbers [x0, y0, x1, y1], got {len(box)}")
+    return Prompt(
+        box=Box(*map(float, box), z=z) if box is not None else None,
+        points=tuple(Point(float(x), float(y), bool(positive), z) for x, y, positive in points or ()),
+    )
+
+
+class Engine:
+    """Open images and answer prompts on them; one per service process."""
+
+    def __init__(self, config: ServiceConfig, backend=None):
+        self.config = config
+        self.backend = backend or load_backend(
+            config.backend, **({"checkpoint": config.checkpoint} if config.checkpoint else {})
+        )
+        self.store = SessionStore(config.budget_bytes)
+        self.worker = ModelWorker(config.max_queue)
+        self._own_workdir = config.workdir is None
+        self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="oncoseg-serve-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.pacs = (
+            PacsClient(config.pacs_url, auth=config.pacs_auth, dicomweb_url=config.dicomweb_url)
+            if config.pacs_url
+            else None
+        )
+        self.started = time.time()
+        self.warm = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def warm_up(self) -> float:
+        """Run the encoder and decoder once on a dummy 512x512 slice (first real click is then fast)."""
+        start = time.perf_counter()
+        predictor = Predictor(self.backend)
+        rng = np.random.default_rng(0)
+        predictor.set_image(MedicalImage.from_array(rng.random((512, 512), dtype=np.float32)))
+        predictor.predict(Prompt(points=(Point(256, 256),)))
+        predictor.predict(Prompt(box=Box(200, 200, 300, 300)))
+        self.warm = True
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.store.close_all()
+        if self.pacs is not None:
+            self.pacs.close()
+        if self._own_workdir:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "warm": self.warm,
+            "queue": self.worker.pending,
+            "max_queue": self.worker.max_queue,
+            "rejected": self.worker.rejected,
+            "completed": self.worker.completed,
+            "uptime_s": round(time.time() - self.started, 1),
+            **self.store.stats(),
+        }
+
+    # ------------------------------------------------------------------ opening images
+    def new_session(
+        self,
+        image: MedicalImage,
+        folder: Path | None,
+        source: str,
+        session_id: str | None = None,
+        study_uid: str | None = None,
+        series_uid: str | None = None,
+    ) -> Session:
+        def create() -> Session:  # on the model thread, like every change to the sessions' caches
+            predictor = Predictor(self.backend, cache_slices=100_000)  # bounded by bytes in SessionStore
+            predictor.set_image(image)
+            session = Session(
+                session_id or self.store.new_id(),
+                image,
+                predictor,
+                folder=folder,
+                source=source,
+                study_uid=study_uid or image.metadata.get("StudyInstanceUID"),
+                series_uid=series_uid or image.metadata.get("SeriesInstanceUID"),
+            )
+            return self.store.add(session)
+
+        try:
+            return self.worker.call(create)
+        except BaseException:
+            if folder is not None:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def session_folder(self) -> Path:
+        folder = self.workdir / "sessions" / self.store.new_id()
+        folder.mkdir(parents=True)
+        return folder
+
+    def open_upload(self, filename: str, data: bytes, modality: str | None = None) -> Session:
+        """An uploaded image file (NIfTI, NRRD, MHA, PNG/JPEG/TIFF, one DICOM file) or a .zip of a DICOM series."""
+        from oncoseg.io import load_image
+
+        name = (filename or "").lower()
+        folder = self.session_folder()
+        try:
+            if name.endswith(".zip"):
+                target = _extract_zip(data, folder / "dicom", limit=4 * self.config.max_body_bytes)
+            else:
+                suffix = next((s for s in UPLOAD_SUFFIXES if name.endswith(s)), None)
+                if suffix is None:
+                    raise OncoSegError(
+                        f"unsupported upload type (expected a .zip of DICOM files or one of {', '.join(UPLOAD_SUFFIXES)})"
+                    )
+                target = folder / f"image{suffix}"
+                target.write_bytes(data)
+            image = load_image(target, modality=modality)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.new_session(image, folder, "upload")
+
+    def require_pacs(self) -> PacsClient:
+        if self.pacs is None:
+            raise ConflictError("no PACS configured: start the service with --pacs URL")
+        return self.pacs
+
+    def open_series(
+        self,
+        series_uid: str,
+        study_uid: str | None = None,
+        modality: str | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        """A series from the PACS by UID, retrieved with DICOMweb (WADO-RS); reuses an open session."""
+        for session in self.store.list():
+            if session.series_uid == series_uid and session.source == "pacs":
+                return self.store.get(session.id)
+        pacs = self.require_pacs()
+        if not study_uid:
+            found = pacs.qido_series(SeriesInstanceUID=series_uid)
+            if not found:
+                raise NotFoundError(f"no series with that UID (hash {uid_hash(series_uid)}) on the PACS")
+            study_uid = found[0].study_uid
+        folder = self.session_folder()
+        try:
+            image = pacs.load_dicomweb_series(study_uid, series_uid, folder / "dicom", modality=modality)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        log.info("opened series %s from the PACS: %s", uid_hash(series_uid), image.shape)
+        return self.new_session(image, folder, "pacs", session_id, study_uid, series_uid)
+
+    def list_series(self) -> list[dict[str, Any]]:
+        pacs = self.require_pacs()
+        try:
+            series = pacs.series()
+        except OncoSegError:  # not an Orthanc: plain DICOMweb
+            series = pacs.qido_series()
+        return [s.as_dict() for s in series]
+
+    # ------------------------------------------------------------------ prompts
+    def check_prompt(self, session: Session, prompt: Prompt, z: int | None) -> int | None:
+        """Validate before queueing (bad input never occupies the model). Returns the slice index."""
+        image = session.image
+        if image.is_3d:
+            if z is None:
+                raise PromptError(f"this is a volume of {image.num_slices} slices: give the slice index z")
+            if not 0 <= z < image.num_slices:
+                raise PromptError(f"slice {z} is outside the volume (slices 0..{image.num_slices - 1})")
+        elif z not in (None, 0):
+            raise PromptError(f"slice {z} given for a 2D image (use z=0 or leave it out)")
+        else:
+            z = None
+        validate_prompt(prompt.on_slice(z), image.shape)
+        return z
+
+    def segment(
+        self, session: Session, prompt: Prompt, z: int | None, overlay: bool = True
+    ) -> dict[str, Any]:
+        """Model thread: one slice from a prompt; becomes the session's result."""
+        start = time.perf_counter()
+        cached = session.predictor.is_cached(z)
+        prediction = session.predictor.predict(prompt.on_slice(z), z=z)
+        mask = prediction.masks[0]
+        if session.image.is_3d:
+            result = np.zeros(session.image.shape, dtype=bool)
+            result[z] = mask
+        else:
+            result = mask.copy()
+        session.result = result
+        session.result_info = {"kind": "slice", "z": z, "score": float(prediction.scores[0])}
+        self.store.enforce(session.id)
+        answer = {
+            "image_id": session.id,
+            "z": z,
+            "score": round(float(prediction.scores[0]), 4),
+            "embedding_cached": cached,
+            "empty": not bool(mask.any()),
+            **mask_payload(mask, overlay),
+            "measurements": self._measure(mask, session.image, slice_only=True),
+        }
+        answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
+        return answer
+
+    def propagate(
+        self, session: Session, prompt: Prompt, z: int, max_slices: int | None = None
+    ) -> dict[str, Any]:
+        """Model thread: segment slice ``z`` from the prompt and follow the object through the volume."""
+        if not session.image.is_3d:
+            raise OncoSegError("3D propagation needs a volume; this image is 2D")
+        start = time.perf_counter()
+        settings = PropagationSettings(max_slices=max_slices)
+        try:
+            result = propagate(session.predictor, prompt.on_slice(z), settings)
+        finally:
+            self.store.enforce(session.id)
+        session.result = result.mask
+        session.result_info = {"kind": "volume", "z": z, "slices": list(result.slice_range)}
+        self.store.enforce(session.id)
+        return {
+            "image_id": session.id,
+            "z": z,
+            "slices": list(result.slice_range),
+            "slice_scores": {str(k): round(v, 4) for k, v in sorted(result.slice_scores.items())},
+            "measurements": self._measure(result.mask, session.image),
+            "compute_ms": round(1000 * (time.perf_counter() - start), 1),
+        }
+
+    def measurements(self, session: Session) -> dict[str, Any]:
+        if session.result is None or not session.result.any():
+            raise ConflictError("no result yet: segment (or propagate) first")
+        return {
+            "image_id": session.id,
+            **session.result_info,
+            "measurements": self._measure(session.result, session.image),
+        }
+
+    @staticmethod
+    def _measure(mask: np.ndarray, image: MedicalImage, slice_only: bool = False) -> dict[str, Any] | None:
+        if not mask.any():
+            return None
+        spacing = image.spacing[:2] if slice_only or mask.ndim == 2 else image.spacing
+        return measure(mask, spacing).to_dict()
+
+    # ------------------------------------------------------------------ store back
+    def store_result(self, session: Session, fmt: str, name: str) -> dict[str, Any]:
+        """Write the result as DICOM SEG or RTSTRUCT over the source series and upload it to the PACS."""
+        from oncoseg.dicom import write_rtstruct, write_seg
+
+        pacs = self.require_pacs()
+        if session.result is None or not session.result.any():
+            raise ConflictError("no result to store: segment (or propagate) first")
+        reference = session.dicom_folder
+        if reference is None or not session.image.is_3d:
+            raise ConflictError("only results on a DICOM series can be stored to the PACS as SEG/RTSTRUCT")
+        writers = {"seg": write_seg, "rtstruct": write_rtstruct}
+        if fmt not in writers:
+            raise OncoSegError(f"format must be 'seg' or 'rtstruct', not {fmt!r}")
+        out = (session.folder or self.workdir) / "export" / f"{fmt}-{self.store.new_id()}.dcm"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        writers[fmt]({name: session.result}, reference, out)
+        import pydicom
+
+        header = pydicom.dcmread(out, stop_before_pixels=True)
+        ids = pacs.upload(out)
+        log.info("stored a %s (%d bytes) to the PACS", fmt.upper(), out.stat().st_size)
+        return {
+            "image_id": session.id,
+            "format": fmt,
+            "name": name,
+            "sop_instance_uid": str(header.SOPInstanceUID),
+            "series_instance_uid": str(header.SeriesInstanceUID),
+            "orthanc_ids": ids,
+        }
+
+    # ------------------------------------------------------------------ pictures
+    def slice_png(self, session: Session, z: int | None, window: str | None = None) -> bytes:
+        image = session.image
+        if image.is_3d and (z is None or not 0 <= z < image.num_slices):
+            raise PromptError(f"slice {z} is outside the volume (slices 0..{image.num_slices - 1})")
+        pixels = image.slice(z if image.is_3d else 0)
+        return png_bytes(window_slice(pixels, image.channels, window or default_window(image)))
+
+    def prefetch(self, session: Session, z: int | None) -> None:
+        """Compute slice ``z``'s embedding in the background if the model is idle, so the user's first click
+        there only runs the decoder. Only the slice a session viewed last is prefetched (fast scrolling
+        queues jobs that then skip themselves)."""
+        if session.predictor.is_cached(z) or self.worker.pending:
+            return
+        session.last_viewed = z
+
+        def job() -> None:
+            if self.worker.pending or session.last_viewed != z or self.store.find(session.id) is None:
+                return
+            if not session.predictor.is_cached(z):
+                session.predictor.embedding(z)
+                self.store.enforce(session.id)
+
+        self.worker.background(job)
+
+    def result_png(self, session: Session, z: int | None) -> bytes:
+        if session.result is None:
+            raise ConflictError("no result yet: segment (or propagate) first")
+        mask = session.result[z] if session.image.is_3d else session.result
+        return png_bytes(mask_rgba(mask))
+
+
+# ---------------------------------------------------------------------- helpers
+def default_window(image: MedicalImage) -> str:
+    return "soft-tissue" if image.modality == "ct" and image.channels == 1 else "auto"
+
+
+def window_slice(pixels: np.ndarray, channels: int, window: str) -> np.ndarray:
+    """8-bit picture of a slice: CT windows by name (see WINDOWS), "auto" = 1st-99th percentile stretch."""
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if channels > 1:
+        low, high = float(np.nanmin(pixels)), float(np.nanmax(pixels))
+        if high <= 255 and low >= 0:
+            low, high = 0.0, 255.0 if high > 1 else 1.0
+    elif window == "auto":
+        low, high = (float(v) for v in np.nanpercentile(pixels, [1, 99]))
+    elif window in WINDOWS:
+        centre, width = WINDOWS[window]
+        low, high = centre - width / 2, centre + width / 2
+    else:
+        match = re.fullmatch(r"(-?\d+(?:\.\d+)?),(\d+(?:\.\d+)?)", window)
+        if not match or float(match.group(2)) <= 0:
+            raise OncoSegError(
+                f"unknown window {window!r}: use one of {', '.join(['auto', *WINDOWS])} or CENTRE,WIDTH"
+            )
+        centre, width = float(match.group(1)), float(match.group(2))
+        low, high = centre - width / 2, centre + width / 2
+    scaled = (np.nan_to_num(pixels, nan=low) - low) / max(high - low, 1e-6)
+    picture = (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+    return picture[..., :3] if channels > 1 else picture
+
+
+def mask_rgba(mask: np.ndarray) -> Image.Image:
+    """A transparent overlay (palette PNG: 0 clear, 1 tinted fill, 2 opaque outline)."""
+    mask = np.asarray(mask, dtype=bool)
+    indices = mask.astype(np.uint8)
+    indices[mask & ~ndimage.binary_erosion(mask)] = 2
+    picture = Image.fromarray(indices, mode="P")
+    picture.putpalette([0, 0, 0, *FILL[:3], *EDGE[:3]])
+    picture.info["transparency"] = bytes([0, FILL[3], EDGE[3]])
+    return picture
+
+
+def png_bytes(picture: np.ndarray | Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture)
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def rle_encode(mask: np.ndarray) -> dict[str, Any]:
+    """Run lengths of a 2D mask in row-major order, starting with a run of 0s (possibly of length 0)."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    if flat.size == 0:
+        return {"size": list(mask.shape), "order": "C", "counts": []}
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    if flat[0]:
+        counts = [0, *counts]
+    return {"size": list(mask.shape), "order": "C", "counts": counts}
+
+
+def rle_decode(rle: dict[str, Any]) -> np.ndarray:
+    counts = np.asarray(rle["counts"], dtype=np.int64)
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(rle["size"])
+
+
+def contours(mask: np.ndarray, tolerance: float = 0.5) -> list[list[list[float]]]:
+    """Outlines of a 2D mask as closed polygons of ``[x, y]`` pixel coordinates (pixel centres are integers)."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return []
+    y0, x0 = rows[0], cols[0]
+    crop = np.pad(np.asarray(mask[y0 : rows[-1] + 1, x0 : cols[-1] + 1], dtype=np.float32), 1)
+    polygons = []
+    for line in find_contours(crop, 0.5):
+        line = approximate_polygon(line, tolerance)
+        polygons.append([[round(float(x + x0 - 1), 2), round(float(y + y0 - 1), 2)] for y, x in line])
+    return polygons
+
+
+def mask_payload(mask: np.ndarray, overlay: bool = True) -> dict[str, Any]:
+    payload = {"mask": rle_encode(mask), "contours": contours(mask)}
+    if overlay:
+        payload["overlay_png"] = base64.b64encode(png_bytes(mask_rgba(mask))).decode("ascii")
+    return payload
+
+
+def _extract_zip(data: bytes, folder: Path, limit: int) -> Path:
+    """Files of a zip (a DICOM series), flattened into ``folder`` under safe names; at most ``limit`` bytes
+    unpacked (a guard against zip bombs)."""
+    folder.mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if not members:
+                raise OncoSegError("the uploaded zip holds no files")
+            if sum(m.file_size for m in members) > limit:
+                raise OncoSegError(f"the uploaded zip unpacks to more than {limit / 2**20:.0f} MiB")
+            left = limit
+            for index, member in enumerate(members):
+                with archive.open(member) as source, open(folder / f"{index:05d}.dcm", "wb") as target:
+                    data = source.read(left + 1)  # the headers' sizes could lie
+                    left -= len(data)
+                    if left < 0:
+                        raise OncoSegError(f"the uploaded zip unpacks to more than {limit / 2**20:.0f} MiB")
+                    target.write(data)
+    except zipfile.BadZipFile:
+        raise OncoSegError("the uploaded .zip is not a valid zip archive") from None
+    return folder
+
+
+def file_ext(name: str) -> str:
+    """The (double) extension of a file name, e.g. ".nii.gz"."""
+    lower = name.lower()
+    return next((s for s in UPLOAD_SUFFIXES if lower.endswith(s)), os.path.splitext(lower)[1])

@@ -1,0 +1,97 @@
+"""One thread runs all model work, fed by a bounded queue: requests beyond it are refused at once (HTTP 503)
+instead of piling up, and the event loop stays free to answer health checks.
+
+Background jobs (embedding prefetch for the slice a user is looking at) run only when no request waits, and
+never count against the queue limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from oncoseg.errors import OncoSegError
+
+log = logging.getLogger(__name__)
+
+REQUEST, BACKGROUND, STOP = 0, 1, 2
+
+
+class BusyError(OncoSegError):
+    """The model queue is full: try again shortly (HTTP 503 with Retry-After)."""
+
+
+class ModelWorker:
+    """``await worker.run(fn, *args)`` runs ``fn`` on the single model thread (requests FIFO, at most
+    ``max_queue`` waiting); ``worker.background(fn, *args)`` queues low-priority work."""
+
+    def __init__(self, max_queue: int = 8):
+        self.max_queue = max_queue
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._waiting = 0  # requests queued, not yet running
+        self.completed = 0
+        self.rejected = 0
+        self._thread = threading.Thread(target=self._loop, name="oncoseg-model", daemon=True)
+        self._thread.start()
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for the model (background jobs not counted)."""
+        return self._waiting
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                self.rejected += 1
+                raise BusyError(f"the model is busy ({self.max_queue} requests waiting): retry in a moment")
+            self._waiting += 1
+        future: Future = Future()
+        self._queue.put((REQUEST, next(self._order), future, fn, args))
+        return future
+
+    def background(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn`` behind every request; errors are logged, not raised."""
+        self._queue.put((BACKGROUND, next(self._order), None, fn, args))
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the model thread and wait for it (directly when already on it)."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        return self.submit(fn, *args).result()
+
+    def _loop(self) -> None:
+        while True:
+            kind, _, future, fn, args = self._queue.get()
+            if kind == STOP:
+                return
+            if kind == BACKGROUND:
+                try:
+                    fn(*args)
+                except Exception as error:  # noqa: BLE001 - prefetch is best effort
+                    log.warning("background job failed: %s", type(error).__name__)
+                continue
+            with self._lock:
+                self._waiting -= 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as error:  # noqa: BLE001 - handed to the waiting request
+                future.set_exception(error)
+            finally:
+                self.completed += 1
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._queue.put((STOP, next(self._order), None, None, ()))
+        self._thread.join(timeout)

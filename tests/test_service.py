@@ -1,0 +1,294 @@
+"""`oncoseg serve` as a real uvicorn process, with a real Orthanc behind it (REST API, security, errors,
+store back to the PACS, backpressure, logs)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import subprocess
+import threading
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from oncoseg_server import ONCOSEG, OncoSegServer
+from orthanc import OrthancServer, uploadable_series
+from PIL import Image
+
+from oncoseg.dicom import read_rtstruct, read_seg
+from oncoseg.io import load_image
+from oncoseg.service.core import rle_decode
+
+pytestmark = pytest.mark.service
+
+TOKEN = "test-token-0123456789abcdef"
+Z = 10  # slice of the example CT used for clicks; the liver is label 5 of TotalSegmentator's labels
+
+
+@pytest.fixture(scope="module")
+def liver(shared_data):
+    seg = load_image(shared_data / "totalsegmentator-example/example_seg_dicom.nii.gz")
+    return seg.array == 5
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, shared_data):
+    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        folder, study_uid, series_uid = uploadable_series(
+            shared_data / "totalsegmentator-example/example_ct_dicom", tmp_path_factory.mktemp("ct")
+        )
+        for path in sorted(folder.iterdir()):
+            httpx.post(f"{orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+        orthanc.study_uid, orthanc.series_uid = study_uid, series_uid
+        yield orthanc
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, pacs):
+    args = ("--pacs", pacs.url, "--max-queue", "2", "--max-upload-mb", "1", "--memory-budget-mb", "120")
+    with OncoSegServer(tmp_path_factory.mktemp("serve"), *args, token=TOKEN) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with server.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def opened(api, pacs):
+    response = api.post("/api/images", json={"series_uid": pacs.series_uid})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_health_is_open_everything_else_needs_the_token(server):
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    for method, path in [("GET", "/api/series"), ("GET", "/api/images"), ("GET", "/openapi.json"),
+                         ("GET", "/info/"), ("POST", "/api/images/x/segment")]:  # fmt: skip
+        answer = httpx.request(method, f"{server.url}{path}")
+        assert answer.status_code == 401, path
+        assert "bearer token" in answer.json()["detail"]
+    wrong = httpx.get(f"{server.url}/api/images", headers={"Authorization": "Bearer wrong-token-xxxxxxxx"})
+    assert wrong.status_code == 401
+    assert httpx.get(f"{server.url}/", timeout=10).status_code == 200  # the page itself holds no data
+
+
+def test_openapi_documents_the_routes(api):
+    spec = api.get("/openapi.json").json()
+    for path in ["/api/images", "/api/images/upload", "/api/images/{image_id}/segment",
+                 "/api/images/{image_id}/propagate", "/api/images/{image_id}/measurements",
+                 "/api/images/{image_id}/store", "/infer/{model}", "/info/", "/health"]:  # fmt: skip
+        assert path in spec["paths"], path
+
+
+def test_lists_series_and_opens_one_by_uid(api, pacs, opened):
+    series = {s["series_uid"]: s for s in api.get("/api/series").json()}
+    assert series[pacs.series_uid]["modality"] == "CT" and series[pacs.series_uid]["num_instances"] == 20
+    assert opened["shape"] == [20, 512, 512] and opened["dicom"] and opened["modality"] == "ct"
+    again = api.post("/api/images", json={"series_uid": pacs.series_uid, "study_uid": pacs.study_uid})
+    assert again.json()["image_id"] == opened["image_id"]  # reused, not downloaded twice
+
+
+def test_click_segments_the_liver_and_the_second_click_reuses_the_embedding(api, opened, liver):
+    url = f"/api/images/{opened['image_id']}/segment"
+    first = api.post(url, json={"z": Z, "points": [{"x": 156, "y": 303}]})
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    mask = rle_decode(answer["mask"])
+    assert mask.shape == (512, 512) and not answer["empty"]
+    dice = 2 * (mask & liver[Z]).sum() / (mask.sum() + liver[Z].sum())
+    assert dice > 0.7, dice
+    m = answer["measurements"]
+    assert m["voxel_count"] == mask.sum() and m["area_mm2"] == pytest.approx(
+        mask.sum() * 0.9765625**2, rel=1e-3
+    )
+    assert m["recist_long_mm"] > m["recist_short_mm"] > 20
+    assert answer["contours"] and all(len(c) >= 3 for c in answer["contours"])
+    overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"]))).convert("RGBA")
+    assert overlay.size == (512, 512)
+    np.testing.assert_array_equal(np.asarray(overlay)[..., 3] > 0, mask)
+    second = api.post(
+        url, json={"z": Z, "points": [{"x": 156, "y": 303}, {"x": 240, "y": 330, "positive": False}]}
+    )
+    assert second.json()["embedding_cached"] and not answer["embedding_cached"]
+    box = api.post(url, json={"z": Z, "box": [107, 196, 269, 374]}).json()
+    box_mask = rle_decode(box["mask"])
+    assert 2 * (box_mask & liver[Z]).sum() / (box_mask.sum() + liver[Z].sum()) > 0.85
+
+
+def test_bad_input_gets_clear_json_errors(api, opened):
+    url = f"/api/images/{opened['image_id']}/segment"
+    cases = [
+        ({"z": 20, "points": [{"x": 10, "y": 10}]}, 422, "slice 20 is outside the volume"),
+        ({"z": Z, "points": [{"x": 600, "y": 10}]}, 422, "outside the image"),
+        ({"z": Z, "box": [50, 50, 40, 60]}, 422, "zero area"),
+        ({"points": [{"x": 10, "y": 10}]}, 422, "give the slice index"),
+        ({"z": Z}, 422, "no prompt"),
+        ({"z": "ten", "box": [1, 2]}, 422, "z:"),
+    ]
+    for body, status, text in cases:
+        answer = api.post(url, json=body)
+        assert answer.status_code == status and text in answer.json()["detail"], (body, answer.text)
+    unknown = api.post("/api/images/no-such-image/segment", json={"z": 1, "points": [{"x": 1, "y": 1}]})
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+    missing = api.post("/api/images", json={"series_uid": "1.2.3.4.5.6.7.8"})
+    assert missing.status_code == 404 and "no series" in missing.json()["detail"]
+    assert api.get(f"/api/images/{opened['image_id']}/slices/99").status_code == 422
+    assert api.get(f"/api/images/{opened['image_id']}/slices/3?window=nonsense").status_code == 400
+
+
+def test_slice_png_with_window_presets(api, opened):
+    pictures = {}
+    for window in ("soft-tissue", "lung", "40,400"):
+        answer = api.get(f"/api/images/{opened['image_id']}/slices/{Z}", params={"window": window})
+        assert answer.headers["content-type"] == "image/png"
+        pictures[window] = np.asarray(Image.open(io.BytesIO(answer.content)))
+    assert pictures["soft-tissue"].shape == (512, 512)
+    np.testing.assert_array_equal(pictures["soft-tissue"], pictures["40,400"])
+    assert not np.array_equal(pictures["soft-tissue"], pictures["lung"])
+
+
+def test_propagate_measure_and_store_rtstruct_and_seg_back(api, opened, pacs, liver, tmp_path):
+    image_id = opened["image_id"]
+    answer = api.post(
+        f"/api/images/{image_id}/propagate", json={"z": Z, "box": [107, 196, 269, 374], "max_slices": 2}
+    )
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    low, high = result["slices"]
+    assert low >= Z - 2 and high <= Z + 2 and high - low >= 2
+    m = api.get(f"/api/images/{image_id}/measurements").json()["measurements"]
+    assert m["volume_ml"] == result["measurements"]["volume_ml"] > 10
+    assert m["bbox"][0] == [low, high]
+    stored = api.post(f"/api/images/{image_id}/store", json={"format": "rtstruct", "name": "Liver"})
+    assert stored.status_code == 200, stored.text
+    rt = httpx.get(f"{pacs.url}/instances/{stored.json()['orthanc_ids'][0]}/file").content
+    (tmp_path / "rt.dcm").write_bytes(rt)
+    assert pydicom.dcmread(tmp_path / "rt.dcm").Modality == "RTSTRUCT"
+    reference = tmp_path / "ct"
+    reference.mkdir()
+    for index, instance in enumerate(
+        httpx.get(f"{pacs.url}/series/{_orthanc_series(pacs)}/instances").json()
+    ):
+        (reference / f"{index}.dcm").write_bytes(
+            httpx.get(f"{pacs.url}/instances/{instance['ID']}/file").content
+        )
+    contours = read_rtstruct(tmp_path / "rt.dcm", reference)
+    back = next(iter(contours.values()))
+    assert back.shape == (20, 512, 512)
+    assert set(np.flatnonzero(back.any(axis=(1, 2)))) == set(range(low, high + 1))
+    overlap = 2 * (back[Z] & liver[Z]).sum() / (back[Z].sum() + liver[Z].sum())
+    assert overlap > 0.8
+
+    stored = api.post(f"/api/images/{image_id}/store", json={"format": "seg", "name": "Liver"})
+    assert stored.status_code == 200, stored.text
+    (tmp_path / "seg.dcm").write_bytes(
+        httpx.get(f"{pacs.url}/instances/{stored.json()['orthanc_ids'][0]}/file").content
+    )
+    assert pydicom.dcmread(tmp_path / "seg.dcm").Modality == "SEG"
+    segments = read_seg(tmp_path / "seg.dcm", reference)
+    np.testing.assert_array_equal(next(iter(segments.values())), back_seg_expected(api, image_id, back))
+
+
+def back_seg_expected(api, image_id, rtstruct_mask):
+    """The SEG must hold exactly the service's result; rebuild it from the per-slice result PNGs."""
+    slices = []
+    for z in range(rtstruct_mask.shape[0]):
+        picture = Image.open(io.BytesIO(api.get(f"/api/images/{image_id}/result/{z}").content)).convert(
+            "RGBA"
+        )
+        slices.append(np.asarray(picture)[..., 3] > 0)
+    return np.stack(slices)
+
+
+def _orthanc_series(pacs) -> str:
+    return httpx.post(f"{pacs.url}/tools/lookup", content=pacs.series_uid.encode()).json()[0]["ID"]
+
+
+def test_store_needs_a_result_and_a_dicom_image(api, tmp_path, shared_data):
+    data = (shared_data / "totalsegmentator-example/example_ct_sm.nii.gz").read_bytes()
+    opened = api.post("/api/images/upload", files={"file": ("ct.nii.gz", data)})
+    assert opened.status_code == 201, opened.text
+    image_id = opened.json()["image_id"]
+    assert api.post(f"/api/images/{image_id}/store", json={"format": "seg"}).status_code == 409
+    assert api.get(f"/api/images/{image_id}/measurements").status_code == 409
+    assert api.delete(f"/api/images/{image_id}").json()["closed"]
+    assert api.get(f"/api/images/{image_id}").status_code == 404
+
+
+def test_upload_limits_and_bad_files(api):
+    too_big = api.post("/api/images/upload", files={"file": ("big.nii.gz", b"\0" * (2 * 2**20))})
+    assert too_big.status_code == 413 and "limit" in too_big.json()["detail"]
+
+    def chunks():  # a multipart upload streamed without Content-Length: the limit applies while reading
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="big.nii.gz"\r\n\r\n'
+        for _ in range(3):
+            yield b"\0" * 2**20
+        yield b"\r\n--xyz--\r\n"
+
+    streamed = api.post(
+        "/api/images/upload", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=xyz"}
+    )
+    assert streamed.status_code == 413
+    garbage = api.post("/api/images/upload", files={"file": ("scan.nii.gz", b"not a nifti")})
+    assert garbage.status_code == 400 and garbage.json()["code"] == "unreadable_image"
+    wrong_type = api.post("/api/images/upload", files={"file": ("notes.txt", b"hello")})
+    assert wrong_type.status_code == 400 and "unsupported upload type" in wrong_type.json()["detail"]
+
+
+def test_backpressure_503_while_health_stays_responsive(server, opened):
+    """--max-queue 2: of 8 simultaneous first clicks on new slices, the ones beyond the queue get 503."""
+    statuses, health_times = [], []
+
+    def click(z):
+        with server.client() as client:
+            answer = client.post(
+                f"/api/images/{opened['image_id']}/segment", json={"z": z, "box": [100, 100, 300, 300]}
+            )
+            statuses.append((answer.status_code, answer.headers.get("retry-after")))
+
+    threads = [threading.Thread(target=click, args=(z,)) for z in (0, 1, 2, 3, 4, 5, 6, 7)]
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        answer = httpx.get(f"{server.url}/health", timeout=5)
+        health_times.append(answer.elapsed.total_seconds())
+        assert answer.status_code == 200
+    for thread in threads:
+        thread.join()
+    codes = sorted(code for code, _ in statuses)
+    assert set(codes) <= {200, 503} and codes.count(503) >= 1 and codes.count(200) >= 2, statuses
+    assert all(retry == "1" for code, retry in statuses if code == 503)
+    assert max(health_times) < 1.0, health_times
+
+
+def test_memory_budget_is_respected(api):
+    health = api.get("/health").json()
+    assert 0 < health["cache_bytes"] <= health["budget_bytes"] == 120 * 2**20
+    assert health["high_water_bytes"] <= health["budget_bytes"]
+
+
+def test_logs_hold_no_patient_identifiers(server, pacs, api, opened):
+    api.get(f"/infer/oncoseg?image={pacs.series_uid}")  # a UID in a query string (wrong method: 405)
+    log = server.log()
+    assert "POST /api/images/{image_id}/segment 200" in log
+    for secret in (
+        pacs.series_uid,
+        pacs.study_uid,
+        "Test^Phantom",
+        "ONCOSEG-TEST",
+        opened["image_id"],
+        TOKEN,
+    ):
+        assert secret not in log, secret
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    result = subprocess.run(
+        [str(ONCOSEG), "serve", "--host", "0.0.0.0", "--port", "0", "--no-warmup"],
+        capture_output=True, encoding="utf-8", check=False, timeout=120, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 2 and "refusing to listen on 0.0.0.0 without a token" in result.stderr

@@ -1,0 +1,173 @@
+"""The service's web page, end to end in headless Chromium (Debian's /usr/bin/chromium driven by Playwright):
+pick a series from a real Orthanc, scroll, change the window, click/right-click/drag, see the overlay and the
+measurements, propagate, save to the PACS. Leaves a screenshot in test-artifacts/webpage.png."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from oncoseg_server import OncoSegServer
+from orthanc import OrthancServer, uploadable_series
+
+from oncoseg.service.core import rle_decode
+
+pytestmark = pytest.mark.service
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+TOKEN = "webpage-token-0123456789abcdef"
+LIVER_POINT = (156, 303)  # inside the liver on slice 10 of the example CT (image pixels)
+LIVER_BOX = (107, 196, 269, 374)
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory, shared_data):
+    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as orthanc:
+        folder, _, series_uid = uploadable_series(
+            shared_data / "totalsegmentator-example/example_ct_dicom", tmp_path_factory.mktemp("ct")
+        )
+        for path in sorted(folder.iterdir()):
+            httpx.post(f"{orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+        orthanc.series_uid = series_uid
+        yield orthanc
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, pacs):
+    with OncoSegServer(tmp_path_factory.mktemp("serve"), "--pacs", pacs.url, token=TOKEN) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        raise RuntimeError(f"{CHROMIUM} not found: apt-get install chromium (scripts/system-deps.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def canvas_pixel(page, x: float, y: float) -> list[int]:
+    return page.evaluate(
+        "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d').getImageData(x, y, 1, 1).data)",
+        [x, y],
+    )
+
+
+def test_page_asks_for_the_token(server, browser):
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#token-box", state="visible", timeout=30_000)
+    page.fill("#token-input", TOKEN)
+    page.click("#token-save")
+    page.wait_for_selector("#series-list button", timeout=30_000)
+    page.close()
+
+
+def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    prompts = []
+    page.on(
+        "request",
+        lambda r: prompts.append(json.loads(r.post_data)) if r.url.endswith("/segment") else None,
+    )
+    page.goto(f"{server.url}/#token={TOKEN}")
+    page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000
+    )
+    assert page.text_content("#slice-label") == "11 / 20"  # opens on the middle slice, z = 10
+    assert "token=" not in page.url  # the token left the address bar
+
+    canvas = page.locator("#canvas").bounding_box()
+    scale = canvas["width"] / 512
+
+    def at(x, y):
+        return canvas["x"] + (x + 0.5) * scale, canvas["y"] + (y + 0.5) * scale
+
+    # scroll and change the window: the picture changes
+    before = page.evaluate("document.getElementById('canvas').toDataURL()")
+    page.mouse.move(*at(256, 256))
+    page.mouse.wheel(0, 120)
+    page.wait_for_function("document.getElementById('slice-label').textContent === '12 / 20'")
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("document.getElementById('slice-label').textContent === '11 / 20'")
+    page.select_option("#window-select", "lung")
+    page.wait_for_function(f"document.getElementById('canvas').toDataURL() !== {json.dumps(before)}")
+    page.select_option("#window-select", "soft-tissue")  # the default window for CT: same picture again
+    page.wait_for_function(f"document.getElementById('canvas').toDataURL() === {json.dumps(before)}")
+
+    # left click inside the liver → mask overlay and measurements
+    def segmented():
+        return page.expect_response(lambda r: r.url.endswith("/segment"), timeout=120_000)
+
+    before_click = page.evaluate("document.getElementById('canvas').toDataURL()")
+    with segmented() as response:
+        page.mouse.click(*at(*LIVER_POINT))
+    assert response.value.status == 200
+    page.wait_for_function("document.querySelector('td[data-field=area]').textContent.includes('mm²')")
+    assert "mm" in page.text_content("td[data-field=long]") and page.text_content("#latency").endswith(" ms")
+    # a pixel of the returned mask away from the click marker: grey before, tinted red now
+    mask = rle_decode(response.value.json()["mask"])
+    ys, xs = np.nonzero(mask)
+    far = np.hypot(xs - LIVER_POINT[0], ys - LIVER_POINT[1]) > 10
+    x, y = int(xs[far][0]), int(ys[far][0]) + 2
+    assert mask[y, x]
+    probe = ((x + 0.5) * scale, (y + 0.5) * scale)
+    grey = page.evaluate(
+        """([url, x, y]) => new Promise((resolve) => {
+            const img = new Image();
+            img.onload = () => {
+                const c = document.createElement('canvas'); c.width = img.width; c.height = img.height;
+                const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+                resolve(Array.from(g.getImageData(x, y, 1, 1).data));
+            };
+            img.src = url;
+        })""",
+        [before_click, *probe],
+    )
+    tinted = canvas_pixel(page, *probe)
+    assert abs(grey[0] - grey[1]) < 5 and tinted[0] - tinted[1] > 30, (grey, tinted)  # red overlay on grey CT
+
+    # right click = exclude, then drag a box
+    with segmented() as response:
+        page.mouse.click(*at(250, 330), button="right")
+    assert response.value.status == 200
+    with segmented() as response:
+        page.mouse.move(*at(*LIVER_BOX[:2]))
+        page.mouse.down()
+        page.mouse.move(*at(200, 300), steps=4)
+        page.mouse.move(*at(*LIVER_BOX[2:]), steps=4)
+        page.mouse.up()
+    assert response.value.status == 200
+    assert prompts[0] == {"z": 10, "points": [{"x": 156, "y": 303, "positive": True}], "box": None}
+    assert prompts[1]["points"][1] == {"x": 250, "y": 330, "positive": False}
+    assert np.abs(np.subtract(prompts[-1]["box"], LIVER_BOX)).max() <= 1  # mouse positions round to pixels
+
+    # propagate one slice each way, then save an RTSTRUCT to the PACS
+    page.fill("#max-slices", "1")
+    page.click("#propagate-btn")
+    page.wait_for_function(
+        "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000
+    )
+    assert page.text_content("td[data-field=volume]").endswith(" mL")
+    assert page.text_content("td[data-field=slices]") == "10–12"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "webpage.png"))
+
+    page.select_option("#save-format", "rtstruct")
+    page.fill("#save-name", "Liver")
+    page.click("#save-btn")
+    page.wait_for_function(
+        "document.getElementById('save-result').textContent.includes('Stored')", timeout=120_000
+    )
+    modalities = [s["MainDicomTags"].get("Modality") for s in httpx.get(f"{pacs.url}/series?expand").json()]
+    assert sorted(modalities) == ["CT", "RTSTRUCT"]
+    page.close()
