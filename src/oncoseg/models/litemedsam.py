@@ -287,6 +287,10 @@ class LiteMedSAMBackend(Backend):
             self._decoder, state, sparse.to(self.dtype), None if masks_in is None else dense.to(self.dtype)
         )
         logits = logits.float()
+        if points is not None:
+            # LiteMedSAM was trained with boxes only: with clicks added its logits lie near 0 in places, where
+            # the decoder's stride-2 upscaling shows through as a 2-pixel grid of holes; a 5x5 mean removes it
+            logits = F.avg_pool2d(logits, 5, stride=1, padding=2, count_include_pad=False)
         new_h, new_w = embedding.input_size
         full = F.interpolate(logits[..., :new_h, :new_w], (h, w), mode="bilinear", align_corners=False)
         return MaskPrediction(
