@@ -8,6 +8,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/scale.py --ddp                                # → results/scale.json
     .venv/bin/python benchmarks/finetune.py                                   # → results/finetune.json
     .venv/bin/python benchmarks/train_speed.py                                # → results/train_speed.json
+    .venv/bin/python benchmarks/service_latency.py                            # → results/service_latency.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
@@ -257,6 +258,49 @@ def scale_section(result: dict) -> str:
     )
 
 
+def service_section(result: dict) -> str:
+    load, meets, targets = result["load"], result["meets"], result["targets"]
+
+    def row(label: str, stats: dict, target: str, met) -> list[str]:
+        verdict = "" if met is None else (" (met)" if met else " (not met)")
+        return [label, str(stats["n"]), f"{stats['p50']:.0f} ms", f"{stats['p95']:.0f} ms", target + verdict]
+
+    rows = [
+        row("first click on a new 512×512 slice", result["first_click_ms"], f"p95 ≤ {targets['first_click_p95_ms']} ms",
+            meets["first_click"]),
+        row("later click on the same slice", result["later_click_ms"], f"p95 ≤ {targets['later_click_p95_ms']} ms",
+            meets["later_click"]),
+        row("first click 1 s after the slice was shown (prefetched)", result["viewed_first_click_ms"], "", None),
+        row(f"/health during {load['clients']} clients × {load['seconds']:.0f} s", load["health_ms"], "answered",
+            load["health_failures"] == 0),
+    ]  # fmt: skip
+    statuses = ", ".join(f"{code}: {n}" for code, n in sorted(load["statuses"].items()))
+    return "\n".join(
+        [
+            "## Interactive service: latency and load",
+            "",
+            (
+                "Command: `.venv/bin/python benchmarks/service_latency.py`: a real `oncoseg serve` (uvicorn) on "
+                f"loopback, driven by a real HTTP client; {result['image']}. Machine load average during the run: "
+                f"{result['machine']['load_avg_1m']:.1f} on {result['machine']['cpus']} cores"
+                + (
+                    " (other jobs were running: these times are inflated; rerun on a quiet machine)."
+                    if result["machine"]["load_avg_1m"] > result["machine"]["cpus"]
+                    else "."
+                )
+            ),
+            "",
+            table(["request", "n", "p50", "p95", "target"], rows),
+            "",
+            (
+                f"Load test: statuses {statuses}; {load['errors']} errors other than deliberate 503 backpressure; "
+                f"embedding cache peak {load['cache_high_water_mb']:.0f} MB of a {load['budget_mb']} MB budget "
+                f"(process RSS peak {load['rss_mb_max']:.0f} MB)."
+            ),
+        ]
+    )
+
+
 def _s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -270,7 +314,7 @@ def main() -> None:
     ]
     accuracy, speed = load("accuracy"), load("speed")
     paper_table, scale, finetune = load("paper_table"), load("scale"), load("finetune")
-    train_speed = load("train_speed")
+    train_speed, service = load("train_speed"), load("service_latency")
     if paper_table:
         sections += ["", paper_table_section(paper_table)]
     if accuracy:
@@ -283,6 +327,8 @@ def main() -> None:
         sections += ["", finetune_section(finetune)]
     if train_speed:
         sections += ["", train_speed_section(train_speed)]
+    if service:
+        sections += ["", service_section(service)]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")
