@@ -1,0 +1,243 @@
+"""Organs-at-risk contouring: organ table, atlas, registration, the whole pipeline, the CLI and its outputs.
+
+The example CT series (20 slices, 512², 2 mm) and the small CT (3 mm) are two different patients from
+TotalSegmentator's test data; their labels are TotalSegmentator predictions, used here as references for
+geometry and sanity, not as ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from oncoseg.cli import main
+from oncoseg.contour import contour, load_atlas, organ_table, register, resolve_organs, sidecar_path
+from oncoseg.contour.check import dice, dice_per_organ, synthetic_patient
+from oncoseg.contour.refine import RefineSettings, refine_priors
+from oncoseg.errors import OncoSegError
+from oncoseg.io import load_image
+
+ORGANS = ["Liver", "Spleen", "Aorta", "SpinalCord"]
+# TotalSegmentator label values of these organs in example_seg_dicom.nii.gz
+REFERENCE_LABELS = {"Liver": 5, "Spleen": 1, "Aorta": 52, "SpinalCord": 79}
+
+
+@pytest.fixture(scope="module")
+def example(shared_data):
+    return shared_data / "totalsegmentator-example"
+
+
+@pytest.fixture(scope="module")
+def atlas(example):
+    return load_atlas(example)
+
+
+@pytest.fixture(scope="module")
+def series_result(example, atlas):
+    """Atlas-only contours of the example DICOM series (another patient than the atlas)."""
+    return contour(example / "example_ct_dicom", ORGANS, atlas=atlas, refine=False)
+
+
+def test_organ_table_lists_tg263_names_and_what_the_atlas_supports(atlas):
+    rows = organ_table(atlas)
+    names = [r["name"] for r in rows]
+    assert len(rows) >= 30 and len(set(names)) == len(names)
+    status = {r["name"]: r["status"] for r in rows}
+    assert status["Liver"] == "atlas + model"
+    assert status["SpinalCord"] == "atlas only"
+    assert status["Parotid_L"] == "not in atlas"  # an abdominal atlas has no head-and-neck organs
+    assert all(len(r["color"]) == 3 and all(0 <= c <= 255 for c in r["color"]) for r in rows)
+    # kidney_left, TotalSegmentator's label name, arrives under its TG-263 name
+    assert "Kidney_L" in atlas.organs() and "kidney_left" not in atlas.organs()
+    assert "vertebrae_L1" in atlas.ignored  # not an organ in the table: ignored, not invented
+
+
+def test_resolve_organs_takes_aliases_and_refuses_unknown_or_unsupported(atlas):
+    assert resolve_organs(["kidney_left", "LIVER", "Liver"], atlas.organs()) == ["Kidney_L", "Liver"]
+    with pytest.raises(OncoSegError, match="unknown organ"):
+        resolve_organs(["kidney_middle"], atlas.organs())
+    with pytest.raises(OncoSegError, match="not in the atlas"):
+        resolve_organs(["Parotid_L"], atlas.organs())
+
+
+def test_atlas_folder_with_atlas_json_and_errors(tmp_path, example):
+    folder = tmp_path / "atlas"
+    folder.mkdir()
+    (folder / "ct.nii.gz").symlink_to(example / "example_ct_sm.nii.gz")
+    (folder / "labels.nii.gz").symlink_to(example / "example_seg.nii.gz")
+    spec = {
+        "image": "ct.nii.gz",
+        "labels": "labels.nii.gz",
+        "names": {"5": "liver", "1": "spleen", "99": "x"},
+    }
+    (folder / "atlas.json").write_text(json.dumps(spec), encoding="utf-8")
+    atlas = load_atlas(folder)
+    assert atlas.organs() == ["Liver", "Spleen"]
+    assert atlas.mask("Liver").sum() == (atlas.labels.array == 5).sum() > 0
+    with pytest.raises(OncoSegError, match="not found"):
+        load_atlas(tmp_path / "missing")
+    (folder / "atlas.json").write_text("{", encoding="utf-8")
+    with pytest.raises(OncoSegError, match="not valid JSON"):
+        load_atlas(folder)
+
+
+def test_registration_recovers_a_known_shift(atlas):
+    """The atlas CT moved by a known translation: the registered transform must undo it within ~a voxel."""
+    shift = np.array([12.0, -9.0, 15.0])
+    moved = atlas.image.with_array(atlas.image.array)
+    moved.origin = tuple(np.array(atlas.image.origin) + shift)
+    registration = register(moved, atlas.image, deformable=False)
+    centre = np.array(moved.origin) + np.array(moved.spacing) * np.array(moved.shape[::-1]) / 2
+    mapped = np.array(registration.transform.TransformPoint(centre.tolist()))
+    error = np.linalg.norm(mapped - (centre - shift))
+    assert error < 3.0, f"registration is off by {error:.1f} mm"
+    assert set(registration.timings) >= {"initial", "affine"}
+
+
+def test_synthetic_deformation_is_undone(atlas):
+    """Sanity check (b) of docs/contour.md: a known smooth deformation of the atlas itself is recovered."""
+    patient, truth = synthetic_patient(atlas, seed=1)
+    result = contour(patient, ["Liver", "Spleen", "Kidney_L", "Aorta"], atlas=atlas, refine=False)
+    scores = dice_per_organ(result.masks, truth)
+    # affine alone, for comparison: the deformable stage must help
+    affine = contour(
+        patient, ["Liver", "Spleen", "Kidney_L", "Aorta"], atlas=atlas, refine=False, deformable=False
+    )
+    affine_scores = dice_per_organ(affine.masks, truth)
+    assert min(scores.values()) > 0.85, scores
+    assert np.mean(list(scores.values())) > np.mean(list(affine_scores.values())), (scores, affine_scores)
+
+
+def test_contours_of_another_patient_land_on_the_right_organs(series_result, example):
+    """Inter-patient sanity check (a): the atlas is a different person, so only rough agreement is expected."""
+    reference = load_image(example / "example_seg_dicom.nii.gz").array
+    assert series_result.image.shape == reference.shape == (20, 512, 512)
+    scores = {
+        name: dice(mask, reference == REFERENCE_LABELS[name]) for name, mask in series_result.masks.items()
+    }
+    assert scores["Liver"] > 0.7, scores
+    assert scores["Spleen"] > 0.4 and scores["SpinalCord"] > 0.4, scores
+    # and no organ sits on another organ's place: liver contour barely touches the spleen reference
+    assert (series_result.masks["Liver"] & (reference == 1)).sum() < 0.05 * series_result.masks["Liver"].sum()
+    assert set(series_result.methods.values()) == {"atlas only"}
+
+
+def test_refinement_uses_one_embedding_per_slice_and_falls_back(series_result):
+    """Per-slice refinement: every slice is encoded once for all organs; a useless model keeps the prior."""
+    from oncoseg.models import ImageEmbedding, MaskPrediction
+    from oncoseg.models.base import Backend
+    from oncoseg.predictor import Predictor
+
+    class CountingBackend(Backend):
+        """Answers every box with an empty mask (a model that disagrees with everything)."""
+
+        name = "counting"
+
+        def __init__(self):
+            self.encoded = 0
+
+        def encode(self, image):
+            self.encoded += 1
+            return ImageEmbedding(None, image.shape[:2], (256, 256), self.name)
+
+        def decode(self, embedding, prompts, mask_input=None):
+            h, w = embedding.original_size
+            return MaskPrediction(np.zeros((len(prompts), h, w), bool), np.zeros(len(prompts)))
+
+    backend = CountingBackend()
+    predictor = Predictor(backend)
+    image = series_result.image
+    predictor.set_image(image, modality="ct")
+    priors = {name: series_result.priors[name] for name in ("Liver", "Spleen")}
+    masks, stats = refine_priors(predictor, priors, image.spacing[:2], RefineSettings())
+    slices_with_organs = int(np.any([p.any(axis=(1, 2)) for p in priors.values()], axis=0).sum())
+    assert backend.encoded == slices_with_organs
+    for name, prior in priors.items():
+        assert np.array_equal(masks[name], prior)  # empty model masks disagree → prior kept
+        assert stats[name].refined == 0 and stats[name].kept_prior == stats[name].slices > 0
+
+
+def test_outputs_label_map_json_and_rtstruct(series_result, example, tmp_path):
+    from oncoseg.dicom import read_rtstruct
+
+    out = series_result.save(tmp_path / "oars.nii.gz")
+    sidecar = json.loads(sidecar_path(out).read_text(encoding="utf-8"))
+    labels = load_image(out).array
+    assert labels.shape == series_result.image.shape
+    names = {int(k): v for k, v in sidecar["labels"].items()}
+    assert sorted(names.values()) == sorted(ORGANS)
+    for value, name in names.items():
+        assert dice(labels == value, series_result.masks[name]) > 0.95  # overlaps resolved, little lost
+    assert sidecar["organs"]["Liver"]["method"] == "atlas only"
+    assert sidecar["organs"]["Liver"]["volume_ml"] > 100
+
+    rt = series_result.save(tmp_path / "oars.dcm", "rtstruct")
+    back = read_rtstruct(rt, example / "example_ct_dicom")
+    assert set(back) == set(ORGANS)
+    for name in ORGANS:
+        assert dice(back[name], series_result.masks[name]) > 0.9, name
+
+
+def test_cli_contour(example, tmp_path, capsys):
+    assert main(["contour", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "Kidney_L" in listing and "atlas + model" in listing and "not in atlas" in listing
+
+    out = tmp_path / "cli.nii.gz"
+    code = main(
+        [
+            "contour",
+            str(example / "example_ct_dicom"),
+            "--organs",
+            "liver,spleen",
+            "--no-refine",
+            "-q",
+            "-o",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Liver" in printed and "Spleen" in printed and out.exists() and sidecar_path(out).exists()
+
+    # rtstruct needs a DICOM series; unknown organs are named; nothing is written on failure
+    bad = tmp_path / "bad.dcm"
+    assert (
+        main(["contour", str(example / "example_ct_sm.nii.gz"), "-o", str(bad), "--output-type", "rtstruct"])
+        == 2
+    )
+    assert (
+        main(["contour", str(example / "example_ct_dicom"), "--organs", "kidney_middle", "-o", str(bad)]) == 2
+    )
+    assert "kidney_middle" in capsys.readouterr().err
+    assert not bad.exists()
+
+
+def test_contour_refuses_non_ct(shared_data):
+    mr = shared_data / "totalsegmentator-example" / "example_mr_sm.nii.gz"
+    with pytest.raises(OncoSegError, match="needs a CT"):
+        contour(mr)
+
+
+@pytest.mark.slow
+def test_default_path_on_the_example_series(example, atlas):
+    """The default path (every organ, model refinement) on the real example series."""
+    result = contour(example / "example_ct_dicom", atlas=atlas)
+    reference = load_image(example / "example_seg_dicom.nii.gz").array
+    assert result.methods["Liver"] == "atlas + model" and result.refinement["Liver"].refined > 10
+    liver = dice(result.masks["Liver"], reference == 5)
+    assert liver > 0.75, liver
+    assert "refine" in result.timings
+    print(f"default path: {result.timings['total']:.1f} s, liver Dice {liver:.3f}")
+
+
+def test_warp_labels_with_identity_keeps_labels(atlas):
+    """warp of labels keeps label values (nearest neighbour) and the grid of the patient."""
+    from oncoseg.contour.registration import warp_labels
+
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    warped = warp_labels(atlas.labels, identity, atlas.image)
+    assert np.array_equal(warped, atlas.labels.array)
