@@ -9,6 +9,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/finetune.py                                   # → results/finetune.json
     .venv/bin/python benchmarks/train_speed.py                                # → results/train_speed.json
     .venv/bin/python benchmarks/service_latency.py                            # → results/service_latency.json
+    .venv/bin/python benchmarks/contour_speed.py                              # → results/contour.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -301,6 +304,53 @@ def service_section(result: dict) -> str:
     )
 
 
+def contour_section(result: dict) -> str:
+    speed = result["speed"]
+    walls = ", ".join(f"{run['wall_s']:.0f} s" for run in speed["runs"])
+    rows = [
+        [r["organ"], r["method"], f"{r['atlas_only']:.3f}", f"{r['final']:.3f}"]
+        for r in result["check_a_other_patient"]
+        if r["atlas_only"] is not None
+    ]
+    seeds = result["check_b_known_deformation"]
+    organs = list(seeds[0]["atlas_only"])
+    deformed = [
+        [organ, f"{seeds[0]['atlas_only'][organ]:.3f}",
+         f"{seeds[0]['refined'][organ]:.3f}" if seeds[0].get("refined") else "–",
+         f"{np.mean([s['atlas_only'][organ] for s in seeds]):.3f}"]
+        for organ in organs
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            "## Organs at risk: atlas + model contouring of a whole CT",
+            "",
+            (
+                f"Command: `.venv/bin/python benchmarks/contour_speed.py` (commit "
+                f"`{result['environment'].get('git_commit') or '?'}`): `oncoseg contour` defaults on {speed['series']}; "
+                f"wall clock per run {walls} (target ≤ 2 min; load average {speed['load_average_1min_at_end']:.1f} "
+                "at the end). Not clinical accuracy: the only labels are TotalSegmentator's predictions on two "
+                "patients (see [contour.md](contour.md))."
+            ),
+            "",
+            "Check (a), atlas from another patient, scored against the series' own (predicted) labels:",
+            "",
+            table(["organ", "method", "Dice atlas only", "Dice final"], rows),
+            "",
+            f"Check (b), the atlas CT bent by a known random deformation ({len(seeds)} seeds):",
+            "",
+            table(
+                [
+                    "organ",
+                    "atlas only (seed 0)",
+                    "with model refinement (seed 0)",
+                    f"atlas only (mean of {len(seeds)})",
+                ],
+                deformed,
+            ),
+        ]
+    )
+
+
 def _s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -314,7 +364,7 @@ def main() -> None:
     ]
     accuracy, speed = load("accuracy"), load("speed")
     paper_table, scale, finetune = load("paper_table"), load("scale"), load("finetune")
-    train_speed, service = load("train_speed"), load("service_latency")
+    train_speed, service, contour = load("train_speed"), load("service_latency"), load("contour")
     if paper_table:
         sections += ["", paper_table_section(paper_table)]
     if accuracy:
@@ -329,6 +379,8 @@ def main() -> None:
         sections += ["", train_speed_section(train_speed)]
     if service:
         sections += ["", service_section(service)]
+    if contour:
+        sections += ["", contour_section(contour)]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")
