@@ -610,10 +610,6 @@ def _dice_with_reference(result, mask_path: Path) -> float:
     return float(2 * (predicted & reference).sum() / max(1, predicted.sum() + reference.sum()))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 EPILOG_SERVE = """\
 examples:
   oncoseg serve                                   # http://127.0.0.1:8765/ : web page, API, /docs
@@ -719,3 +715,7 @@ def run_assistant(args: argparse.Namespace) -> int:
     from oncoseg.assistant.cli import run
 
     return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
