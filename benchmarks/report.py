@@ -172,6 +172,14 @@ def paper_table_section(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _replay(phase: dict) -> str:
+    shares = phase.get("replay") or {}
+    if not shares:
+        return ""
+    parts = " and ".join(f"{share:.0%} {name}" for name, share in shares.items())
+    return f" ({parts} train pictures replayed against forgetting)"
+
+
 def finetune_section(result: dict) -> str:
     env, record = result["environment"], result["train_record"]
     phase = result["config"]["phases"][-1]
@@ -197,7 +205,8 @@ def finetune_section(result: dict) -> str:
                 f"Command: `.venv/bin/python benchmarks/finetune.py` (commit `{env.get('git_commit') or '?'}`; config "
                 "`configs/finetune-hippocampus.yaml`: LoRA r=16/α=32/dropout 0.1 on the encoder's attention qkv/proj, "
                 f"mask decoder trained; {phase['epochs']} epochs × {phase['samples_per_epoch']} samples from the train "
-                f"split, batch {result['config']['batch_size']}, AdamW lr {result['config']['lr']:g}, bf16 autocast). "
+                f"split{_replay(phase)}, batch {result['config']['batch_size']}, AdamW lr {result['config']['lr']:g}, "
+                "bf16 autocast). "
                 f"Training took {result['train_seconds'] / 60:.1f} min wall clock on this shared 2-core CPU "
                 f"({result['samples_per_second'] or 0:.2f} samples/s, validation included); "
                 f"best validation Dice {record.get('best_val_dice') or 0:.3f}. The test volumes were never trained on."
