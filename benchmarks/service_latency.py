@@ -8,7 +8,8 @@ uploaded as a zip. Measured:
 
 * **first click**: a click on a slice whose embedding is not cached (encoder + decoder + answer), every slice
   once, over ``--rounds`` rounds (the image is closed and reopened between rounds, so the cache is cold);
-* **later clicks**: further clicks on a slice whose embedding is cached (decoder only);
+* **later clicks**: further clicks on that slice, sent with the earlier ones as the web page does (refining the
+  result; embedding cached, so decoder only);
 * **first click after viewing** (the web page's flow): the slice PNG is fetched, which lets the idle model
   prefetch that slice's embedding, and the click follows ``--think`` seconds later;
 * **load**: ``--clients`` concurrent clients, each with its own open copy of the series (opened first, not timed), clicking for
@@ -133,11 +134,21 @@ def open_image(client: httpx.Client, data: bytes, statuses: dict | None = None) 
         time.sleep(float(answer.headers.get("retry-after", "1")))
 
 
-def click(client: httpx.Client, image_id: str, z: int, x: int, y: int) -> tuple[int, float, dict]:
+def click(
+    client: httpx.Client,
+    image_id: str,
+    z: int,
+    x: int,
+    y: int,
+    earlier: list | None = None,
+    positive: bool = True,
+) -> tuple[int, float, dict]:
+    """POST one click; ``earlier`` clicks on the slice are sent along, as the web page does (a refinement)."""
+    points = [*(earlier or []), {"x": x, "y": y, "positive": positive}]
     start = time.perf_counter()
-    answer = client.post(
-        f"/api/images/{image_id}/segment", json={"z": z, "points": [{"x": x, "y": y}], "overlay": True}
-    )
+    answer = client.post(f"/api/images/{image_id}/segment", json={"z": z, "points": points, "overlay": True})
+    if earlier is not None:
+        earlier.append(points[-1])
     elapsed = 1000 * (time.perf_counter() - start)
     return answer.status_code, elapsed, answer.json() if answer.status_code == 200 else {}
 
@@ -148,14 +159,16 @@ def measure_clicks(url: str, data: bytes, rounds: int, later: int, rng: random.R
         for _ in range(rounds):
             image = open_image(client, data)
             for z in range(image["num_slices"]):
-                status, ms, answer = click(client, image["image_id"], z, 256, 256)
+                clicks: list = []
+                status, ms, answer = click(client, image["image_id"], z, 256, 256, clicks)
                 assert status == 200, status
                 first.append(ms)
                 first_compute.append(answer["compute_ms"])
                 cached_flags.append(answer["embedding_cached"])
-                for _ in range(later):
+                for _ in range(later):  # refining clicks near the first, 1 in 3 excluding
+                    x, y = 256 + rng.randint(-40, 40), 256 + rng.randint(-40, 40)
                     status, ms, answer = click(
-                        client, image["image_id"], z, rng.randint(150, 360), rng.randint(150, 360)
+                        client, image["image_id"], z, x, y, clicks, positive=rng.random() > 1 / 3
                     )
                     assert status == 200 and answer["embedding_cached"], status
                     repeat.append(ms)

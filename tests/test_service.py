@@ -114,6 +114,12 @@ def test_click_segments_the_liver_and_the_second_click_reuses_the_embedding(api,
         url, json={"z": Z, "points": [{"x": 156, "y": 303}, {"x": 240, "y": 330, "positive": False}]}
     )
     assert second.json()["embedding_cached"] and not answer["embedding_cached"]
+    # the second call repeats the first click and adds one: it refines the result (one decode from its box)
+    assert second.json()["refined"] and not answer["refined"]
+    refined = rle_decode(second.json()["mask"])
+    assert 2 * (refined & liver[Z]).sum() / (refined.sum() + liver[Z].sum()) > 0.7
+    third = api.post(url, json={"z": Z, "points": [{"x": 240, "y": 330}]}).json()
+    assert not third["refined"]  # a click on its own starts afresh
     box = api.post(url, json={"z": Z, "box": [107, 196, 269, 374]}).json()
     box_mask = rle_decode(box["mask"])
     assert 2 * (box_mask & liver[Z]).sum() / (box_mask.sum() + liver[Z].sum()) > 0.85

@@ -45,6 +45,7 @@ class Session:
     series_uid: str | None = None
     result: np.ndarray | None = None  # bool mask with the image's spatial shape
     result_info: dict[str, Any] = field(default_factory=dict)
+    last_clicks: tuple = ()  # the clicks (no box) behind a slice result, to recognise a refining click
     last_used: float = field(default_factory=time.monotonic)
     last_viewed: int | None = None  # the slice last shown to the user (for embedding prefetch)
     size: int = 0  # bytes at the last `SessionStore.enforce` (readable from any thread)

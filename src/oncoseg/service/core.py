@@ -281,8 +281,11 @@ class Engine:
         """Model thread: one slice from a prompt; becomes the session's result."""
         start = time.perf_counter()
         cached = session.predictor.is_cached(z)
-        prediction = session.predictor.predict(prompt.on_slice(z), z=z)
+        clicks = prompt.points if prompt.box is None else ()
+        asked = refining_prompt(session, prompt, z) or prompt
+        prediction = session.predictor.predict(asked.on_slice(z), z=z)
         mask = prediction.masks[0]
+        session.last_clicks = clicks
         if session.image.is_3d:
             result = np.zeros(session.image.shape, dtype=bool)
             result[z] = mask
@@ -296,6 +299,7 @@ class Engine:
             "z": z,
             "score": round(float(prediction.scores[0]), 4),
             "embedding_cached": cached,
+            "refined": asked is not prompt,
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay),
             "measurements": self._measure(mask, session.image, slice_only=True),
@@ -407,6 +411,33 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+def refining_prompt(session: Session, prompt: Prompt, z: int | None) -> Prompt | None:
+    """A click added to the clicks behind the current result on this slice refines that result: the model gets
+    the result's box (grown to take in the positive clicks, plus a margin) with all the clicks, one decode,
+    instead of searching candidate boxes around the clicks anew. None when the prompt is not such a refinement."""
+    previous, info = session.last_clicks, session.result_info
+    if prompt.box is not None or not previous or info.get("kind") != "slice" or info.get("z") != z:
+        return None
+    if len(prompt.points) <= len(previous) or tuple(prompt.points[: len(previous)]) != tuple(previous):
+        return None
+    current = session.result[z] if session.image.is_3d else session.result
+    if current is None or not current.any():
+        return None
+    ys, xs = np.nonzero(current)
+    positive = [p for p in prompt.points if p.positive]
+    x0 = min([xs.min(), *[p.x for p in positive]])
+    x1 = max([xs.max(), *[p.x for p in positive]])
+    y0 = min([ys.min(), *[p.y for p in positive]])
+    y1 = max([ys.max(), *[p.y for p in positive]])
+    margin_x, margin_y = max(4.0, 0.1 * (x1 - x0)), max(4.0, 0.1 * (y1 - y0))
+    height, width = current.shape
+    box = Box(
+        max(0.0, x0 - margin_x), max(0.0, y0 - margin_y),
+        min(width - 1.0, x1 + margin_x), min(height - 1.0, y1 + margin_y), z=z,
+    )  # fmt: skip
+    return Prompt(box=box, points=prompt.points)
+
+
 def default_window(image: MedicalImage) -> str:
     return "soft-tissue" if image.modality == "ct" and image.channels == 1 else "auto"
 
