@@ -7,14 +7,13 @@ with OncoSegServer(tmp_path, "--pacs", orthanc.url, token="...") as server:
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-from orthanc import free_port
+from orthanc import free_port, stop_process
 
 ONCOSEG = Path(sys.executable).parent / "oncoseg"
 
@@ -73,13 +72,7 @@ class OncoSegServer:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=15)
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None

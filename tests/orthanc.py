@@ -64,6 +64,26 @@ def dicomweb_plugin() -> Path:
     return min(libraries, key=lambda p: "/plugins/" not in str(p))
 
 
+def stop_process(process: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """SIGTERM by PID, then SIGKILL if it has not ended after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def upload_example_ct(orthanc: OrthancServer, dest: str | os.PathLike) -> str:
+    """Store a fresh copy of the example CT series (see `uploadable_series`) in ``orthanc``; its series UID."""
+    folder, _study_uid, series_uid = uploadable_series(dest=dest)
+    for path in sorted(folder.iterdir()):
+        httpx.post(f"{orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
+    return series_uid
+
+
 def uploadable_series(
     source: str | os.PathLike = EXAMPLE_CT_DICOM,
     dest: str | os.PathLike | None = None,
@@ -182,13 +202,7 @@ class OrthancServer:
 
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL after 10 s; removes the temporary folder if we made it."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process(self.process, grace=10)
         if getattr(self, "_log", None) is not None:
             self._log.close()
             self._log = None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from oncoseg_server import OncoSegServer
-from orthanc import OrthancServer, uploadable_series
+from orthanc import OrthancServer, upload_example_ct
 
 from oncoseg.io import load_image
 from oncoseg.prompts import points_from_mask
@@ -30,12 +30,7 @@ except ImportError as error:  # a clear failure, never a silent skip
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory, shared_data):
     with OrthancServer(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        folder, _study_uid, series_uid = uploadable_series(
-            shared_data / "totalsegmentator-example/example_ct_dicom", tmp_path_factory.mktemp("ct")
-        )
-        for path in sorted(folder.iterdir()):
-            httpx.post(f"{orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
-        orthanc.series_uid = series_uid
+        orthanc.series_uid = upload_example_ct(orthanc, tmp_path_factory.mktemp("ct"))
         yield orthanc
 
 

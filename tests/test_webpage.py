@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from oncoseg_server import OncoSegServer
-from orthanc import OrthancServer, uploadable_series
+from orthanc import OrthancServer, upload_example_ct
 
 from oncoseg.service.core import rle_decode
 
@@ -27,12 +27,7 @@ LIVER_BOX = (107, 196, 269, 374)
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory, shared_data):
     with OrthancServer(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        folder, _, series_uid = uploadable_series(
-            shared_data / "totalsegmentator-example/example_ct_dicom", tmp_path_factory.mktemp("ct")
-        )
-        for path in sorted(folder.iterdir()):
-            httpx.post(f"{orthanc.url}/instances", content=path.read_bytes()).raise_for_status()
-        orthanc.series_uid = series_uid
+        orthanc.series_uid = upload_example_ct(orthanc, tmp_path_factory.mktemp("ct"))
         yield orthanc
 
 

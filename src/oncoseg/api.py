@@ -73,6 +73,16 @@ class SegmentationResult:
             objects.append(entry)
         return {"image": self.image.describe(), "objects": objects}
 
+    def write(self, output=None, overlay=None, json_path=None) -> SegmentationResult:
+        """Write whichever of mask, overlay and JSON report were asked for; returns the result itself."""
+        if output is not None:
+            self.save(output)
+        if overlay is not None:
+            self.save_overlay(overlay)
+        if json_path is not None:
+            self.save_json(json_path)
+        return self
+
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
         with atomic_write_path(path) as temporary:
@@ -170,13 +180,7 @@ def segment(
         measurements.append(measure(mask, image.spacing))
 
     result = SegmentationResult(image, labels, prompts, scores, measurements, slices, predictor)
-    if output is not None:
-        result.save(output)
-    if overlay is not None:
-        result.save_overlay(overlay)
-    if json_path is not None:
-        result.save_json(json_path)
-    return result
+    return result.write(output, overlay, json_path)
 
 
 def _make_predictor(backend: str, weights: str | Path | None, threshold: float | None) -> Predictor:
@@ -248,13 +252,7 @@ def _segment_concept(
     result = SegmentationResult(
         image, labels, [prompt] * len(scores), scores, measurements, slices, predictor
     )
-    if output is not None:
-        result.save(output)
-    if overlay is not None:
-        result.save_overlay(overlay)
-    if json_path is not None:
-        result.save_json(json_path)
-    return result
+    return result.write(output, overlay, json_path)
 
 
 def _extent(mask: np.ndarray) -> tuple[int, int]:
