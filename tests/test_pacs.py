@@ -69,6 +69,9 @@ def test_qido_search_by_uid(stored):
 
 def test_change_feed_reports_new_series_once(orthanc, stored, tmp_path):
     client = stored[0]
+    deadline = time.monotonic() + 15  # the fixture's own series turns stable StableAge after its upload:
+    while stored[3] not in [s.series_uid for s in client.new_series(0)[0]] and time.monotonic() < deadline:
+        time.sleep(0.3)  # wait for that, so its StableSeries event cannot land after `start`
     start = client.last_change()
     assert client.new_series(start, change_type="NewSeries") == ([], start)
     folder, _, series_uid = uploadable_series(dest=tmp_path)
