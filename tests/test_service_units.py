@@ -172,3 +172,26 @@ def test_uids_are_hidden_in_log_text():
     text = "GET /infer/x?image=1.2.826.0.1.3680043.8.498.1234 from 127.0.0.1"
     hidden = hide_uids(text)
     assert "1.2.826.0.1.3680043.8.498.1234" not in hidden and "127.0.0.1" in hidden and "<uid:" in hidden
+
+
+def test_a_click_after_an_emptying_exclude_click_still_refines_the_region():
+    from oncoseg.prompts import Point, Prompt
+    from oncoseg.service.core import bounding_box, refining_prompt
+
+    image = MedicalImage.from_array(np.zeros((3, 64, 64), np.float32))
+    session = Session("s", image, Predictor(TinyBackend()))
+    first, exclude, again = Point(30, 30, z=1), Point(31, 31, positive=False, z=1), Point(33, 29, z=1)
+    result = np.zeros(image.shape, bool)
+    result[1, 20:40, 25:45] = True
+    session.result, session.result_info = result, {"kind": "slice", "z": 1}
+    session.last_clicks, session.last_region = (first,), (1, *bounding_box(result[1]))
+    assert session.last_region == (1, 25.0, 20.0, 44.0, 39.0)
+    session.result = np.zeros(image.shape, bool)  # the exclude click emptied the result
+    session.last_clicks = (first, exclude)
+    refined = refining_prompt(session, Prompt(points=(first, exclude, again)), 1)
+    assert refined is not None and refined.points == (first, exclude, again)
+    box = refined.box
+    assert box.x0 < 25 and box.y0 < 20 and box.x1 > 44 and box.y1 > 39 and box.z == 1
+    assert refining_prompt(session, Prompt(points=(again,)), 1) is None  # not a continuation
+    session.last_region = (2, 25.0, 20.0, 44.0, 39.0)  # a region on another slice does not count
+    assert refining_prompt(session, Prompt(points=(first, exclude, again)), 1) is None

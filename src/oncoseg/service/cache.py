@@ -46,6 +46,7 @@ class Session:
     result: np.ndarray | None = None  # bool mask with the image's spatial shape
     result_info: dict[str, Any] = field(default_factory=dict)
     last_clicks: tuple = ()  # the clicks (no box) behind a slice result, to recognise a refining click
+    last_region: tuple | None = None  # (z, x0, y0, x1, y1) of the last non-empty result of those clicks
     last_used: float = field(default_factory=time.monotonic)
     last_viewed: int | None = None  # the slice last shown to the user (for embedding prefetch)
     size: int = 0  # bytes at the last `SessionStore.enforce` (readable from any thread)

@@ -286,6 +286,10 @@ class Engine:
         prediction = session.predictor.predict(asked.on_slice(z), z=z)
         mask = prediction.masks[0]
         session.last_clicks = clicks
+        if asked is prompt:  # a fresh start: forget the region of earlier clicks
+            session.last_region = None
+        if mask.any():
+            session.last_region = (z, *bounding_box(mask))
         if session.image.is_3d:
             result = np.zeros(session.image.shape, dtype=bool)
             result[z] = mask
@@ -414,21 +418,23 @@ class Engine:
 def refining_prompt(session: Session, prompt: Prompt, z: int | None) -> Prompt | None:
     """A click added to the clicks behind the current result on this slice refines that result: the model gets
     the result's box (grown to take in the positive clicks, plus a margin) with all the clicks, one decode,
-    instead of searching candidate boxes around the clicks anew. None when the prompt is not such a refinement."""
+    instead of searching candidate boxes around the clicks anew. When an exclude click emptied the result, the
+    region of the last non-empty result stands in for it. None when the prompt is not such a refinement."""
     previous, info = session.last_clicks, session.result_info
     if prompt.box is not None or not previous or info.get("kind") != "slice" or info.get("z") != z:
         return None
     if len(prompt.points) <= len(previous) or tuple(prompt.points[: len(previous)]) != tuple(previous):
         return None
     current = session.result[z] if session.image.is_3d else session.result
-    if current is None or not current.any():
+    if current is not None and current.any():
+        x0, y0, x1, y1 = bounding_box(current)
+    elif session.last_region is not None and session.last_region[0] == z:
+        x0, y0, x1, y1 = session.last_region[1:]
+    else:
         return None
-    ys, xs = np.nonzero(current)
     positive = [p for p in prompt.points if p.positive]
-    x0 = min([xs.min(), *[p.x for p in positive]])
-    x1 = max([xs.max(), *[p.x for p in positive]])
-    y0 = min([ys.min(), *[p.y for p in positive]])
-    y1 = max([ys.max(), *[p.y for p in positive]])
+    x0, x1 = min([x0, *[p.x for p in positive]]), max([x1, *[p.x for p in positive]])
+    y0, y1 = min([y0, *[p.y for p in positive]]), max([y1, *[p.y for p in positive]])
     margin_x, margin_y = max(4.0, 0.1 * (x1 - x0)), max(4.0, 0.1 * (y1 - y0))
     height, width = current.shape
     box = Box(
@@ -436,6 +442,12 @@ def refining_prompt(session: Session, prompt: Prompt, z: int | None) -> Prompt |
         min(width - 1.0, x1 + margin_x), min(height - 1.0, y1 + margin_y), z=z,
     )  # fmt: skip
     return Prompt(box=box, points=prompt.points)
+
+
+def bounding_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` pixel extent of a non-empty 2D mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])
 
 
 def default_window(image: MedicalImage) -> str:
