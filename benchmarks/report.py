@@ -283,6 +283,14 @@ def service_section(result: dict) -> str:
         row("later click on the same slice", result["later_click_ms"], f"p95 ≤ {targets['later_click_p95_ms']} ms",
             meets["later_click"]),
         row("first click 1 s after the slice was shown (prefetched)", result["viewed_first_click_ms"], "", None),
+    ]  # fmt: skip
+    if "reference_encoder_ms" in result:
+        rows += [
+            row("reference, in-process: the encoder alone on one slice", result["reference_encoder_ms"], "", None),
+            row("reference, in-process: a first click's decoding alone", result["reference_click_decode_ms"], "",
+                None),
+        ]  # fmt: skip
+    rows += [
         row(f"/health during {load['clients']} clients × {load['seconds']:.0f} s", load["health_ms"], "answered",
             load["health_failures"] == 0),
     ]  # fmt: skip

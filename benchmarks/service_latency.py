@@ -12,6 +12,8 @@ uploaded as a zip. Measured:
   result; embedding cached, so decoder only);
 * **first click after viewing** (the web page's flow): the slice PNG is fetched, which lets the idle model
   prefetch that slice's embedding, and the click follows ``--think`` seconds later;
+* **reference**: in this process, without HTTP or the service, the encoder alone on every slice and a first
+  click's decoding alone (six candidate boxes) on the cached embedding: what the first click cannot go below;
 * **load**: ``--clients`` concurrent clients, each with its own open copy of the series (opened first, not timed), clicking for
   ``--seconds`` without pause: ``--clicks-per-slice`` clicks (random points) on a random slice, then the next
   slice (so first clicks and cached clicks mix), while a probe polls ``/health`` every 0.25 s and the server's
@@ -321,6 +323,30 @@ def load_test(
     }
 
 
+def reference_times(repeats: int) -> dict:
+    """The same work in this process without HTTP or the service (the reference for the ratios): the encoder on
+    each slice, and a first click's decoding (six candidate boxes) on a cached embedding."""
+    from oncoseg.io import load_image
+    from oncoseg.predictor import Predictor
+    from oncoseg.prompts import Point, Prompt
+
+    image = load_image(SERIES)
+    predictor = Predictor(cache_slices=image.num_slices)
+    predictor.set_image(image)
+    predictor.embedding(0)  # warm-up
+    encode, decode = [], []
+    for _ in range(repeats):
+        predictor.set_image(image)  # drops the cached embeddings
+        for z in range(image.num_slices):
+            start = time.perf_counter()
+            predictor.embedding(z)
+            encode.append(1000 * (time.perf_counter() - start))
+            start = time.perf_counter()
+            predictor.predict(Prompt(points=(Point(256, 256, z=z),)), z=z)
+            decode.append(1000 * (time.perf_counter() - start))
+    return {"reference_encoder_ms": percentiles(encode), "reference_click_decode_ms": percentiles(decode)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -359,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
             load = load_test(server, data, clients, seconds, args.budget_mb, args.seed, args.clicks_per_slice)
         finally:
             server.stop()
+    reference = reference_times(1 if quick else 2)
 
     result = {
         "command": " ".join(["benchmarks/service_latency.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -370,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         "image": "example CT DICOM series, 20 x 512 x 512, uploaded as a zip",
         "startup_s": round(startup_s, 1),
         **clicks,
+        **reference,
         "load": load,
         "targets": {"first_click_p95_ms": 500, "later_click_p95_ms": 60},
     }
@@ -387,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("first click on a new 512×512 slice", first, "p95 ≤ 500 ms"),
         ("  of which server compute", clicks["first_click_server_compute_ms"], "-"),
+        ("  reference: the encoder alone, in-process", reference["reference_encoder_ms"], "-"),
+        ("  reference: a first click's decoding alone", reference["reference_click_decode_ms"], "-"),
         ("later click on the same slice", later_ms, "p95 ≤ 60 ms"),
         ("  of which server compute", clicks["later_click_server_compute_ms"], "-"),
         (
