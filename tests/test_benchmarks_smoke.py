@@ -135,3 +135,15 @@ def test_paper_table_script_on_two_small_datasets(shared_data, tmp_path):
     for entry in result["datasets"]:
         assert (tmp_path / entry["folder"] / "report.html").exists()
         assert (tmp_path / entry["folder"] / "cases.csv").exists()
+
+
+def test_clicks_script_on_two_images_per_dataset(shared_data, tmp_path):
+    output = tmp_path / "clicks.json"
+    run_script("clicks.py", "--limit", "2", "--output", output)
+    result = json.loads(output.read_text(encoding="utf-8"))
+    assert set(result["results"]) == {"kvasir-seg", "busi"}
+    for dataset in result["results"].values():
+        assert dataset["targets"] == 2
+        assert set(dataset["mean_dice"]) == {"box", "3 clicks", *result["candidate_sets"]}
+        assert all(0 <= d <= 1 for d in dataset["mean_dice"].values())
+        assert dataset["mean_dice"]["box"] > 0.5  # a real model on real images, not a stub

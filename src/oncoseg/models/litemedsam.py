@@ -139,6 +139,9 @@ class LiteMedSAMBackend(Backend):
     # ground-truth boxes: the endoscopy 5-95 percentile stretch costs 0.013 Dice on Kvasir-SEG test (0.889 vs
     # 0.902), the ultrasound 2-98 stretch 0.007 on 100 BUSI lesions (0.902 vs 0.909).
     native_intensity_modalities = frozenset({"endoscopy", "dermoscopy", "ultrasound"})
+    # box sizes (fraction of the image's longer side, each way from the clicks) tried for a click-only prompt;
+    # fewer cost Dice (benchmarks/clicks.py)
+    click_box_fractions: tuple[float, ...] = CLICK_BOX_FRACTIONS
     # text prompts: a small concept head on the frozen image embedding (oncoseg.concepts) finds each instance's
     # box, and the mask decoder draws it
     supports_text = True
@@ -250,7 +253,7 @@ class LiteMedSAMBackend(Backend):
         cx = float(np.mean([p.x for p in positive]))
         cy = float(np.mean([p.y for p in positive]))
         candidates = []
-        for fraction in CLICK_BOX_FRACTIONS:
+        for fraction in self.click_box_fractions:
             r = fraction * max(h, w)
             box = Box(max(0.0, cx - r), max(0.0, cy - r), min(w - 1.0, cx + r), min(h - 1.0, cy + r))
             candidates.append(Prompt(box=box, points=prompt.points))
@@ -316,16 +319,23 @@ class LiteMedSAMBackend(Backend):
             masks=(full[:, 0] > 0).cpu().numpy(), scores=scores, logits=logits[:, 0].cpu().numpy()
         )
 
-
     def detect(
-        self, embedding: ImageEmbedding, text: str | None, exemplars: Sequence = (), threshold: float | None = None
+        self,
+        embedding: ImageEmbedding,
+        text: str | None,
+        exemplars: Sequence = (),
+        threshold: float | None = None,
     ) -> MaskPrediction:
         """Every instance of the concept named by ``text`` (see `oncoseg.concepts`), best first; scores are
         presence probability × the instance's mean coarse-mask probability."""
         if exemplars:
-            raise ModelError("the litemedsam backend takes text prompts without exemplar boxes (use --backend sam3)")
+            raise ModelError(
+                "the litemedsam backend takes text prompts without exemplar boxes (use --backend sam3)"
+            )
         if not text:
-            raise ModelError("the litemedsam backend needs a text prompt naming a concept (see: oncoseg concepts)")
+            raise ModelError(
+                "the litemedsam backend needs a text prompt naming a concept (see: oncoseg concepts)"
+            )
         from oncoseg.concepts.detect import detect
 
         return detect(self, embedding, text, threshold)
