@@ -1,0 +1,489 @@
+"""The Onco-Seg dock widget: buttons, fields, a progress bar and keyboard shortcuts over `Controller`.
+
+Model work (loading, encoding, propagation, export) runs in a worker thread (`napari.qt.threading`); the viewer
+stays responsive, a progress bar follows the job and Cancel stops it at the next slice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import napari
+from napari.qt.threading import create_worker
+from qtpy.QtCore import QTimer
+from qtpy.QtGui import QFont
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QRadioButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from oncoseg.errors import OncoSegError
+from oncoseg.napari_plugin import avoid_triton_crash
+from oncoseg.napari_plugin.controller import (
+    BOXES,
+    CURRENT,
+    EXPORT_KINDS,
+    OBJECTS,
+    POINTS,
+    SHORTCUTS,
+    Controller,
+    Job,
+    JobCancelled,
+    modality_choices,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_TIP = (
+    "LiteMedSAM: a fine-tuned checkpoint (LoRA adapter, state dict or a name from `oncoseg train`); "
+    "SAM3: the weights folder (default $ONCOSEG_SAM3_WEIGHTS)"
+)
+
+EXPORT_FILTERS = {
+    "nifti": "Label map (*.nii.gz *.nii *.nrrd *.mha)",
+    "dicom_seg": "DICOM SEG (*.dcm)",
+    "rtstruct": "DICOM RTSTRUCT (*.dcm)",
+}
+
+
+class OncoSegWidget(QWidget):
+    """Dock widget: model, modality and window, prompts, actions, measurements, export."""
+
+    def __init__(
+        self, viewer: napari.viewer.Viewer, backend: str = "litemedsam", checkpoint: str | None = None
+    ):
+        super().__init__()
+        avoid_triton_crash()  # before anything imports torchvision/MONAI into a process with an OpenGL canvas
+        self.viewer = viewer
+        self.controller = Controller(viewer, backend=backend, checkpoint=checkpoint)
+        self.job: Job | None = None
+        self._worker = None
+        self._started = 0.0
+        self.last_error: str | None = None
+        self._build()
+        self._timer = QTimer(self)
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self._show_progress)
+        self._measure_timer = QTimer(self)
+        self._measure_timer.setSingleShot(True)
+        self._measure_timer.setInterval(250)
+        self._measure_timer.timeout.connect(self.update_measurements)
+        viewer.layers.events.inserted.connect(self._on_layers_changed)
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+        self._bind_keys()
+        self._on_layers_changed()
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        from oncoseg.models import available_backends
+
+        layout = QVBoxLayout(self)
+
+        setup = QGroupBox("Image and model")
+        form = QFormLayout(setup)
+        self.image_combo = QComboBox()
+        self.image_combo.currentIndexChanged.connect(self._on_image_chosen)
+        form.addRow("image", self.image_combo)
+        self.backend_combo = QComboBox()
+        self.backend_combo.addItems(available_backends())
+        self.backend_combo.setCurrentText(self.controller.backend)
+        self.backend_combo.currentTextChanged.connect(self._on_model_changed)
+        form.addRow("backend", self.backend_combo)
+        row = QHBoxLayout()
+        self.checkpoint_edit = QLineEdit(self.controller.checkpoint or "")
+        self.checkpoint_edit.setPlaceholderText("bundled weights")
+        self.checkpoint_edit.setToolTip(CHECKPOINT_TIP)
+        self.checkpoint_edit.editingFinished.connect(self._on_model_changed)
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_checkpoint)
+        row.addWidget(self.checkpoint_edit)
+        row.addWidget(browse)
+        form.addRow("checkpoint", row)
+        self.modality_combo = QComboBox()
+        self.modality_combo.addItems(modality_choices())
+        self.modality_combo.currentTextChanged.connect(self._on_modality_changed)
+        form.addRow("modality", self.modality_combo)
+        self.window_combo = QComboBox()
+        self.window_combo.activated.connect(lambda _i: self._safely(self._apply_window))
+        form.addRow("window", self.window_combo)
+        layout.addWidget(setup)
+
+        prompts = QGroupBox("Prompts")
+        box = QVBoxLayout(prompts)
+        row = QHBoxLayout()
+        self.click_button = QPushButton("Click")
+        self.click_button.setToolTip(f"add clicks on the '{POINTS}' layer (right click: exclude)")
+        self.click_button.clicked.connect(lambda: self._safely(self.activate_points))
+        self.box_button = QPushButton("Draw box")
+        self.box_button.setToolTip(f"draw rectangles on the '{BOXES}' layer")
+        self.box_button.clicked.connect(lambda: self._safely(self.activate_boxes))
+        self.include_radio, self.exclude_radio = QRadioButton("include"), QRadioButton("exclude")
+        self.include_radio.setChecked(True)
+        group = QButtonGroup(self)
+        group.addButton(self.include_radio)
+        group.addButton(self.exclude_radio)
+        self.include_radio.toggled.connect(lambda on: self._safely(self.controller.set_polarity, on))
+        for w in (self.click_button, self.box_button, self.include_radio, self.exclude_radio):
+            row.addWidget(w)
+        box.addLayout(row)
+        row = QHBoxLayout()
+        self.text_edit = QLineEdit()
+        self.text_edit.setPlaceholderText("text prompt, e.g. liver")
+        self.text_edit.returnPressed.connect(self.find_text)
+        self.text_button = QPushButton("Find")
+        self.text_button.clicked.connect(self.find_text)
+        row.addWidget(self.text_edit)
+        row.addWidget(self.text_button)
+        box.addLayout(row)
+        layout.addWidget(prompts)
+
+        actions = QGroupBox("Segment")
+        grid = QVBoxLayout(actions)
+        self.segment_button = QPushButton("Segment slice  [Shift-S]")
+        self.segment_button.clicked.connect(self.segment_slice)
+        self.propagate_button = QPushButton("Propagate 3D  [Shift-D]")
+        self.propagate_button.clicked.connect(self.propagate)
+        self.boxes_button = QPushButton("Segment all boxes  [Shift-B]")
+        self.boxes_button.clicked.connect(self.segment_all_boxes)
+        row = QHBoxLayout()
+        self.name_edit = QLineEdit()
+        self.name_edit.setPlaceholderText("name, e.g. GTV (optional)")
+        self.commit_button = QPushButton("Commit  [Shift-C]")
+        self.commit_button.clicked.connect(self.commit)
+        row.addWidget(self.name_edit)
+        row.addWidget(self.commit_button)
+        options = QHBoxLayout()
+        self.slices_spin = QSpinBox()
+        self.slices_spin.setRange(0, 2000)
+        self.slices_spin.setSpecialValueText("all")
+        self.slices_spin.setToolTip(
+            "propagation: slices walked each way from the prompt (all: until it ends)"
+        )
+        self.slices_spin.valueChanged.connect(self._on_slices_changed)
+        self.boxes_3d = QCheckBox("boxes in 3D")
+        self.boxes_3d.toggled.connect(lambda on: setattr(self.controller, "boxes_in_3d", on))
+        options.addWidget(QLabel("slices each way"))
+        options.addWidget(self.slices_spin)
+        options.addWidget(self.boxes_3d)
+        for w in (self.segment_button, self.propagate_button, self.boxes_button):
+            grid.addWidget(w)
+        grid.addLayout(row)
+        grid.addLayout(options)
+        row = QHBoxLayout()
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.progress)
+        row.addWidget(self.cancel_button)
+        grid.addLayout(row)
+        self.status = QLabel("open an image to start")
+        self.status.setWordWrap(True)
+        grid.addWidget(self.status)
+        layout.addWidget(actions)
+
+        readout = QGroupBox("Measurements")
+        box = QVBoxLayout(readout)
+        self.measurements = QLabel("no objects yet")
+        font = QFont("Monospace")
+        font.setStyleHint(QFont.TypeWriter)
+        self.measurements.setFont(font)
+        self.measurements.setWordWrap(False)
+        box.addWidget(self.measurements)
+        layout.addWidget(readout)
+
+        export = QGroupBox("Export committed objects")
+        row = QHBoxLayout(export)
+        self.export_combo = QComboBox()
+        for kind, title in EXPORT_KINDS.items():
+            self.export_combo.addItem(title, kind)
+        self.export_button = QPushButton("Export…")
+        self.export_button.clicked.connect(self._export_dialog)
+        row.addWidget(self.export_combo)
+        row.addWidget(self.export_button)
+        layout.addWidget(export)
+
+        keys = [f"{key:<8}{help_text}" for key, (_name, help_text) in SHORTCUTS.items()]
+        keys.append(f"{'right':<8}exclude click")
+        half = (len(keys) + 1) // 2
+        shortcuts = QLabel("\n".join(f"{a:<27}{b}" for a, b in zip(keys[:half], keys[half:] + [""])))
+        shortcuts.setFont(font)
+        layout.addWidget(shortcuts)
+        self.setMaximumWidth(520)
+        layout.addStretch(1)
+        self._action_buttons = (
+            self.segment_button, self.propagate_button, self.boxes_button, self.text_button, self.export_button,
+            self.commit_button,
+        )  # fmt: skip
+
+    def _bind_keys(self) -> None:
+        for key, (name, _help) in SHORTCUTS.items():
+            self.viewer.bind_key(key, self._key_handler(name), overwrite=True)
+
+    def _key_handler(self, name: str):
+        def handler(_viewer):
+            getattr(self, name)()
+
+        return handler
+
+    # -- image, model, display ---------------------------------------------------------------------------------
+    def _on_layers_changed(self, event=None) -> None:
+        layers = self.controller.image_layers()
+        current = self.image_combo.currentText()
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems([layer.name for layer in layers])
+        added = getattr(event, "value", None) if event is not None else None
+        if added in layers:  # a newly opened image becomes the one to segment
+            self.image_combo.setCurrentText(added.name)
+        elif current in [layer.name for layer in layers]:
+            self.image_combo.setCurrentText(current)
+        elif layers:
+            self.image_combo.setCurrentIndex(len(layers) - 1)
+        self.image_combo.blockSignals(False)
+        if layers and (event is None or added in layers or current != self.image_combo.currentText()):
+            self._on_image_chosen()
+        self._watch_own_layers()
+
+    def _on_image_chosen(self, _index=None) -> None:
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            return
+
+        def choose():
+            self.controller.set_image_layer(self.viewer.layers[name])
+            self._attach_points_callback()
+            image = self.controller.image()
+            source = image.metadata.get("modality_source", "guessed")
+            self.modality_combo.setItemText(0, f"auto ({image.modality}, {source})")
+            self._fill_windows()
+            shape = " x ".join(map(str, image.shape))
+            spacing = " x ".join(f"{s:g}" for s in image.spacing_zyx)
+            self._say(f"{name}: {shape} voxels of {spacing} mm; draw a box or click, then Shift-S")
+
+        self._safely(choose)
+
+    def _fill_windows(self) -> None:
+        self.window_combo.clear()
+        if getattr(self.controller.image_layer, "rgb", False):
+            return
+        self.window_combo.addItems(list(self.controller.window_presets()))
+        if "soft_tissue" in self.controller.window_presets():
+            self.window_combo.setCurrentText("soft_tissue")
+
+    def _apply_window(self) -> None:
+        name = self.window_combo.currentText()
+        if name:
+            low, high = self.controller.apply_window(name)
+            self._say(f"window {name}: {low:g} to {high:g}")
+
+    def _on_model_changed(self, *_args) -> None:
+        self.controller.set_model(
+            self.backend_combo.currentText(), self.checkpoint_edit.text().strip() or None
+        )
+
+    def _browse_checkpoint(self) -> None:
+        if self.backend_combo.currentText() == "sam3":
+            path = QFileDialog.getExistingDirectory(self, "SAM3 weights folder")
+        else:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Fine-tuned checkpoint", "", "Checkpoints (*.pt *.pth *.safetensors);;All (*)"
+            )
+        if path:
+            self.checkpoint_edit.setText(path)
+            self._on_model_changed()
+
+    def _on_modality_changed(self, text: str) -> None:
+        def change():
+            self.controller.set_modality(None if text.startswith("auto") else text)
+            self._fill_windows()
+            self._say(f"model normalisation: {self.controller.modality}")
+
+        if self.controller.image_layers():
+            self._safely(change)
+
+    def _on_slices_changed(self, value: int) -> None:
+        self.controller.max_slices = value or None
+
+    # -- prompts -----------------------------------------------------------------------------------------------
+    def activate_points(self) -> None:
+        self.controller.ensure_layers()
+        layer = self.viewer.layers[POINTS]
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add"
+
+    def activate_boxes(self) -> None:
+        self.controller.ensure_layers()
+        layer = self.viewer.layers[BOXES]
+        self.viewer.layers.selection.active = layer
+        layer.mode = "add_rectangle"
+
+    def toggle_polarity(self) -> None:
+        self._safely(self.controller.toggle_polarity)
+        radio = self.include_radio if self.controller.positive else self.exclude_radio
+        radio.blockSignals(True)
+        radio.setChecked(True)
+        radio.blockSignals(False)
+        self._say(f"new clicks {'include' if self.controller.positive else 'exclude'}")
+
+    def clear_prompts(self) -> None:
+        self._safely(lambda: self._say(self.controller.clear_prompts()))
+
+    def _attach_points_callback(self) -> None:
+        layer = self.viewer.layers[POINTS]
+        if self._click_polarity not in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.append(self._click_polarity)
+
+    def _click_polarity(self, layer, event) -> None:
+        """On a mouse press in click mode: a right click adds an exclude point, a left click follows the
+        include/exclude switch (napari's own handler adds the point on release, with these defaults)."""
+        if layer.mode == "add":
+            layer.feature_defaults = {"positive": event.button != 2 and self.controller.positive}
+
+    # -- actions -----------------------------------------------------------------------------------------------
+    def segment_slice(self) -> None:
+        self._start(self.controller.segment_slice)
+
+    def propagate(self) -> None:
+        self._start(self.controller.propagate)
+
+    def segment_all_boxes(self) -> None:
+        self._start(self.controller.segment_all_boxes)
+
+    def find_text(self) -> None:
+        self._start(lambda: self.controller.segment_text(self.text_edit.text()))
+
+    def export_to(self, path, kind: str = "nifti") -> None:
+        self._start(lambda: self.controller.export(path, kind))
+
+    def commit(self) -> None:
+        if self.busy:
+            return
+        self._safely(lambda: self._say(self.controller.commit(self.name_edit.text().strip() or None)))
+        self.name_edit.clear()
+        self.update_measurements()
+
+    def _export_dialog(self) -> None:
+        kind = self.export_combo.currentData()
+        path, _ = QFileDialog.getSaveFileName(self, f"Export {EXPORT_KINDS[kind]}", "", EXPORT_FILTERS[kind])
+        if path:
+            self.export_to(path, kind)
+
+    # -- jobs --------------------------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def _start(self, plan) -> None:
+        """Plan a job on the main thread (prompt errors show at once), run it in a worker thread."""
+        if self.busy:
+            self._say("busy: wait for the running job or cancel it")
+            return
+        try:
+            job = plan()
+        except OncoSegError as error:
+            self._fail(str(error))
+            return
+        self.job, self._started, self.last_error = job, time.monotonic(), None
+        for button in self._action_buttons:
+            button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, job.total if job.total > 1 else 0)  # 0..0: busy indicator
+        self.progress.setValue(0)
+        self._say(f"{job.title}…")
+        worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        self._worker = worker
+        self._timer.start()
+        worker.start()
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+            self._say(f"{self.job.title}: cancelling…")
+
+    def _show_progress(self) -> None:
+        if self.job is not None and self.job.total > 1:
+            self.progress.setValue(self.job.done)
+
+    def _end(self) -> Job:
+        job, self.job, self._worker = self.job, None, None
+        self._timer.stop()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1 if not job.cancelled else 0)
+        for button in self._action_buttons:
+            button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        return job
+
+    def _on_returned(self, result) -> None:
+        job = self._end()
+        try:
+            message = job.finish(result)
+        except OncoSegError as error:
+            self._fail(str(error))
+            return
+        self._say(f"{message}  ({time.monotonic() - self._started:.1f} s)")
+        self.update_measurements()
+
+    def _on_errored(self, error: Exception) -> None:
+        self._end()
+        if isinstance(error, JobCancelled):
+            self._say(str(error))
+        elif isinstance(error, OncoSegError):
+            self._fail(str(error))
+        else:
+            log.error("Onco-Seg job failed", exc_info=error)
+            self._fail(f"{type(error).__name__}: {error}")
+
+    # -- readout -----------------------------------------------------------------------------------------------
+    def _watch_own_layers(self) -> None:
+        for name in (CURRENT, OBJECTS):
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                for emitter in (layer.events.data, layer.events.paint):
+                    emitter.connect(self._schedule_measurements)
+
+    def _schedule_measurements(self, _event=None) -> None:
+        self._measure_timer.start()
+
+    def update_measurements(self) -> None:
+        try:
+            self.measurements.setText(self.controller.measurement_text())
+        except OncoSegError as error:
+            self.measurements.setText(str(error))
+
+    # -- messages ----------------------------------------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        self.status.setStyleSheet("")
+        self.status.setText(text)
+
+    def _fail(self, text: str) -> None:
+        self.last_error = text
+        self.status.setStyleSheet("color: #ff6060")
+        self.status.setText(text)
+
+    def _safely(self, action, *args):
+        try:
+            return action(*args)
+        except OncoSegError as error:
+            self._fail(str(error))
+            return None
