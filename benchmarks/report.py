@@ -11,6 +11,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/service_latency.py                            # → results/service_latency.json
     .venv/bin/python benchmarks/clicks.py                                     # → results/clicks.json
     .venv/bin/python benchmarks/contour_speed.py                              # → results/contour.json
+    .venv/bin/python benchmarks/concepts.py                                   # → results/concepts.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
@@ -399,6 +400,74 @@ def contour_section(result: dict) -> str:
     )
 
 
+def concepts_section(result: dict) -> str:
+    rows = []
+    for name, r in result["datasets"].items():
+        dice = r["dice"]
+        box = r.get("box_prompt_dice")
+        empty = r.get("empty_returned_empty")
+        rows.append(
+            [
+                name,
+                f"{r['concept']}",
+                f"{r['images']} {r['unit']} ({r['without_structure']} without)",
+                f"{dice['mean']:.3f} ± {dice['sd']:.3f} (n={dice['n']})" if dice.get("n") else "–",
+                f"{r['presence_accuracy']:.3f}",
+                "–" if empty is None else f"{empty:.3f}",
+                f"{r['instance_f1']:.3f}",
+                f"{box['mean']:.3f} ({box['what']})" if box else "–",
+                f"{r['paper_dice']:.3f}" if r.get("paper_dice") else "–",
+            ]
+        )
+    info = result["head"]["info"]
+    text = [
+        "## Text prompts on the default model (concept head)",
+        "",
+        (
+            f"Command: `{result['command'].strip()}`. Prompt: {result['prompt']}; text matching: {result['matcher']}. "
+            f"Head trained on {info.get('train_images', '?')} train-split images/slices (see docs/concepts.md); "
+            "every number below is on test splits."
+        ),
+        "",
+        table(
+            [
+                "dataset",
+                "concept",
+                "test set",
+                "Dice (text only)",
+                "presence acc.",
+                "empty → empty",
+                "instance F1 @0.5",
+                "Dice with GT box",
+                "paper Dice",
+            ],
+            rows,
+        ),
+        "",
+        (
+            f"Dice: {result['dice_rule']}. Presence accuracy: predicted something ⇔ the structure is there, over all "
+            "test images (BUSI includes its normal images, masks empty). Instance F1: connected components of the "
+            "truth vs predicted instances, matched one-to-one at IoU ≥ 0.5. Volumes are measured on sampled slices "
+            "(per test volume: hippocampus 2 through the structure + 1 without it, BraTS 4 + 1). Box-prompted Dice is read from "
+            "results/accuracy.json (its own image sets, named in the column)."
+        ),
+    ]
+    busi = result["datasets"].get("busi", {}).get("by_category")
+    if busi:
+        text += [
+            "",
+            "BUSI by category (text only): "
+            + "; ".join(
+                f"{k}: {v['images']} images, Dice {v['dice']['mean']:.3f}"
+                if v["dice"].get("n")
+                else f"{k}: {v['images']} images, returned empty {v['returned_empty']:.3f}"
+                for k, v in busi.items()
+            )
+            + ".",
+        ]
+    return "\n".join(text)
+
+
 def _s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -431,6 +500,9 @@ def main() -> None:
         sections += ["", service_section(service)]
     if contour:
         sections += ["", contour_section(contour)]
+    concepts = load("concepts")
+    if concepts:
+        sections += ["", concepts_section(concepts)]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")

@@ -53,8 +53,11 @@ def test_point_protocol_puts_every_point_inside_the_mask():
     assert all(mask[int(p.y), int(p.x)] and p.positive and p.z == 7 for p in prompt.points)
 
 
-def test_text_protocol_says_it_is_not_available():
-    with pytest.raises(OncoSegError, match="text prompts"):
+def test_text_protocol_prompts_with_the_targets_concept_name():
+    assert Protocol.text_for("busi", "lesion") == "breast lesion"
+    assert Protocol.text_for("msd-hippocampus", "whole") == "hippocampus"
+    assert Protocol.text_for("msd-hippocampus", "Anterior") is None  # no concept: not scored with text
+    with pytest.raises(OncoSegError, match="no prompt from a mask"):
         Protocol("text").prompt(square(), "c", "t")
 
 
@@ -161,7 +164,6 @@ def test_cli_evaluate_prints_the_summary(shared_data, tmp_path, capsys):
     [
         (["evaluate", "no-such-dataset"], "no-such-dataset"),
         (["evaluate", "kvasir-seg", "--protocol", "circle"], "protocol"),
-        (["evaluate", "kvasir-seg", "--protocol", "text", "--limit", "1"], "text prompts"),
         (["evaluate", "msd-hippocampus", "--modes", "sideways"], "modes"),
     ],
 )

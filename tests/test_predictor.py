@@ -208,6 +208,20 @@ def test_a_lone_click_is_answered_with_the_object_under_it(polyp, polyp_truth):
     assert dice(mask, polyp_truth) > 0.5
 
 
+def test_several_clicks_and_an_exclude_click_choose_the_mask(polyp, polyp_truth):
+    # the clicks' extent sets the candidate boxes (decoded as boxes, as the model was trained); the clicks choose
+    clicks = points_from_mask(polyp_truth, 3, rng=np.random.default_rng(1))
+    mask = polyp.predict(Prompt(points=tuple(clicks))).masks[0]
+    assert all(mask[int(c.y), int(c.x)] for c in clicks)
+    assert dice(mask, polyp_truth) > 0.8
+    ys, xs = np.nonzero(~polyp_truth)
+    far = int(np.argmax((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))  # a background pixel near a corner
+    exclude = Point(float(xs[far]), float(ys[far]), positive=False)
+    mask = polyp.predict(Prompt(points=(clicks[0], exclude))).masks[0]
+    assert mask[int(clicks[0].y), int(clicks[0].x)] and not mask[int(exclude.y), int(exclude.x)]
+    assert dice(mask, polyp_truth) > 0.7
+
+
 def test_box_with_a_click_gives_a_solid_mask_without_grid_holes(shared_data):
     """With clicks added to a box, LiteMedSAM's logits hover near 0 in places and its stride-2 upscaling used to
     show through as a grid of pinholes and ragged rows (seen on the liver of the example CT); they are smoothed."""
@@ -218,7 +232,9 @@ def test_box_with_a_click_gives_a_solid_mask_without_grid_holes(shared_data):
     predictor.set_image(image)
     box = Box(107, 196, 268, 374, 10)
     plain = predictor.predict(Prompt(box=box), z=10).masks[0]
-    clicked = predictor.predict(Prompt(box=box, points=(Point(156, 303, True, 10),)), z=10).masks[0]
+    # the box conditioned on the click (the decoder pass a box + clicks prompt falls back to)
+    conditioned = Prompt(box=Box(107, 196, 268, 374), points=(Point(156, 303, True),))
+    clicked = predictor.backend._decode(predictor.embedding(10), [conditioned]).masks[0]
     for mask in (plain, clicked):
         holes = ndimage.binary_fill_holes(mask) & ~mask
         assert mask.sum() > 10000 and holes.sum() == 0

@@ -306,16 +306,18 @@ def test_text_prompts_return_every_instance_above_the_threshold(predictor):
         predictor.predict(Prompt(text="  "))
 
 
-def test_the_default_backend_refuses_text_clearly():
+def test_the_default_backend_answers_text_through_its_concept_head_only():
+    """LiteMedSAM reads text with its concept head (tests/test_concepts.py): a text prompt does not go through
+    the box/click decoder, and text outside its vocabulary fails with the list of what it knows."""
     from oncoseg.api import segment
     from oncoseg.predictor import Predictor
 
     predictor = Predictor("litemedsam")
     predictor.set_image(np.zeros((32, 32), np.float32))
-    with pytest.raises(PromptError, match=r"litemedsam backend has no text .*--backend sam3"):
+    with pytest.raises(OncoSegError, match="goes through detect"):
         predictor.predict(Prompt(text="liver tumour"))
-    with pytest.raises(OncoSegError, match=r"no text or exemplar prompts \(use --backend sam3\)"):
-        segment(np.zeros((32, 32), np.float32), text="liver tumour", predictor=predictor)
+    with pytest.raises(OncoSegError, match="not in this model's vocabulary.*polyp"):
+        segment(np.zeros((32, 32), np.float32), text="lung nodule", predictor=predictor)
 
 
 def test_segment_api_and_cli_with_text_and_boxes(folder, tmp_path):

@@ -102,7 +102,7 @@ def test_slicer_flow_upload_infer_save(server, token, tmp_path):
     assert np.allclose(written.GetOrigin(), reference.GetOrigin(), atol=1e-3)
     assert set(np.flatnonzero(label.any(axis=(1, 2)))) == {k}  # only the clicked slice
     dice = 2 * ((label[k] > 0) & truth[k]).sum() / ((label[k] > 0).sum() + truth[k].sum())
-    assert dice > 0.7, dice  # the same click read without the RAS→LPS flip would give Dice ≈ 0.00
+    assert dice > 0.6, dice  # the same click read without the RAS→LPS flip would give Dice ≈ 0.00
 
     clicks["max_slices"] = 2
     label_path, params = make_client(server, token, tmp_path).infer("oncoseg", "ct_abdomen", clicks)
@@ -127,7 +127,7 @@ def test_ohif_flow_series_uid_from_dicomweb(server, token, pacs, tmp_path, share
     label = load_image(label_path).array > 0  # back in LPS, like the series
     assert label.shape == (20, 512, 512) and set(np.flatnonzero(label.any(axis=(1, 2)))) == {10}
     dice = 2 * (label[10] & liver[10]).sum() / (label[10].sum() + liver[10].sum())
-    assert dice > 0.7, dice
+    assert dice > 0.6, dice
 
 
 def test_output_modes_and_errors(server, token):

@@ -132,9 +132,10 @@ def segment(
     the volume; otherwise only the prompted slice is segmented. Outputs are written only when everything
     succeeded (an empty result raises ``EmptyResultError`` and writes nothing).
 
-    Concept prompts (``backend="sam3"``): ``text`` ("liver tumour") and/or ``exemplars`` (boxes around examples)
-    find every instance, one label each; on a volume give ``slice_index`` (text alone) or ``volume=True`` (every
-    slice, instances joined in 3D). ``weights`` is the SAM3 folder, ``threshold`` its instance confidence.
+    Concept prompts: ``text`` ("polyp": the default model knows the concepts `oncoseg concepts` lists, SAM3 any
+    text) and/or ``exemplars`` (SAM3: boxes around examples) find every instance, one label each; on a volume
+    give ``slice_index`` (text alone) or ``volume=True`` (every slice, instances joined in 3D). ``weights`` is
+    the SAM3 folder, ``threshold`` the confidence an instance needs.
     """
     if text is not None or exemplars:
         return _segment_concept(
@@ -187,7 +188,7 @@ def _make_predictor(backend: str, weights: str | Path | None, threshold: float |
     options: dict[str, Any] = {}
     if weights is not None:
         options["weights"] = weights
-    if threshold is not None:
+    if threshold is not None and backend == "sam3":  # the default model takes it per call (detect)
         options["threshold"] = threshold
     return Predictor(backend, **options)
 

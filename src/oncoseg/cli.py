@@ -17,7 +17,8 @@ EPILOG_SEGMENT = """\
 prompts (pixel coordinates; x = column, y = row, z = slice index of a volume, counted from 0):
   --box X0,Y0,X1,Y1[,Z]      a box around the object (repeat for several objects: one mask each)
   --point X,Y[,Z][:neg]      a click inside the object; ':neg' marks a point to exclude
-  --text "liver tumour"      every instance of a named structure (--backend sam3; --slice Z or --3d on volumes)
+  --text "polyp"             every instance of a named structure (--slice Z or --3d on volumes); the default
+                             model knows the concepts `oncoseg concepts` lists, --backend sam3 any text
   --exemplar X0,Y0,X1,Y1[,Z] a box around one example: every similar instance (--backend sam3; with --text too)
 
 examples:
@@ -25,6 +26,7 @@ examples:
   oncoseg segment ct.nii.gz --box 14,16,80,76,24 --3d -o liver.nii.gz --json
   oncoseg segment ct_dicom_folder/ --box 200,180,320,300,45 --modality ct -o lesion.nii.gz
   oncoseg segment ct_dicom_folder/ --box 200,180,320,300,45 --3d --output-type rtstruct --names 1=GTV -o gtv_rt.dcm
+  oncoseg segment polyp.jpg --text polyp -o polyps.png --overlay polyps_overlay.png
   oncoseg segment ct.nii.gz --backend sam3 --weights ~/sam3 --text "liver tumour" --3d -o tumours.nii.gz
   oncoseg segment ct.nii.gz --backend sam3 --weights ~/sam3 --box 14,16,80,76,24 --3d -o liver.nii.gz
 
@@ -119,13 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overlay", metavar="PNG", help="also write a picture of the mask over the image")
     seg.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    seg.add_argument("--text", help="text prompt: segment every instance of this structure (SAM3)")
+    seg.add_argument(
+        "--text",
+        help="text prompt: segment every instance of this structure (default model: see oncoseg concepts)",
+    )
     seg.add_argument(
         "--exemplar", action="append", default=[], metavar="X0,Y0,X1,Y1[,Z]", help="box exemplar (SAM3)"
     )
     seg.add_argument("--slice", type=int, metavar="Z", help="slice of a volume for --text without --3d")
     seg.add_argument(
-        "--threshold", type=float, help="SAM3: confidence needed to keep an instance of --text (default 0.5)"
+        "--threshold", type=float, help="confidence needed to keep an instance of --text (default 0.5)"
     )
     seg.add_argument("--backend", default="litemedsam", help="model backend: litemedsam (default) or sam3")
     seg.add_argument("--weights", metavar="DIR", help=WEIGHTS_HELP)
@@ -266,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(commands)
     add_contour_parser(commands)
     add_assistant_parser(commands)
+    add_napari_parser(commands)
+    add_concepts_parser(commands)
     return parser
 
 
@@ -279,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "segment": run_segment, "info": run_info, "datasets": run_datasets, "evaluate": run_evaluate,
             "train": run_train, "demo": run_demo, "export": run_export, "serve": run_serve,
-            "contour": run_contour, "assistant": run_assistant,
+            "contour": run_contour, "assistant": run_assistant, "napari": run_napari,
+            "concepts": run_concepts,
         }  # fmt: skip
         return commands[args.command](args)
     except OncoSegError as error:
@@ -414,6 +422,8 @@ def run_segment(args: argparse.Namespace) -> int:
         concept = {"text": args.text, "exemplars": args.exemplar, "slice_index": args.slice}
     if args.backend == "sam3":
         concept.update(predictor=_sam3_predictor(args))
+    elif concept:
+        concept.update(threshold=args.threshold)
 
     progress = None
     if args.volume and not args.quiet:
@@ -713,6 +723,30 @@ def add_assistant_parser(commands) -> None:
 
 def run_assistant(args: argparse.Namespace) -> int:
     from oncoseg.assistant.cli import run
+
+    return run(args)
+
+
+def add_napari_parser(commands) -> None:
+    from oncoseg.napari_plugin.cli import add_parser
+
+    add_parser(commands)
+
+
+def run_napari(args: argparse.Namespace) -> int:
+    from oncoseg.napari_plugin.cli import run
+
+    return run(args)
+
+
+def add_concepts_parser(commands) -> None:
+    from oncoseg.concepts.cli import add_parser
+
+    add_parser(commands)
+
+
+def run_concepts(args: argparse.Namespace) -> int:
+    from oncoseg.concepts.cli import run
 
     return run(args)
 

@@ -3,7 +3,11 @@
 ``box``            tight bounding box of the mask (all its pieces), optionally with each side moved at random by
                    up to ``jitter`` × the box size (``box:jitter=0.1``)
 ``points``         ``n`` positive clicks inside the mask, the first at its most interior pixel (``points:3``)
-``text``           the target's name as a text prompt (backends that read text only, e.g. SAM3)
+``text``           the target's concept name as a text prompt, nothing else (no box, no click): every instance
+                   the backend finds is united into the prediction (LiteMedSAM: its concept head; SAM3: its own
+                   text path). Images whose target is absent are still run, and their row records
+                   ``pred_voxels`` (0 = correctly empty); they stay out of the Dice means, as for every protocol. Targets without a concept
+                   (e.g. the hippocampus's Anterior/Posterior parts) are not scored
 
 Random choices are seeded per case and target (not per run order), so results do not depend on how the cases
 are split between processes or on resuming.
@@ -61,7 +65,18 @@ class Protocol:
             return Prompt(box=box_from_mask(mask, jitter=self.jitter, rng=rng, z=z))
         if self.kind == "points":
             return Prompt(points=points_from_mask(mask, self.points, rng=self.rng(*keys, z), z=z))
-        raise OncoSegError("text prompts are not available in this version: use --protocol box or points")
+        raise OncoSegError("a text protocol has no prompt from a mask: use text_for(dataset, target)")
+
+    @staticmethod
+    def text_for(dataset: str, target: str) -> str | None:
+        """The text prompt for ``target`` of ``dataset``: the name of the concept of that target (busi/lesion →
+        "breast lesion", msd-hippocampus/whole → "hippocampus"), else None (the target is not scored)."""
+        from oncoseg.concepts.vocabulary import CONCEPTS
+
+        for concept in CONCEPTS:
+            if (dataset, target) in concept.sources:
+                return concept.name
+        return None
 
 
 def parse_protocol(text: str, seed: int = 0) -> Protocol:

@@ -155,16 +155,27 @@ def evaluate_case(
             "dataset": case.dataset, "case_id": case.case_id, "patient_id": case.patient_id,
             "category": case.category or "", "target": target, "units": units,
         }  # fmt: skip
+        text = Protocol.text_for(case.dataset, target) if config.protocol.kind == "text" else None
+        if config.protocol.kind == "text" and text is None:
+            continue  # no concept names this target
         modes = config.modes if image.is_3d else ("2d",)
         for mode in modes:
             row = dict(base, mode=mode)
             if not truth.any():
-                rows.append(dict(row, note=EMPTY_TRUTH, dice=None, iou=None, nsd=None, hd95=None))
+                empty = dict(row, note=EMPTY_TRUTH, dice=None, iou=None, nsd=None, hd95=None)
+                if text is not None:  # a text prompt should find nothing here: record what it found
+                    empty["pred_voxels"] = float(
+                        np.count_nonzero(_predict_text(predictor, truth, mode, text))
+                    )
+                rows.append(empty)
                 continue
             began = time.perf_counter()
-            prediction, prompt_slice, note = _predict(
-                predictor, truth, mode, config.protocol, (case.case_id, target)
-            )
+            if text is not None:
+                prediction, prompt_slice, note = _predict_text(predictor, truth, mode, text), None, ""
+            else:
+                prediction, prompt_slice, note = _predict(
+                    predictor, truth, mode, config.protocol, (case.case_id, target)
+                )
             row.update(score(prediction, truth, spacing, config.tolerance))
             mask_path = store.mask_path(case.case_id, target, mode)
             save_prediction(mask_path, prediction)
@@ -176,6 +187,15 @@ def evaluate_case(
             )
             rows.append(row)
     return rows
+
+
+def _predict_text(predictor: Predictor, truth: np.ndarray, mode: str, text: str) -> np.ndarray:
+    """The union of every instance of ``text`` the backend finds (a volume: on every slice, joined in 3D)."""
+    if predictor.image.is_3d:
+        labels, _ = predictor.backend.segment_text_volume(predictor, text)
+        return labels > 0
+    found = predictor.backend.detect(predictor.embedding(None), text)
+    return np.logical_or.reduce(found.masks, axis=0) if len(found.masks) else np.zeros_like(truth)
 
 
 def _predict(

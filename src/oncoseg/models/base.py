@@ -60,6 +60,45 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
 
+    def detect(
+        self,
+        embedding: ImageEmbedding,
+        text: str | None,
+        exemplars: Sequence = (),
+        threshold: float | None = None,
+    ) -> MaskPrediction:
+        """Every instance of a concept (``text`` and/or exemplar boxes) on one embedding, best first."""
+        raise OncoSegError(f"the {self.name} backend has no text or exemplar prompts")
+
+    def segment_text_volume(
+        self, predictor, text: str | None, exemplars: Sequence = (), on_slice=None, threshold=None
+    ) -> tuple[np.ndarray, list[float]]:
+        """A concept over every slice of the volume on ``predictor``: the instances `detect` finds on each slice,
+        joined into 3D objects (connected in 3D); returns a label map (1..N, largest object first) and each
+        object's mean score."""
+        from scipy import ndimage
+
+        image = predictor.image
+        found = np.zeros(image.shape, dtype=bool)
+        score_map = np.zeros(image.shape, dtype=np.float32)
+        for z in range(image.num_slices):
+            prediction = self.detect(predictor.embedding(z), text, exemplars, threshold)
+            for mask, score in zip(prediction.masks, prediction.scores, strict=True):
+                score_map[z][mask] = np.maximum(score_map[z][mask], score)
+                found[z] |= mask
+            if on_slice:
+                on_slice(z)
+        labels, count = ndimage.label(found)
+        if count == 0:
+            return labels.astype(np.uint16), []
+        sizes = ndimage.sum(found, labels, range(1, count + 1))
+        order = np.argsort(-sizes) + 1
+        relabel = np.zeros(count + 1, dtype=np.uint16)
+        relabel[order] = np.arange(1, count + 1)
+        labels = relabel[labels]
+        scores = [float(score_map[labels == i].mean()) for i in range(1, count + 1)]
+        return labels, scores
+
 
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
 

@@ -127,10 +127,22 @@ def resize_longest_side(image: torch.Tensor, size: int = IMAGE_SIZE) -> tuple[to
     return resized[0], (new_h, new_w)
 
 
-def choose_click_candidate(contains: np.ndarray, scores: np.ndarray) -> int:
-    """Index of the mask that answers a click: the best-scoring mask that contains the clicks (else the best score).
-    Preferring the smallest box whose mask fits inside it was tried and is worse (Kvasir Dice 0.22 vs 0.52)."""
-    return int(np.argmax(np.where(contains, scores, scores - 10.0)))
+def choose_click_candidate(has_positives: np.ndarray, has_negatives: np.ndarray, scores: np.ndarray) -> int:
+    """Index of the mask that answers clicks: the best-scoring mask that contains every include click and no
+    exclude click; failing that, one that contains the include clicks; failing that, the best score. Preferring
+    the smallest box whose mask fits inside it was tried and is worse (Kvasir Dice 0.22 vs 0.52)."""
+    fits = 2 * (has_positives & ~has_negatives) + has_positives
+    return int(np.argmax(scores + 10.0 * fits))
+
+
+def inside(logits: torch.Tensor, points: Sequence, longest_side: int) -> np.ndarray:
+    """``(N, len(points))`` bool: whether each of N low-resolution masks covers each point (image pixels)."""
+    if not points:
+        return np.zeros((logits.shape[0], 0), dtype=bool)
+    scale = IMAGE_SIZE / longest_side
+    rows = [min(IMAGE_SIZE - 1, round(p.y * scale)) for p in points]
+    cols = [min(IMAGE_SIZE - 1, round(p.x * scale)) for p in points]
+    return (logits[:, 0, rows, cols] > 0).cpu().numpy()
 
 
 class LiteMedSAMBackend(Backend):
@@ -228,17 +240,23 @@ class LiteMedSAMBackend(Backend):
     def decode(
         self, embedding: ImageEmbedding, prompts: Sequence[Prompt], mask_input: np.ndarray | None = None
     ) -> MaskPrediction:
-        """One mask per prompt. LiteMedSAM was trained with boxes only, so a prompt made of clicks alone is
-        answered with boxes: candidate boxes of several sizes centred on the positive clicks are decoded together
-        (with the clicks), and the best-scoring mask that contains the clicks wins."""
+        """One mask per prompt. LiteMedSAM was trained with boxes only, so clicks mostly choose rather than
+        condition: clicks alone are answered with candidate boxes of several sizes around the include clicks, a box
+        with clicks with the box alone unless its mask disagrees with a click (see the two methods below)."""
         if not prompts:
             raise ModelError("decode needs at least one prompt")
         if any(p.box is None and not p.points for p in prompts):
             raise ModelError("a text prompt goes through detect (oncoseg.api.segment(image, text=...))")
-        if all(p.box is not None for p in prompts):
+        if all(p.box is not None for p in prompts) and (
+            mask_input is not None or not any(p.points for p in prompts)
+        ):
             return self._decode(embedding, prompts, mask_input)
         parts = [
-            self._decode_clicks(embedding, p) if p.box is None else self._decode(embedding, [p])
+            self._decode_clicks(embedding, p)
+            if p.box is None
+            else self._decode_box_and_clicks(embedding, p)
+            if p.points
+            else self._decode(embedding, [p])
             for p in prompts
         ]
         return MaskPrediction(
@@ -248,22 +266,49 @@ class LiteMedSAMBackend(Backend):
         )
 
     def _decode_clicks(self, embedding: ImageEmbedding, prompt: Prompt) -> MaskPrediction:
+        """Clicks alone: candidate boxes of several sizes around the positive clicks, decoded as boxes only (the
+        model was trained with boxes alone: the clicks themselves as decoder input cost Dice, see
+        benchmarks/clicks.py); the clicks choose the mask. With exclude clicks the same boxes are also decoded
+        with the clicks, so an exclusion the boxes alone cannot honour can still be."""
         h, w = embedding.original_size
-        positive = [p for p in prompt.points if p.positive] or list(prompt.points)
-        cx = float(np.mean([p.x for p in positive]))
-        cy = float(np.mean([p.y for p in positive]))
-        candidates = []
+        positive = [p for p in prompt.points if p.positive]
+        negative = [p for p in prompt.points if not p.positive] if positive else []
+        positive = positive or list(prompt.points)
+        x0, x1 = min(p.x for p in positive), max(p.x for p in positive)
+        y0, y1 = min(p.y for p in positive), max(p.y for p in positive)
+        boxes = []
         for fraction in self.click_box_fractions:
             r = fraction * max(h, w)
-            box = Box(max(0.0, cx - r), max(0.0, cy - r), min(w - 1.0, cx + r), min(h - 1.0, cy + r))
-            candidates.append(Prompt(box=box, points=prompt.points))
-        logits, scores = self._decode_logits(embedding, candidates)
+            boxes.append(Box(max(0.0, x0 - r), max(0.0, y0 - r), min(w - 1.0, x1 + r), min(h - 1.0, y1 + r)))
+        logits, scores = self._decode_logits(embedding, [Prompt(box=box) for box in boxes])
+        if negative:
+            with_clicks = self._decode_logits(
+                embedding, [Prompt(box=box, points=prompt.points) for box in boxes]
+            )
+            logits, scores = torch.cat([logits, with_clicks[0]]), np.concatenate([scores, with_clicks[1]])
         # choose on the low-resolution logits (the sign at each click), then bring only the winner to full size
-        scale = IMAGE_SIZE / max(h, w)
-        rows = [min(IMAGE_SIZE - 1, round(p.y * scale)) for p in positive]
-        cols = [min(IMAGE_SIZE - 1, round(p.x * scale)) for p in positive]
-        contains = (logits[:, 0, rows, cols] > 0).all(dim=1).cpu().numpy()
-        best = choose_click_candidate(contains, scores)
+        best = choose_click_candidate(
+            inside(logits, positive, max(h, w)).all(axis=1),
+            inside(logits, negative, max(h, w)).any(axis=1),
+            scores,
+        )
+        return self._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
+
+    def _decode_box_and_clicks(self, embedding: ImageEmbedding, prompt: Prompt) -> MaskPrediction:
+        """A box with clicks: the box alone first (how the model was trained); only when its mask misses an
+        include click or covers an exclude click is the box decoded with the clicks too, and the clicks choose."""
+        longest = max(embedding.original_size)
+        positive = [p for p in prompt.points if p.positive]
+        negative = [p for p in prompt.points if not p.positive]
+        logits, scores = self._decode_logits(embedding, [Prompt(box=prompt.box)])
+        if not (inside(logits, positive, longest).all() and not inside(logits, negative, longest).any()):
+            with_clicks = self._decode_logits(embedding, [prompt])
+            logits, scores = torch.cat([logits, with_clicks[0]]), np.concatenate([scores, with_clicks[1]])
+        best = choose_click_candidate(
+            inside(logits, positive, longest).all(axis=1),
+            inside(logits, negative, longest).any(axis=1),
+            scores,
+        )
         return self._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
 
     def _decoder_state(self, embedding: ImageEmbedding) -> dict:

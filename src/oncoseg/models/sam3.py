@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 
 from oncoseg.errors import EmptyResultError, ModelError, OncoSegError
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, register_backend
@@ -613,33 +612,6 @@ class Sam3Backend(Backend):
                 result.slice_scores[z] = score
                 z, walked = z + step, walked + 1
         return result
-
-    def segment_text_volume(
-        self, predictor, text: str | None, exemplars: Sequence[Box] = (), on_slice=None, threshold=None
-    ) -> tuple[np.ndarray, list[float]]:
-        """A concept over every slice of the volume on ``predictor``: the instances found on each slice, joined
-        into 3D objects (connected in 3D); returns a label map (1..N, largest object first) and each object's
-        mean score."""
-        image = predictor.image
-        found = np.zeros(image.shape, dtype=bool)
-        score_map = np.zeros(image.shape, dtype=np.float32)
-        for z in range(image.num_slices):
-            prediction = self.detect(predictor.embedding(z), text, exemplars, threshold)
-            for mask, score in zip(prediction.masks, prediction.scores):
-                score_map[z][mask] = np.maximum(score_map[z][mask], score)
-                found[z] |= mask
-            if on_slice:
-                on_slice(z)
-        labels, count = ndimage.label(found)
-        if count == 0:
-            return labels.astype(np.uint16), []
-        sizes = ndimage.sum(found, labels, range(1, count + 1))
-        order = np.argsort(-sizes) + 1
-        relabel = np.zeros(count + 1, dtype=np.uint16)
-        relabel[order] = np.arange(1, count + 1)
-        labels = relabel[labels]
-        scores = [float(score_map[labels == i].mean()) for i in range(1, count + 1)]
-        return labels, scores
 
 
 @register_backend("sam3")

@@ -40,6 +40,12 @@ class PromptIn(BaseModel):
     z: int | None = Field(None, description="slice index (volumes); leave out for 2D images")
     points: list[PointIn] = Field(default_factory=list, max_length=64)
     box: list[float] | None = Field(None, min_length=4, max_length=4, description="[x0, y0, x1, y1] pixels")
+    text: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="a concept to find every instance of (instead of clicks/box)",
+    )
     overlay: bool = Field(True, description="include a transparent RGBA PNG of the mask (base64)")
 
 
@@ -219,13 +225,16 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
     @app.post(
         "/api/images/{image_id}/segment",
         tags=["segmentation"],
-        summary="Segment one slice from clicks and/or a box",
+        summary="Segment one slice from clicks and/or a box, or every instance of a text concept",
         description="Returns the mask as row-major RLE (`counts` alternate 0-runs and 1-runs, starting with 0s) "
         "and as contours (`[x, y]` polygons), a transparent PNG overlay (base64) and the measurements "
         "(area mm², RECIST long/short axis mm).",
     )
     async def segment(image_id: str, body: PromptIn):
         session = engine.store.get(image_id)
+        if body.text is not None:
+            z = engine.check_text(session, body.text, body.points, body.box, body.z)
+            return await engine.worker.run(engine.segment_text, session, body.text, z, body.overlay)
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
         return await engine.worker.run(engine.segment, session, prompt, z, body.overlay)

@@ -311,6 +311,53 @@ class Engine:
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
 
+    def check_text(self, session: Session, text: str, points, box, z: int | None) -> int | None:
+        """Validate a text request before queueing: no clicks or box with it, a valid slice, a known concept."""
+        if points or box is not None:
+            raise PromptError("a text prompt finds every instance by itself: send it without points or box")
+        if not self.backend.supports_text:
+            raise PromptError(f"the {self.backend.name} backend has no text prompts")
+        if self.backend.name == "litemedsam":
+            from oncoseg.concepts.vocabulary import match
+
+            match(text)  # an unknown concept fails here, with the list of known ones
+        return self.check_prompt(session, Prompt(text=text), z)
+
+    def segment_text(
+        self, session: Session, text: str, z: int | None, overlay: bool = True
+    ) -> dict[str, Any]:
+        """Model thread: every instance of the concept ``text`` on one slice; their union becomes the result."""
+        start = time.perf_counter()
+        cached = session.predictor.is_cached(z)
+        found = self.backend.detect(session.predictor.embedding(z), text)
+        shape = session.image.shape[-2:] if session.image.is_3d else session.image.shape
+        mask = np.logical_or.reduce(found.masks, axis=0) if len(found.masks) else np.zeros(shape, bool)
+        session.last_clicks, session.last_region = (), None
+        if session.image.is_3d:
+            result = np.zeros(session.image.shape, dtype=bool)
+            result[z] = mask
+        else:
+            result = mask.copy()
+        session.result = result
+        scores = [round(float(s), 4) for s in found.scores]
+        session.result_info = {"kind": "slice", "z": z, "text": text, "scores": scores}
+        self.store.enforce(session.id)
+        answer = {
+            "image_id": session.id,
+            "z": z,
+            "text": text,
+            "instances": len(scores),
+            "scores": scores,
+            "score": scores[0] if scores else 0.0,
+            "embedding_cached": cached,
+            "refined": False,
+            "empty": not bool(mask.any()),
+            **mask_payload(mask, overlay),
+            "measurements": self._measure(mask, session.image, slice_only=True),
+        }
+        answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
+        return answer
+
     def propagate(
         self, session: Session, prompt: Prompt, z: int, max_slices: int | None = None
     ) -> dict[str, Any]:

@@ -58,8 +58,12 @@ class PhaseConfig:
     # rehearsal against forgetting: dataset → share of the training draws taken from its train split
     # (e.g. {kvasir-seg: 0.15}); the phase's own datasets get the rest. Validation stays on the phase's datasets.
     replay: dict[str, float] = field(default_factory=dict)
+    type: str = "lora"  # "lora": fine-tune the model; "concepts": train the text-prompt concept head
+    concepts: dict[str, Any] = field(default_factory=dict)  # concept head settings (oncoseg.concepts.train)
 
     def __post_init__(self) -> None:
+        if self.type not in ("lora", "concepts"):
+            raise OncoSegError(f"phase {self.name}: type must be lora or concepts, not {self.type!r}")
         shares = dict(self.replay or {})
         if (
             any(not isinstance(v, (int, float)) or v <= 0 for v in shares.values())
@@ -221,10 +225,15 @@ def train(config: TrainConfig | str | Path, progress: bool = True) -> list[dict[
         done = folder / "done.json"
         if done.exists():
             record = json.loads(done.read_text(encoding="utf-8"))
+        elif phase.type == "concepts":
+            from oncoseg.concepts.train import run_concept_phase
+
+            record = run_concept_phase(config, phase, folder, progress)
         else:
             record = run_phase(config, phase, folder, previous_adapter, progress)
         records.append(record)
-        previous_adapter = folder / "adapter.safetensors"
+        if phase.type == "lora":
+            previous_adapter = folder / "adapter.safetensors"
     return records
 
 
