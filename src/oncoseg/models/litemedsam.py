@@ -295,11 +295,14 @@ class LiteMedSAMBackend(Backend):
         return self._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
 
     def _decode_box_and_clicks(self, embedding: ImageEmbedding, prompt: Prompt) -> MaskPrediction:
-        """A box with clicks: the box alone first (how the model was trained); only when its mask misses an
-        include click or covers an exclude click is the box decoded with the clicks too, and the clicks choose."""
+        """A box with include clicks: the box alone first (how the model was trained); only when its mask misses
+        an include click is the box decoded with the clicks too, and the clicks choose. With an exclude click the
+        box alone rarely honours it, so the box goes with the clicks at once (one decode)."""
         longest = max(embedding.original_size)
         positive = [p for p in prompt.points if p.positive]
         negative = [p for p in prompt.points if not p.positive]
+        if negative:
+            return self._decode(embedding, [prompt])
         logits, scores = self._decode_logits(embedding, [Prompt(box=prompt.box)])
         if not (inside(logits, positive, longest).all() and not inside(logits, negative, longest).any()):
             with_clicks = self._decode_logits(embedding, [prompt])
