@@ -13,7 +13,8 @@ Images are encoded once with the frozen LiteMedSAM encoder (`oncoseg.concepts.em
 so an epoch only runs the small head. Every image teaches all concepts: its own concept's coarse mask and
 presence (absent if its mask is empty, e.g. BUSI *normal*), and "absent" for every other concept (a colonoscopy
 frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count).
-The epoch with the best validation score (mean over concepts of coarse Dice and presence accuracy) is kept.
+The epoch with the best validation score (mean over concepts of coarse Dice and presence accuracy, each concept
+weighted by its number of validation images) is kept.
 """
 
 from __future__ import annotations
@@ -129,11 +130,12 @@ def validate(head: ConceptHead, data: Cached, concepts: list[str]) -> dict[str, 
         }
         for k, v in sorted(correct.items())
     }
-    # the mean over concepts of (coarse Dice + presence accuracy) / 2 (each concept counts the same, however
-    # few its val images: see docs/concepts.md, Limitations)
+    # (coarse Dice + presence accuracy) / 2 per concept, averaged with each concept weighted by its number of
+    # validation images, so that a concept with a handful of val slices (BraTS: 5) cannot pick the epoch alone
     values = [((v["coarse_dice"] if v["coarse_dice"] == v["coarse_dice"] else 0) + v["presence_accuracy"]) / 2
               for v in per.values()]  # fmt: skip
-    score = float(np.mean(values)) if values else 0.0
+    weights = [v["images"] for v in per.values()]
+    score = float(np.average(values, weights=weights)) if values else 0.0
     return {"score": score, "concepts": per}
 
 
