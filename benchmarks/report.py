@@ -273,7 +273,7 @@ def scale_section(result: dict) -> str:
 
 
 def service_section(result: dict) -> str:
-    load, meets, targets = result["load"], result["meets"], result["targets"]
+    load, meets, targets, machine = result["load"], result["meets"], result["targets"], result["machine"]
 
     def row(label: str, stats: dict, target: str, met) -> list[str]:
         verdict = "" if met is None else (" (met)" if met else " (not met)")
@@ -303,11 +303,16 @@ def service_section(result: dict) -> str:
             "",
             (
                 "Command: `.venv/bin/python benchmarks/service_latency.py`: a real `oncoseg serve` (uvicorn) on "
-                f"loopback, driven by a real HTTP client; {result['image']}. Machine load average during the run: "
-                f"{result['machine']['load_avg_1m']:.1f} on {result['machine']['cpus']} cores"
+                f"loopback, driven by a real HTTP client; {result['image']}. Machine load average "
+                + (
+                    f"before the run: {machine['load_avg_1m_before']:.1f}"
+                    if "load_avg_1m_before" in machine
+                    else f"at the end of the run (after its own load phase): {machine['load_avg_1m']:.1f}"
+                )
+                + f" on {machine['cpus']} cores"
                 + (
                     " (other jobs were running: these times are inflated; rerun on a quiet machine)."
-                    if result["machine"]["load_avg_1m"] > result["machine"]["cpus"]
+                    if machine.get("load_avg_1m_before", 0) > machine["cpus"]
                     else "."
                 )
             ),

@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output or OUT / ("service_latency.quick.json" if quick else "service_latency.json"))
 
     data = series_zip()
+    load_before = os.getloadavg()[0]  # other jobs; the load phase below raises it by itself
     with tempfile.TemporaryDirectory(prefix="oncoseg-bench-") as tmp:
         started = time.perf_counter()
         server = Server(args.budget_mb, args.max_queue, Path(tmp))
@@ -393,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "load_avg_1m": os.getloadavg()[0],
+            "load_avg_1m_before": load_before,
         },
         "image": "example CT DICOM series, 20 x 512 x 512, uploaded as a zip",
         "startup_s": round(startup_s, 1),
