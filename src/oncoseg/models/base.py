@@ -60,6 +60,9 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
 
+    def check_text(self, text: str) -> None:
+        """Raise a clear error for a text prompt this backend cannot answer (before any model work)."""
+
     def detect(
         self,
         embedding: ImageEmbedding,

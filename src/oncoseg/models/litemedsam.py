@@ -367,6 +367,11 @@ class LiteMedSAMBackend(Backend):
             masks=(full[:, 0] > 0).cpu().numpy(), scores=scores, logits=logits[:, 0].cpu().numpy()
         )
 
+    def check_text(self, text: str) -> None:
+        from oncoseg.concepts.vocabulary import match
+
+        match(text)  # a concept outside the head's vocabulary fails here, listing the known ones
+
     def detect(
         self,
         embedding: ImageEmbedding,

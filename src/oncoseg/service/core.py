@@ -290,14 +290,7 @@ class Engine:
             session.last_region = None
         if mask.any():
             session.last_region = (z, *bounding_box(mask))
-        if session.image.is_3d:
-            result = np.zeros(session.image.shape, dtype=bool)
-            result[z] = mask
-        else:
-            result = mask.copy()
-        session.result = result
-        session.result_info = {"kind": "slice", "z": z, "score": float(prediction.scores[0])}
-        self.store.enforce(session.id)
+        self._keep_slice_result(session, z, mask, {"score": float(prediction.scores[0])})
         answer = {
             "image_id": session.id,
             "z": z,
@@ -311,16 +304,24 @@ class Engine:
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
 
+    def _keep_slice_result(self, session: Session, z: int | None, mask: np.ndarray, info: dict) -> None:
+        """A 2D mask on slice ``z`` becomes the session's result (the rest of a volume empty)."""
+        if session.image.is_3d:
+            result = np.zeros(session.image.shape, dtype=bool)
+            result[z] = mask
+        else:
+            result = mask.copy()
+        session.result = result
+        session.result_info = {"kind": "slice", "z": z, **info}
+        self.store.enforce(session.id)
+
     def check_text(self, session: Session, text: str, points, box, z: int | None) -> int | None:
         """Validate a text request before queueing: no clicks or box with it, a valid slice, a known concept."""
         if points or box is not None:
             raise PromptError("a text prompt finds every instance by itself: send it without points or box")
         if not self.backend.supports_text:
             raise PromptError(f"the {self.backend.name} backend has no text prompts")
-        if self.backend.name == "litemedsam":
-            from oncoseg.concepts.vocabulary import match
-
-            match(text)  # an unknown concept fails here, with the list of known ones
+        self.backend.check_text(text)  # e.g. a concept outside the model's vocabulary, with the known ones
         return self.check_prompt(session, Prompt(text=text), z)
 
     def segment_text(
@@ -333,15 +334,8 @@ class Engine:
         shape = session.image.shape[-2:] if session.image.is_3d else session.image.shape
         mask = np.logical_or.reduce(found.masks, axis=0) if len(found.masks) else np.zeros(shape, bool)
         session.last_clicks, session.last_region = (), None
-        if session.image.is_3d:
-            result = np.zeros(session.image.shape, dtype=bool)
-            result[z] = mask
-        else:
-            result = mask.copy()
-        session.result = result
         scores = [round(float(s), 4) for s in found.scores]
-        session.result_info = {"kind": "slice", "z": z, "text": text, "scores": scores}
-        self.store.enforce(session.id)
+        self._keep_slice_result(session, z, mask, {"text": text, "scores": scores})
         answer = {
             "image_id": session.id,
             "z": z,
