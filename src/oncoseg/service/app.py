@@ -233,7 +233,8 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
     async def segment(image_id: str, body: PromptIn):
         session = engine.store.get(image_id)
         if body.text is not None:
-            z = engine.check_text(session, body.text, body.points, body.box, body.z)
+            # matching the text may load and run the sentence-embedding model: off the event loop
+            z = await run_in_threadpool(engine.check_text, session, body.text, body.points, body.box, body.z)
             return await engine.worker.run(engine.segment_text, session, body.text, z, body.overlay)
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
