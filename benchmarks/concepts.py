@@ -14,7 +14,9 @@ Only the concept's name is given (no box, no click). Per dataset's test split (n
 
 Volumes (MSD Hippocampus, BraTS) are measured on 2D slices: per test volume the slices the embedding cache
 samples (hippocampus: 2 through the structure + 1 without it; BraTS: 4 + 1); hippocampus: the first 12 test
-volumes. Embeddings come from the cache `oncoseg.concepts.embeddings`
+volumes. They are also measured whole, as ``oncoseg segment VOLUME --text ... --3d`` runs (``volumes`` in the
+JSON): every slice detected, then the instances joined in 3D (`Backend.segment_text_volume`); 3D Dice of the
+union against the truth, and 3D instance F1 at IoU 0.5 (truth instances: 26-connected components). Embeddings come from the cache `oncoseg.concepts.embeddings`
 writes (the encoder's bf16 output stored as float16, so the same numbers `oncoseg segment --text` computes);
 missing ones are encoded here. Masks are drawn at the image's original resolution.
 """
@@ -32,7 +34,7 @@ import torch
 from scipy import ndimage
 
 from oncoseg.concepts.detect import load_head, shipped_weights
-from oncoseg.concepts.embeddings import encode_split, load_item
+from oncoseg.concepts.embeddings import cache_root, cache_slice, encode_split, load_item
 from oncoseg.concepts.vocabulary import concept_for_source, matcher_kind
 from oncoseg.data import get_info, open_dataset
 from oncoseg.models.base import ImageEmbedding
@@ -43,6 +45,8 @@ OUT = REPO / "benchmarks" / "results" / "concepts.json"
 DATASETS = ("kvasir-seg", "busi", "ircadb-liver-slices", "msd-hippocampus", "brats2015")
 SLICES = {"brats2015": (4, 1)}  # slices per test volume (with, without the structure); default (2, 1)
 LIMITS = {"msd-hippocampus": 12}  # test cases measured (the first in split order); default: all
+# whole test volumes measured in 3D (the first in split order)
+VOLUME_LIMITS = {"msd-hippocampus": 12, "brats2015": 1}
 # box-prompted Dice already measured by benchmarks/accuracy.py (results/accuracy.json): key, group, what
 BOX_DICE = {
     "kvasir-seg": ("kvasir", "all", "Kvasir-SEG test (100), GT box"),
@@ -52,7 +56,7 @@ BOX_DICE = {
 
 
 def instances(mask: np.ndarray) -> list[np.ndarray]:
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
     return [labels == i for i in range(1, count + 1)]
 
 
@@ -171,6 +175,62 @@ def run_dataset(dataset: str, predictor: Predictor, loaded, limit: int | None) -
     return result
 
 
+class CachedVolume:
+    """What `Backend.segment_text_volume` reads from a predictor (the image and each slice's embedding), with the
+    embeddings taken from (or added to) the embedding cache, so a rerun does not encode again."""
+
+    def __init__(
+        self, predictor: Predictor, dataset: str, case, truth: np.ndarray, concept: str, split: str = "test"
+    ) -> None:
+        self.predictor, self.dataset, self.case, self.split = predictor, dataset, case, split
+        self.truth, self.concept = truth, concept
+        self.image = predictor.image
+
+    def embedding(self, z: int) -> ImageEmbedding:
+        path = cache_slice(
+            self.predictor,
+            cache_root(),
+            self.dataset,
+            self.case.case_id,
+            z,
+            self.truth,
+            self.split,
+            self.concept,
+        )
+        item = load_item(path)
+        features = torch.from_numpy(item.features.astype(np.float32))[None]
+        return ImageEmbedding(features, item.original_size, item.input_size, "litemedsam")
+
+
+def run_volumes(dataset: str, predictor: Predictor, limit: int | None) -> dict:
+    """Whole test volumes through the --3d text path: 3D Dice of the union and 3D instance F1."""
+    concept, target = concept_for_source(dataset)
+    began = time.perf_counter()
+    rows, tp, fp, fn = [], 0, 0, 0
+    for case in open_dataset(dataset).cases("test")[: limit or VOLUME_LIMITS[dataset]]:
+        image, masks = case.load()
+        truth = masks[target]
+        predictor.set_image(image)
+        volume = CachedVolume(predictor, dataset, case, truth, concept.name)
+        labels, scores = predictor.backend.segment_text_volume(volume, concept.name)
+        objects = [labels == i for i in range(1, len(scores) + 1)]
+        a, b, c = match_instances(objects, instances(truth))
+        tp, fp, fn = tp + a, fp + b, fn + c
+        rows.append({"case_id": case.case_id, "slices": image.num_slices, "objects": len(objects),
+                     "dice": dice(labels > 0, truth)})  # fmt: skip
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "concept": concept.name,
+        "volumes": len(rows),
+        "dice_3d": stats([r["dice"] for r in rows]),
+        "instances_3d": {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall},
+        "instance_f1_3d": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "seconds": round(time.perf_counter() - began, 1),
+        "rows": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--limit", type=int, help="at most this many test cases per dataset")
     parser.add_argument("--out", default=str(OUT))
+    parser.add_argument(
+        "--no-volumes",
+        action="store_true",
+        help="skip the whole-volume (--3d) measurement of the 3D datasets",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     loaded = load_head()
@@ -192,6 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             f"empty→empty {r['empty_returned_empty'] if r['empty_returned_empty'] is None else round(r['empty_returned_empty'], 3)}",
             flush=True,
         )
+    volumes = {}
+    for dataset in [] if args.no_volumes else [d for d in results if d in VOLUME_LIMITS]:
+        volumes[dataset] = v = run_volumes(dataset, predictor, args.limit)
+        print(
+            f"{dataset:<20} {v['concept']:<14} {v['volumes']:>4} volumes 3D Dice {v['dice_3d']['mean']:.3f}  "
+            f"3D instance F1@0.5 {v['instance_f1_3d']:.3f}  ({v['seconds']:.0f} s)",
+            flush=True,
+        )
     document = {
         "benchmark": "concepts",
         "command": "python benchmarks/concepts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -202,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "dice_rule": "mean over test images that contain the structure; an empty prediction there scores 0; "
         "images without it are scored by presence accuracy only",
         "datasets": results,
+        "volumes": volumes,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

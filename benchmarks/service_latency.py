@@ -145,10 +145,14 @@ def click(
     earlier: list | None = None,
     positive: bool = True,
 ) -> tuple[int, float, dict]:
-    """POST one click; ``earlier`` clicks on the slice are sent along, as the web page does (a refinement)."""
+    """POST one click as the web page does: ``earlier`` clicks on the slice are sent along (a refinement), the
+    PNG overlay is asked for and the polygon outlines are not (the page draws the PNG)."""
     points = [*(earlier or []), {"x": x, "y": y, "positive": positive}]
     start = time.perf_counter()
-    answer = client.post(f"/api/images/{image_id}/segment", json={"z": z, "points": points, "overlay": True})
+    answer = client.post(
+        f"/api/images/{image_id}/segment",
+        json={"z": z, "points": points, "overlay": True, "contours": False},
+    )
     if earlier is not None:
         earlier.append(points[-1])
     elapsed = 1000 * (time.perf_counter() - start)

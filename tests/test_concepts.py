@@ -126,6 +126,23 @@ def test_cache_holds_embedding_and_mask_and_is_reused(cached, shared_data):
     assert again == paths[:1] and paths[0].stat().st_mtime_ns == before  # a cache hit, not re-encoded
 
 
+def test_mirrored_copies_are_cached_beside_the_originals(cached, shared_data):
+    from oncoseg.concepts.embeddings import is_mirrored
+    from oncoseg.predictor import Predictor
+
+    folder, paths = cached
+    (mirrored,) = encode_split(
+        "busi", "train", Predictor("litemedsam"), folder, shared_data, limit=1, mirrored=True
+    )
+    original = next(p for p in paths if "busi" in str(p.parent))
+    assert is_mirrored(mirrored) and not is_mirrored(original)
+    a, b = load_item(original), load_item(mirrored)
+    assert b.case_id == a.case_id + "~mirrored" and b.split == "train"
+    h, w = a.input_size
+    np.testing.assert_array_equal(b.mask[:h, :w], a.mask[:h, :w][:, ::-1])  # the truth is mirrored too
+    assert not np.allclose(a.features, b.features)
+
+
 def test_training_lowers_the_loss_on_real_embeddings(cached):
     _, paths = cached
     data = Cached(paths, ["polyp", "breast lesion"])
@@ -231,6 +248,23 @@ def test_evaluate_text_protocol_on_a_few_test_images(tmp_path, shared_data):
     assert len(rows) == 4
     scored = [row for row in rows if row["dice"] is not None]
     assert scored and all(0 <= row["dice"] <= 1 for row in scored)
+
+
+def test_join_in_3d_bridges_a_missed_slice_and_drops_stray_fragments():
+    from oncoseg.models.base import join_in_3d
+
+    found = np.zeros((12, 20, 20), bool)
+    found[1:10, 5:12, 5:12] = True
+    found[5] = False  # one slice missed the structure
+    found[3, 16:18, 16:18] = True  # a stray 4-voxel false positive on one slice
+    found[8:11, 0:3, 15:20] = True  # a second object, 45 voxels: more than a tenth of the first (392)
+    labels = join_in_3d(found)
+    assert labels.max() == 2 and labels.dtype == np.uint16
+    assert (labels == 1).sum() == 8 * 49 and set(np.unique(labels[1:10, 5:12, 5:12])) == {0, 1}
+    assert labels[3, 16, 16] == 0 and (labels == 2).sum() == 45
+    plain = join_in_3d(found, bridge_slices=0, min_share=0)
+    assert plain.max() == 4  # without the rules: split at the missed slice, and the stray blob kept
+    assert not join_in_3d(np.zeros((3, 4, 4), bool)).any()
 
 
 def test_text_on_a_volume_joins_slices_into_3d_objects(shared_data):

@@ -119,8 +119,9 @@ def test_click_segments_the_liver_and_the_second_click_reuses_the_embedding(api,
     refined = rle_decode(second.json()["mask"])
     refined_dice = 2 * (refined & liver[Z]).sum() / (refined.sum() + liver[Z].sum())
     assert refined_dice > dice - 0.1 and not refined[330, 240]  # still the liver, without the excluded pixel
-    third = api.post(url, json={"z": Z, "points": [{"x": 240, "y": 330}]}).json()
+    third = api.post(url, json={"z": Z, "points": [{"x": 240, "y": 330}], "contours": False}).json()
     assert not third["refined"]  # a click on its own starts afresh
+    assert "contours" not in third and third["mask"] and third["overlay_png"]  # as the web page asks
     box = api.post(url, json={"z": Z, "box": [107, 196, 269, 374]}).json()
     box_mask = rle_decode(box["mask"])
     assert 2 * (box_mask & liver[Z]).sum() / (box_mask.sum() + liver[Z].sum()) > 0.85

@@ -12,6 +12,7 @@ slices per volume (``slices_per_volume``), not every slice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -84,6 +85,14 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
 
 
+MIRRORED = "~mirrored"  # case id suffix of a left-right mirrored copy (training augmentation)
+
+
+def is_mirrored(path: Path) -> bool:
+    """True for the cache file of a mirrored copy (see ``encode_split(..., mirrored=True)``)."""
+    return _safe(MIRRORED) in path.name
+
+
 def _item_path(root: Path, model: str, dataset: str, case_id: str, z: int | None, digest: str) -> Path:
     name = _safe(case_id) + ("" if z is None else f"_z{z:03d}") + f"-{digest[:12]}.npz"
     return root / _safe(model) / dataset / name
@@ -98,11 +107,12 @@ def encode_split(
     slices_per_volume: tuple[int, int] = (3, 1),
     limit: int | None = None,
     log=None,
+    mirrored: bool = False,
 ) -> list[Path]:
-    """Encode (or find in the cache) every image of ``dataset``'s ``split``; returns the cached files."""
+    """Encode (or find in the cache) every image of ``dataset``'s ``split``; returns the cached files.
+    ``mirrored``: the images flipped left-right instead (case ids end in ``~mirrored``), to augment training."""
     concept, target = concept_for_source(dataset)
     root = cache_root(cache)
-    model = predictor.backend.name
     paths = []
     cases = open_dataset(dataset, data_root).cases(split)[:limit]
     for number, case in enumerate(cases):
@@ -110,31 +120,50 @@ def encode_split(
         if target not in masks:
             raise OncoSegError(f"{dataset} case {case.case_id} has no {target!r} mask")
         truth = masks[target]
+        case_id = case.case_id
+        if mirrored:
+            axis = 2 if image.is_3d else 1  # x
+            image = dataclasses.replace(image, array=np.flip(image.array, axis).copy())
+            truth, case_id = np.flip(truth, axis).copy(), case_id + MIRRORED
         slices = pick_slices(truth, *slices_per_volume, salt=case.case_id) if image.is_3d else [None]
         predictor.set_image(image)
         for z in slices:
-            pixels = predictor.slice_pixels(z)
-            digest = hashlib.sha1(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
-            path = _item_path(root, model, dataset, case.case_id, z, digest)
-            if not path.is_file():
-                embedding = predictor.embedding(z)
-                mask = truth if z is None else truth[z]
-                framed, size = to_frame(mask)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                temporary = path.with_suffix(".tmp.npz")
-                np.savez(
-                    temporary,
-                    features=embedding.features[0].numpy().astype(np.float16),
-                    mask=np.packbits(framed),
-                    original_size=np.array(mask.shape),
-                    input_size=np.array(size),
-                    meta=np.array([dataset, case.case_id, "" if z is None else str(z), split, concept.name]),
-                )
-                temporary.replace(path)
-            paths.append(path)
+            paths.append(cache_slice(predictor, root, dataset, case_id, z, truth, split, concept.name))
         if log and (number + 1) % 50 == 0:
             log(f"{dataset}/{split}: {number + 1}/{len(cases)} cases")
     return paths
+
+
+def cache_slice(
+    predictor,
+    root: Path,
+    dataset: str,
+    case_id: str,
+    z: int | None,
+    truth: np.ndarray,
+    split: str,
+    concept: str,
+) -> Path:
+    """The cache file of slice ``z`` of the image on ``predictor`` (encoded and written if missing)."""
+    pixels = predictor.slice_pixels(z)
+    digest = hashlib.sha1(np.ascontiguousarray(pixels, np.float32).tobytes()).hexdigest()
+    path = _item_path(root, predictor.backend.name, dataset, case_id, z, digest)
+    if not path.is_file():
+        embedding = predictor.embedding(z)
+        mask = truth if z is None else truth[z]
+        framed, size = to_frame(mask)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp.npz")
+        np.savez(
+            temporary,
+            features=embedding.features[0].numpy().astype(np.float16),
+            mask=np.packbits(framed),
+            original_size=np.array(mask.shape),
+            input_size=np.array(size),
+            meta=np.array([dataset, case_id, "" if z is None else str(z), split, concept]),
+        )
+        temporary.replace(path)
+    return path
 
 
 def load_item(path: str | os.PathLike) -> CachedItem:

@@ -12,7 +12,8 @@ phases:
 Images are encoded once with the frozen LiteMedSAM encoder (`oncoseg.concepts.embeddings`, cached on disk),
 so an epoch only runs the small head. Every image teaches all concepts: its own concept's coarse mask and
 presence (absent if its mask is empty, e.g. BUSI *normal*), and "absent" for every other concept (a colonoscopy
-frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count).
+frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count); images without their
+concept can be drawn more often (``absent_weight``).
 The epoch with the best validation score (mean over concepts of coarse Dice and presence accuracy, each concept
 weighted by its number of validation images) is kept.
 """
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from oncoseg.concepts.detect import WEIGHTS_NAME, DetectSettings, save_head
-from oncoseg.concepts.embeddings import cached_items, encode_split, load_item
+from oncoseg.concepts.embeddings import cached_items, encode_split, is_mirrored, load_item
 from oncoseg.concepts.head import ConceptHead
 from oncoseg.concepts.vocabulary import concept_for_source
 from oncoseg.errors import OncoSegError
@@ -44,6 +45,11 @@ class ConceptSettings:
     epochs: int = 30
     batch_size: int = 16
     samples_per_epoch: int | None = None  # None: the number of training images
+    # images without their concept (BUSI *normal*, volume slices missing the structure) are drawn this many
+    # times as often as the others of their concept: they are few, and they teach "come back empty"
+    absent_weight: float = 1.0
+    # datasets whose train images are also used mirrored left-right (encoded and cached like the others)
+    mirror: list[str] = field(default_factory=list)
     # volumes: slices per volume [with the structure, without it], for all or as {dataset: [n, m]}
     slices_per_volume: list[int] | dict = field(default_factory=lambda: [2, 1])
     cache: str | None = None  # embedding cache folder (default: ~/.cache/oncoseg/embeddings)
@@ -160,10 +166,18 @@ def gather(config, phase, split: str, settings: ConceptSettings, log=print) -> l
                 _per_volume(settings.slices_per_volume, dataset), settings.limit(dataset, split, phase.train_split),
                 log,
             )  # fmt: skip
+            if dataset in settings.mirror and split == phase.train_split:
+                paths += encode_split(
+                    dataset, split, predictor, settings.cache, config.data_root,
+                    _per_volume(settings.slices_per_volume, dataset), settings.limit(dataset, split),
+                    log, mirrored=True,
+                )  # fmt: skip
         else:
-            paths += list(cached_items([dataset], split, settings.cache))[
-                : settings.limit(dataset, split, phase.train_split)
-            ]
+            found = [p for p in cached_items([dataset], split, settings.cache) if not is_mirrored(p)]
+            paths += found[: settings.limit(dataset, split, phase.train_split)]
+            if dataset in settings.mirror and split == phase.train_split:
+                mirrored = [p for p in cached_items([dataset], split, settings.cache) if is_mirrored(p)]
+                paths += mirrored[: settings.limit(dataset, split, phase.train_split)]
     if not paths:
         raise OncoSegError(f"phase {phase.name}: no {split} images for {', '.join(phase.datasets)}")
     return paths
@@ -197,6 +211,7 @@ def run_concept_phase(config, phase, folder: Path, progress: bool = True) -> dic
     )
     counts = np.bincount(train_data.labels_array, minlength=len(names)).astype(float)
     weights = np.sqrt(counts)[train_data.labels_array] / counts[train_data.labels_array]
+    weights *= np.where(train_data.present, 1.0, settings.absent_weight)
     weights /= weights.sum()
     best, best_state, history = -1.0, None, []
     for epoch in range(settings.epochs):

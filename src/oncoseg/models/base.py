@@ -77,10 +77,8 @@ class Backend(ABC):
         self, predictor, text: str | None, exemplars: Sequence = (), on_slice=None, threshold=None
     ) -> tuple[np.ndarray, list[float]]:
         """A concept over every slice of the volume on ``predictor``: the instances `detect` finds on each slice,
-        joined into 3D objects (connected in 3D); returns a label map (1..N, largest object first) and each
-        object's mean score."""
-        from scipy import ndimage
-
+        joined into 3D objects (`join_in_3d`); returns a label map (1..N, largest object first) and each object's
+        mean score."""
         image = predictor.image
         found = np.zeros(image.shape, dtype=bool)
         score_map = np.zeros(image.shape, dtype=np.float32)
@@ -91,16 +89,43 @@ class Backend(ABC):
                 found[z] |= mask
             if on_slice:
                 on_slice(z)
-        labels, count = ndimage.label(found)
-        if count == 0:
-            return labels.astype(np.uint16), []
-        sizes = ndimage.sum(found, labels, range(1, count + 1))
-        order = np.argsort(-sizes) + 1
-        relabel = np.zeros(count + 1, dtype=np.uint16)
-        relabel[order] = np.arange(1, count + 1)
-        labels = relabel[labels]
-        scores = [float(score_map[labels == i].mean()) for i in range(1, count + 1)]
+        labels = join_in_3d(found)
+        scores = [float(score_map[labels == i].mean()) for i in range(1, int(labels.max()) + 1)]
         return labels, scores
+
+
+# A structure found on most slices is one object even where a slice in between missed it; fragments much
+# smaller than the largest object are a slice's false positives (measured on the MSD Hippocampus val volumes
+# with the text path: 3D instance F1 0.38 -> 0.81, Dice 0.717 -> 0.720; see docs/concepts.md)
+BRIDGE_SLICES = 1
+MIN_OBJECT_SHARE = 0.1
+
+
+def join_in_3d(
+    found: np.ndarray, bridge_slices: int = BRIDGE_SLICES, min_share: float = MIN_OBJECT_SHARE
+) -> np.ndarray:
+    """Per-slice detections (a boolean volume) as 3D objects: connected in 3D, also across up to
+    ``bridge_slices`` slices where the detection is missing; objects smaller than ``min_share`` of the largest
+    are dropped. A label map (uint16, 1..N, largest first)."""
+    from scipy import ndimage
+
+    if bridge_slices:
+        bridged = ndimage.binary_closing(found, structure=np.ones((3, 1, 1)), iterations=bridge_slices)
+        labels, count = ndimage.label(bridged | found)
+        labels[~found] = 0
+    else:
+        labels, count = ndimage.label(found)
+    if count == 0:
+        return np.zeros(found.shape, dtype=np.uint16)
+    sizes = ndimage.sum(found, labels, range(1, count + 1))
+    order = [
+        i + 1
+        for i in np.argsort(-sizes, kind="stable")
+        if sizes[i] > 0 and sizes[i] >= min_share * sizes.max()
+    ]
+    relabel = np.zeros(count + 1, dtype=np.uint16)
+    relabel[order] = np.arange(1, len(order) + 1)
+    return relabel[labels]
 
 
 _REGISTRY: dict[str, Callable[..., Backend]] = {}

@@ -47,6 +47,10 @@ class PromptIn(BaseModel):
         description="a concept to find every instance of (instead of clicks/box)",
     )
     overlay: bool = Field(True, description="include a transparent RGBA PNG of the mask (base64)")
+    contours: bool = Field(
+        True,
+        description="include the mask's outlines as polygons (false saves their cost when they are not drawn)",
+    )
 
 
 class PropagateIn(PromptIn):
@@ -235,10 +239,12 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         if body.text is not None:
             # matching the text may load and run the sentence-embedding model: off the event loop
             z = await run_in_threadpool(engine.check_text, session, body.text, body.points, body.box, body.z)
-            return await engine.worker.run(engine.segment_text, session, body.text, z, body.overlay)
+            return await engine.worker.run(
+                engine.segment_text, session, body.text, z, body.overlay, body.contours
+            )
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
-        return await engine.worker.run(engine.segment, session, prompt, z, body.overlay)
+        return await engine.worker.run(engine.segment, session, prompt, z, body.overlay, body.contours)
 
     @app.post(
         "/api/images/{image_id}/propagate",

@@ -276,7 +276,7 @@ class Engine:
         return z
 
     def segment(
-        self, session: Session, prompt: Prompt, z: int | None, overlay: bool = True
+        self, session: Session, prompt: Prompt, z: int | None, overlay: bool = True, outlines: bool = True
     ) -> dict[str, Any]:
         """Model thread: one slice from a prompt; becomes the session's result."""
         start = time.perf_counter()
@@ -298,7 +298,7 @@ class Engine:
             "embedding_cached": cached,
             "refined": asked is not prompt,
             "empty": not bool(mask.any()),
-            **mask_payload(mask, overlay),
+            **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, session.image, slice_only=True),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
@@ -325,7 +325,7 @@ class Engine:
         return self.check_prompt(session, Prompt(text=text), z)
 
     def segment_text(
-        self, session: Session, text: str, z: int | None, overlay: bool = True
+        self, session: Session, text: str, z: int | None, overlay: bool = True, outlines: bool = True
     ) -> dict[str, Any]:
         """Model thread: every instance of the concept ``text`` on one slice; their union becomes the result."""
         start = time.perf_counter()
@@ -346,7 +346,7 @@ class Engine:
             "embedding_cached": cached,
             "refined": False,
             "empty": not bool(mask.any()),
-            **mask_payload(mask, overlay),
+            **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, session.image, slice_only=True),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
@@ -524,7 +524,12 @@ def mask_rgba(mask: np.ndarray) -> Image.Image:
     """A transparent overlay (palette PNG: 0 clear, 1 tinted fill, 2 opaque outline)."""
     mask = np.asarray(mask, dtype=bool)
     indices = mask.astype(np.uint8)
-    indices[mask & ~ndimage.binary_erosion(mask)] = 2
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size:  # the outline is found on the mask's extent only (plus a border row), not the whole slice
+        y0, y1 = max(rows[0] - 1, 0), rows[-1] + 2
+        x0, x1 = max(cols[0] - 1, 0), cols[-1] + 2
+        crop = mask[y0:y1, x0:x1]
+        indices[y0:y1, x0:x1][crop & ~ndimage.binary_erosion(crop)] = 2
     picture = Image.fromarray(indices, mode="P")
     picture.putpalette([0, 0, 0, *FILL[:3], *EDGE[:3]])
     picture.info["transparency"] = bytes([0, FILL[3], EDGE[3]])
@@ -573,8 +578,10 @@ def contours(mask: np.ndarray, tolerance: float = 0.5) -> list[list[list[float]]
     return polygons
 
 
-def mask_payload(mask: np.ndarray, overlay: bool = True) -> dict[str, Any]:
-    payload = {"mask": rle_encode(mask), "contours": contours(mask)}
+def mask_payload(mask: np.ndarray, overlay: bool = True, outlines: bool = True) -> dict[str, Any]:
+    payload = {"mask": rle_encode(mask)}
+    if outlines:
+        payload["contours"] = contours(mask)
     if overlay:
         payload["overlay_png"] = base64.b64encode(png_bytes(mask_rgba(mask))).decode("ascii")
     return payload

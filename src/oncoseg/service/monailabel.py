@@ -320,8 +320,8 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
             max_slices = request.get("max_slices")
             answer = engine.propagate(session, prompt, z, int(max_slices) if max_slices else None)
         else:
-            answer = engine.segment(session, prompt, z, overlay=False)
-            answer = {k: v for k, v in answer.items() if k not in ("mask", "contours")}
+            answer = engine.segment(session, prompt, z, overlay=False, outlines=False)
+            answer = {k: v for k, v in answer.items() if k != "mask"}
         return session.result, answer
 
     @router.post("/infer/{model}", summary="MONAI Label: interactive segmentation from clicks")
