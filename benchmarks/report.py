@@ -470,6 +470,27 @@ def concepts_section(result: dict) -> str:
             )
             + ".",
         ]
+    volumes = result.get("volumes") or {}
+    if volumes:
+        text += [
+            "",
+            "Whole test volumes through the `--3d` text path (every slice detected, instances joined in 3D):",
+            "",
+            table(
+                ["dataset", "concept", "volumes", "3D Dice", "3D instance F1 @0.5 (tp / fp / fn)", "time"],
+                [
+                    [
+                        name,
+                        v["concept"],
+                        str(v["volumes"]),
+                        f"{v['dice_3d']['mean']:.3f} ± {v['dice_3d']['sd']:.3f}",
+                        "{:.3f} ({tp} / {fp} / {fn})".format(v["instance_f1_3d"], **v["instances_3d"]),
+                        f"{v['seconds']:.0f} s",
+                    ]
+                    for name, v in volumes.items()
+                ],
+            ),
+        ]
     return "\n".join(text)
 
 

@@ -142,7 +142,10 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
         page.mouse.move(*at(*LIVER_BOX[2:]), steps=4)
         page.mouse.up()
     assert response.value.status == 200
-    assert prompts[0] == {"z": 10, "points": [{"x": 156, "y": 303, "positive": True}], "box": None}
+    # the page draws the PNG overlay, so it asks for no polygon outlines
+    assert prompts[0] == {
+        "z": 10, "points": [{"x": 156, "y": 303, "positive": True}], "box": None, "contours": False
+    }  # fmt: skip
     assert prompts[1]["points"][1] == {"x": 250, "y": 330, "positive": False}
     assert np.abs(np.subtract(prompts[-1]["box"], LIVER_BOX)).max() <= 1  # mouse positions round to pixels
 

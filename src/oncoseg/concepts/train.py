@@ -12,8 +12,8 @@ phases:
 Images are encoded once with the frozen LiteMedSAM encoder (`oncoseg.concepts.embeddings`, cached on disk),
 so an epoch only runs the small head. Every image teaches all concepts: its own concept's coarse mask and
 presence (absent if its mask is empty, e.g. BUSI *normal*), and "absent" for every other concept (a colonoscopy
-frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count); images without their
-concept can be drawn more often (``absent_weight``).
+frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count). ``mirror`` lists
+datasets whose train images are also used mirrored left-right.
 The epoch with the best validation score (mean over concepts of coarse Dice and presence accuracy, each concept
 weighted by its number of validation images) is kept.
 """
@@ -45,9 +45,6 @@ class ConceptSettings:
     epochs: int = 30
     batch_size: int = 16
     samples_per_epoch: int | None = None  # None: the number of training images
-    # images without their concept (BUSI *normal*, volume slices missing the structure) are drawn this many
-    # times as often as the others of their concept: they are few, and they teach "come back empty"
-    absent_weight: float = 1.0
     # datasets whose train images are also used mirrored left-right (encoded and cached like the others)
     mirror: list[str] = field(default_factory=list)
     # volumes: slices per volume [with the structure, without it], for all or as {dataset: [n, m]}
@@ -211,7 +208,6 @@ def run_concept_phase(config, phase, folder: Path, progress: bool = True) -> dic
     )
     counts = np.bincount(train_data.labels_array, minlength=len(names)).astype(float)
     weights = np.sqrt(counts)[train_data.labels_array] / counts[train_data.labels_array]
-    weights *= np.where(train_data.present, 1.0, settings.absent_weight)
     weights /= weights.sum()
     best, best_state, history = -1.0, None, []
     for epoch in range(settings.epochs):
