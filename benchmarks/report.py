@@ -498,6 +498,35 @@ def _s(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
+def malloc_section(result: dict) -> str:
+    rows = [
+        [
+            name,
+            str(result[name]["n"]),
+            f"{result[name]['encode_ms_p50']:.0f} ms",
+            f"{result[name]['encode_ms_p90']:.0f} ms",
+            str(result[name]["page_faults_per_encode"]),
+        ]
+        for name in ("off", "on")
+    ]
+    return "\n".join(
+        [
+            "### Memory reuse in malloc (encoder)",
+            "",
+            (
+                f"Command: `{result['command'].strip()}`: the LiteMedSAM encoder (2 threads) on 5 CT slices and 5 "
+                "Kvasir-SEG test images, in child processes alternating `ONCOSEG_MALLOC_TUNING=0` (glibc's "
+                "defaults) and the default (`keep_freed_memory`: freed memory kept for reuse); machine load average "
+                f"before the run {result['load_avg_1m_before']:.1f} on {result['cpus']} cores."
+            ),
+            "",
+            table(["malloc tuning", "encodes", "p50", "p90", "page faults per encode"], rows),
+            "",
+            f"Ratio on/off at the median: {result['ratio_p50_on_off']:.2f}. The speed table above predates the tuning.",
+        ]
+    )
+
+
 def main() -> None:
     sections = [
         "# Results",
@@ -514,6 +543,8 @@ def main() -> None:
         sections += ["", accuracy_section(accuracy)]
     if speed:
         sections += ["", speed_section(speed)]
+    if load("malloc_tuning"):
+        sections += ["", malloc_section(load("malloc_tuning"))]
     if scale:
         sections += ["", scale_section(scale)]
     if finetune:

@@ -243,3 +243,46 @@ def test_box_with_a_click_gives_a_solid_mask_without_grid_holes(shared_data):
     assert np.abs(np.diff(widths)).max() <= 20
     inter = (plain & clicked).sum()
     assert 2 * inter / (plain.sum() + clicked.sum()) > 0.9
+
+
+ENCODE_FAULTS = r"""
+import json, resource
+import numpy as np
+from oncoseg.models import load_backend
+from oncoseg.models.litemedsam import keep_freed_memory
+backend = load_backend("litemedsam")
+image = np.random.default_rng(0).random((512, 512, 3), dtype=np.float32)
+for _ in range(2):
+    backend.encode(image)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(3):
+    backend.encode(image)
+faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3
+print(json.dumps({"tuned": keep_freed_memory(), "faults": faults}))
+"""
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_malloc_tuning_stops_the_encoder_from_faulting_in_fresh_pages(setting):
+    """With the tuning (the default) glibc keeps freed memory, so a warm encode touches no new pages; without it
+    every encode maps its activations afresh (tens of thousands of page faults)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONCOSEG_MALLOC_TUNING": setting, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", ENCODE_FAULTS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if setting == "1":
+        assert result["tuned"] and result["faults"] < 1000, result
+    else:
+        assert not result["tuned"] and result["faults"] > 5000, result
