@@ -506,6 +506,8 @@ def malloc_section(result: dict) -> str:
             f"{result[name]['encode_ms_p50']:.0f} ms",
             f"{result[name]['encode_ms_p90']:.0f} ms",
             str(result[name]["page_faults_per_encode"]),
+            f"{result[name]['first_click_ms_p50']:.0f} / {result[name]['first_click_ms_p95']:.0f} ms",
+            f"{result[name]['later_click_ms_p50']:.0f} / {result[name]['later_click_ms_p95']:.0f} ms",
         ]
         for name in ("off", "on")
     ]
@@ -520,7 +522,23 @@ def malloc_section(result: dict) -> str:
                 f"before the run {result['load_avg_1m_before']:.1f} on {result['cpus']} cores."
             ),
             "",
-            table(["malloc tuning", "encodes", "p50", "p90", "page faults per encode"], rows),
+            table(
+                [
+                    "malloc tuning",
+                    "encodes",
+                    "encoder p50",
+                    "encoder p90",
+                    "page faults per encode",
+                    "service first click p50 / p95",
+                    "service later click p50 / p95",
+                ],
+                rows,
+            ),
+            "",
+            (
+                "Service clicks: `Engine.segment` on its model thread without HTTP (first click on each of the "
+                "example CT's 20 slices, 3 refining clicks after each), server compute time."
+            ),
             "",
             f"Ratio on/off at the median: {result['ratio_p50_on_off']:.2f}. The speed table above predates the tuning.",
         ]
