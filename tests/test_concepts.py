@@ -143,6 +143,27 @@ def test_mirrored_copies_are_cached_beside_the_originals(cached, shared_data):
     assert not np.allclose(a.features, b.features)
 
 
+def test_mirror_setting_adds_the_mirrored_train_images_only(cached, shared_data):
+    from types import SimpleNamespace
+
+    from oncoseg.concepts.embeddings import is_mirrored
+    from oncoseg.concepts.train import ConceptSettings, gather
+    from oncoseg.predictor import Predictor
+
+    folder, _ = cached
+    encode_split("busi", "train", Predictor("litemedsam"), folder, shared_data, limit=1, mirrored=True)
+    config = SimpleNamespace(data_root=shared_data)
+    phase = SimpleNamespace(datasets=["busi"], train_split="train", name="concepts")
+    plain = gather(config, phase, "train", ConceptSettings(cache=str(folder), encode=False), log=None)
+    both = gather(config, phase, "train", ConceptSettings(cache=str(folder), encode=False, mirror=["busi"]))
+    assert not any(is_mirrored(p) for p in plain) and len(plain) == 3
+    assert sorted(both) == sorted([*plain, *[p for p in both if is_mirrored(p)]]) and len(both) == 4
+    # read as another phase's validation split ("train" is not its train split): no mirrored copies
+    validating = SimpleNamespace(datasets=["busi"], train_split="other", name="concepts")
+    settings = ConceptSettings(cache=str(folder), encode=False, mirror=["busi"])
+    assert sorted(gather(config, validating, "train", settings, log=None)) == sorted(plain)
+
+
 def test_training_lowers_the_loss_on_real_embeddings(cached):
     _, paths = cached
     data = Cached(paths, ["polyp", "breast lesion"])

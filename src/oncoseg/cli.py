@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -89,6 +90,15 @@ WEIGHTS_HELP = (
     "The weights are gated: request access on huggingface.co/facebook/sam3 first (see docs/sam3.md)"
 )
 CHECKPOINT_HELP = "fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`"
+
+
+# commands whose parser and code live in their own package: each module has add_parser(commands) and run(args)
+SUBCOMMAND_MODULES = {
+    "contour": "oncoseg.contour.cli",
+    "assistant": "oncoseg.assistant.cli",
+    "napari": "oncoseg.napari_plugin.cli",
+    "concepts": "oncoseg.concepts.cli",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,10 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
     )
     add_serve_parser(commands)
-    add_contour_parser(commands)
-    add_assistant_parser(commands)
-    add_napari_parser(commands)
-    add_concepts_parser(commands)
+    for module in SUBCOMMAND_MODULES.values():
+        importlib.import_module(module).add_parser(commands)
     return parser
 
 
@@ -286,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "segment": run_segment, "info": run_info, "datasets": run_datasets, "evaluate": run_evaluate,
             "train": run_train, "demo": run_demo, "export": run_export, "serve": run_serve,
-            "contour": run_contour, "assistant": run_assistant, "napari": run_napari,
-            "concepts": run_concepts,
         }  # fmt: skip
+        if args.command in SUBCOMMAND_MODULES:
+            return importlib.import_module(SUBCOMMAND_MODULES[args.command]).run(args)
         return commands[args.command](args)
     except OncoSegError as error:
         print(f"oncoseg: error: {error}", file=sys.stderr)
@@ -701,54 +709,6 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     serve(config)
     return 0
-
-
-def add_contour_parser(commands) -> None:
-    from oncoseg.contour.cli import add_parser
-
-    add_parser(commands)
-
-
-def run_contour(args: argparse.Namespace) -> int:
-    from oncoseg.contour.cli import run
-
-    return run(args)
-
-
-def add_assistant_parser(commands) -> None:
-    from oncoseg.assistant.cli import add_parser
-
-    add_parser(commands)
-
-
-def run_assistant(args: argparse.Namespace) -> int:
-    from oncoseg.assistant.cli import run
-
-    return run(args)
-
-
-def add_napari_parser(commands) -> None:
-    from oncoseg.napari_plugin.cli import add_parser
-
-    add_parser(commands)
-
-
-def run_napari(args: argparse.Namespace) -> int:
-    from oncoseg.napari_plugin.cli import run
-
-    return run(args)
-
-
-def add_concepts_parser(commands) -> None:
-    from oncoseg.concepts.cli import add_parser
-
-    add_parser(commands)
-
-
-def run_concepts(args: argparse.Namespace) -> int:
-    from oncoseg.concepts.cli import run
-
-    return run(args)
 
 
 if __name__ == "__main__":

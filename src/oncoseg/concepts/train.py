@@ -12,8 +12,8 @@ phases:
 Images are encoded once with the frozen LiteMedSAM encoder (`oncoseg.concepts.embeddings`, cached on disk),
 so an epoch only runs the small head. Every image teaches all concepts: its own concept's coarse mask and
 presence (absent if its mask is empty, e.g. BUSI *normal*), and "absent" for every other concept (a colonoscopy
-frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count). ``mirror`` lists
-datasets whose train images are also used mirrored left-right.
+frame holds no liver). Draws are balanced between concepts (probability ∝ sqrt of each concept's image count).
+``mirror`` lists datasets whose train images are also used mirrored left-right.
 The epoch with the best validation score (mean over concepts of coarse Dice and presence accuracy, each concept
 weighted by its number of validation images) is kept.
 """
@@ -153,28 +153,23 @@ def gather(config, phase, split: str, settings: ConceptSettings, log=print) -> l
     predictor = None
     for dataset in phase.datasets:
         concept_for_source(dataset)  # a dataset no concept is trained from fails here, before encoding
+        limit = settings.limit(dataset, split, phase.train_split)
+        # the images as they are, and (train split, `mirror` datasets) their left-right mirrored copies
+        variants = [False, True] if dataset in settings.mirror and split == phase.train_split else [False]
         if settings.encode:
             if predictor is None:
                 from oncoseg.predictor import Predictor
 
                 predictor = Predictor("litemedsam")
-            paths += encode_split(
-                dataset, split, predictor, settings.cache, config.data_root,
-                _per_volume(settings.slices_per_volume, dataset), settings.limit(dataset, split, phase.train_split),
-                log,
-            )  # fmt: skip
-            if dataset in settings.mirror and split == phase.train_split:
+            for mirrored in variants:
                 paths += encode_split(
                     dataset, split, predictor, settings.cache, config.data_root,
-                    _per_volume(settings.slices_per_volume, dataset), settings.limit(dataset, split),
-                    log, mirrored=True,
+                    _per_volume(settings.slices_per_volume, dataset), limit, log, mirrored=mirrored,
                 )  # fmt: skip
         else:
-            found = [p for p in cached_items([dataset], split, settings.cache) if not is_mirrored(p)]
-            paths += found[: settings.limit(dataset, split, phase.train_split)]
-            if dataset in settings.mirror and split == phase.train_split:
-                mirrored = [p for p in cached_items([dataset], split, settings.cache) if is_mirrored(p)]
-                paths += mirrored[: settings.limit(dataset, split, phase.train_split)]
+            cached = list(cached_items([dataset], split, settings.cache))
+            for mirrored in variants:
+                paths += [p for p in cached if is_mirrored(p) == mirrored][:limit]
     if not paths:
         raise OncoSegError(f"phase {phase.name}: no {split} images for {', '.join(phase.datasets)}")
     return paths

@@ -117,7 +117,7 @@ def keep_freed_memory() -> bool:
 
     The encoder allocates and frees a few hundred MB of activations per image (tensors of up to 32 MiB); by
     default glibc serves each from fresh pages (mmap) and gives them back on free, so every encode pays about
-    100,000 page faults, a quarter of its time on 2 cores (benchmarks/malloc_tuning.py). With a 64 MiB
+    100,000 page faults, 13–28 % of its time on 2 cores (benchmarks/malloc_tuning.py). With a 64 MiB
     mmap threshold and a 1 GiB trim threshold the pages are reused. Process-wide; the cost is that the
     process's resident memory stays at its high-water mark. Off with ``ONCOSEG_MALLOC_TUNING=0``; a no-op where
     the C library is not glibc. Returns True if applied."""
