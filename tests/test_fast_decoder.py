@@ -92,3 +92,81 @@ def test_bf16_decoder_agrees_with_fp32_on_a_real_image(backend, shared_data):
     a, b = masks["fp32"], masks["bf16"]
     dice = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert dice > 0.97
+
+
+@pytest.mark.parametrize("radius", [0, 2])
+def test_logits_at_the_clicks_equal_the_upscaled_logits(backend, radius):
+    """Choosing among candidates reads logits at the clicks without upscaling: the values must be the full
+    upscaled map's, smoothed like the click path smooths them (borders included)."""
+    model = backend.model
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(1, 256, 64, 64, generator=generator)
+    boxes = torch.tensor([[20.0, 30.0, 120.0, 100.0], [0.0, 0.0, 255.0, 255.0]])
+    rows, cols = [0, 37, 255, 128, 3], [0, 200, 255, 1, 254]
+    with torch.inference_mode():
+        sparse, _ = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+        state = fast_decoder.image_state(
+            model.mask_decoder,
+            features,
+            model.prompt_encoder.get_dense_pe(),
+            model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1),
+        )
+        decoded = fast_decoder.decode_tokens(model.mask_decoder, state, sparse)
+        full = fast_decoder.upscale(model.mask_decoder, decoded)
+        if radius:
+            full = torch.nn.functional.avg_pool2d(full, 2 * radius + 1, 1, radius, count_include_pad=False)
+        values = fast_decoder.logits_at(model.mask_decoder, decoded, rows, cols, radius)
+    expected = full[:, 0, rows, cols]
+    assert values.shape == (2, len(rows))
+    assert torch.allclose(values, expected, atol=1e-4)
+    assert expected.abs().max() > 1
+
+
+def test_click_choice_without_upscaling_matches_choosing_on_full_logits(backend):
+    """Clicks choose among candidate masks: reading the logits at the clicks must pick what the whole upscaled
+    candidates would, for clicks alone, with exclude clicks, and for a box with a click outside its mask."""
+    from oncoseg.models.litemedsam import choose_click_candidate, click_pixels
+    from oncoseg.prompts import Box, Point, Prompt
+
+    rng = np.random.default_rng(2)
+    image = rng.random((200, 300, 3), dtype=np.float32)
+    image[60:140, 90:190] += 1.0  # a bright square to segment
+    embedding = backend.encode(image / image.max())
+    prompts = [
+        Prompt(points=(Point(130, 100, True),)),
+        Prompt(points=(Point(130, 100, True), Point(170, 120, False))),
+        Prompt(points=(Point(130, 100, True), Point(20, 20, True), Point(250, 180, False))),
+        Prompt(box=Box(100, 70, 180, 130), points=(Point(130, 100, True), Point(280, 190, True))),
+    ]
+    for prompt in prompts:
+        chosen = backend.decode(embedding, [prompt])
+        # the same candidates, every one upscaled, chosen on the full maps
+        positive = [p for p in prompt.points if p.positive]
+        negative = [p for p in prompt.points if not p.positive]
+        if prompt.box is None:
+            h, w = embedding.original_size
+            side = max(h, w)
+            x0, x1 = min(p.x for p in positive), max(p.x for p in positive)
+            y0, y1 = min(p.y for p in positive), max(p.y for p in positive)
+            boxes = [
+                Box(max(0.0, x0 - f * side), max(0.0, y0 - f * side), min(w - 1.0, x1 + f * side),
+                    min(h - 1.0, y1 + f * side))
+                for f in backend.click_box_fractions
+            ]  # fmt: skip
+            groups = [[Prompt(box=b) for b in boxes]]
+            if negative:
+                groups.append([Prompt(box=b, points=prompt.points) for b in boxes])
+        else:
+            groups = [[Prompt(box=prompt.box)], [prompt]]
+        logits, scores = zip(*(backend._decode_logits(embedding, group) for group in groups))
+        logits, scores = torch.cat(logits), np.concatenate(scores)
+        longest = max(embedding.original_size)
+
+        def covers(points, logits=logits, longest=longest):
+            rows, cols = click_pixels(points, longest)
+            return (logits[:, 0, rows, cols] > 0).numpy()
+
+        best = choose_click_candidate(covers(positive).all(axis=1), covers(negative).any(axis=1), scores)
+        expected = backend._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
+        np.testing.assert_array_equal(chosen.masks, expected.masks)
+        assert chosen.scores[0] == pytest.approx(expected.scores[0])

@@ -15,7 +15,7 @@ are) and changes only how the arithmetic is laid out:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,58 @@ def decode(
 
     ``dense`` is the dense prompt embedding when a mask prompt was given (``None`` means SAM's "no mask" embedding,
     already folded into ``state``)."""
+    outcome = decode_tokens(decoder, state, sparse, dense)
+    return upscale(decoder, outcome), outcome.scores
+
+
+class Decoded(NamedTuple):
+    """The two-way transformer's output for ``N`` prompts, before the upscaling head: image tokens
+    ``[N, h*w, C]``, the mask tokens' hypernetwork vectors ``[N, C/8]``, quality scores ``[N, 1]``, and the token
+    grid's ``(h, w)``."""
+
+    tokens: torch.Tensor
+    hyper: torch.Tensor
+    scores: torch.Tensor
+    size: tuple[int, int]
+    smoothed: bool = False  # for the caller: whether its logits get smoothed (a flag carried along)
+
+    def pick(self, index: int) -> Decoded:
+        """Prompt ``index`` alone."""
+        one = slice(index, index + 1)
+        return self._replace(tokens=self.tokens[one], hyper=self.hyper[one], scores=self.scores[one])
+
+
+def upscale(decoder: nn.Module, decoded: Decoded) -> torch.Tensor:
+    """Low-resolution mask logits ``[N, 1, 4h, 4w]``."""
+    return _upscale_and_project(decoder, decoded.tokens, decoded.hyper, decoded.size)[:, None]
+
+
+def logits_at(decoder: nn.Module, decoded: Decoded, rows, cols, radius: int = 0) -> torch.Tensor:
+    """``[N, len(rows)]``: the logit at each low-resolution pixel ``(row, col)``, or with ``radius`` r the mean over
+    its (2r+1)² neighbourhood clipped at the border (``avg_pool2d(..., count_include_pad=False)``), without
+    upscaling the whole image: only the few tokens under each neighbourhood go through the head."""
+    h, w = decoded.size
+    n, _, channels = decoded.tokens.shape
+    grid = decoded.tokens.view(n, h, w, channels)
+    values = []
+    for row, col in zip(rows, cols):
+        r0, r1 = max(0, row - radius), min(4 * h - 1, row + radius)
+        c0, c1 = max(0, col - radius), min(4 * w - 1, col + radius)
+        i0, j0 = r0 // 4, c0 // 4
+        part = grid[:, i0 : r1 // 4 + 1, j0 : c1 // 4 + 1]
+        patch = _upscale_and_project(decoder, part.reshape(n, -1, channels), decoded.hyper, part.shape[1:3])
+        window = patch[:, r0 - 4 * i0 : r1 - 4 * i0 + 1, c0 - 4 * j0 : c1 - 4 * j0 + 1]
+        values.append(window.float().mean(dim=(1, 2)))
+    return torch.stack(values, dim=1) if values else torch.zeros((n, 0))
+
+
+def decode_tokens(
+    decoder: nn.Module,
+    state: dict[str, Any],
+    sparse: torch.Tensor,
+    dense: torch.Tensor | None = None,
+) -> Decoded:
+    """The decoder up to (not including) its upscaling head; see `decode`."""
     transformer = decoder.transformer
     n = sparse.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -107,12 +159,12 @@ def decode(
 
     scores = decoder.iou_prediction_head(queries[:, 0])[:, :1]
     hyper = decoder.output_hypernetworks_mlps[0](queries[:, 1])  # [N, C/8]
-    masks = _upscale_and_project(decoder, keys, hyper, state["size"])
-    return masks[:, None], scores
+    return Decoded(keys, hyper, scores, (int(state["size"][0]), int(state["size"][1])))
 
 
 def _upscale_and_project(decoder: nn.Module, tokens: torch.Tensor, hyper: torch.Tensor, size) -> torch.Tensor:
-    """``hyper · upscale(tokens)`` for each prompt: ``[N, HW, C]`` image tokens → ``[N, 4h, 4w]`` logits.
+    """``hyper · upscale(tokens)`` for each prompt: ``[N, h*w, C]`` image tokens (a grid of any size) →
+    ``[N, 4h, 4w]`` logits.
 
     Each 2×2-stride transposed convolution maps one pixel to a 2×2 block, i.e. one matrix product per pixel."""
     deconv1, norm, act1, deconv2, act2 = decoder.output_upscaling

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from oncoseg.errors import ModelError
-from oncoseg.models import fast_decoder
+from oncoseg.models import fast_decoder, fast_encoder
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, register_backend
 from oncoseg.prompts import Box, Prompt
 
@@ -165,14 +165,17 @@ def choose_click_candidate(has_positives: np.ndarray, has_negatives: np.ndarray,
     return int(np.argmax(scores + 10.0 * fits))
 
 
-def inside(logits: torch.Tensor, points: Sequence, longest_side: int) -> np.ndarray:
-    """``(N, len(points))`` bool: whether each of N low-resolution masks covers each point (image pixels)."""
-    if not points:
-        return np.zeros((logits.shape[0], 0), dtype=bool)
+def click_pixels(points: Sequence, longest_side: int) -> tuple[list[int], list[int]]:
+    """Rows and columns of ``points`` (image pixels) in the decoder's 256×256 low-resolution frame."""
     scale = IMAGE_SIZE / longest_side
     rows = [min(IMAGE_SIZE - 1, round(p.y * scale)) for p in points]
     cols = [min(IMAGE_SIZE - 1, round(p.x * scale)) for p in points]
-    return (logits[:, 0, rows, cols] > 0).cpu().numpy()
+    return rows, cols
+
+
+# clicks given to the decoder leave a 2-pixel grid of holes in LiteMedSAM's logits (it was trained with boxes
+# only); a 5×5 mean over the low-resolution logits removes it
+CLICK_SMOOTHING_RADIUS = 2
 
 
 class LiteMedSAMBackend(Backend):
@@ -247,7 +250,7 @@ class LiteMedSAMBackend(Backend):
         batch, size = self.preprocess(image)
         if self.precision == "bf16":
             batch = batch.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-        features = self._encoder(batch).float().contiguous()
+        features = fast_encoder.encode(self._encoder, batch).float().contiguous()
         return ImageEmbedding(features, tuple(image.shape[:2]), size, self.name)
 
     # -- prompts → masks --------------------------------------------------------------------------
@@ -312,39 +315,56 @@ class LiteMedSAMBackend(Backend):
         for fraction in self.click_box_fractions:
             r = fraction * max(h, w)
             boxes.append(Box(max(0.0, x0 - r), max(0.0, y0 - r), min(w - 1.0, x1 + r), min(h - 1.0, y1 + r)))
-        logits, scores = self._decode_logits(embedding, [Prompt(box=box) for box in boxes])
+        candidates = [self._decode_tokens(embedding, [Prompt(box=box) for box in boxes])]
         if negative:
-            with_clicks = self._decode_logits(
-                embedding, [Prompt(box=box, points=prompt.points) for box in boxes]
+            candidates.append(
+                self._decode_tokens(embedding, [Prompt(box=b, points=prompt.points) for b in boxes])
             )
-            logits, scores = torch.cat([logits, with_clicks[0]]), np.concatenate([scores, with_clicks[1]])
-        # choose on the low-resolution logits (the sign at each click), then bring only the winner to full size
-        best = choose_click_candidate(
-            inside(logits, positive, max(h, w)).all(axis=1),
-            inside(logits, negative, max(h, w)).any(axis=1),
-            scores,
-        )
-        return self._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
+        return self._choose(embedding, candidates, positive, negative)
 
     def _decode_box_and_clicks(self, embedding: ImageEmbedding, prompt: Prompt) -> MaskPrediction:
         """A box with include clicks: the box alone first (how the model was trained); only when its mask misses
         an include click is the box decoded with the clicks too, and the clicks choose. With an exclude click the
         box alone rarely honours it, so the box goes with the clicks at once (one decode)."""
-        longest = max(embedding.original_size)
         positive = [p for p in prompt.points if p.positive]
         negative = [p for p in prompt.points if not p.positive]
         if negative:
             return self._decode(embedding, [prompt])
-        logits, scores = self._decode_logits(embedding, [Prompt(box=prompt.box)])
-        if not (inside(logits, positive, longest).all() and not inside(logits, negative, longest).any()):
-            with_clicks = self._decode_logits(embedding, [prompt])
-            logits, scores = torch.cat([logits, with_clicks[0]]), np.concatenate([scores, with_clicks[1]])
-        best = choose_click_candidate(
-            inside(logits, positive, longest).all(axis=1),
-            inside(logits, negative, longest).any(axis=1),
-            scores,
+        box_alone = self._decode_tokens(embedding, [Prompt(box=prompt.box)])
+        covered = self._click_logits(embedding, box_alone, positive) > 0
+        if bool(covered.all()):
+            return self._choose(embedding, [box_alone], positive, negative)
+        return self._choose(
+            embedding, [box_alone, self._decode_tokens(embedding, [prompt])], positive, negative
         )
-        return self._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
+
+    def _click_logits(
+        self, embedding: ImageEmbedding, decoded: fast_decoder.Decoded, points: Sequence
+    ) -> np.ndarray:
+        """``(N, len(points))`` low-resolution logits of N decoded masks at the clicks (no full upscaling)."""
+        rows, cols = click_pixels(points, max(embedding.original_size))
+        radius = CLICK_SMOOTHING_RADIUS if decoded.smoothed else 0
+        with torch.inference_mode():
+            return fast_decoder.logits_at(self._decoder, decoded, rows, cols, radius).cpu().numpy()
+
+    def _choose(
+        self, embedding: ImageEmbedding, candidates: list[fast_decoder.Decoded], positive, negative
+    ) -> MaskPrediction:
+        """Among decoded candidate masks, the one `choose_click_candidate` picks, brought to full size. The
+        choice reads the low-resolution logits at the clicks only; just the winner is upscaled."""
+        has_positives, has_negatives, scores, owners = [], [], [], []
+        for decoded in candidates:
+            has_positives.append((self._click_logits(embedding, decoded, positive) > 0).all(axis=1))
+            has_negatives.append((self._click_logits(embedding, decoded, negative) > 0).any(axis=1))
+            scores.append(decoded.scores[:, 0].float().cpu().numpy())
+            owners += [(decoded, i) for i in range(len(decoded.scores))]
+        all_scores = np.concatenate(scores)
+        best = choose_click_candidate(
+            np.concatenate(has_positives), np.concatenate(has_negatives), all_scores
+        )
+        decoded, index = owners[best]
+        logits = self._upscaled(decoded.pick(index))
+        return self._full_size(embedding, logits, all_scores[best : best + 1])
 
     def _decoder_state(self, embedding: ImageEmbedding) -> dict:
         """The decoder's prompt-independent work for this image, computed on first use and kept on it."""
@@ -369,6 +389,14 @@ class LiteMedSAMBackend(Backend):
         self, embedding: ImageEmbedding, prompts: Sequence[Prompt], mask_input: np.ndarray | None = None
     ) -> tuple[torch.Tensor, np.ndarray]:
         """The decoder's ``(N, 1, 256, 256)`` logits (padded input frame) and quality scores, one per prompt."""
+        decoded = self._decode_tokens(embedding, prompts, mask_input)
+        return self._upscaled(decoded), decoded.scores[:, 0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def _decode_tokens(
+        self, embedding: ImageEmbedding, prompts: Sequence[Prompt], mask_input: np.ndarray | None = None
+    ) -> fast_decoder.Decoded:
+        """The decoder up to its upscaling head, for each prompt (see `fast_decoder.Decoded`)."""
         h, w = embedding.original_size
         scale = IMAGE_SIZE / max(h, w)
         points, boxes = self._prompt_tensors(prompts, scale)
@@ -379,15 +407,22 @@ class LiteMedSAMBackend(Backend):
             )
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
         state = self._decoder_state(embedding)
-        logits, iou = fast_decoder.decode(
+        decoded = fast_decoder.decode_tokens(
             self._decoder, state, sparse.to(self.dtype), None if masks_in is None else dense.to(self.dtype)
         )
-        logits = logits.float()
-        if points is not None:
-            # LiteMedSAM was trained with boxes only: with clicks added its logits lie near 0 in places, where
-            # the decoder's stride-2 upscaling shows through as a 2-pixel grid of holes; a 5x5 mean removes it
-            logits = F.avg_pool2d(logits, 5, stride=1, padding=2, count_include_pad=False)
-        return logits, iou[:, 0].float().cpu().numpy()
+        return decoded._replace(smoothed=points is not None)
+
+    @torch.inference_mode()
+    def _upscaled(self, decoded: fast_decoder.Decoded) -> torch.Tensor:
+        """``(N, 1, 256, 256)`` float logits; smoothed where the decoder was given clicks (see
+        CLICK_SMOOTHING_RADIUS)."""
+        logits = fast_decoder.upscale(self._decoder, decoded).float()
+        if decoded.smoothed:
+            size = 2 * CLICK_SMOOTHING_RADIUS + 1
+            logits = F.avg_pool2d(
+                logits, size, stride=1, padding=CLICK_SMOOTHING_RADIUS, count_include_pad=False
+            )
+        return logits
 
     @staticmethod
     def _full_size(embedding: ImageEmbedding, logits: torch.Tensor, scores: np.ndarray) -> MaskPrediction:
