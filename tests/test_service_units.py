@@ -157,6 +157,40 @@ def test_worker_refuses_beyond_its_queue_and_runs_background_jobs_last():
     worker.stop()
 
 
+MAIN_THREAD_PROBE = """
+import os, torch
+torch.set_num_threads(2)
+from oncoseg.service.core import Engine, ServiceConfig
+engine = Engine(ServiceConfig())
+engine.worker.call(engine.warm_up)
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+torch.ones(10**7).add_(1)  # the main thread's first parallel torch work starts an OpenMP worker for it
+print(before, threads())
+engine.close()
+"""
+
+
+def test_the_service_runs_torch_on_its_model_thread_only():
+    """Loading the model and answering prompts must leave the main thread without an OpenMP pool of its own
+    (two pools on 2 cores made the encoder 1.2-1.9x slower, see oncoseg.service.worker): so the main thread's
+    first parallel operation, after the engine is built and warmed up, still has to start a worker thread."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", MAIN_THREAD_PROBE],
+        check=False,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = map(int, done.stdout.split()[-2:])
+    assert after > before
+
+
 def test_binding_rules():
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         check_bind(host, None)

@@ -7,6 +7,8 @@ are) and changes only how the arithmetic is laid out:
 * image tokens stay in one contiguous ``[N, 4096, 256]`` layout throughout (the reference adds positional
   encodings to transposed views, which costs more than the matrix products);
 * attention softmaxes run along the long axis of the score matrix;
+* in the attentions between the few prompt tokens and the 4096 image tokens, the projections on the image side
+  are folded into the prompt side (exact algebra, about half the multiply-adds);
 * the work that does not depend on the prompt (image tokens, the first layer's keys and values for the
   token → image attention) is computed once per image embedding and cached on it;
 * the two 2×2-stride transposed convolutions of the upscaling head become matrix products on the token layout;
@@ -49,6 +51,51 @@ def _attend(
         out = F.scaled_dot_product_attention(query, key, value)
     n, _, tokens, _ = out.shape
     return attention.out_proj(out.transpose(1, 2).reshape(n, tokens, -1))
+
+
+def _plain(*layers: nn.Module) -> bool:
+    """Whether the layers are plain ``nn.Linear`` (their weights can be folded into the attention arithmetic)."""
+    return all(type(layer) is nn.Linear for layer in layers)
+
+
+def _token_to_image(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A SAM ``Attention`` from a few prompt tokens ``q`` to the thousands of image tokens ``k``/``v``, without
+    projecting the image tokens: ``q·(K W_k)ᵀ = (q W_k)·Kᵀ`` (the key bias adds the same to every score of a row,
+    which the softmax ignores), and ``A (V W_vᵀ + b) = (A V) W_vᵀ + b`` since each row of ``A`` sums to 1. Half
+    the multiply-adds of projecting 4096 keys and values."""
+    if not _plain(attention.k_proj, attention.v_proj):
+        return _attend(attention, q, k, v)
+    heads = attention.num_heads
+    query = _heads(attention.q_proj(q), heads)  # [N, H, T, d]
+    n, _, tokens, d = query.shape
+    channels = k.shape[-1]
+    folded = torch.matmul(query, attention.k_proj.weight.view(heads, d, channels))  # [N, H, T, C]
+    scores = torch.bmm(folded.reshape(n, heads * tokens, channels), k.transpose(1, 2)) * d**-0.5
+    mixed = torch.bmm(torch.softmax(scores, dim=-1), v).view(n, heads, tokens, channels)  # [N, H, T, C]
+    weight_v = attention.v_proj.weight.view(heads, d, channels).transpose(1, 2)  # [H, C, d]
+    out = torch.matmul(mixed, weight_v) + attention.v_proj.bias.view(heads, 1, d)
+    return attention.out_proj(out.transpose(1, 2).reshape(n, tokens, heads * d))
+
+
+def _image_to_token(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A SAM ``Attention`` from the thousands of image tokens ``q`` to a few prompt tokens ``k``/``v``, without
+    projecting the image tokens in or out: the query projection is folded into the keys (``(q W_qᵀ + b)·kᵀ``)
+    and the output projection into the values. Half the multiply-adds of the two 4096-token projections."""
+    if not _plain(attention.q_proj, attention.out_proj):
+        return _attend(attention, q, k, v)
+    heads = attention.num_heads
+    key, value = _heads(attention.k_proj(k), heads), _heads(attention.v_proj(v), heads)  # [N, H, T, d]
+    n, _, tokens, d = key.shape
+    length, channels = q.shape[1], q.shape[-1]
+    weight_q = attention.q_proj.weight.view(heads, d, channels)
+    folded = torch.matmul(key, weight_q).reshape(n, heads * tokens, channels)  # [N, H*T, C]
+    offset = (key * attention.q_proj.bias.view(1, heads, 1, d)).sum(-1).reshape(n, heads * tokens, 1)
+    scores = torch.baddbmm(offset, folded, q.transpose(1, 2)) * d**-0.5  # [N, H*T, HW]
+    # softmax over each head's few keys, along the short axis of the [keys, queries] layout (fast on a CPU)
+    weights = torch.softmax(scores.view(n, heads, tokens, length), dim=2).view(n, heads * tokens, length)
+    weight_out = attention.out_proj.weight.view(channels, heads, d).permute(1, 2, 0)  # [H, d, C]
+    projected = torch.matmul(value, weight_out).reshape(n, heads * tokens, channels)  # [N, H*T, C]
+    return torch.baddbmm(attention.out_proj.bias.view(1, 1, channels), weights.transpose(1, 2), projected)
 
 
 def image_state(
@@ -146,15 +193,20 @@ def decode_tokens(
         kv = None
         if index == 0 and first_kv is not None:
             kv = tuple(t.expand(n, -1, -1, -1) for t in first_kv)
-        k = keys + key_pe if kv is None else None
-        queries = layer.norm2(
-            queries + _attend(layer.cross_attn_token_to_image, queries + query_pe, k, keys, kv)
-        )
+        if kv is None:
+            attended = _token_to_image(
+                layer.cross_attn_token_to_image, queries + query_pe, keys + key_pe, keys
+            )
+        else:
+            attended = _attend(layer.cross_attn_token_to_image, queries + query_pe, None, None, kv)
+        queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
         k = keys + key_pe
-        keys = layer.norm4(keys + _attend(layer.cross_attn_image_to_token, k, queries + query_pe, queries))
+        keys = layer.norm4(
+            keys + _image_to_token(layer.cross_attn_image_to_token, k, queries + query_pe, queries)
+        )
 
-    final = _attend(transformer.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
+    final = _token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
     queries = transformer.norm_final_attn(queries + final)
 
     scores = decoder.iou_prediction_head(queries[:, 0])[:, :1]

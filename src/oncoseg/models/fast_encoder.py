@@ -53,11 +53,16 @@ def conv_gelu(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def conv_add_gelu(conv: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """``gelu(conv(x) + residual)``, one oneDNN call where possible."""
-    if _fusable(conv, x, nn.Conv2d) and residual.stride() == x.stride():
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, *_conv_args(conv), "sum", 1.0, "gelu", [], "none"
+    """``gelu(conv(x) + residual)``: the sum fused into the oneDNN convolution where possible (oneDNN has no
+    sum-then-GELU fusion), the GELU on the flat view."""
+    layout = (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    )
+    if _fusable(conv, x, nn.Conv2d) and residual.is_contiguous(memory_format=layout):
+        summed = torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, *_conv_args(conv), "add", None, None, [], None
         )
+        return gelu(summed)
     return gelu(conv(x) + residual)
 
 
@@ -93,8 +98,14 @@ def _window_attention(attn: nn.Module, windows: torch.Tensor) -> torch.Tensor:
     heads, key_dim = attn.num_heads, attn.key_dim
     qkv = attn.qkv(attn.norm(windows)).view(b, n, heads, -1).permute(0, 2, 1, 3)
     q, k, v = qkv.split([key_dim, key_dim, attn.d], dim=-1)
+    # the relative-position bias, as TinyViT's own forward takes it: gathered once when put in eval mode
+    bias = (
+        attn.ab
+        if not attn.training and hasattr(attn, "ab")
+        else attn.attention_biases[:, attn.attention_bias_idxs]
+    )
     # a 4-D mask keeps PyTorch on its fused (flash) CPU kernel; a 3-D one falls back to plain arithmetic
-    bias = attn.attention_biases[:, attn.attention_bias_idxs].to(q.dtype)[None]
+    bias = bias.to(q.dtype)[None]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
     return attn.proj(out.transpose(1, 2).reshape(b, n, attn.dh))
 

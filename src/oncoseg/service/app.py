@@ -237,8 +237,8 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
     async def segment(image_id: str, body: PromptIn):
         session = engine.store.get(image_id)
         if body.text is not None:
-            # matching the text may load and run the sentence-embedding model: off the event loop
-            z = await run_in_threadpool(engine.check_text, session, body.text, body.points, body.box, body.z)
+            # matching the text may load and run the sentence-embedding model (torch): on the model thread
+            z = await engine.worker.run(engine.check_text, session, body.text, body.points, body.box, body.z)
             return await engine.worker.run(
                 engine.segment_text, session, body.text, z, body.overlay, body.contours
             )

@@ -105,11 +105,14 @@ class Engine:
 
     def __init__(self, config: ServiceConfig, backend=None):
         self.config = config
-        self.backend = backend or load_backend(
-            config.backend, **({"checkpoint": config.checkpoint} if config.checkpoint else {})
+        self.worker = ModelWorker(config.max_queue)
+        # built on the model thread, so that torch's OpenMP thread pool lives there only (see oncoseg.service.worker)
+        self.backend = backend or self.worker.call(
+            lambda: load_backend(
+                config.backend, **({"checkpoint": config.checkpoint} if config.checkpoint else {})
+            )
         )
         self.store = SessionStore(config.budget_bytes)
-        self.worker = ModelWorker(config.max_queue)
         self._own_workdir = config.workdir is None
         self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="oncoseg-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
