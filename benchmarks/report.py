@@ -302,7 +302,9 @@ def service_section(result: dict) -> str:
             "## Interactive service: latency and load",
             "",
             (
-                "Command: `.venv/bin/python benchmarks/service_latency.py`: a real `oncoseg serve` (uvicorn) on "
+                "Command: `.venv/bin/python benchmarks/service_latency.py`"
+                + (f" (commit `{result['git_commit']}`)" if result.get("git_commit") else "")
+                + ": a real `oncoseg serve` (uvicorn) on "
                 f"loopback, driven by a real HTTP client; {result['image']}. Machine load average "
                 + (
                     f"before the run: {machine['load_avg_1m_before']:.1f}"
@@ -540,7 +542,7 @@ def malloc_section(result: dict) -> str:
                 "example CT's 20 slices, 3 refining clicks after each), server compute time."
             ),
             "",
-            f"Ratio on/off at the median: {result['ratio_p50_on_off']:.2f}. The speed table above predates the tuning.",
+            f"Ratio on/off at the median: {result['ratio_p50_on_off']:.2f}.",
         ]
     )
 

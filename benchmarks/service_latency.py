@@ -46,6 +46,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = REPO.parent / "shared/data/totalsegmentator-example/example_ct_dicom"
@@ -394,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "command": " ".join(["benchmarks/service_latency.py", *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": git_commit(),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
