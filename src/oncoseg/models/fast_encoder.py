@@ -4,6 +4,9 @@
 It calls the encoder's own submodules (so BatchNorm-folded, fine-tuned or LoRA-wrapped layers are used as they
 are) and changes only the glue between them:
 
+* a plain convolution or linear layer followed by GELU, or by the block's residual sum, is one oneDNN call
+  (``torch.ops.mkldnn._convolution_pointwise`` / ``_linear_pointwise``, the fused ops PyTorch's own compiler
+  emits on CPUs); anything else (an unfolded Conv2d_BN, a LoRA wrapper, another device) takes the plain path;
 * GELU on a channels-last image runs on the flat ``[pixels, channels]`` view of the same memory (PyTorch's
   elementwise kernel is 2–3× slower on the 4-D channels-last view);
 * window attention is one fused ``scaled_dot_product_attention`` call with the relative-position bias as its
