@@ -331,12 +331,10 @@ class LiteMedSAMBackend(Backend):
         if negative:
             return self._decode(embedding, [prompt])
         box_alone = self._decode_tokens(embedding, [Prompt(box=prompt.box)])
-        covered = self._click_logits(embedding, box_alone, positive) > 0
-        if bool(covered.all()):
-            return self._choose(embedding, [box_alone], positive, negative)
-        return self._choose(
-            embedding, [box_alone, self._decode_tokens(embedding, [prompt])], positive, negative
-        )
+        if (self._click_logits(embedding, box_alone, positive) > 0).all():
+            scores = box_alone.scores[:, 0].float().cpu().numpy()
+            return self._full_size(embedding, self._upscaled(box_alone), scores)
+        return self._choose(embedding, [box_alone, self._decode_tokens(embedding, [prompt])], positive, [])
 
     def _click_logits(
         self, embedding: ImageEmbedding, decoded: fast_decoder.Decoded, points: Sequence
