@@ -160,12 +160,14 @@ def click(
     return answer.status_code, elapsed, answer.json() if answer.status_code == 200 else {}
 
 
-def measure_clicks(url: str, data: bytes, rounds: int, later: int, rng: random.Random) -> dict:
+def measure_clicks(
+    url: str, data: bytes, rounds: int, later: int, rng: random.Random, slices: int | None = None
+) -> dict:
     first, repeat, cached_flags, first_compute, repeat_compute = [], [], [], [], []
     with httpx.Client(base_url=url, timeout=120) as client:
         for _ in range(rounds):
             image = open_image(client, data)
-            for z in range(image["num_slices"]):
+            for z in range(min(slices or image["num_slices"], image["num_slices"])):
                 clicks: list = []
                 status, ms, answer = click(client, image["image_id"], z, 256, 256, clicks)
                 assert status == 200, status
@@ -328,7 +330,7 @@ def load_test(
     }
 
 
-def reference_times(repeats: int) -> dict:
+def reference_times(repeats: int, slices: int | None = None) -> dict:
     """The same work in this process without HTTP or the service (the reference for the ratios): the encoder on
     each slice, and a first click's decoding (six candidate boxes) on a cached embedding."""
     from oncoseg.io import load_image
@@ -342,7 +344,7 @@ def reference_times(repeats: int) -> dict:
     encode, decode = [], []
     for _ in range(repeats):
         predictor.set_image(image)  # drops the cached embeddings
-        for z in range(image.num_slices):
+        for z in range(min(slices or image.num_slices, image.num_slices)):
             start = time.perf_counter()
             predictor.embedding(z)
             encode.append(1000 * (time.perf_counter() - start))
@@ -358,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small smoke run")
     parser.add_argument("--rounds", type=int, help="cold passes over the 20 slices (default 3; quick 1)")
+    parser.add_argument("--slices", type=int, help="first clicks on the first N slices only (default all 20)")
     parser.add_argument("--later", type=int, help="cached clicks after each first click (default 3; quick 1)")
     parser.add_argument(
         "--clients", type=int, help="concurrent clients in the load phase (default 20; quick 4)"
@@ -386,12 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         server = Server(args.budget_mb, args.max_queue, Path(tmp))
         startup_s = time.perf_counter() - started
         try:
-            clicks = measure_clicks(server.url, data, rounds, later, random.Random(args.seed))
+            clicks = measure_clicks(server.url, data, rounds, later, random.Random(args.seed), args.slices)
             clicks.update(measure_viewed_clicks(server.url, data, 5 if quick else 20, args.think))
             load = load_test(server, data, clients, seconds, args.budget_mb, args.seed, args.clicks_per_slice)
         finally:
             server.stop()
-    reference = reference_times(1 if quick else 2)
+    reference = reference_times(1 if quick else 2, args.slices)
 
     result = {
         "command": " ".join(["benchmarks/service_latency.py", *(argv if argv is not None else sys.argv[1:])]),

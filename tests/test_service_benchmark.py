@@ -18,16 +18,16 @@ pytestmark = [pytest.mark.service, pytest.mark.slow]
 def test_quick_benchmark_writes_its_table_and_json(tmp_path, shared_data):
     output = tmp_path / "service_latency.json"
     command = [
-        sys.executable, str(REPO / "benchmarks/service_latency.py"), "--quick", "--clients", "3", "--seconds", "4",
+        sys.executable, str(REPO / "benchmarks/service_latency.py"), "--quick", "--slices", "6", "--clients", "3", "--seconds", "4",
         "--think", "0.5", "--output", str(output),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, encoding="utf-8", check=False, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
-    assert "| first click on a new 512×512 slice | 20 |" in done.stdout
+    assert "| first click on a new 512×512 slice | 6 |" in done.stdout
     result = json.loads(output.read_text(encoding="utf-8"))
-    assert result["first_click_ms"]["n"] == 20 and result["later_click_ms"]["n"] == 20
+    assert result["first_click_ms"]["n"] == 6 and result["later_click_ms"]["n"] == 6
     assert result["viewed_first_click_ms"]["n"] == 5
-    assert result["reference_encoder_ms"]["n"] == result["reference_click_decode_ms"]["n"] == 20
+    assert result["reference_encoder_ms"]["n"] == result["reference_click_decode_ms"]["n"] == 6
     load = result["load"]
     assert load["errors"] == 0 and load["health_failures"] == 0, load
     assert set(load["statuses"]) <= {"200", "429", "503"} and load["statuses"].get("200", 0) >= 1

@@ -162,13 +162,20 @@ def _run(config: Path, env: dict, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(shared_data, tmp_path):
-    env = {**os.environ, "ONCOSEG_HOME": str(tmp_path / "home"), "PYTHONWARNINGS": "ignore"}
+    # one thread per run, so that the uninterrupted reference run can go alongside the killed one on 2 cores
+    env = {
+        **os.environ,
+        "ONCOSEG_HOME": str(tmp_path / "home"),
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": "1",
+    }
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
     straight_dir.mkdir()
     killed_dir.mkdir()
-    straight = write_config(straight_dir, shared_data, epochs=2, steps=3)
-    killed = write_config(killed_dir, shared_data, epochs=2, steps=3)
+    straight = write_config(straight_dir, shared_data, epochs=2, steps=2)
+    killed = write_config(killed_dir, shared_data, epochs=2, steps=2)
 
+    reference = _run(straight, env)
     process = _run(killed, env)
     checkpoint = killed_dir / "run" / "01-first" / "last.ckpt"
     deadline = time.time() + 600
@@ -183,7 +190,6 @@ def test_killed_run_resumes_to_the_same_weights(shared_data, tmp_path):
 
     resumed = _run(killed, env)
     assert resumed.wait(timeout=900) == 0, resumed.stderr.read()[-2000:]
-    reference = _run(straight, env)
     assert reference.wait(timeout=900) == 0, reference.stderr.read()[-2000:]
     fingerprint = (killed_dir / "run" / "01-first" / "weights.rank0.sha256").read_text(encoding="utf-8")
     assert fingerprint == (straight_dir / "run" / "01-first" / "weights.rank0.sha256").read_text(
