@@ -41,6 +41,11 @@ def _attend(
         key, value = _heads(attention.k_proj(k), heads), _heads(attention.v_proj(v), heads)
     else:
         key, value = projected_kv
+        if key.shape[0] == 1 < query.shape[0]:  # keys shared by every prompt: all queries in one batch
+            n, _, tokens, d = query.shape
+            shared = query.transpose(0, 1).reshape(1, heads, n * tokens, d)
+            out = F.scaled_dot_product_attention(shared, key, value).view(heads, n, tokens, d).transpose(0, 1)
+            return attention.out_proj(out.transpose(1, 2).reshape(n, tokens, -1))
     scale = query.shape[-1] ** -0.5
     if key.shape[-2] <= SMALL_KEY_COUNT:
         # Image → token attention, thousands of queries over a handful of keys: a softmax along the short axis of
@@ -62,27 +67,39 @@ def _token_to_image(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: t
     """A SAM ``Attention`` from a few prompt tokens ``q`` to the thousands of image tokens ``k``/``v``, without
     projecting the image tokens: ``q·(K W_k)ᵀ = (q W_k)·Kᵀ`` (the key bias adds the same to every score of a row,
     which the softmax ignores), and ``A (V W_vᵀ + b) = (A V) W_vᵀ + b`` since each row of ``A`` sums to 1. Half
-    the multiply-adds of projecting 4096 keys and values."""
+    the multiply-adds of projecting 4096 keys and values. Image tokens of batch 1 are shared by every prompt."""
+    n = q.shape[0]
     if not _plain(attention.k_proj, attention.v_proj):
-        return _attend(attention, q, k, v)
+        return _attend(attention, q, k.expand(n, -1, -1), v.expand(n, -1, -1))
     heads = attention.num_heads
     query = _heads(attention.q_proj(q), heads)  # [N, H, T, d]
-    n, _, tokens, d = query.shape
-    channels = k.shape[-1]
+    _, _, tokens, d = query.shape
+    length, channels = k.shape[1], k.shape[-1]
     folded = torch.matmul(query, attention.k_proj.weight.view(heads, d, channels))  # [N, H, T, C]
-    scores = torch.bmm(folded.reshape(n, heads * tokens, channels), k.transpose(1, 2)) * d**-0.5
-    mixed = torch.bmm(torch.softmax(scores, dim=-1), v).view(n, heads, tokens, channels)  # [N, H, T, C]
+    folded = folded.reshape(n, heads * tokens, channels)
+    if k.shape[0] == 1 < n:  # one product for all prompts: [N*H*T, C] x [C, HW], then x [HW, C]
+        scores = torch.mm(folded.view(-1, channels), k[0].t()).view(n, heads * tokens, length)
+        weights = torch.softmax(scores * d**-0.5, dim=-1)
+        mixed = torch.mm(weights.view(-1, length), v[0]).view(n, heads, tokens, channels)
+    else:
+        weights = torch.softmax(torch.bmm(folded, k.transpose(1, 2)) * d**-0.5, dim=-1)
+        mixed = torch.bmm(weights, v).view(n, heads, tokens, channels)  # [N, H, T, C]
     weight_v = attention.v_proj.weight.view(heads, d, channels).transpose(1, 2)  # [H, C, d]
     out = torch.matmul(mixed, weight_v) + attention.v_proj.bias.view(heads, 1, d)
     return attention.out_proj(out.transpose(1, 2).reshape(n, tokens, heads * d))
 
 
-def _image_to_token(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """A SAM ``Attention`` from the thousands of image tokens ``q`` to a few prompt tokens ``k``/``v``, without
-    projecting the image tokens in or out: the query projection is folded into the keys (``(q W_qᵀ + b)·kᵀ``)
-    and the output projection into the values. Half the multiply-adds of the two 4096-token projections."""
+def _image_to_token(
+    attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """``residual`` + a SAM ``Attention`` from the thousands of image tokens ``q`` to a few prompt tokens
+    ``k``/``v``, without projecting the image tokens in or out: the query projection is folded into the keys
+    (``(q W_qᵀ + b)·kᵀ``) and the output projection into the values. Half the multiply-adds of the two 4096-token
+    projections. Image tokens (``q``, ``residual``) of batch 1 are shared by every prompt: one matrix product
+    serves them all, and the residual sum is done by the last product."""
     if not _plain(attention.q_proj, attention.out_proj):
-        return _attend(attention, q, k, v)
+        n = k.shape[0]
+        return residual + _attend(attention, q.expand(n, -1, -1), k, v)
     heads = attention.num_heads
     key, value = _heads(attention.k_proj(k), heads), _heads(attention.v_proj(v), heads)  # [N, H, T, d]
     n, _, tokens, d = key.shape
@@ -90,12 +107,17 @@ def _image_to_token(attention: nn.Module, q: torch.Tensor, k: torch.Tensor, v: t
     weight_q = attention.q_proj.weight.view(heads, d, channels)
     folded = torch.matmul(key, weight_q).reshape(n, heads * tokens, channels)  # [N, H*T, C]
     offset = (key * attention.q_proj.bias.view(1, heads, 1, d)).sum(-1).reshape(n, heads * tokens, 1)
-    scores = torch.baddbmm(offset, folded, q.transpose(1, 2)) * d**-0.5  # [N, H*T, HW]
+    if q.shape[0] == 1 < n:  # shared image tokens: [N*H*T, C] x [C, HW] in one product
+        scores = torch.mm(folded.reshape(-1, channels), q[0].t()).view(n, heads * tokens, length) + offset
+    else:
+        scores = torch.baddbmm(offset, folded, q.transpose(1, 2))  # [N, H*T, HW]
     # softmax over each head's few keys, along the short axis of the [keys, queries] layout (fast on a CPU)
-    weights = torch.softmax(scores.view(n, heads, tokens, length), dim=2).view(n, heads * tokens, length)
+    scores = scores.view(n, heads, tokens, length)
+    weights = torch.softmax(scores * d**-0.5, dim=2).view(n, heads * tokens, length)
     weight_out = attention.out_proj.weight.view(channels, heads, d).permute(1, 2, 0)  # [H, d, C]
     projected = torch.matmul(value, weight_out).reshape(n, heads * tokens, channels)  # [N, H*T, C]
-    return torch.baddbmm(attention.out_proj.bias.view(1, 1, channels), weights.transpose(1, 2), projected)
+    start = (residual + attention.out_proj.bias).expand(n, length, channels)
+    return torch.baddbmm(start, weights.transpose(1, 2), projected)
 
 
 def image_state(
@@ -182,7 +204,7 @@ def decode_tokens(
     if dense is not None:  # a mask prompt: its own dense embedding instead of "no mask"
         keys = state["features"] + dense.flatten(2).transpose(1, 2)
         first_kv = None
-    keys = keys.expand(n, -1, -1)
+    # image tokens stay one shared batch of 1 until the first layer's image -> token attention makes them differ
 
     for index, layer in enumerate(transformer.layers):
         if layer.skip_first_layer_pe:
@@ -190,21 +212,17 @@ def decode_tokens(
         else:
             q = queries + query_pe
             queries = layer.norm1(queries + _attend(layer.self_attn, q, q, queries))
-        kv = None
+        keys_pe = keys + key_pe  # used by both cross attentions of this layer
         if index == 0 and first_kv is not None:
-            kv = tuple(t.expand(n, -1, -1, -1) for t in first_kv)
-        if kv is None:
-            attended = _token_to_image(
-                layer.cross_attn_token_to_image, queries + query_pe, keys + key_pe, keys
-            )
+            attended = _attend(layer.cross_attn_token_to_image, queries + query_pe, None, None, first_kv)
         else:
-            attended = _attend(layer.cross_attn_token_to_image, queries + query_pe, None, None, kv)
+            attended = _token_to_image(layer.cross_attn_token_to_image, queries + query_pe, keys_pe, keys)
         queries = layer.norm2(queries + attended)
         queries = layer.norm3(queries + layer.mlp(queries))
-        k = keys + key_pe
         keys = layer.norm4(
-            keys + _image_to_token(layer.cross_attn_image_to_token, k, queries + query_pe, queries)
+            _image_to_token(layer.cross_attn_image_to_token, keys_pe, queries + query_pe, queries, keys)
         )
+    keys = keys.expand(n, -1, -1)
 
     final = _token_to_image(transformer.final_attn_token_to_image, queries + query_pe, keys + key_pe, keys)
     queries = transformer.norm_final_attn(queries + final)
