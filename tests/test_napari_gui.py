@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -218,15 +219,29 @@ def test_real_viewer_box_segment_propagate_commit_export_rtstruct(xvfb, tmp_path
 def test_panel_from_the_plugins_menu_segments_a_2d_sample(xvfb):
     """The npe2 widget contribution (Plugins > Onco-Seg) on a colour 2D sample opened from File > Open Sample."""
     import napari
+    from qtpy.QtCore import QThreadPool
 
     from oncoseg.napari_plugin.controller import CURRENT
     from oncoseg.napari_plugin.widget import OncoSegWidget
     from oncoseg.samples import list_samples, sample_path
 
+    # Qt's shared pool retires idle threads at once now: jobs on it would each get a new thread (and torch a new
+    # OpenMP pool); the plugin's jobs must all run on its one model thread regardless.
+    shared_pool = QThreadPool.globalInstance()
+    expiry = shared_pool.expiryTimeout()
+    shared_pool.setExpiryTimeout(0)
     viewer = napari.Viewer(show=False)
     try:
         _dock, widget = viewer.window.add_plugin_dock_widget("oncoseg", "Onco-Seg")
         assert isinstance(widget, OncoSegWidget)
+        job_threads = []
+        predictor = widget.controller.predictor
+
+        def recording_predictor(*args, **kwargs):
+            job_threads.append(threading.get_native_id())
+            return predictor(*args, **kwargs)
+
+        widget.controller.predictor = recording_predictor
         viewer.open_sample("oncoseg", "polyp")
         assert widget.image_combo.currentText() == "polyp"
         assert widget.modality_combo.itemText(0) == "auto (endoscopy, argument)"
@@ -248,5 +263,8 @@ def test_panel_from_the_plugins_menu_segments_a_2d_sample(xvfb):
         wait_until_idle(widget)
         widget.propagate()  # on a 2D image: a clear message, no job
         assert not widget.busy and "needs a volume" in widget.last_error
+        assert len(job_threads) == 2 and len(set(job_threads)) == 1, job_threads
+        assert job_threads[0] != threading.get_native_id()
     finally:
         viewer.close()
+        shared_pool.setExpiryTimeout(expiry)
