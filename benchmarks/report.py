@@ -297,6 +297,13 @@ def service_section(result: dict) -> str:
             load["health_failures"] == 0),
     ]  # fmt: skip
     statuses = ", ".join(f"{code}: {n}" for code, n in sorted(load["statuses"].items()))
+    ratio = result.get("first_click_server_over_reference")
+    paired = (
+        f"The in-process reference was taken right after each server first click on the same slice; per click, "
+        f"server compute / (encoder + decoding in-process) has median {ratio:.2f} (the service's own cost)."
+        if ratio is not None
+        else ""
+    )
     return "\n".join(
         [
             "## Interactive service: latency and load",
@@ -326,6 +333,7 @@ def service_section(result: dict) -> str:
                 f"embedding cache peak {load['cache_high_water_mb']:.0f} MB of a {load['budget_mb']} MB budget "
                 f"(process RSS peak {load['rss_mb_max']:.0f} MB)."
             ),
+            *(["", paired] if paired else []),
         ]
     )
 

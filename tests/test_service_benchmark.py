@@ -28,6 +28,7 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path, shared_data):
     assert result["first_click_ms"]["n"] == 6 and result["later_click_ms"]["n"] == 6
     assert result["viewed_first_click_ms"]["n"] == 5
     assert result["reference_encoder_ms"]["n"] == result["reference_click_decode_ms"]["n"] == 6
+    assert result["first_click_server_over_reference"] > 0  # paired with the server's clicks, one per slice
     load = result["load"]
     assert load["errors"] == 0 and load["health_failures"] == 0, load
     assert set(load["statuses"]) <= {"200", "429", "503"} and load["statuses"].get("200", 0) >= 1
