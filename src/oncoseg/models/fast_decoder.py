@@ -41,13 +41,12 @@ def _attend(
         key, value = _heads(attention.k_proj(k), heads), _heads(attention.v_proj(v), heads)
     else:
         key, value = projected_kv
-        if key.shape[0] == 1 < query.shape[0]:  # keys shared by every prompt: all queries in one batch
-            n, _, tokens, d = query.shape
-            shared = query.transpose(0, 1).reshape(1, heads, n * tokens, d)
-            out = F.scaled_dot_product_attention(shared, key, value).view(heads, n, tokens, d).transpose(0, 1)
-            return attention.out_proj(out.transpose(1, 2).reshape(n, tokens, -1))
     scale = query.shape[-1] ** -0.5
-    if key.shape[-2] <= SMALL_KEY_COUNT:
+    if key.shape[0] == 1 < query.shape[0]:  # keys shared by every prompt: all queries in one batch
+        n, _, tokens, d = query.shape
+        shared = query.transpose(0, 1).reshape(1, heads, n * tokens, d)
+        out = F.scaled_dot_product_attention(shared, key, value).view(heads, n, tokens, d).transpose(0, 1)
+    elif key.shape[-2] <= SMALL_KEY_COUNT:
         # Image → token attention, thousands of queries over a handful of keys: a softmax along the short axis of
         # the [keys, queries] score matrix is ~15x faster on a CPU than along the last axis of [queries, keys].
         weights = torch.softmax((key @ query.transpose(-1, -2)) * scale, dim=-2)
