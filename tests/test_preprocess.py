@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from oncoseg.errors import OncoSegError
@@ -295,6 +298,31 @@ def test_dict_twins_match_array_transforms_in_compose(twin, modality):
     expected = SelectMedicalChannels()(get_normalizer(modality)(image))
     np.testing.assert_array_equal(out["image"], expected)
     assert out["label"] is label
+
+
+def test_meta_tensors_keep_their_metadata_and_the_input_is_not_changed():
+    image = MetaTensor(torch.tensor([[[-1000.0, 0.0, 1000.0]]]), meta={"filename_or_obj": "ct.nii.gz"})
+    out = Compose([NormalizeCTd(keys="image"), SelectMedicalChannelsd(keys="image")])({"image": image})[
+        "image"
+    ]
+    assert isinstance(out, MetaTensor) and out.meta["filename_or_obj"] == "ct.nii.gz"
+    assert out.shape == (3, 1, 3) and torch.equal(out[2], torch.tensor([[0.0, 0.5, 1.0]]))
+    assert torch.equal(
+        image, torch.tensor([[[-1000.0, 0.0, 1000.0]]])
+    )  # a float32 input is copied, not reused
+
+
+def test_the_inference_path_does_not_import_monai():
+    """MONAI's import takes about 10 s and 0.3 GB (it loads transformers and torchvision): the CLI, the service
+    and the predictor must not pay it; the dictionary twins load it when asked for."""
+    code = (
+        "import sys, oncoseg.api, oncoseg.cli, oncoseg.predictor, oncoseg.service.app, oncoseg.preprocess as p\n"
+        "from oncoseg.models import litemedsam\n"
+        "assert 'monai' not in sys.modules, 'monai imported'\n"
+        "p.NormalizeCTd\n"
+        "assert 'monai' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_dict_twin_passes_options_and_handles_missing_keys():

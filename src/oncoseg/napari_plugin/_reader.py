@@ -18,7 +18,7 @@ from oncoseg.io.read import VOLUME_FORMATS, load_image, suffix_of
 LayerData = tuple[Any, dict[str, Any], str]
 
 METADATA_KEY = "oncoseg"
-# CT soft tissue window W400/L40 HU (= oncoseg.preprocess.CT_WINDOWS["soft_tissue"], which imports MONAI: the
+# CT soft tissue window W400/L40 HU (= oncoseg.preprocess.CT_WINDOWS["soft_tissue"], which imports torch: the
 # reader stays light, opening a file does not load the model stack).
 SOFT_TISSUE_HU = (-160.0, 240.0)
 

@@ -3,6 +3,9 @@
 `normalize_for_sam` is the one call the model stage needs: an image as Onco-Seg stores it (channels last) in,
 float32 in ``[0, 1]`` with exactly 3 channels last out. The per-backend SAM normalisation (mean/std or
 ``(x - 0.5) / 0.5``) is applied by the model stage, not here.
+
+MONAI is imported only for the dictionary twins (``NormalizeCTd`` ...), loaded from
+`oncoseg.preprocess.dictionary` on first use: the inference path does not pay MONAI's 10 s import.
 """
 
 from __future__ import annotations
@@ -10,40 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from monai.transforms import Transform
 
 from oncoseg.errors import OncoSegError
 from oncoseg.modality import MODALITIES, canonical_modality
-from oncoseg.preprocess.channels import CHANNEL_MODES, SelectMedicalChannels, SelectMedicalChannelsd
+from oncoseg.preprocess.channels import CHANNEL_MODES, SelectMedicalChannels
 from oncoseg.preprocess.normalize import (
     CT_WINDOWS,
     MAX_PERCENTILE_SAMPLES,
     NormalizeCT,
-    NormalizeCTd,
     NormalizeCXR,
-    NormalizeCXRd,
     NormalizeDermoscopy,
-    NormalizeDermoscopyd,
     NormalizeEndoscopy,
-    NormalizeEndoscopyd,
     NormalizeMammo,
-    NormalizeMammod,
     NormalizeMRI,
-    NormalizeMRId,
     NormalizePET,
-    NormalizePETd,
     NormalizeSRH,
-    NormalizeSRHd,
     NormalizeUltrasound,
-    NormalizeUltrasoundd,
     NormalizeXRay,
-    NormalizeXRayd,
+    _Normalize,
     percentile_bounds,
     percentile_scale,
     scale_to_unit,
 )
 
-NORMALIZERS: dict[str, type[Transform]] = {
+NORMALIZERS: dict[str, type[_Normalize]] = {
     "ct": NormalizeCT,
     "mri": NormalizeMRI,
     "ultrasound": NormalizeUltrasound,
@@ -58,7 +51,21 @@ NORMALIZERS: dict[str, type[Transform]] = {
 assert MODALITIES == tuple(NORMALIZERS)
 
 
-def get_normalizer(modality: str, **kwargs: Any) -> Transform:
+_DICTIONARY_TWINS = {
+    f"{name}d" for name in (*(cls.__name__ for cls in NORMALIZERS.values()), "SelectMedicalChannels")
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The dictionary twins, imported (with MONAI) on first use."""
+    if name in _DICTIONARY_TWINS:
+        from oncoseg.preprocess import dictionary
+
+        return getattr(dictionary, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def get_normalizer(modality: str, **kwargs: Any) -> _Normalize:
     """The normalising transform for ``modality`` (any alias), built with ``kwargs`` (e.g. ``window="lung"``)."""
     return NORMALIZERS[canonical_modality(modality)](**kwargs)
 

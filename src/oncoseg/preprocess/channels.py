@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
 from typing import Any
-
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
 
 from oncoseg.errors import OncoSegError
 
@@ -20,10 +16,11 @@ CHANNEL_MODES: dict[str, dict[int, list[int]]] = {
 }
 
 
-class SelectMedicalChannels(Transform):
+class SelectMedicalChannels:
     """Pick or replicate channels of a channel-first image ``(C, *spatial)`` to get exactly 3 channels.
 
-    ``mode`` is a key of ``CHANNEL_MODES``; numpy arrays and torch tensors keep their type and dtype.
+    ``mode`` is a key of ``CHANNEL_MODES``; numpy arrays and torch tensors keep their type and dtype. A plain
+    callable, as MONAI's ``Compose`` takes it; the dictionary twin is in `oncoseg.preprocess.dictionary`.
     """
 
     def __init__(self, mode: str = "t1_t1gd_flair") -> None:
@@ -41,19 +38,3 @@ class SelectMedicalChannels(Transform):
                 f"got {channels} (image shape {tuple(img.shape)})"
             )
         return img[rules[channels]]
-
-
-class SelectMedicalChannelsd(MapTransform):
-    """Dictionary twin of `SelectMedicalChannels`."""
-
-    def __init__(
-        self, keys: KeysCollection, mode: str = "t1_t1gd_flair", allow_missing_keys: bool = False
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.selector = SelectMedicalChannels(mode)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.selector(d[key])
-        return d

@@ -1,4 +1,4 @@
-"""The ten modality intensity normalisers (preprint section 2.3), as MONAI-style transforms.
+"""The ten modality intensity normalisers (preprint section 2.3), as MONAI-compatible transforms.
 
 Every normaliser takes a channel-first image ``(C, *spatial)`` (numpy array or torch tensor) and returns the
 same kind, float32, in ``[0, 1]`` and always finite:
@@ -10,19 +10,19 @@ same kind, float32, in ``[0, 1]`` and always finite:
   volume therefore costs one sort of ~1e6 values instead of ~8e7.
 * Values beyond ``±1e300`` are treated as ``±1e300`` so that differences of bounds cannot overflow.
 
-Each transform has a dictionary twin (``NormalizeCTd(keys=["image"])``) for ``monai.transforms.Compose``.
+Each transform is a plain callable (``monai.transforms.Compose`` takes it as it is) and has a dictionary twin
+(``NormalizeCTd(keys=["image"])``, in `oncoseg.preprocess.dictionary`). This module does not import MONAI:
+importing MONAI takes about 10 s and 0.3 GB (it loads transformers and torchvision), which the inference path
+(CLI, service, napari) does not pay.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
-from monai.utils import convert_data_type, convert_to_dst_type
+import torch
 
 from oncoseg.errors import OncoSegError
 
@@ -104,18 +104,22 @@ def _check_percentiles(lower: float, upper: float) -> None:
         )
 
 
-class _Normalize(Transform):
-    """Shared plumbing: numpy/torch in, same kind out, float32, channel-first."""
+class _Normalize:
+    """Shared plumbing: numpy/torch in, same kind out (a MONAI ``MetaTensor`` keeps its metadata), float32,
+    channel-first."""
 
     def __call__(self, img: Any) -> Any:
-        array, *_ = convert_data_type(img, np.ndarray)
+        is_tensor = isinstance(img, torch.Tensor)
+        array = img.detach().cpu().numpy() if is_tensor else np.asarray(img)
         if array.ndim < 2:
             raise OncoSegError(
                 f"{type(self).__name__} expects a channel-first image (C, *spatial), got shape {array.shape}"
             )
         out = self.normalize(np.array(array, dtype=np.float64, order="C")).astype(np.float32)
-        result, *_ = convert_to_dst_type(out, img, dtype=np.float32)
-        return result
+        if not is_tensor:
+            return out
+        # a float32 copy of the input tensor (same subclass, device and metadata) with the new values
+        return img.detach().to(dtype=torch.float32, copy=True).copy_(torch.from_numpy(out))
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """Normalise the float64 channel-first array ``x`` (a private copy: may be changed in place)."""
@@ -259,59 +263,3 @@ class NormalizeSRH(_Normalize):
             np.log1p(channel, out=channel)
             scale_to_unit(channel, math.log1p(low - shift), math.log1p(high - shift))
         return x
-
-
-class _NormalizeDict(MapTransform):
-    """Dictionary twin: applies ``transform_class(**kwargs)`` to each of ``keys``."""
-
-    transform_class: type[_Normalize]
-
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.normalizer = self.transform_class(**kwargs)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.normalizer(d[key])
-        return d
-
-
-class NormalizeCTd(_NormalizeDict):
-    transform_class = NormalizeCT
-
-
-class NormalizeMRId(_NormalizeDict):
-    transform_class = NormalizeMRI
-
-
-class NormalizeUltrasoundd(_NormalizeDict):
-    transform_class = NormalizeUltrasound
-
-
-class NormalizeDermoscopyd(_NormalizeDict):
-    transform_class = NormalizeDermoscopy
-
-
-class NormalizeEndoscopyd(_NormalizeDict):
-    transform_class = NormalizeEndoscopy
-
-
-class NormalizeXRayd(_NormalizeDict):
-    transform_class = NormalizeXRay
-
-
-class NormalizePETd(_NormalizeDict):
-    transform_class = NormalizePET
-
-
-class NormalizeMammod(_NormalizeDict):
-    transform_class = NormalizeMammo
-
-
-class NormalizeCXRd(_NormalizeDict):
-    transform_class = NormalizeCXR
-
-
-class NormalizeSRHd(_NormalizeDict):
-    transform_class = NormalizeSRH
