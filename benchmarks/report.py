@@ -331,7 +331,13 @@ def service_section(result: dict) -> str:
             (
                 f"Load test: statuses {statuses}; {load['errors']} errors other than deliberate 503 backpressure; "
                 f"embedding cache peak {load['cache_high_water_mb']:.0f} MB of a {load['budget_mb']} MB budget "
-                f"(process RSS peak {load['rss_mb_max']:.0f} MB)."
+                f"(process RSS peak {load['rss_mb_max']:.0f} MB"
+                + (
+                    f"; {result['startup_rss_mb']:.0f} MB after start-up, ready in {result['startup_s']:.0f} s"
+                    if "startup_rss_mb" in result
+                    else ""
+                )
+                + ")."
             ),
             *(["", paired] if paired else []),
         ]

@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         server = Server(args.budget_mb, args.max_queue, Path(tmp))
         startup_s = time.perf_counter() - started
+        startup_rss_mb = rss_mb(server.process.pid)  # model loaded and warmed up, no image open
         try:
             clicks = measure_clicks(server.url, data, rounds, later, random.Random(args.seed), args.slices)
             clicks.update(measure_viewed_clicks(server.url, data, 5 if quick else 20, args.think))
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "image": "example CT DICOM series, 20 x 512 x 512, uploaded as a zip",
         "startup_s": round(startup_s, 1),
+        "startup_rss_mb": round(startup_rss_mb, 1),
         **clicks,
         "load": load,
         "targets": {"first_click_p95_ms": 500, "later_click_p95_ms": 60},
@@ -447,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         f"\nload: {load['seconds']} s, click statuses {load['statuses']}, image opens {load['open_statuses']}, "
         f"errors {load['errors']}, "
         f"health failures {load['health_failures']}, cache high water {load['cache_high_water_mb']} MiB "
-        f"of {args.budget_mb:.0f} MiB budget, server RSS max {load['rss_mb_max']} MiB, "
+        f"of {args.budget_mb:.0f} MiB budget, server RSS max {load['rss_mb_max']} MiB "
+        f"(after start-up {result['startup_rss_mb']} MiB, ready in {result['startup_s']} s), "
         f"load average {result['machine']['load_avg_1m']:.1f}"
     )
     print(

@@ -303,18 +303,26 @@ class LiteMedSAMBackend(Backend):
     def _decode_clicks(self, embedding: ImageEmbedding, prompt: Prompt) -> MaskPrediction:
         """Clicks alone: candidate boxes of several sizes around the positive clicks, decoded as boxes only (the
         model was trained with boxes alone: the clicks themselves as decoder input cost Dice, see
-        benchmarks/clicks.py); the clicks choose the mask. With exclude clicks the same boxes are also decoded
-        with the clicks, so an exclusion the boxes alone cannot honour can still be."""
+        benchmarks/clicks.py); the clicks choose the mask. With several include clicks the boxes are grown around
+        all of them and, as a second set, around the first alone: boxes around all of them only favour large
+        masks (the decoder's score grows with the box), 3 clicks then scored below 1 click (Kvasir-SEG test Dice
+        0.729 vs 0.843, BUSI 0.687 vs 0.738); with both sets 0.831 and 0.725. With exclude clicks the same boxes
+        are also decoded with the clicks, so an exclusion the boxes alone cannot honour can still be."""
         h, w = embedding.original_size
         positive = [p for p in prompt.points if p.positive]
         negative = [p for p in prompt.points if not p.positive] if positive else []
         positive = positive or list(prompt.points)
-        x0, x1 = min(p.x for p in positive), max(p.x for p in positive)
-        y0, y1 = min(p.y for p in positive), max(p.y for p in positive)
+        extents = [(min(p.x for p in positive), min(p.y for p in positive), max(p.x for p in positive),
+                    max(p.y for p in positive))]  # fmt: skip
+        if len(positive) > 1:  # also around the first click alone (see the docstring)
+            extents.append((positive[0].x, positive[0].y, positive[0].x, positive[0].y))
         boxes = []
-        for fraction in self.click_box_fractions:
-            r = fraction * max(h, w)
-            boxes.append(Box(max(0.0, x0 - r), max(0.0, y0 - r), min(w - 1.0, x1 + r), min(h - 1.0, y1 + r)))
+        for x0, y0, x1, y1 in extents:
+            for fraction in self.click_box_fractions:
+                r = fraction * max(h, w)
+                boxes.append(
+                    Box(max(0.0, x0 - r), max(0.0, y0 - r), min(w - 1.0, x1 + r), min(h - 1.0, y1 + r))
+                )
         candidates = [self._decode_tokens(embedding, [Prompt(box=box) for box in boxes])]
         if negative:
             candidates.append(
