@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import git_commit
 
 from oncoseg.data.adapters import open_dataset
 from oncoseg.evaluate.metrics import dice
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: run(name, args.limit, predictor) for name in DATASETS}
     document = {
         "command": " ".join(["benchmarks/clicks.py", *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": git_commit(),
         "protocol": "points (seed 0): clicks inside the ground truth; candidate sets apply to the 1-click rows",
         "candidate_sets": {name: list(sizes) for name, sizes in CANDIDATE_SETS.items()},
         "machine": {"cpus": os.cpu_count()},
