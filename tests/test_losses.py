@@ -41,14 +41,30 @@ def test_weights_per_modality():
         loss_weights("sonar")
 
 
-def test_segmentation_loss_is_monai_dice_focal():
+def test_segmentation_loss_matches_monai_dice_focal():
     from monai.losses import DiceFocalLoss
 
     loss = segmentation_loss("endoscopy")
-    assert isinstance(loss, DiceFocalLoss)
-    assert (loss.lambda_dice, loss.lambda_focal, loss.focal.gamma) == (0.5, 1.5, 3.0)
+    assert (loss.lambda_dice, loss.lambda_focal, loss.gamma) == (0.5, 1.5, 3.0)
     assert segmentation_loss("colonoscopy") is loss  # cached per weighting
     assert segmentation_loss("CT").lambda_focal == 1.0
+    # the same numbers and gradients as MONAI's own DiceFocalLoss, on confident, unsure and empty cases
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 1, 24, 20, generator=generator) * torch.tensor([1.0, 8.0, 30.0, 0.1]).view(
+        4, 1, 1, 1
+    )
+    target = (torch.rand(4, 1, 24, 20, generator=generator) > 0.7).float()
+    target[3] = 0.0
+    for modality in ("ct", "endoscopy"):
+        weights = loss_weights(modality)
+        monai_loss = DiceFocalLoss(
+            sigmoid=True, squared_pred=True, smooth_nr=1.0, smooth_dr=1.0, reduction="mean", **weights
+        )
+        ours_in, theirs_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        ours, theirs = segmentation_loss(modality)(ours_in, target), monai_loss(theirs_in, target)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        ours.backward(), theirs.backward()
+        torch.testing.assert_close(ours_in.grad, theirs_in.grad, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("modality", ["ct", "endoscopy"])
