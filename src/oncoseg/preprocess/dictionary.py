@@ -10,88 +10,72 @@ from typing import Any
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from oncoseg.preprocess import normalize
 from oncoseg.preprocess.channels import SelectMedicalChannels
-from oncoseg.preprocess.normalize import (
-    NormalizeCT,
-    NormalizeCXR,
-    NormalizeDermoscopy,
-    NormalizeEndoscopy,
-    NormalizeMammo,
-    NormalizeMRI,
-    NormalizePET,
-    NormalizeSRH,
-    NormalizeUltrasound,
-    NormalizeXRay,
-)
 
 
-class _NormalizeDict(MapTransform):
-    """Dictionary twin: applies ``transform_class(**kwargs)`` to each of ``keys``."""
+class _DictionaryTwin(MapTransform):
+    """Applies ``transform_class(**kwargs)`` to each of ``keys``."""
 
     transform_class: type
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **kwargs: Any) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.normalizer = self.transform_class(**kwargs)
+        self.transform = self.transform_class(**kwargs)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.normalizer(d[key])
+            d[key] = self.transform(d[key])
         return d
 
 
-class NormalizeCTd(_NormalizeDict):
-    transform_class = NormalizeCT
+class NormalizeCTd(_DictionaryTwin):
+    transform_class = normalize.NormalizeCT
 
 
-class NormalizeMRId(_NormalizeDict):
-    transform_class = NormalizeMRI
+class NormalizeMRId(_DictionaryTwin):
+    transform_class = normalize.NormalizeMRI
 
 
-class NormalizeUltrasoundd(_NormalizeDict):
-    transform_class = NormalizeUltrasound
+class NormalizeUltrasoundd(_DictionaryTwin):
+    transform_class = normalize.NormalizeUltrasound
 
 
-class NormalizeDermoscopyd(_NormalizeDict):
-    transform_class = NormalizeDermoscopy
+class NormalizeDermoscopyd(_DictionaryTwin):
+    transform_class = normalize.NormalizeDermoscopy
 
 
-class NormalizeEndoscopyd(_NormalizeDict):
-    transform_class = NormalizeEndoscopy
+class NormalizeEndoscopyd(_DictionaryTwin):
+    transform_class = normalize.NormalizeEndoscopy
 
 
-class NormalizeXRayd(_NormalizeDict):
-    transform_class = NormalizeXRay
+class NormalizeXRayd(_DictionaryTwin):
+    transform_class = normalize.NormalizeXRay
 
 
-class NormalizePETd(_NormalizeDict):
-    transform_class = NormalizePET
+class NormalizePETd(_DictionaryTwin):
+    transform_class = normalize.NormalizePET
 
 
-class NormalizeMammod(_NormalizeDict):
-    transform_class = NormalizeMammo
+class NormalizeMammod(_DictionaryTwin):
+    transform_class = normalize.NormalizeMammo
 
 
-class NormalizeCXRd(_NormalizeDict):
-    transform_class = NormalizeCXR
+class NormalizeCXRd(_DictionaryTwin):
+    transform_class = normalize.NormalizeCXR
 
 
-class NormalizeSRHd(_NormalizeDict):
-    transform_class = NormalizeSRH
+class NormalizeSRHd(_DictionaryTwin):
+    transform_class = normalize.NormalizeSRH
 
 
-class SelectMedicalChannelsd(MapTransform):
+class SelectMedicalChannelsd(_DictionaryTwin):
     """Dictionary twin of `SelectMedicalChannels`."""
+
+    transform_class = SelectMedicalChannels
 
     def __init__(
         self, keys: KeysCollection, mode: str = "t1_t1gd_flair", allow_missing_keys: bool = False
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.selector = SelectMedicalChannels(mode)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.selector(d[key])
-        return d
+        super().__init__(keys, allow_missing_keys, mode=mode)
