@@ -68,13 +68,9 @@ class DiceFocalLoss(nn.Module):
         return self.lambda_dice * dice.mean() + self.lambda_focal * focal
 
 
-def _dice_focal(lambda_dice: float, lambda_focal: float, gamma: float) -> nn.Module:
-    return DiceFocalLoss(lambda_dice, lambda_focal, gamma)
-
-
 @functools.cache
 def _group_loss(group: str) -> nn.Module:
-    return _dice_focal(**WEIGHTS[group])
+    return DiceFocalLoss(**WEIGHTS[group])
 
 
 def segmentation_loss(modality: str) -> nn.Module:
@@ -91,7 +87,7 @@ class ModalityLoss(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.losses = nn.ModuleDict({group: _dice_focal(**weights) for group, weights in WEIGHTS.items()})
+        self.losses = nn.ModuleDict({group: DiceFocalLoss(**weights) for group, weights in WEIGHTS.items()})
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, modalities: Sequence[str] | str
