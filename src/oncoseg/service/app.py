@@ -6,6 +6,7 @@ Run it with ``oncoseg serve`` (see `serve`); the OpenAPI description is at ``/op
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,7 +24,7 @@ from oncoseg.errors import EmptyResultError, ImageReadError, OncoSegError, Promp
 from oncoseg.pacs import PacsError, PacsUnavailableError
 from oncoseg.service.cache import NotFoundError, TooLargeError
 from oncoseg.service.core import WINDOWS, ConflictError, Engine, ServiceConfig, build_prompt
-from oncoseg.service.security import GuardMiddleware, UidFilter, check_bind
+from oncoseg.service.security import GuardMiddleware, SafeFormatter, allowed_hosts, check_bind
 from oncoseg.service.worker import BusyError
 
 log = logging.getLogger("oncoseg.service")
@@ -89,7 +90,15 @@ def error_response(error: Exception) -> JSONResponse:
             ((s, c) for kind, s, c in ERROR_STATUS if isinstance(error, kind)), (500, "internal")
         )
     headers = {"Retry-After": "1"} if status == 503 else None
-    return JSONResponse({"detail": str(error), "code": code}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"detail": without_folders(str(error)), "code": code}, status_code=status, headers=headers
+    )
+
+
+def without_folders(message: str) -> str:
+    """The message with the folders of absolute paths removed (``/srv/work/sessions/ab12/image.nii.gz`` →
+    ``image.nii.gz``): the server's file layout is nobody's business."""
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+", "", message)
 
 
 def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
@@ -114,7 +123,12 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.add_middleware(GuardMiddleware, token=config.token, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        GuardMiddleware,
+        token=config.token,
+        max_body_bytes=config.max_body_bytes,
+        hosts=allowed_hosts(config.host, config.token, config.allowed_hosts),
+    )
 
     @app.exception_handler(OncoSegError)
     async def _oncoseg_error(request: Request, error: OncoSegError):
@@ -171,8 +185,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         ],
         modality: str | None = Form(None),
     ):
-        data = await file.read()
-        session = await run_in_threadpool(engine.open_upload, file.filename or "", data, modality)
+        session = await run_in_threadpool(engine.open_upload, file.filename or "", file.file, modality)
         return session.describe()
 
     @app.get("/api/images", tags=["images"], summary="Open images")
@@ -282,15 +295,15 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Log lines to stderr through a filter that hides UIDs; uvicorn's own access log is replaced."""
+    """Log lines to stderr without patient data (`SafeFormatter`: UIDs hashed, tracebacks without messages),
+    for the service's loggers, uvicorn's and the root logger; uvicorn's own access log is replaced."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(UidFilter())
-    for name in ("oncoseg", "uvicorn", "uvicorn.error"):
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("oncoseg", "uvicorn", "uvicorn.error", ""):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
-        logger.setLevel(level)
-        logger.propagate = False
+        logger.setLevel(level if name else logging.WARNING)
+        logger.propagate = not name
 
 
 def serve(config: ServiceConfig) -> None:

@@ -10,12 +10,15 @@ import io
 import logging
 import os
 import re
+import shutil
 import tempfile
+import threading
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -29,7 +32,7 @@ from oncoseg.pacs import PacsClient, uid_hash
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, Point, Prompt, validate_prompt
 from oncoseg.service.cache import NotFoundError, Session, SessionStore
-from oncoseg.service.worker import ModelWorker
+from oncoseg.service.worker import BusyError, ModelWorker
 from oncoseg.volume import PropagationSettings, propagate
 
 log = logging.getLogger("oncoseg.service")
@@ -73,6 +76,9 @@ class ServiceConfig:
     pacs_auth: tuple[str, str] | str | None = None
     memory_budget_mb: float = 2048.0  # images, normalised pixels, embeddings and results of open images
     max_upload_mb: float = 512.0
+    max_image_voxels: int | None = None  # largest image an upload may declare; default: budget / 8 bytes
+    max_concurrent_uploads: int = 2  # uploads decoded at once; more get HTTP 503 (Retry-After)
+    allowed_hosts: tuple[str, ...] = ()  # extra Host header names to answer to (loopback names always)
     max_queue: int = 8
     workdir: str | None = None
     backend: str = "litemedsam"
@@ -86,6 +92,20 @@ class ServiceConfig:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def read_limits(self):
+        """What an uploaded image may declare (checked from its header before any pixel is decoded), and no
+        data file outside the upload: the service reads images only from the bytes it was given."""
+        from oncoseg.io import ReadLimits
+
+        voxels = self.max_image_voxels or max(self.budget_bytes // 8, 1)
+        return ReadLimits(max_voxels=voxels, max_bytes=max(self.budget_bytes // 2, 1), external_data=False)
+
+    @property
+    def max_unzipped_bytes(self) -> int:
+        """The most a .zip upload (a DICOM series) may unpack to."""
+        return min(4 * self.max_body_bytes, max(self.budget_bytes // 2, 1))
 
 
 def build_prompt(
@@ -113,6 +133,7 @@ class Engine:
             )
         )
         self.store = SessionStore(config.budget_bytes)
+        self.upload_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_uploads))
         self._own_workdir = config.workdir is None
         self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="oncoseg-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -196,29 +217,37 @@ class Engine:
         folder.mkdir(parents=True)
         return folder
 
-    def open_upload(self, filename: str, data: bytes, modality: str | None = None) -> Session:
-        """An uploaded image file (NIfTI, NRRD, MHA, PNG/JPEG/TIFF, one DICOM file) or a .zip of a DICOM series."""
+    def open_upload(self, filename: str, data: bytes | BinaryIO, modality: str | None = None) -> Session:
+        """An uploaded image file (NIfTI, NRRD, MHA, PNG/JPEG/TIFF, one DICOM file) or a .zip of a DICOM series.
+
+        ``data`` is the bytes or a readable, seekable file (it is copied in chunks, never held whole). At most
+        ``max_concurrent_uploads`` are decoded at once (else `BusyError`); the image's header is checked
+        against `ServiceConfig.read_limits` before its pixels are read; a refused upload leaves no file."""
         from oncoseg.io import load_image
 
         name = (filename or "").lower()
+        suffix = next((s for s in UPLOAD_SUFFIXES if name.endswith(s)), None)
+        if suffix is None and not name.endswith(".zip"):
+            raise OncoSegError(
+                f"unsupported upload type (expected a .zip of DICOM files or one of {', '.join(UPLOAD_SUFFIXES)})"
+            )
+        if not self.upload_slots.acquire(blocking=False):
+            raise BusyError("too many uploads are being opened at once: retry in a moment")
         folder = self.session_folder()
         try:
-            if name.endswith(".zip"):
-                target = _extract_zip(data, folder / "dicom", limit=4 * self.config.max_body_bytes)
+            source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+            if suffix is None:
+                target = _extract_zip(source, folder / "dicom", limit=self.config.max_unzipped_bytes)
             else:
-                suffix = next((s for s in UPLOAD_SUFFIXES if name.endswith(s)), None)
-                if suffix is None:
-                    raise OncoSegError(
-                        f"unsupported upload type (expected a .zip of DICOM files or one of {', '.join(UPLOAD_SUFFIXES)})"
-                    )
                 target = folder / f"image{suffix}"
-                target.write_bytes(data)
-            image = load_image(target, modality=modality)
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            image = load_image(target, modality=modality, limits=self.config.read_limits)
         except BaseException:
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        finally:
+            self.upload_slots.release()
         return self.new_session(image, folder, "upload")
 
     def require_pacs(self) -> PacsClient:
@@ -429,8 +458,7 @@ class Engine:
     # ------------------------------------------------------------------ pictures
     def slice_png(self, session: Session, z: int | None, window: str | None = None) -> bytes:
         image = session.image
-        if image.is_3d and (z is None or not 0 <= z < image.num_slices):
-            raise PromptError(f"slice {z} is outside the volume (slices 0..{image.num_slices - 1})")
+        check_slice(image, z)
         pixels = image.slice(z if image.is_3d else 0)
         return png_bytes(window_slice(pixels, image.channels, window or default_window(image)))
 
@@ -454,11 +482,20 @@ class Engine:
     def result_png(self, session: Session, z: int | None) -> bytes:
         if session.result is None:
             raise ConflictError("no result yet: segment (or propagate) first")
+        check_slice(session.image, z)
         mask = session.result[z] if session.image.is_3d else session.result
         return png_bytes(mask_rgba(mask))
 
 
 # ---------------------------------------------------------------------- helpers
+def check_slice(image: MedicalImage, z: int | None) -> None:
+    """Raise PromptError unless ``z`` names a slice of ``image`` (0-based; 0 or None for a 2D image)."""
+    if image.is_3d and (z is None or not 0 <= z < image.num_slices):
+        raise PromptError(f"slice {z} is outside the volume (slices 0..{image.num_slices - 1})")
+    if not image.is_3d and z not in (None, 0):
+        raise PromptError(f"slice {z} given for a 2D image (use 0)")
+
+
 def refining_prompt(session: Session, prompt: Prompt, z: int | None) -> Prompt | None:
     """A click added to the clicks behind the current result on this slice refines that result: the model gets
     the result's box (grown to take in the positive clicks, plus a margin) with all the clicks, one decode,
@@ -631,27 +668,47 @@ def mask_payload(mask: np.ndarray, overlay: bool = True, outlines: bool = True) 
     return payload
 
 
-def _extract_zip(data: bytes, folder: Path, limit: int) -> Path:
-    """Files of a zip (a DICOM series), flattened into ``folder`` under safe names; at most ``limit`` bytes
-    unpacked (a guard against zip bombs)."""
+MAX_ZIP_MEMBERS = 10_000  # a DICOM series of 10,000 files is a lot; more is an attack on the file system
+
+
+def _extract_zip(source: BinaryIO, folder: Path, limit: int) -> Path:
+    """Files of a zip (a DICOM series), flattened into ``folder`` under numbered names (the archive's own names
+    and links are never used), read in chunks with at most ``limit`` bytes unpacked in all: the sizes the
+    archive declares are checked first, and the bytes actually inflated are counted, since headers can lie."""
+    too_big = OncoSegError(f"the uploaded zip unpacks to more than {limit / 2**20:.0f} MiB")
     folder.mkdir(parents=True)
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        with zipfile.ZipFile(source) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
             if not members:
                 raise OncoSegError("the uploaded zip holds no files")
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise OncoSegError(f"the uploaded zip holds more than {MAX_ZIP_MEMBERS} files")
             if sum(m.file_size for m in members) > limit:
-                raise OncoSegError(f"the uploaded zip unpacks to more than {limit / 2**20:.0f} MiB")
+                raise too_big
             left = limit
             for index, member in enumerate(members):
-                with archive.open(member) as source, open(folder / f"{index:05d}.dcm", "wb") as target:
-                    data = source.read(left + 1)  # the headers' sizes could lie
-                    left -= len(data)
-                    if left < 0:
-                        raise OncoSegError(f"the uploaded zip unpacks to more than {limit / 2**20:.0f} MiB")
-                    target.write(data)
-    except zipfile.BadZipFile:
-        raise OncoSegError("the uploaded .zip is not a valid zip archive") from None
+                if member.flag_bits & 0x1:
+                    raise OncoSegError("the uploaded zip is encrypted: upload an unencrypted archive")
+                if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise OncoSegError(
+                        "the uploaded zip uses a compression method other than deflate or none"
+                    )
+                with archive.open(member) as entry, open(folder / f"{index:05d}.dcm", "wb") as target:
+                    while chunk := entry.read(min(1 << 20, left + 1)):
+                        left -= len(chunk)
+                        if left < 0:
+                            raise too_big
+                        target.write(chunk)
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ):
+        raise OncoSegError("the uploaded .zip is damaged or not a zip archive this service reads") from None
     return folder
 
 

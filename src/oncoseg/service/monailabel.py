@@ -20,11 +20,12 @@ with the clicks on that slice.
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import numpy as np
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -89,17 +90,30 @@ class Datastore:
             return None
         return next((p for p in (self.root / "images").glob(f"{image_id}.*") if _stem(p) == image_id), None)
 
-    def add_image(self, image_id: str, filename: str, data: bytes) -> str:
+    def add_image(self, image_id: str, filename: str, data: BinaryIO, limits) -> str:
+        """Store an uploaded image under ``image_id`` once it has been read back within ``limits`` (a file that
+        names outside data, declares a huge size or is damaged is refused and leaves nothing behind)."""
+        from oncoseg.io import load_image
+
         ext = file_ext(filename or "")
         if ext not in UPLOAD_SUFFIXES or ext == ".dcm":
             raise OncoSegError(
                 f"datastore images must be one of {', '.join(s for s in UPLOAD_SUFFIXES if s != '.dcm')}"
             )
         image_id = self.check_id(image_id or _strip_ext(Path(filename).name))
-        existing = self.image_path(image_id)
-        if existing is not None:
-            existing.unlink()
-        (self.root / "images" / f"{image_id}{ext}").write_bytes(data)
+        staging = self.root / f".incoming-{secrets.token_hex(6)}"
+        staging.mkdir()
+        try:
+            candidate = staging / f"image{ext}"
+            with open(candidate, "wb") as out:
+                shutil.copyfileobj(data, out, 1 << 20)
+            load_image(candidate, limits=limits)
+            existing = self.image_path(image_id)
+            if existing is not None:
+                existing.unlink()
+            candidate.replace(self.root / "images" / f"{image_id}{ext}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return image_id
 
     def remove_image(self, image_id: str) -> None:
@@ -116,7 +130,7 @@ class Datastore:
             return None
         return next((p for p in folder.glob(f"{image_id}.*") if _stem(p) == image_id), None)
 
-    def save_label(self, image_id: str, tag: str, filename: str, data: bytes) -> str:
+    def save_label(self, image_id: str, tag: str, filename: str, data: BinaryIO) -> str:
         if self.image_path(image_id) is None:
             raise NotFoundError("no such image in the datastore")
         tag = self.check_id(tag)
@@ -126,9 +140,12 @@ class Datastore:
         old = self.label_path(image_id, tag)
         if old is not None:
             old.unlink()
+        from oncoseg.io import atomic_write_path
+
         folder = self.root / "labels" / tag
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{image_id}{ext}").write_bytes(data)
+        with atomic_write_path(folder / f"{image_id}{ext}") as temporary, open(temporary, "wb") as out:
+            shutil.copyfileobj(data, out, 1 << 20)
         return image_id
 
     def objects(self) -> dict[str, Any]:
@@ -248,8 +265,9 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
     async def datastore_add(
         file: Annotated[UploadFile, File()], image: str | None = Query(None), params: str = Form("{}")
     ):
-        data = await file.read()
-        image_id = await run_in_threadpool(datastore.add_image, image or "", file.filename or "", data)
+        image_id = await run_in_threadpool(
+            datastore.add_image, image or "", file.filename or "", file.file, config.read_limits
+        )
         stale = engine.store.find(f"ml-{image_id}")
         if stale is not None:
             engine.store.remove(stale.id)
@@ -271,8 +289,7 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
     async def datastore_save_label(
         image: str, label: Annotated[UploadFile, File()], tag: str = "final", params: str = Form("{}")
     ):
-        data = await label.read()
-        await run_in_threadpool(datastore.save_label, image, tag or "final", label.filename or "", data)
+        await run_in_threadpool(datastore.save_label, image, tag or "final", label.filename or "", label.file)
         return {"image": image, "label": image}
 
     @router.get("/datastore/label", summary="MONAI Label: download a label")
@@ -282,7 +299,7 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
             raise NotFoundError("no such label in the datastore")
         return FileResponse(path, filename=path.name)
 
-    def resolve(image_id: str, upload: tuple[str, bytes] | None) -> Session:
+    def resolve(image_id: str, upload: tuple[str, BinaryIO] | None) -> Session:
         if upload is not None:
             name, data = upload
             return engine.open_upload(name, data)
@@ -294,7 +311,8 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
                 return engine.store.get(key)
             from oncoseg.io import load_image
 
-            return engine.new_session(load_image(path), None, "datastore", session_id=key)
+            image = load_image(path, limits=config.read_limits)
+            return engine.new_session(image, None, "datastore", session_id=key)
         if engine.pacs is not None and re.fullmatch(r"[0-9.]{1,64}", image_id or ""):
             return engine.open_series(image_id)
         raise NotFoundError(
@@ -303,8 +321,8 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
 
     def run_infer(model: str, session: Session, request: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
         image = session.image
-        foreground = [file_to_array_index(p, image) for p in request.get("foreground") or []]
-        background = [file_to_array_index(p, image) for p in request.get("background") or []]
+        foreground = [file_to_array_index(p, image) for p in clicks_of(request, "foreground")]
+        background = [file_to_array_index(p, image) for p in clicks_of(request, "background")]
         if not foreground:
             raise PromptError("give at least one foreground click")
         if image.is_3d:
@@ -317,8 +335,7 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
         prompt = Prompt(points=tuple(points))
         z = engine.check_prompt(session, prompt, z)
         if model == "oncoseg" and image.is_3d:
-            max_slices = request.get("max_slices")
-            answer = engine.propagate(session, prompt, z, int(max_slices) if max_slices else None)
+            answer = engine.propagate(session, prompt, z, request.get("max_slices"))
         else:
             answer = engine.segment(session, prompt, z, overlay=False, outlines=False)
             answer = {k: v for k, v in answer.items() if k != "mask"}
@@ -342,12 +359,10 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
             raise OncoSegError("params must be a JSON object") from None
         if not isinstance(request, dict):
             raise OncoSegError("params must be a JSON object")
-        upload = (file.filename or "image.nii.gz", await file.read()) if file is not None else None
+        ext = check_params(request)  # before any upload is read or model time spent
+        upload = (file.filename or "image.nii.gz", file.file) if file is not None else None
         session = await run_in_threadpool(resolve, image, upload)
         mask, answer = await engine.worker.run(run_infer, model, session, request)
-        ext = request.get("result_extension") or ".nii.gz"
-        if ext not in LABEL_SUFFIXES:
-            raise OncoSegError(f"result_extension must be one of {', '.join(LABEL_SUFFIXES)}")
         data = await run_in_threadpool(_label_bytes, mask, session.image, ext, engine.workdir)
         result = {"label_names": {LABEL: 1}, "model": model, **answer}
         if output == "json":
@@ -361,6 +376,37 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
         return multipart_form(result, f"label{ext}", data)
 
     return router
+
+
+def check_params(request: dict[str, Any]) -> str:
+    """Check an /infer request's ``params`` (types and ranges) and return its result extension."""
+    for key in ("foreground", "background"):
+        clicks_of(request, key)
+    max_slices = request.get("max_slices")
+    if max_slices is not None and (
+        isinstance(max_slices, bool) or not isinstance(max_slices, int) or not 1 <= max_slices <= 100_000
+    ):
+        raise OncoSegError("max_slices must be a whole number of at least 1")
+    ext = request.get("result_extension") or ".nii.gz"
+    if ext not in LABEL_SUFFIXES:
+        raise OncoSegError(f"result_extension must be one of {', '.join(LABEL_SUFFIXES)}")
+    return ext
+
+
+def clicks_of(request: dict[str, Any], key: str) -> list[list[float]]:
+    """``request[key]``: a list of at most 64 clicks, each 2 or 3 finite numbers within ±1e6 (else PromptError)."""
+    clicks = request.get(key) or []
+    if not isinstance(clicks, list) or len(clicks) > 64:
+        raise PromptError(f"{key} must be a list of at most 64 clicks [i, j, k]")
+    for click in clicks:
+        if (
+            not isinstance(click, list)
+            or len(click) not in (2, 3)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in click)
+            or not all(math.isfinite(v) and abs(v) <= 1e6 for v in click)
+        ):
+            raise PromptError(f"each {key} click must be 2 or 3 finite numbers [i, j, k]")
+    return clicks
 
 
 def _label_bytes(mask: np.ndarray, image: MedicalImage, ext: str, workdir: Path) -> bytes:

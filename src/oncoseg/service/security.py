@@ -9,6 +9,7 @@ import logging
 import re
 import secrets
 import time
+import traceback
 
 from oncoseg.errors import OncoSegError
 
@@ -18,6 +19,41 @@ access_log = logging.getLogger("oncoseg.service.access")
 # login endpoints (which hand out the token only for the right password).
 PUBLIC_PATHS = ("/health", "/", "/index.html", "/favicon.ico", "/auth/", "/auth", "/auth/token")
 PUBLIC_PREFIXES = ("/static/",)
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "127.0.0.1", "::1"})
+
+# The web page loads only its own files; the overlay PNG arrives as a data: URL. No framing (clickjacking).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")  # FastAPI's pages load their scripts from a CDN
+
+
+def allowed_hosts(bind_host: str, token: str | None, extra: tuple[str, ...] = ()) -> frozenset[str] | None:
+    """Host header names the service answers to; None = any. Without a token only loopback names (and
+    ``extra``) are answered, so a web page whose name resolves to 127.0.0.1 (DNS rebinding) gets nothing."""
+    if token and not extra:
+        return None
+    names = {name.lower().strip("[]") for name in extra}
+    if is_loopback(bind_host):
+        names |= {bind_host.lower().strip("[]")}
+    return frozenset(LOOPBACK_NAMES | names)
+
+
+def host_name(value: str) -> str:
+    """The name part of a Host header value (``[::1]:8765`` → ``::1``, ``Example.org:80`` → ``example.org``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 def is_loopback(host: str) -> bool:
@@ -30,14 +66,18 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse to listen beyond loopback without a token (anyone on the network could use it otherwise)."""
+    """Refuse to listen beyond loopback without a token (anyone on the network could use it otherwise), and
+    refuse tokens that are short or hold spaces (a token of blanks is no secret)."""
+    if token is not None and (len(token) < 16 or any(c.isspace() or not c.isprintable() for c in token)):
+        raise OncoSegError(
+            "the token is too short or holds spaces: use at least 16 printable characters without spaces "
+            "(e.g. `python -m secrets`)"
+        )
     if not is_loopback(host) and not token:
         raise OncoSegError(
             f"refusing to listen on {host} without a token: set ONCOSEG_TOKEN or --token-file, "
             "or keep the default --host 127.0.0.1"
         )
-    if token is not None and len(token) < 16:
-        raise OncoSegError("the token is too short: use at least 16 characters (e.g. `python -m secrets`)")
 
 
 def new_token() -> str:
@@ -64,15 +104,28 @@ def hide_uids(text: str) -> str:
     return re.sub(r"\d+(\.\d+){4,}", lambda m: f"<uid:{uid_hash(m.group(0))}>", text)
 
 
-class UidFilter(logging.Filter):
-    """Scrub UIDs from every record that passes (attach to handlers of the service's loggers)."""
+class SafeFormatter(logging.Formatter):
+    """Log lines without patient data: UIDs hashed, and tracebacks reduced to the exception types and the code
+    locations (file, line, function). Exception messages and local values never reach the log: they can hold
+    file names, DICOM tags or request parameters."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        cleaned = hide_uids(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
+    def format(self, record: logging.LogRecord) -> str:
+        return hide_uids(super().format(record))
+
+    def formatException(self, ei) -> str:
+        _, error, tb = ei
+        lines = ["Traceback (messages hidden; no patient data in logs):"]
+        seen: set[int] = set()
+        while error is not None and id(error) not in seen:
+            seen.add(id(error))
+            frames = traceback.extract_tb(error.__traceback__ if error.__traceback__ is not None else tb)
+            lines += [f"  {f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames]
+            lines.append(f"{type(error).__module__}.{type(error).__qualname__}")
+            error = error.__cause__ or error.__context__
+        return "\n".join(lines)
+
+    def formatStack(self, stack_info: str) -> str:
+        return "(stack hidden)"
 
 
 async def _send_json(send, status: int, detail: str, code: str, headers: list | None = None) -> None:
@@ -96,10 +149,11 @@ class GuardMiddleware:
     """ASGI middleware: bearer-token check, request body limit (HTTP 413) and an access log that names the
     route template (``/api/images/{image_id}/segment``), never the raw path or query (which may hold UIDs)."""
 
-    def __init__(self, app, token: str | None, max_body_bytes: int):
+    def __init__(self, app, token: str | None, max_body_bytes: int, hosts: frozenset[str] | None = None):
         self.app = app
         self.token = token
         self.max_body_bytes = max_body_bytes
+        self.hosts = hosts
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -112,10 +166,23 @@ class GuardMiddleware:
                 return  # the app's own answer to the cut-off body is replaced by our 413
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *extra_headers]}
             await send(message)
 
+        path = scope["path"]
+        extra_headers = list(SECURITY_HEADERS)
+        if path not in DOCS_PATHS:
+            extra_headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
         try:
-            path = scope["path"]
+            if self.hosts is not None:
+                host = next((v for k, v in scope["headers"] if k.lower() == b"host"), b"").decode("latin-1")
+                if host_name(host) not in self.hosts:
+                    return await _send_json(
+                        send_logged,
+                        421,
+                        "this service answers only to its own host names (see --allowed-host)",
+                        "wrong_host",
+                    )
             public = path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
             if self.token and not public and not token_matches(bearer(scope["headers"]), self.token):
                 return await _send_json(
@@ -126,7 +193,7 @@ class GuardMiddleware:
                     [(b"www-authenticate", b"Bearer")],
                 )
             length = next((v for k, v in scope["headers"] if k.lower() == b"content-length"), None)
-            if length is not None and int(length) > self.max_body_bytes:
+            if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
                 return await _send_json(send_logged, 413, self._too_large(), "too_large")
             received = 0
 

@@ -76,7 +76,10 @@ async function loadSeries() {
       list.appendChild(item);
     }
   } catch (error) {
-    list.innerHTML = `<li class="muted">${error.status === 409 ? "no PACS configured" : error.message}</li>`;
+    const item = document.createElement("li");
+    item.className = "muted";
+    item.textContent = error.status === 409 ? "no PACS configured" : error.message;  // text, never markup
+    list.replaceChildren(item);
   }
 }
 
