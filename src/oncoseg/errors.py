@@ -19,3 +19,7 @@ class ModelError(OncoSegError):
 
 class EmptyResultError(OncoSegError):
     """The model found nothing where the prompt pointed."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The file declares more voxels or bytes than the reader's `ReadLimits` allow."""

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
+import re
+import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import nibabel
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from nibabel.filebasedimages import ImageFileError
 from PIL import Image
-from pydicom.errors import InvalidDicomError
 
-from oncoseg.errors import ImageReadError
+from oncoseg.errors import ImageReadError, ImageTooLargeError, OncoSegError
 from oncoseg.image import MedicalImage
+from oncoseg.io.dicom_checks import check_positions, check_spacing, read_series_headers
+from oncoseg.io.headers import check_nifti_complete, check_nifti_header, check_text_header
+from oncoseg.io.limits import DEFAULT_LIMITS, ReadLimits, check_declared_size, check_geometry
 from oncoseg.modality import canonical_modality
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ VOLUME_FORMATS = {
     ".mha": "metaimage",
     ".mhd": "metaimage",
 }
+ITK_IMAGE_IO = {"nifti": "NiftiImageIO", "nrrd": "NrrdImageIO", "metaimage": "MetaImageIO"}
 PHOTO_FORMATS = {
     ".png": "png",
     ".jpg": "jpeg",
@@ -60,32 +62,49 @@ def suffix_of(path: Path, known: Iterable[str]) -> str | None:
     return next((s for s in known if name.endswith(s)), None)
 
 
-def load_image(path: str | os.PathLike, modality: str | None = None) -> MedicalImage:
+def load_image(
+    path: str | os.PathLike, modality: str | None = None, *, limits: ReadLimits | None = None
+) -> MedicalImage:
     """Load an image file or a DICOM series folder; volumes come back reoriented to LPS.
 
     ``modality`` (one of `MODALITIES` or an alias such as "MR") overrides the DICOM Modality tag and
     the guess; ``metadata["modality_source"]`` records which of "argument", "dicom" or "guessed" was used.
+    ``limits`` (default `ReadLimits()`) bounds the declared size and whether a header may name another file;
+    a file over them raises `ImageTooLargeError`. Damaged input raises `ImageReadError` in one line;
+    ``metadata["warnings"]`` lists what was tolerated (e.g. skipped unreadable DICOM files).
     """
     path = Path(path)
+    limits = limits or DEFAULT_LIMITS
     if modality is not None:
         modality = canonical_modality(modality)
     if not path.exists():
-        raise ImageReadError(f"{path}: no such file or folder")
-    if path.is_dir():
-        image = _read_dicom_series(path)
-    elif suffix_of(path, VOLUME_FORMATS):
-        image = _read_volume_file(path)
-    elif suffix_of(path, PHOTO_FORMATS):
-        image = _read_photo(path)
-    elif path.suffix.lower() == ".dcm" or _has_dicom_preamble(path):
-        image = _read_dicom_series(path.parent, wanted=path)
-    else:
-        known = ", ".join([*VOLUME_FORMATS, *PHOTO_FORMATS, ".dcm"])
-        raise ImageReadError(f"{path}: unknown file type (expected {known} or a DICOM folder)")
+        raise ImageReadError(f"{path.name}: no such file or folder")
+    try:
+        image = _read_any(path, limits)
+        if int(np.prod(image.shape)) < 2:
+            raise ImageReadError(f"{path.name}: image has shape {image.shape}, too small to segment")
+        check_geometry(path.name, image.spacing, image.origin, image.direction)
+    except OncoSegError:
+        raise
+    except (
+        ValueError,
+        RuntimeError,
+        OSError,
+        EOFError,
+        zlib.error,
+        struct.error,
+        OverflowError,
+        MemoryError,
+        IndexError,
+        KeyError,
+        TypeError,
+    ) as exc:
+        log.debug("reading %s failed", path.name, exc_info=True)
+        raise ImageReadError(f"{path.name}: cannot be read ({type(exc).__name__}; corrupt file?)") from exc
 
-    if int(np.prod(image.shape)) < 2:
-        raise ImageReadError(f"{path}: image has shape {image.shape}, too small to segment")
-
+    warnings = image.metadata.setdefault("warnings", [])
+    for warning in warnings:
+        log.warning("%s", warning)
     if modality is not None:
         image.modality, source = modality, "argument"
     elif image.metadata.get("dicom_modality") in DICOM_MODALITIES:
@@ -94,6 +113,19 @@ def load_image(path: str | os.PathLike, modality: str | None = None) -> MedicalI
         image.modality, source = guess_modality(path, image), "guessed"
     image.metadata["modality_source"] = source
     return image
+
+
+def _read_any(path: Path, limits: ReadLimits) -> MedicalImage:
+    if path.is_dir():
+        return _read_dicom_series(path, limits=limits)
+    if suffix_of(path, VOLUME_FORMATS):
+        return _read_volume_file(path, limits)
+    if suffix_of(path, PHOTO_FORMATS):
+        return _read_photo(path, limits)
+    if path.suffix.lower() == ".dcm" or _has_dicom_preamble(path):
+        return _read_dicom_series(path.parent, wanted=path, limits=limits)
+    known = ", ".join([*VOLUME_FORMATS, *PHOTO_FORMATS, ".dcm"])
+    raise ImageReadError(f"{path.name}: unknown file type (expected {known} or a DICOM folder)")
 
 
 def guess_modality(path: str | os.PathLike, image: MedicalImage) -> str:
@@ -122,62 +154,65 @@ def _has_dicom_preamble(path: Path) -> bool:
         return f.read(4) == b"DICM"
 
 
-def _read_volume_file(path: Path) -> MedicalImage:
+def _read_volume_file(path: Path, limits: ReadLimits) -> MedicalImage:
+    """NIfTI, NRRD or MetaImage after checking the header; ITK is told the format so it reads no other."""
     fmt = VOLUME_FORMATS[suffix_of(path, VOLUME_FORMATS)]
-    try:
-        itk_image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ImageReadError(f"{path}: cannot be read as {fmt} (corrupt or truncated file?)") from exc
     if fmt == "nifti":
-        _check_nifti_complete(path)
+        data_end = check_nifti_header(path, limits)
+    else:
+        check_text_header(path, fmt, limits)
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(ITK_IMAGE_IO[fmt])
+    reader.SetFileName(str(path))
+    try:
+        with _itk_warnings_off():
+            itk_image = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path.name}: cannot be read as {fmt} (corrupt or truncated file?)") from exc
+    if fmt == "nifti":
+        check_nifti_complete(path, data_end)
     image = _from_sitk(itk_image, path)
     image.metadata["format"] = fmt
     return image
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Raise if a NIfTI file is cut short: ITK would silently read the missing voxels as zeros.
+def _read_photo(path: Path, limits: ReadLimits) -> MedicalImage:
+    """Greyscale → ``[y, x]`` in its own bit depth; colour → RGB ``[y, x, 3]`` (alpha dropped).
 
-    A complete .nii.gz ends with its uncompressed size (mod 2**32); only when that differs from the end of the
-    voxel data (e.g. trailing bytes, several gzip members) is the whole stream decompressed to be sure.
-    """
-    error = ImageReadError(f"{path}: NIfTI file is truncated (voxel data missing)")
-    try:
-        proxy = nibabel.load(path).dataobj
-        data_end = proxy.offset + int(np.prod(proxy.shape)) * proxy.dtype.itemsize
-        if not path.name.lower().endswith(".gz"):
-            if path.stat().st_size < data_end:
-                raise error
-            return
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            if int.from_bytes(f.read(4), "little") == data_end % 2**32:
-                return
-        with gzip.open(path) as f:
-            while f.read(1 << 24):
-                pass
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise error from exc
-
-
-def _read_photo(path: Path) -> MedicalImage:
-    """Greyscale → ``[y, x]`` in its own bit depth; colour → RGB ``[y, x, 3]`` (alpha dropped)."""
+    The size is checked from the header before decoding; Pillow's own decompression-bomb refusal (about
+    179 megapixels) becomes an `ImageTooLargeError` too."""
     fmt = PHOTO_FORMATS[suffix_of(path, PHOTO_FORMATS)]
     try:
         with Image.open(path) as pil:
+            grey = pil.mode in ("1", "L", "LA", "I", "F") or pil.mode.startswith("I;16")
+            itemsize = 4 if pil.mode in ("I", "F") else 2 if pil.mode.startswith("I;16") else 1
+            channels = max(len(pil.getbands()), 1 if grey else 3)
+            check_declared_size(path.name, (pil.height, pil.width, channels), itemsize, limits)
             pil.load()
             if pil.mode in ("1", "LA"):
                 pil = pil.convert("L")
-            elif not (pil.mode in ("L", "I", "F") or pil.mode.startswith("I;16")):
+            elif not grey:
                 pil = pil.convert("RGB")
             array = np.array(pil)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{path}: cannot be read as {fmt} (corrupt or truncated file?)") from exc
+    except OncoSegError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{path.name}: {_bomb_message(exc)}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+        raise ImageReadError(f"{path.name}: cannot be read as {fmt} (corrupt or truncated file?)") from exc
     array = array.astype(array.dtype.newbyteorder("="), copy=False)
     image = MedicalImage.from_array(array, channels=3 if array.ndim == 3 else 1)
     image.source_path = str(path)
     image.metadata["format"] = fmt
     return image
+
+
+def _bomb_message(exc: Exception) -> str:
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+    if found is None:
+        return "photo declares more pixels than Pillow's decompression-bomb limit"
+    pixels, limit = (int(v) for v in found.groups())
+    return f"photo declares {pixels:,} pixels, over Pillow's decompression-bomb limit of {limit:,}"
 
 
 def _from_sitk(itk_image: sitk.Image, path: Path) -> MedicalImage:
@@ -219,7 +254,7 @@ def _split_components(itk_image: sitk.Image, path: Path) -> list[sitk.Image]:
             return [itk_image]
         return [sitk.VectorIndexSelectionCast(itk_image, i) for i in range(n_components)]
     raise ImageReadError(
-        f"{path}: {dim}D image with {n_components} component(s) per pixel; expected 2D or 3D (+ channels)"
+        f"{path.name}: {dim}D image with {n_components} component(s) per pixel; expected 2D or 3D (+ channels)"
     )
 
 
@@ -234,7 +269,9 @@ def _itk_warnings_off() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _read_dicom_series(folder: Path, wanted: Path | None = None) -> MedicalImage:
+def _read_dicom_series(
+    folder: Path, wanted: Path | None = None, limits: ReadLimits = DEFAULT_LIMITS
+) -> MedicalImage:
     """Read the series holding ``wanted`` (else the folder's largest series), slices sorted by position.
 
     SimpleITK applies RescaleSlope/Intercept (CT comes out in HU). A single-frame single-file series
@@ -242,9 +279,14 @@ def _read_dicom_series(folder: Path, wanted: Path | None = None) -> MedicalImage
     ``dicom_files`` and ``SOPInstanceUIDs`` in array order along ``dicom_slice_axis`` (0 = z for axial
     series, after reorientation to LPS), the Series/Study/FrameOfReference/SOPClass UIDs, the raw
     ``dicom_modality`` and ``dicom_series_count``. No patient identifiers are kept or logged.
+
+    A damaged series is refused (slices without position or with another orientation, repeated positions,
+    gaps or uneven spacing, bad PixelSpacing, truncated or unreadable slices of the series) or loaded with
+    ``metadata["warnings"]`` (unreadable stray files skipped, a 2D image without PixelSpacing in pixels).
     """
+    name = folder.name
     if not any(p.is_file() for p in folder.iterdir()):
-        raise ImageReadError(f"{folder}: folder holds no files")
+        raise ImageReadError(f"{name}: folder holds no files")
     reader = sitk.ImageSeriesReader()
     with _itk_warnings_off():
         series = {
@@ -252,42 +294,45 @@ def _read_dicom_series(folder: Path, wanted: Path | None = None) -> MedicalImage
             for sid in reader.GetGDCMSeriesIDs(str(folder))
         }
     if not series:
-        raise ImageReadError(f"{folder}: no DICOM series found in this folder")
+        raise ImageReadError(f"{name}: no DICOM series found in this folder")
     if wanted is not None:
         chosen = next(
             (sid for sid, files in series.items() if any(os.path.samefile(f, wanted) for f in files)), None
         )
         if chosen is None:
-            raise ImageReadError(f"{wanted}: not readable as part of a DICOM series")
+            raise ImageReadError(f"{wanted.name}: not readable as part of a DICOM series")
     else:
         chosen = max(series, key=lambda sid: len(series[sid]))
         if len(series) > 1:
             log.info("DICOM folder holds %d series; loading the largest", len(series))
     files = series[chosen]
+    listed = {Path(f).name for group in series.values() for f in group}
+    headers, warnings = read_series_headers(folder, files, chosen, listed, limits)
+    stack = check_positions(name, headers)
     reader.SetFileNames(files)
     try:
-        itk_image = reader.Execute()
-        first = pydicom.dcmread(files[0], stop_before_pixels=True)
-        tags = ["ImagePositionPatient", "SOPInstanceUID"]
-        headers = [pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags) for f in files]
-    except (RuntimeError, OSError, InvalidDicomError) as exc:
-        raise ImageReadError(f"{folder}: DICOM series cannot be read (corrupt or truncated file?)") from exc
+        with _itk_warnings_off():
+            itk_image = reader.Execute()
+    except RuntimeError as exc:
+        raise ImageReadError(f"{name}: DICOM series cannot be read (corrupt or truncated file?)") from exc
 
     if len(files) == 1 and itk_image.GetDimension() == 3 and itk_image.GetSize()[2] == 1:
         size = list(itk_image.GetSize())
         collapse = sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOGUESS
         itk_image = sitk.Extract(itk_image, size[:2] + [0], [0, 0, 0], collapse)
+    itk_image, spacing_warnings = check_spacing(name, headers, itk_image, stack)
     image = _from_sitk(itk_image, folder)
 
     # Order the files along the array axis their positions run along (z for axial slices).
     order, slice_axis = list(range(len(files))), 0
-    positions = [h.get("ImagePositionPatient") for h in headers]
-    if image.is_3d and len(files) > 1 and all(p is not None for p in positions):
+    if image.is_3d and stack is not None:
+        positions = [[float(v) for v in h.ImagePositionPatient] for h in headers]
         direction = np.reshape(image.direction, (3, 3))
-        index_xyz = (np.array(positions, dtype=float) - image.origin) @ direction / image.spacing
+        index_xyz = (np.array(positions) - image.origin) @ direction / image.spacing
         xyz_axis = int(np.argmax(np.ptp(index_xyz, axis=0)))
         order, slice_axis = [int(i) for i in np.argsort(index_xyz[:, xyz_axis], kind="stable")], 2 - xyz_axis
 
+    first = headers[0]
     image.metadata.update(
         format="dicom",
         dicom_modality=str(first.get("Modality", "")) or None,
@@ -299,6 +344,7 @@ def _read_dicom_series(folder: Path, wanted: Path | None = None) -> MedicalImage
         StudyInstanceUID=_uid(first, "StudyInstanceUID"),
         FrameOfReferenceUID=_uid(first, "FrameOfReferenceUID"),
         SOPClassUID=_uid(first, "SOPClassUID"),
+        warnings=warnings + spacing_warnings,
     )
     return image
 
