@@ -104,7 +104,9 @@ def _is_truncated(ds: Dataset, path: str, shape: tuple[int, ...]) -> bool:
 
 
 def _unlisted_files(folder: Path, listed: set[str], series_uid: str) -> tuple[int, int]:
-    """(DICOM-looking files no series holds that are unreadable, such files that belong to ``series_uid``)."""
+    """(DICOM-looking files no series holds that are unreadable or images, such files of ``series_uid``).
+
+    Readable non-image objects of other series (RTSTRUCT, SR) and DICOMDIR are not counted."""
     skipped = missing = 0
     for path in sorted(folder.iterdir()):
         if path.name in listed or path.name.upper() == "DICOMDIR" or not path.is_file():
@@ -117,7 +119,7 @@ def _unlisted_files(folder: Path, listed: set[str], series_uid: str) -> tuple[in
             image = "Rows" in ds
         except DAMAGED:
             uid, sop_class, image = "", "", True
-        if uid and uid == series_uid:
+        if uid and series_uid.startswith(uid):  # a cut-off file keeps a prefix of the UID
             missing += 1
         elif sop_class != DICOMDIR_CLASS and (not uid or image):
             skipped += 1

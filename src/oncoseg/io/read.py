@@ -157,8 +157,8 @@ def _has_dicom_preamble(path: Path) -> bool:
 def _read_volume_file(path: Path, limits: ReadLimits) -> MedicalImage:
     """NIfTI, NRRD or MetaImage after checking the header; ITK is told the format so it reads no other."""
     fmt = VOLUME_FORMATS[suffix_of(path, VOLUME_FORMATS)]
-    if fmt == "nifti":
-        data_end = check_nifti_header(path, limits)
+    if fmt == "nifti":  # truncation is checked first: ITK would allocate the declared size, then read zeros
+        check_nifti_complete(path, check_nifti_header(path, limits))
     else:
         check_text_header(path, fmt, limits)
     reader = sitk.ImageFileReader()
@@ -169,8 +169,6 @@ def _read_volume_file(path: Path, limits: ReadLimits) -> MedicalImage:
             itk_image = reader.Execute()
     except RuntimeError as exc:
         raise ImageReadError(f"{path.name}: cannot be read as {fmt} (corrupt or truncated file?)") from exc
-    if fmt == "nifti":
-        check_nifti_complete(path, data_end)
     image = _from_sitk(itk_image, path)
     image.metadata["format"] = fmt
     return image
