@@ -387,6 +387,11 @@ def test_missing_pixel_spacing_refuses_a_volume_and_warns_on_a_2d_image(tmp_path
     assert image.shape == (6, 7) and image.spacing == (1.0, 1.0)
     assert image.metadata["warnings"] == ["no PixelSpacing: pixel sizes unknown, measurements in pixels"]
     assert [r.getMessage() for r in caplog.records] == image.metadata["warnings"]
+    # A single multi-frame file (e.g. an ultrasound cine) comes back in pixels too.
+    edit_slice(folder, 0, NumberOfFrames=3, PixelData=np.ones((3, 6, 7), "<u2").tobytes())
+    image = load_image(folder)
+    assert image.shape == (3, 6, 7) and image.spacing == (1.0, 1.0, 1.0)
+    assert image.metadata["warnings"] == ["no PixelSpacing: pixel sizes unknown, measurements in pixels"]
 
 
 def test_unreadable_stray_file_is_skipped_with_a_warning_but_one_of_the_series_refuses(tmp_path, caplog):

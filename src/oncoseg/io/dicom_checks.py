@@ -210,10 +210,10 @@ def check_positions(name: str, headers: Sequence[Dataset]) -> tuple[float, np.nd
 def check_spacing(
     name: str, headers: Sequence[Dataset], itk_image: sitk.Image, stack: tuple[float, np.ndarray] | None
 ) -> tuple[sitk.Image, list[str]]:
-    """Refuse unless ITK's spacing agrees with PixelSpacing and the slice positions; a 2D image without
+    """Refuse unless ITK's spacing agrees with PixelSpacing and the slice positions; a single file without
     PixelSpacing is returned in pixel units with a warning. Returns (image, warnings)."""
     n = len(headers)
-    pixel = [_tag(ds, "PixelSpacing", 2) for ds in headers]
+    pixel = [_pixel_spacing(ds) for ds in headers]
     if any(isinstance(p, str) or (p is not None and np.any(p <= 0)) for p in pixel):
         raise ImageReadError(f"{name}: bad geometry: PixelSpacing is not two finite numbers > 0")
     missing = sum(p is None for p in pixel)
@@ -227,14 +227,14 @@ def check_spacing(
     imager = imager if isinstance(imager, np.ndarray) and np.all(imager > 0) else None
     warnings = []
     if missing:
-        if n > 1 or itk_image.GetDimension() != 2:
-            raise ImageReadError(f"{name}: no PixelSpacing in a multi-slice image: voxel sizes unknown")
-        if imager is not None and _close(in_plane, imager):
+        if n > 1:
+            raise ImageReadError(f"{name}: no PixelSpacing in a multi-slice series: voxel sizes unknown")
+        if imager is not None and _close(in_plane, imager) and itk_image.GetDimension() == 2:
             warnings.append(
                 "no PixelSpacing: using ImagerPixelSpacing (sizes at the detector, not the patient)"
             )
         else:
-            itk_image.SetSpacing([1.0, 1.0])
+            itk_image.SetSpacing([1.0] * itk_image.GetDimension())
             warnings.append(NO_SPACING)
     elif not any(ref is not None and _close(in_plane, ref) for ref in (pixel[0], imager)):
         raise ImageReadError(f"{name}: pixel spacing read {tuple(in_plane)} disagrees with PixelSpacing")
@@ -246,6 +246,18 @@ def check_spacing(
                 f"{name}: slice spacing read ({spacing[2]:.4g} mm) disagrees with the slice positions ({step:.4g} mm)"
             )
     return itk_image, warnings
+
+
+def _pixel_spacing(ds: Dataset) -> np.ndarray | None | str:
+    """PixelSpacing, also from the functional groups of an enhanced multi-frame object."""
+    value = _tag(ds, "PixelSpacing", 2)
+    for group in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        if value is None and group in ds:
+            try:
+                value = _tag(ds[group][0].PixelMeasuresSequence[0], "PixelSpacing", 2)
+            except (IndexError, AttributeError, KeyError, TypeError):
+                continue
+    return value
 
 
 def _close(a: np.ndarray, b: np.ndarray) -> bool:
