@@ -341,7 +341,7 @@ def test_slice_with_another_orientation_is_refused(tmp_path):
 def test_two_slices_at_one_position_are_refused(tmp_path):
     folder = series(tmp_path)
     edit_slice(folder, 3, ImagePositionPatient=[-100, -80, 45])  # slice 2's position
-    refused_series(folder, "share a position")
+    refused_series(folder, "2 of 6 slices share a position", "slices 2 and 3")
 
 
 @pytest.mark.parametrize(("missing", "gap_at"), [(2, "slices 1 and 2"), (4, "slices 3 and 4")])

@@ -114,7 +114,7 @@ def _unlisted_files(folder: Path, listed: set[str], series_uid: str) -> tuple[in
         if path.suffix.lower() != ".dcm" and not _has_preamble(path):
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, defer_size=1024)
             uid, sop_class = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPClassUID", ""))
             image = "Rows" in ds
         except DAMAGED:
@@ -183,11 +183,12 @@ def check_positions(name: str, headers: Sequence[Dataset]) -> tuple[float, np.nd
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     steps = np.diff(along[order])
-    same = int(np.sum(steps < 1e-3))
-    if same:
-        i = int(np.argmax(steps < 1e-3))
+    same = steps < 1e-3
+    if same.any():
+        shared = int(np.sum(np.r_[same, False] | np.r_[False, same]))
+        i = int(np.argmax(same))
         raise ImageReadError(
-            f"{name}: {same + 1} slices share a position with another (first at slices {i} and {i + 1} of {n},"
+            f"{name}: {shared} of {n} slices share a position with another (first at slices {i} and {i + 1},"
             " 0-based, sorted by position)"
         )
     travel = along - along[order[0]]
