@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oncoseg import __version__
-from oncoseg.errors import EmptyResultError, ImageReadError, OncoSegError, PromptError
+from oncoseg.errors import EmptyResultError, ImageReadError, ImageTooLargeError, OncoSegError, PromptError
 from oncoseg.pacs import PacsError, PacsUnavailableError
 from oncoseg.service.cache import NotFoundError, TooLargeError
 from oncoseg.service.core import WINDOWS, ConflictError, Engine, ServiceConfig, build_prompt
@@ -73,6 +73,7 @@ ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
     (BusyError, 503, "busy"),
     (NotFoundError, 404, "not_found"),
     (TooLargeError, 413, "too_large"),
+    (ImageTooLargeError, 413, "too_large"),
     (ConflictError, 409, "conflict"),
     (PromptError, 422, "bad_prompt"),
     (EmptyResultError, 422, "empty_result"),

@@ -74,6 +74,7 @@ class Session:
             is_3d=self.image.is_3d,
             dicom=self.dicom_folder is not None,
             has_result=self.result is not None and bool(self.result.any()),
+            warnings=list(self.image.metadata.get("warnings", [])),  # e.g. skipped unreadable DICOM files
         )
         return facts
 

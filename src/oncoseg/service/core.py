@@ -332,6 +332,7 @@ class Engine:
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, session.image, slice_only=True),
+            "warnings": list(session.image.metadata.get("warnings", [])),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
@@ -380,6 +381,7 @@ class Engine:
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, session.image, slice_only=True),
+            "warnings": list(session.image.metadata.get("warnings", [])),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
@@ -405,6 +407,7 @@ class Engine:
             "slices": list(result.slice_range),
             "slice_scores": {str(k): round(v, 4) for k, v in sorted(result.slice_scores.items())},
             "measurements": self._measure(result.mask, session.image),
+            "warnings": list(session.image.metadata.get("warnings", [])),
             "compute_ms": round(1000 * (time.perf_counter() - start), 1),
         }
 
@@ -415,6 +418,7 @@ class Engine:
             "image_id": session.id,
             **session.result_info,
             "measurements": self._measure(session.result, session.image),
+            "warnings": list(session.image.metadata.get("warnings", [])),
         }
 
     @staticmethod

@@ -120,7 +120,9 @@ async function showImage(image) {
   $("clear-btn").disabled = false;
   clearMeasurements();
   await goToSlice(Math.floor(image.num_slices / 2));
-  status(`Open: ${image.modality || ""} ${image.shape.join(" × ")}`);
+  const warnings = image.warnings || [];
+  status(`Open: ${image.modality || ""} ${image.shape.join(" × ")}` +
+    (warnings.length ? ` — warning: ${warnings.join("; ")}` : ""), warnings.length > 0);
 }
 
 async function goToSlice(z) {
