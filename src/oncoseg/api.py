@@ -18,9 +18,10 @@ import numpy as np
 
 from oncoseg.errors import EmptyResultError, OncoSegError
 from oncoseg.image import MedicalImage
-from oncoseg.io import atomic_write_path, check_mask_path, load_image, save_mask
+from oncoseg.io import check_mask_path, load_image, save_mask
+from oncoseg.io.write import OutputFiles, check_distinct, check_output_path
 from oncoseg.measure import Measurements, measure
-from oncoseg.predictor import Predictor
+from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
 from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, _as_box, build_prompts, validate_prompt
 from oncoseg.volume import PropagationSettings, propagate
 
@@ -42,9 +43,10 @@ class SegmentationResult:
         """The label map with the source image's geometry."""
         return self.image.with_array(self.labels)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the label map (NIfTI/NRRD/MHA with the source geometry, or PNG for 2D images)."""
-        return save_mask(self.labels, self.image, path)
+    def save(self, path: str | Path, outputs: OutputFiles | None = None) -> Path:
+        """Write the label map (NIfTI/NRRD/MHA with the source geometry, or PNG for 2D images); with
+        ``outputs`` as part of that transaction."""
+        return save_mask(self.labels, self.image, path, outputs)
 
     def overlay(self):
         """A PIL picture of the slice where the first object is largest, masks and long axes drawn."""
@@ -58,36 +60,67 @@ class SegmentationResult:
         axes = [m.long_axis_endpoints if (m.recist_slice in (None, z)) else None for m in self.measurements]
         return render_overlay(self.predictor.slice_pixels(z), labels, axes)
 
-    def save_overlay(self, path: str | Path) -> Path:
+    def save_overlay(self, path: str | Path, outputs: OutputFiles | None = None) -> Path:
         from oncoseg.overlay import save_overlay
 
-        return save_overlay(self.overlay(), path)
+        return save_overlay(self.overlay(), path, outputs)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary: image facts and, per object, prompt, score and measurements (no patient data)."""
+        """JSON-ready summary: image facts, per object prompt, score and measurements (no patient data), and the
+        warnings of reading the image."""
         objects = []
         for i, (prompt, score, m) in enumerate(zip(self.prompts, self.scores, self.measurements), start=1):
             entry = {"label": i, "score": round(score, 4), "prompt": _prompt_dict(prompt), **m.to_dict()}
             if self.slices and self.slices[i - 1] is not None:
                 entry["slices"] = list(self.slices[i - 1])
             objects.append(entry)
-        return {"image": self.image.describe(), "objects": objects}
+        warnings = [str(w) for w in self.image.metadata.get("warnings", [])]
+        return {"image": self.image.describe(), "objects": objects, "warnings": warnings}
 
     def write(self, output=None, overlay=None, json_path=None) -> SegmentationResult:
-        """Write whichever of mask, overlay and JSON report were asked for; returns the result itself."""
-        if output is not None:
-            self.save(output)
-        if overlay is not None:
-            self.save_overlay(overlay)
-        if json_path is not None:
-            self.save_json(json_path)
+        """Write whichever of mask, overlay and JSON report were asked for, all or none: an output that cannot
+        be written raises OncoSegError naming it and leaves every existing file as it was. Returns ``self``."""
+        check_outputs(self.image, output, overlay, json_path)
+        with OutputFiles() as files:
+            if output is not None:
+                self.save(output, files)
+            if overlay is not None:
+                self.save_overlay(overlay, files)
+            if json_path is not None:
+                self.save_json(json_path, files)
         return self
 
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        with atomic_write_path(path) as temporary:
-            temporary.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
-        return path
+    def save_json(self, path: str | Path, outputs: OutputFiles | None = None) -> Path:
+        if outputs is None:
+            with OutputFiles() as own:
+                return self.save_json(path, own)
+        text = json.dumps(self.to_dict(), indent=2)
+        return outputs.write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def check_outputs(image: MedicalImage, output=None, overlay=None, json_path=None) -> None:
+    """Raise OncoSegError now, before the model runs, if any requested output cannot be written."""
+    from oncoseg.overlay import check_overlay_path
+
+    if output is not None:
+        check_mask_path(output, image)
+    if overlay is not None:
+        check_overlay_path(overlay)
+    if json_path is not None:
+        check_output_path(json_path, "JSON report")
+    check_distinct(output, overlay, json_path)
+
+
+def check_not_blank(image: MedicalImage, prompt: Prompt, label: int | None = None) -> None:
+    """Raise EmptyResultError when the pixels under ``prompt`` (its box, else its slice) hold no information."""
+    z = prompt.z if image.is_3d else None
+    reason = blank_reason(prompt_pixels(image.array, prompt, z), image.channels)
+    if reason is not None:
+        raise blank_error(_place(image, z), reason, label)
+
+
+def _place(image: MedicalImage, z: int | None) -> str:
+    return f"slice {z}" if image.is_3d else "the image"
 
 
 def _prompt_dict(prompt: Prompt) -> dict[str, Any]:
@@ -130,7 +163,8 @@ def segment(
     ``box`` is one box or a list of boxes (one object each); boxes and points are pixel coordinates, with the
     slice index as last box value / third point value for volumes. ``volume=True`` propagates each object through
     the volume; otherwise only the prompted slice is segmented. Outputs are written only when everything
-    succeeded (an empty result raises ``EmptyResultError`` and writes nothing).
+    succeeded, all or none (an empty result raises ``EmptyResultError`` and writes nothing); a prompt on pixels
+    that hold no information (constant, or NaN only) finds nothing.
 
     Concept prompts: ``text`` ("polyp": the default model knows the concepts `oncoseg concepts` lists, SAM3 any
     text) and/or ``exemplars`` (SAM3: boxes around examples) find every instance, one label each; on a volume
@@ -151,14 +185,18 @@ def segment(
         raise OncoSegError("--3d needs a volume, but this image is 2D")
     for prompt in prompts:  # before the model is loaded or run
         validate_prompt(prompt, image.shape)
-    if output is not None:
-        check_mask_path(output, image)
+    check_outputs(image, output, overlay, json_path)
+    for label, prompt in enumerate(prompts, start=1):
+        check_not_blank(image, prompt, label)
 
     predictor = predictor or _make_predictor(backend, weights, threshold)
     predictor.set_image(image, modality=modality)
     labels = np.zeros(image.shape, dtype=np.uint8)
     scores, measurements, slices = [], [], []
     for label, prompt in enumerate(prompts, start=1):
+        reason = predictor.blank_reason(prompt)  # e.g. constant after the CT window
+        if reason is not None:
+            raise blank_error(_place(image, prompt.z), reason, label)
         if volume:
             result = propagate(predictor, prompt, propagation, on_slice=on_slice)
             mask, score = result.mask, float(np.mean(list(result.slice_scores.values())))
@@ -212,21 +250,29 @@ def _segment_concept(
     validate_prompt(prompt, image.shape)
     if volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
-    if output is not None:
-        check_mask_path(output, image)
+    check_outputs(image, output, overlay, json_path)
     predictor = predictor or _make_predictor(backend, weights, threshold)
     if not predictor.backend.supports_text:
         raise OncoSegError(
             f"the {predictor.backend.name} backend has no text or exemplar prompts (use --backend sam3)"
         )
     predictor.set_image(image, modality=modality)
+    if text is not None:
+        predictor.backend.check_text(text)  # e.g. a concept outside the vocabulary: before any model work
     what = repr(text) if text is not None else "the exemplars"
     if volume:
+        blank = [k for k in range(image.num_slices) if predictor.blank_reason(prompt, k) is not None]
+        if len(blank) == image.num_slices:
+            raise blank_error("every slice", predictor.blank_reason(prompt, 0))
         labels, scores = predictor.backend.segment_text_volume(
             predictor, text, prompt.exemplars, on_slice=on_slice, threshold=threshold
         )
-        slices = [_extent(labels == i) for i in range(1, len(scores) + 1)]
+        labels[blank] = 0  # nothing can be found where there is nothing to see
+        slices = [_extent(labels == i) if (labels == i).any() else None for i in range(1, len(scores) + 1)]
     else:
+        reason = predictor.blank_reason(prompt, z)
+        if reason is not None:
+            raise blank_error(_place(image, z), reason)
         embedding = predictor.embedding(z)
         prediction = predictor.backend.detect(embedding, text, prompt.exemplars, threshold=threshold)
         scores = [float(s) for s in prediction.scores]

@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -284,9 +285,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# options whose value is comma-separated numbers, which may start with '-' (``--point -5,-5``)
+NUMBER_LIST_OPTIONS = ("--box", "--point", "--exemplar")
+_NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """``--point -5,-5`` → ``--point=-5,-5``: argparse would take a value starting with '-' for an option."""
+    out: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--":
+            out.append(token)
+            out.extend(tokens)
+            break
+        if token in NUMBER_LIST_OPTIONS:
+            value = next(tokens, None)
+            if value is not None and _NEGATIVE_VALUE.match(value):
+                out.append(f"{token}={value}")
+                continue
+            out.append(token)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     if args.command is None:
         parser.print_help()
         return 0
@@ -301,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     except OncoSegError as error:
         print(f"oncoseg: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a file the command could not read or write, named by the system
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"oncoseg: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("oncoseg: interrupted", file=sys.stderr)
         return 130
@@ -313,6 +345,7 @@ def run_info(args: argparse.Namespace) -> int:
     from oncoseg.io import load_image
 
     image = load_image(args.input)
+    print_warnings(image)
     facts = image.describe()
     facts["modality_source"] = image.metadata.get("modality_source")
     if args.json:
@@ -422,6 +455,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from oncoseg.io import load_image
 
     image = load_image(args.input, modality=args.modality)
+    print_warnings(image)
     _check_request(args, image)
     from oncoseg.api import segment
 
@@ -460,12 +494,15 @@ def run_segment(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.close()
-    if args.output_type == "nifti":
-        result.save(args.output)
-    else:
-        _save_dicom(result, args)
-    if args.overlay:
-        result.save_overlay(args.overlay)
+    from oncoseg.io.write import OutputFiles
+
+    with OutputFiles() as outputs:  # the mask (or DICOM file) and the overlay: both or neither
+        if args.output_type == "nifti":
+            result.save(args.output, outputs)
+        else:
+            _save_dicom(result, args, outputs)
+        if args.overlay:
+            result.save_overlay(args.overlay, outputs)
     summary = result.to_dict()
     summary["output"] = str(args.output)
     if args.json:
@@ -475,9 +512,18 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_warnings(image) -> None:
+    """The warnings of reading ``image`` (e.g. unreadable DICOM files skipped), one line each on stderr."""
+    for warning in image.metadata.get("warnings", []):
+        print(f"oncoseg: warning: {warning}", file=sys.stderr)
+
+
 def _check_request(args: argparse.Namespace, image) -> None:
-    """Fail on bad prompts, or --3d on a 2D image, before torch and the model are loaded."""
-    from oncoseg.io import check_mask_path
+    """Fail on bad prompts, outputs that cannot be written, --3d on a 2D image or a blank prompt region, before
+    torch and the model are loaded."""
+    from oncoseg.api import check_not_blank, check_outputs
+    from oncoseg.io.write import check_distinct, check_output_path
+    from oncoseg.overlay import check_overlay_path
     from oncoseg.prompts import build_prompts, validate_prompt
 
     if args.volume and not image.is_3d:
@@ -485,30 +531,45 @@ def _check_request(args: argparse.Namespace, image) -> None:
     concept = getattr(args, "text", None) is not None or getattr(args, "exemplar", [])
     if concept and (args.box or args.point):
         raise OncoSegError("--text/--exemplar find every instance: give them without --box/--point")
-    for prompt in [] if concept else build_prompts(args.box, args.point):
+    prompts = [] if concept else build_prompts(args.box, args.point)
+    for prompt in prompts:
         validate_prompt(prompt, image.shape)
     if args.output_type == "nifti":
-        check_mask_path(args.output, image)
+        check_outputs(image, args.output, args.overlay)
     elif image.metadata.get("format") != "dicom" or not image.is_3d or not Path(args.input).is_dir():
         raise OncoSegError(
             f"--output-type {args.output_type} writes a DICOM object over the input series: INPUT must be a "
             "DICOM series folder (CT/MR), not a file"
         )
-    elif Path(args.output).is_dir():
-        raise OncoSegError(f"{args.output}: is a folder; give a file name for the DICOM output (e.g. rt.dcm)")
-    if args.overlay and not args.overlay.lower().endswith(".png"):
-        raise OncoSegError(f"{args.overlay}: the overlay is a picture; give a .png file name")
+    else:
+        check_output_path(args.output, "DICOM output (e.g. rt.dcm)")
+        if args.overlay:
+            check_overlay_path(args.overlay)
+        check_distinct(args.output, args.overlay)
+        _structure_names(args)
+    for label, prompt in enumerate(prompts, start=1):
+        check_not_blank(image, prompt, label)
 
 
-def _save_dicom(result, args: argparse.Namespace) -> None:
-    """Write the objects of ``result`` as an RTSTRUCT or DICOM SEG over the input series."""
-    from oncoseg.dicom import write_rtstruct, write_seg
-    from oncoseg.dicom.export import parse_names
+def _structure_names(args: argparse.Namespace) -> dict[int, str]:
+    """--names of `segment` as {label: name}, each checked as a DICOM structure name."""
+    from oncoseg.dicom import standard_name
+    from oncoseg.dicom.export import check_text, parse_names
 
     names = parse_names(args.names)
+    for name in names.values():
+        check_text(standard_name(name), "LO", "structure name")
+    return names
+
+
+def _save_dicom(result, args: argparse.Namespace, outputs) -> None:
+    """Write the objects of ``result`` as an RTSTRUCT or DICOM SEG over the input series (in ``outputs``)."""
+    from oncoseg.dicom import write_rtstruct, write_seg
+
+    names = _structure_names(args)
     masks = {names.get(i, f"Object_{i}"): result.labels == i for i in range(1, int(result.labels.max()) + 1)}
     write = write_rtstruct if args.output_type == "rtstruct" else write_seg
-    write(masks, args.input, args.output)
+    write(masks, args.input, args.output, outputs=outputs)
 
 
 class _StderrWarnings(logging.Handler):
@@ -520,19 +581,34 @@ class _StderrWarnings(logging.Handler):
 
 def run_export(args: argparse.Namespace) -> int:
     from oncoseg.dicom import load_reference, standard_name, write_rtstruct, write_seg
-    from oncoseg.dicom.export import export_nifti, masks_from_files, parse_names
+    from oncoseg.dicom.export import (
+        check_nifti_output,
+        check_text,
+        export_nifti,
+        masks_from_files,
+        parse_names,
+    )
+    from oncoseg.io.write import check_output_path
 
     dicom_log = logging.getLogger("oncoseg.dicom")
     if not any(isinstance(h, _StderrWarnings) for h in dicom_log.handlers):
         dicom_log.addHandler(_StderrWarnings(logging.WARNING))
-    reference = load_reference(args.reference)
-    if args.format == "nifti":
+    if args.format == "nifti":  # checks of the request before the series is read
         if len(args.inputs) != 1:
             raise OncoSegError("export nifti reads one RTSTRUCT or SEG file at a time")
+        check_nifti_output(args.output)
+    else:
+        check_output_path(args.output, "DICOM output (e.g. rt.dcm)")
+        if args.description is not None:
+            check_text(args.description, "LO", "series description")
+        names = parse_names(args.names)
+    reference = load_reference(args.reference)
+    print_warnings(reference.image)
+    if args.format == "nifti":
         for path in export_nifti(args.inputs[0], reference, args.output):
             print(f"written {path}")
         return 0
-    masks = masks_from_files(args.inputs, reference, parse_names(args.names))
+    masks = masks_from_files(args.inputs, reference, names)
     options = {"series_description": args.description} if args.description else {}
     write = write_rtstruct if args.format == "rtstruct" else write_seg
     write(masks, reference, args.output, allow_empty=args.allow_empty, **options)

@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from oncoseg.io import atomic_write_path
+from oncoseg.errors import OncoSegError
+from oncoseg.io.write import OutputFiles, check_output_path
 
 MIN_SIZE = 384
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 210, 0), (120, 255, 120), (255, 120, 255), (255, 150, 40)]
@@ -49,9 +50,17 @@ def render_overlay(
     return picture
 
 
-def save_overlay(picture: Image.Image, path: str | Path) -> Path:
-    """Write a PNG atomically (never a partial file)."""
+def check_overlay_path(path: str | Path) -> Path:
+    """Raise OncoSegError now if the overlay cannot be written to ``path`` (not .png, a folder, unwritable)."""
     path = Path(path)
-    with atomic_write_path(path) as temporary:
-        picture.save(temporary, format="PNG")
-    return path
+    if not path.name.lower().endswith(".png"):
+        raise OncoSegError(f"{path}: the overlay is a picture; give a .png file name")
+    return check_output_path(path, "overlay")
+
+
+def save_overlay(picture: Image.Image, path: str | Path, outputs: OutputFiles | None = None) -> Path:
+    """Write a PNG atomically (never a partial file); with ``outputs`` as part of that transaction."""
+    if outputs is None:
+        with OutputFiles() as own:
+            return save_overlay(picture, path, own)
+    return outputs.write(path, lambda tmp: picture.save(tmp, format="PNG"))

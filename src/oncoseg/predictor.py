@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from oncoseg.errors import OncoSegError, PromptError
+from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.models import Backend, ImageEmbedding, MaskPrediction, load_backend
 from oncoseg.preprocess import canonical_modality, get_normalizer, normalize_for_sam
@@ -22,17 +22,56 @@ from oncoseg.prompts import Prompt, validate_prompt
 def normalise_image(image: MedicalImage, modality: str | None) -> np.ndarray:
     """Pixels in [0, 1]: ``[..., 3]`` for multi-channel images, single-channel ``[z, y, x]``/``[y, x]`` otherwise.
 
-    ``modality=None`` scales the whole image by its finite min and max (what LiteMedSAM itself does).
+    ``modality=None`` scales the whole image by its finite min and max (what LiteMedSAM itself does); NaN and
+    -inf become the minimum, +inf the maximum, so they neither crash nor stretch the range of the rest.
     """
     array = np.asarray(image.array)
     if modality is None:
-        array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = float(array.min()), float(array.max())
-        out = (array - low) / max(high - low, 1e-8)
+        finite = np.isfinite(array)
+        values = array if finite.all() else array[finite]
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        scale = 1.0 / max(high - low, 1e-8)
+        out = array.astype(np.float32)  # a copy
+        if not finite.all():
+            out[np.isposinf(array)] = high
+            out[~finite & ~np.isposinf(array)] = low
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: clipped to 0 or 1 below
+            out -= np.float32(low)
+            out *= np.float32(scale)
+        np.clip(out, 0.0, 1.0, out=out)
         return out if image.channels in (1, 3) else normalize_for_sam(out, "mri", channel_axis=-1)
     if image.channels == 1:
         return get_normalizer(modality)(array[None].astype(np.float32))[0]
     return normalize_for_sam(array, modality, channel_axis=-1)
+
+
+def prompt_pixels(array: np.ndarray, prompt: Prompt, z: int | None) -> np.ndarray:
+    """The pixels ``prompt`` looks at in ``array`` (``[z, y, x, ...]`` for a volume, with ``z`` given): its box
+    region, or the whole slice for clicks, text and exemplars."""
+    plane = array[z] if z is not None else array
+    box = prompt.box
+    if box is None:
+        return plane
+    x0, y0 = max(0, int(np.floor(box.x0))), max(0, int(np.floor(box.y0)))
+    return plane[y0 : int(np.ceil(box.y1)) + 1, x0 : int(np.ceil(box.x1)) + 1]
+
+
+def blank_reason(pixels: np.ndarray, channels: int = 1) -> str | None:
+    """Why ``pixels`` (channels last when ``channels`` > 1) hold nothing to segment: ``"no finite values"``
+    or ``"constant intensity"`` (NaN and inf ignored); None when they vary."""
+    values = np.asarray(pixels, dtype=np.float64).reshape(-1, channels)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return "no finite values"
+    low = np.min(values, axis=0, where=finite, initial=np.inf)
+    high = np.max(values, axis=0, where=finite, initial=-np.inf)
+    return "constant intensity" if np.all(high <= low) else None
+
+
+def blank_error(place: str, reason: str, label: int | None = None) -> EmptyResultError:
+    """The one-line "nothing found" error for a blank prompt region (``place``: "slice 12", "the image")."""
+    found = f"found nothing for object {label}: " if label is not None else ""
+    return EmptyResultError(f"{found}{place} is blank ({reason}) under the prompt: nothing to segment")
 
 
 def _nbytes(value) -> int:
@@ -86,6 +125,20 @@ class Predictor:
         if pixels.ndim == 2:
             pixels = np.repeat(pixels[..., None], 3, axis=2)
         return pixels
+
+    def blank_reason(self, prompt: Prompt, z: int | None = None) -> str | None:
+        """Why the pixels under ``prompt`` on slice ``z`` (default: its own) hold nothing to segment, in the
+        image as given or as the model sees it after intensity normalisation; None when there is something."""
+        image = self._require_image()
+        z = (prompt.z if z is None else z) if image.is_3d else None
+        if image.is_3d and (z is None or not 0 <= z < image.num_slices):
+            return None  # no slice to look at: `predict` names the problem
+        reason = blank_reason(prompt_pixels(image.array, prompt, z), image.channels)
+        if reason is None and blank_reason(
+            prompt_pixels(self._pixels, prompt, z), 1 if self._pixels.ndim == image.ndim else 3
+        ):
+            reason = "constant after intensity normalisation"
+        return reason
 
     def embedding(self, z: int | None = None) -> ImageEmbedding:
         """The backend's embedding of slice ``z``, computed once and cached."""

@@ -6,7 +6,8 @@ quality score drops below ``min_score``, when the mask overlaps the neighbour's 
 (it jumped to another structure), or when it suddenly grows (it leaked into surrounding tissue). Mask pieces that
 do not touch the neighbour's mask are dropped. A box margin of 5 % lets the object grow slowly from slice to
 slice; larger margins let the mask creep outwards (liver sample Dice 0.57 with 10 %, 0.79 with 5 % and the stop
-rules; 0.65 with no margin, where the mask shrinks away).
+rules; 0.65 with no margin, where the mask shrinks away). A slice that is blank under the box (constant intensity
+or no finite value, e.g. padding) ends the walk in that direction; a blank start slice finds nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from oncoseg.errors import EmptyResultError, OncoSegError
-from oncoseg.predictor import Predictor
+from oncoseg.predictor import Predictor, blank_error
 from oncoseg.prompts import Prompt, box_from_mask
 
 
@@ -73,6 +74,9 @@ def propagate(
     if image is None or not image.is_3d:
         raise OncoSegError("3D propagation needs a volume: set one on the predictor first")
     z0 = prompt.z
+    reason = predictor.blank_reason(prompt, z0)
+    if reason is not None:
+        raise blank_error(f"slice {z0}", reason)
     first = predictor.predict(prompt, z=z0)
     start = first.masks[0]
     if not start.any():
@@ -89,6 +93,8 @@ def propagate(
             box = box_from_mask(previous, z=z).enlarged(
                 settings.box_margin, settings.min_margin_px, start.shape
             )
+            if predictor.blank_reason(Prompt(box=box), z) is not None:
+                break
             prediction = predictor.predict(Prompt(box=box), z=z)
             mask = keep_touching(prediction.masks[0], previous)
             score = float(prediction.scores[0])

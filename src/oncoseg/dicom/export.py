@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,36 @@ from oncoseg.image import MedicalImage
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+# DICOM value representations of the user-given text the writers store (PS3.5 6.2): most characters, whether a
+# backslash is allowed (it separates values in SH/LO), and the control characters allowed.
+_TEXT_RULES = {
+    "SH": (16, False, "\x1b"),
+    "LO": (64, False, "\x1b"),
+    "ST": (1024, True, "\n\r\f\t\x1b"),
+    "LT": (10240, True, "\n\r\f\t\x1b"),
+}
+
+
+def check_text(value: str, vr: str, what: str) -> str:
+    """Return ``value`` if DICOM allows it as one value of ``vr`` (SH, LO, ST, LT); else raise DicomExportError
+    naming ``what`` and the rule it breaks. The one check of user text (names, descriptions) for both writers."""
+    if not isinstance(value, str):
+        raise DicomExportError(f"{what} must be text, got {type(value).__name__}")
+    limit, backslash, controls = _TEXT_RULES[vr]
+    if "\\" in value and not backslash:
+        raise DicomExportError(
+            f"{what} {value!r} contains a backslash, which DICOM reserves to separate values ({vr}): remove it"
+        )
+    bad = sorted({ch for ch in value if unicodedata.category(ch) in ("Cc", "Cs") and ch not in controls})
+    if bad:
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in bad)
+        raise DicomExportError(f"{what} {value!r} contains control characters DICOM does not allow ({shown})")
+    if len(value) > limit:
+        raise DicomExportError(
+            f"{what} is {len(value)} characters long; DICOM allows at most {limit} here ({vr}): shorten it"
+        )
+    return value
 
 
 def parse_names(spec: str | None) -> dict[int, str]:
@@ -84,6 +115,8 @@ def masks_from_files(
     masks: dict[str, np.ndarray] = {}
     for index, path in enumerate(map(Path, paths), start=1):
         image = load_image(path)
+        for warning in image.metadata.get("warnings", []):
+            log.warning("%s: %s", path.name, warning)
         check_same_grid(image, reference.image, path)
         labels = _integer_labels(image.array, path)
         present = [int(v) for v in np.unique(labels) if v != 0]
@@ -177,22 +210,33 @@ def export_nifti(source: str | Path, reference: str | Path, output: str | Path) 
     ``output`` ending in .nii.gz/.nii/.nrrd/.mha: one label map (labels 1..N in file order) plus a JSON file
     of label names next to it (``OUT.json``, usable as ``--names`` again); overlapping voxels go to the later
     structure (a warning names the pairs). Any other ``output`` is a folder: one binary mask per structure.
-    Returns the files written.
+    All files are written or none (`oncoseg.io.write.OutputFiles`). Returns the files written.
     """
-    from oncoseg.io import atomic_write_path, save_mask
+    from oncoseg.io import save_mask
+    from oncoseg.io.write import OutputFiles
 
+    check_nifti_output(output)
     ref = reference if isinstance(reference, ReferenceSeries) else load_reference(reference)
     structures = read_structures(source, ref)
     if not structures:
         raise DicomExportError(f"{source}: holds no structures")
     output = Path(output)
-    suffix = next((s for s in NIFTI_SUFFIXES if output.name.lower().endswith(s)), None)
+    suffix = _nifti_suffix(output)
     if suffix is None:
-        written = []
+        files: dict[str, np.ndarray] = {}
         for name, mask in structures.items():
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
-            written.append(save_mask(mask.astype(np.uint8), ref.image, output / f"{safe}.nii.gz"))
-        return written
+            safe = (
+                "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).lstrip(".") or "structure"
+            )
+            stem, number = safe, 2
+            while stem.lower() in {k.lower() for k in files}:  # two names that differ only in odd characters
+                stem, number = f"{safe}_{number}", number + 1
+            files[stem] = mask
+        with OutputFiles() as outputs:
+            return [
+                save_mask(mask.astype(np.uint8), ref.image, output / f"{stem}.nii.gz", outputs)
+                for stem, mask in files.items()
+            ]
     if len(structures) > 255:
         raise DicomExportError(f"{source}: {len(structures)} structures do not fit one 8-bit label map")
     labels = np.zeros(ref.shape, dtype=np.uint8)
@@ -202,9 +246,30 @@ def export_nifti(source: str | Path, reference: str | Path, output: str | Path) 
             others = ", ".join(list(structures)[v - 1] for v in overlap)
             log.warning("%s overlaps %s; the label map keeps %s there", name, others, name)
         labels[mask] = number
-    save_mask(labels, ref.image, output)
     sidecar = output.with_name(output.name[: -len(suffix)] + ".json")
-    with atomic_write_path(sidecar) as tmp:
-        names = {str(i): name for i, name in enumerate(structures, start=1)}
-        tmp.write_text(json.dumps(names, indent=2), encoding="utf-8")
+    names = json.dumps({str(i): name for i, name in enumerate(structures, start=1)}, indent=2)
+    with OutputFiles() as outputs:
+        save_mask(labels, ref.image, output, outputs)
+        outputs.write(sidecar, lambda tmp: tmp.write_text(names, encoding="utf-8"))
     return [output, sidecar]
+
+
+def _nifti_suffix(path: Path) -> str | None:
+    return next((s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)), None)
+
+
+def check_nifti_output(output: str | Path) -> None:
+    """Raise now if `export_nifti` cannot write to ``output`` (a label map file and its .json, or a folder)."""
+    from oncoseg.io.write import check_output_path
+
+    output = Path(output)
+    suffix = _nifti_suffix(output)
+    if suffix is not None:
+        check_output_path(output, "label map")
+        check_output_path(output.with_name(output.name[: -len(suffix)] + ".json"), "label names")
+    elif output.exists() and not output.is_dir():
+        raise DicomExportError(
+            f"{output}: is a file; give a folder (one mask per structure) or a {', '.join(NIFTI_SUFFIXES)} name"
+        )
+    else:
+        check_output_path(output / "structure.nii.gz", "mask")

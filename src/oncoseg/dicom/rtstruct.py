@@ -22,6 +22,7 @@ from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from oncoseg.dicom.contours import mask_to_polygons, polygons_to_mask
+from oncoseg.dicom.export import check_text
 from oncoseg.dicom.reference import (
     DicomExportError,
     ReferenceSeries,
@@ -30,7 +31,7 @@ from oncoseg.dicom.reference import (
     validate_masks,
 )
 from oncoseg.dicom.tg263 import default_color, lookup, standard_name
-from oncoseg.io.write import atomic_write_path
+from oncoseg.io.write import OutputFiles
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
@@ -52,15 +53,20 @@ def write_rtstruct(
     colors: Mapping[str, tuple[int, int, int]] | None = None,
     series_description: str = "Onco-Seg contours",
     allow_empty: bool = False,
+    outputs: OutputFiles | None = None,
 ) -> Path:
     """Write ``masks`` (name → bool array in ``load_image(reference)``'s layout) as an RTSTRUCT file.
 
     Names are turned into TG-263 names (`standard_name`); ``colors`` (keyed by given or TG-263 name) override
-    the default colours. An empty mask is refused unless ``allow_empty`` (then its ROI has no contours).
+    the default colours. An empty mask is refused unless ``allow_empty`` (then its ROI has no contours). With
+    ``outputs`` the file is part of that transaction (see `oncoseg.io.write.OutputFiles`).
     """
     path = Path(path)
+    check_text(series_description, "LO", "series description")
     ref = reference if isinstance(reference, ReferenceSeries) else load_reference(reference)
     checked = validate_masks(masks, ref, allow_empty=allow_empty)
+    for name in checked:
+        check_text(name, "LO", "structure name")
     given = {standard_name(name): name for name in masks}
     colors = dict(colors or {})
     ds = _structure_set(ref, series_description)
@@ -77,9 +83,14 @@ def write_rtstruct(
         for contour in item.get("ContourSequence", []):
             # Lets pydicom copy the raw ContourData bytes instead of decoding and re-encoding them.
             contour.set_original_encoding(False, True, contour._character_set)
-    with atomic_write_path(path) as tmp:
+
+    def save(tmp: Path) -> None:
         ds.save_as(tmp, enforce_file_format=True)
-    return path
+
+    if outputs is None:
+        with OutputFiles() as own:
+            return own.write(path, save)
+    return outputs.write(path, save)
 
 
 def _structure_set(ref: ReferenceSeries, series_description: str) -> Dataset:
@@ -110,7 +121,7 @@ def _structure_set(ref: ReferenceSeries, series_description: str) -> Dataset:
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = 901
-    ds.SeriesDescription = series_description[:64]
+    ds.SeriesDescription = series_description
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.OperatorsName = ""
     ds.FrameOfReferenceUID = ref.frame_of_reference_uid
@@ -120,7 +131,7 @@ def _structure_set(ref: ReferenceSeries, series_description: str) -> Dataset:
     ds.SoftwareVersions = software_version()
     ds.InstanceNumber = 1
     ds.StructureSetLabel = "Onco-Seg"
-    ds.StructureSetName = series_description[:64]
+    ds.StructureSetName = series_description
     ds.StructureSetDate, ds.StructureSetTime = date, time
 
     images = Sequence(_image_ref(ref, k) for k in range(len(ref.sop_instance_uids)))

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from oncoseg.dicom.export import check_text
 from oncoseg.dicom.reference import (
     DicomExportError,
     ReferenceSeries,
@@ -25,7 +26,7 @@ from oncoseg.dicom.reference import (
     validate_masks,
 )
 from oncoseg.dicom.tg263 import default_color, lookup
-from oncoseg.io.write import atomic_write_path
+from oncoseg.io.write import OutputFiles
 
 MANUFACTURER = "Onco-Seg"
 
@@ -62,14 +63,17 @@ def write_seg(
     *,
     series_description: str = "Onco-Seg segmentation",
     allow_empty: bool = False,
+    outputs: OutputFiles | None = None,
 ) -> Path:
-    """Write ``masks`` (name → bool array in ``load_image(reference)``'s layout) as a binary DICOM SEG file."""
+    """Write ``masks`` (name → bool array in ``load_image(reference)``'s layout) as a binary DICOM SEG file;
+    with ``outputs`` as part of that transaction (see `oncoseg.io.write.OutputFiles`)."""
     hd = require("highdicom", "highdicom")
 
     path = Path(path)
+    check_text(series_description, "LO", "series description")
     ref = reference if isinstance(reference, ReferenceSeries) else load_reference(reference)
     checked = validate_masks(masks, ref, allow_empty=allow_empty)
-    names = list(checked)
+    names = [check_text(name, "LO", "structure name") for name in checked]
     frames = np.stack([ref.to_frames(checked[name]) for name in names], axis=-1)  # (file, row, col, segment)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="Onco-Seg", version=software_version(), family=codes.cid7162.ArtificialIntelligence
@@ -89,16 +93,18 @@ def write_seg(
             manufacturer_model_name="Onco-Seg",
             software_versions=software_version(),
             device_serial_number="0",
-            series_description=series_description[:64],
+            series_description=series_description,
             content_label="ONCOSEG",
-            content_description=series_description[:64],
+            content_description=series_description,
             omit_empty_frames=True,
+            specific_character_set="ISO_IR 192",  # UTF-8: names and descriptions in any script
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise DicomExportError(f"{path}: cannot build a DICOM SEG over this series ({exc})") from exc
-    with atomic_write_path(path) as tmp:
-        seg.save_as(tmp)
-    return path
+    if outputs is None:
+        with OutputFiles() as own:
+            return own.write(path, seg.save_as)
+    return outputs.write(path, seg.save_as)
 
 
 def _segment(number: int, name: str, algorithm):
@@ -113,7 +119,7 @@ def _segment(number: int, name: str, algorithm):
         category, kind = codes.SCT.AnatomicalStructure, concept or codes.SCT.Organ
     description = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=name[:64],
+        segment_label=name,
         segmented_property_category=category,
         segmented_property_type=kind,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
