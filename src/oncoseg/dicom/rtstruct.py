@@ -31,7 +31,7 @@ from oncoseg.dicom.reference import (
     validate_masks,
 )
 from oncoseg.dicom.tg263 import default_color, lookup, standard_name
-from oncoseg.io.write import OutputFiles
+from oncoseg.io.write import OutputFiles, check_output_path
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
@@ -61,7 +61,7 @@ def write_rtstruct(
     the default colours. An empty mask is refused unless ``allow_empty`` (then its ROI has no contours). With
     ``outputs`` the file is part of that transaction (see `oncoseg.io.write.OutputFiles`).
     """
-    path = Path(path)
+    path = check_output_path(path, "DICOM output")  # before any work
     check_text(series_description, "LO", "series description")
     ref = reference if isinstance(reference, ReferenceSeries) else load_reference(reference)
     checked = validate_masks(masks, ref, allow_empty=allow_empty)

@@ -26,7 +26,7 @@ from oncoseg.dicom.reference import (
     validate_masks,
 )
 from oncoseg.dicom.tg263 import default_color, lookup
-from oncoseg.io.write import OutputFiles
+from oncoseg.io.write import OutputFiles, check_output_path
 
 MANUFACTURER = "Onco-Seg"
 
@@ -69,7 +69,7 @@ def write_seg(
     with ``outputs`` as part of that transaction (see `oncoseg.io.write.OutputFiles`)."""
     hd = require("highdicom", "highdicom")
 
-    path = Path(path)
+    path = check_output_path(path, "DICOM output")  # before any work
     check_text(series_description, "LO", "series description")
     ref = reference if isinstance(reference, ReferenceSeries) else load_reference(reference)
     checked = validate_masks(masks, ref, allow_empty=allow_empty)

@@ -57,7 +57,6 @@ _REASONS = {
     errno.EPERM: "no permission to write there",
     errno.EROFS: "read-only file system",
     errno.ENOSPC: "disk full",
-    errno.EDQUOT: "disk quota exceeded",
     errno.ENOTDIR: "a folder on its path is a file",
     errno.EISDIR: "it is a folder",
     errno.ENAMETOOLONG: "file name too long",
