@@ -49,6 +49,18 @@ def browser():
         browser.close()
 
 
+def wait_until(page, expression: str, timeout: float = 30_000) -> None:
+    """Poll ``expression`` until it is truthy. Playwright's wait_for_function evaluates its predicate with
+    eval() inside the page, which the page's Content-Security-Policy forbids; evaluate() does not."""
+    import time
+
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still false after {timeout / 1000:.0f} s: {expression}")
+        page.wait_for_timeout(100)
+
+
 def canvas_pixel(page, x: float, y: float) -> list[int]:
     return page.evaluate(
         "([x, y]) => Array.from(document.getElementById('canvas').getContext('2d').getImageData(x, y, 1, 1).data)",
@@ -68,6 +80,8 @@ def test_page_asks_for_the_token(server, browser):
 
 def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     page = browser.new_page(viewport={"width": 1400, "height": 820})
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
     prompts = []
     page.on(
         "request",
@@ -75,9 +89,7 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     )
     page.goto(f"{server.url}/#token={TOKEN}")
     page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
-    page.wait_for_function(
-        "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000
-    )
+    wait_until(page, "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000)
     assert page.text_content("#slice-label") == "11 / 20"  # opens on the middle slice, z = 10
     assert "token=" not in page.url  # the token left the address bar
 
@@ -91,13 +103,13 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     before = page.evaluate("document.getElementById('canvas').toDataURL()")
     page.mouse.move(*at(256, 256))
     page.mouse.wheel(0, 120)
-    page.wait_for_function("document.getElementById('slice-label').textContent === '12 / 20'")
+    wait_until(page, "document.getElementById('slice-label').textContent === '12 / 20'")
     page.keyboard.press("ArrowDown")
-    page.wait_for_function("document.getElementById('slice-label').textContent === '11 / 20'")
+    wait_until(page, "document.getElementById('slice-label').textContent === '11 / 20'")
     page.select_option("#window-select", "lung")
-    page.wait_for_function(f"document.getElementById('canvas').toDataURL() !== {json.dumps(before)}")
+    wait_until(page, f"document.getElementById('canvas').toDataURL() !== {json.dumps(before)}")
     page.select_option("#window-select", "soft-tissue")  # the default window for CT: same picture again
-    page.wait_for_function(f"document.getElementById('canvas').toDataURL() === {json.dumps(before)}")
+    wait_until(page, f"document.getElementById('canvas').toDataURL() === {json.dumps(before)}")
 
     # left click inside the liver → mask overlay and measurements
     def segmented():
@@ -107,7 +119,7 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     with segmented() as response:
         page.mouse.click(*at(*LIVER_POINT))
     assert response.value.status == 200
-    page.wait_for_function("document.querySelector('td[data-field=area]').textContent.includes('mm²')")
+    wait_until(page, "document.querySelector('td[data-field=area]').textContent.includes('mm²')")
     assert "mm" in page.text_content("td[data-field=long]") and page.text_content("#latency").endswith(" ms")
     # a pixel of the returned mask away from the click marker: grey before, tinted red now
     mask = rle_decode(response.value.json()["mask"])
@@ -152,9 +164,7 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     # propagate one slice each way, then save an RTSTRUCT to the PACS
     page.fill("#max-slices", "1")
     page.click("#propagate-btn")
-    page.wait_for_function(
-        "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000
-    )
+    wait_until(page, "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000)
     assert page.text_content("td[data-field=volume]").endswith(" mL")
     assert page.text_content("td[data-field=slices]") == "10–12"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -163,9 +173,8 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     page.select_option("#save-format", "rtstruct")
     page.fill("#save-name", "Liver")
     page.click("#save-btn")
-    page.wait_for_function(
-        "document.getElementById('save-result').textContent.includes('Stored')", timeout=120_000
-    )
+    wait_until(page, "document.getElementById('save-result').textContent.includes('Stored')", timeout=120_000)
     modalities = [s["MainDicomTags"].get("Modality") for s in httpx.get(f"{pacs.url}/series?expand").json()]
     assert sorted(modalities) == ["CT", "RTSTRUCT"]
+    assert violations == []  # the page works under its own Content-Security-Policy
     page.close()
