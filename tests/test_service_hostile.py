@@ -282,3 +282,24 @@ def test_tracebacks_in_the_log_hold_no_patient_data():
     assert "test_service_hostile.py" in text  # where it happened is kept
     uid_record = logging.LogRecord("oncoseg", logging.INFO, __file__, 1, "opened %s", (FAKE_UID,), None)
     assert FAKE_UID not in formatter.format(uid_record)
+
+
+def test_a_blank_image_gives_nothing_found_not_an_object(client):
+    for name, pixels in (
+        ("zeros.png", np.zeros((32, 32), np.uint8)),
+        ("grey.png", np.full((32, 32), 90, np.uint8)),
+    ):
+        image_id = _upload(client, name, _png(pixels)).json()["image_id"]
+        for body in ({"box": [2, 2, 20, 20]}, {"points": [{"x": 5, "y": 5}]}):
+            answer = client.post(f"/api/images/{image_id}/segment", json=body)
+            assert answer.status_code == 422 and answer.json()["code"] == "empty_result", answer.text
+            assert "blank" in answer.json()["detail"]
+        assert client.get(f"/api/images/{image_id}/measurements").status_code == 409  # no result was kept
+    volume = np.zeros((4, 32, 32), np.int16)
+    volume[1:3, 8:20, 8:20] = 100  # slices 0 and 3 are blank
+    image_id = _upload(client, "ct.nii", nibabel.Nifti1Image(volume.T, np.eye(4)).to_bytes()).json()[
+        "image_id"
+    ]
+    blank = client.post(f"/api/images/{image_id}/propagate", json={"z": 0, "box": [4, 4, 24, 24]})
+    assert blank.status_code == 422 and blank.json()["code"] == "empty_result"
+    assert client.post(f"/api/images/{image_id}/propagate", json={"z": 1, "box": [4, 4, 24, 24]}).is_success

@@ -28,8 +28,9 @@ from oncoseg.errors import OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.measure import measure
 from oncoseg.models import load_backend
+from oncoseg.models.base import MaskPrediction
 from oncoseg.pacs import PacsClient, uid_hash
-from oncoseg.predictor import Predictor
+from oncoseg.predictor import Predictor, blank_error
 from oncoseg.prompts import Box, Point, Prompt, validate_prompt
 from oncoseg.service.cache import NotFoundError, Session, SessionStore
 from oncoseg.service.worker import BusyError, ModelWorker
@@ -315,6 +316,7 @@ class Engine:
         cached = session.predictor.is_cached(z)
         clicks = prompt.points if prompt.box is None else ()
         asked = refining_prompt(session, prompt, z) or prompt
+        self._refuse_blank(session, asked, z)
         prediction = session.predictor.predict(asked.on_slice(z), z=z)
         mask = prediction.masks[0]
         session.last_clicks = clicks
@@ -336,6 +338,13 @@ class Engine:
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
+
+    @staticmethod
+    def _refuse_blank(session: Session, prompt: Prompt, z: int | None) -> None:
+        """EmptyResultError when the pixels under the prompt are blank (constant, or no finite values)."""
+        reason = session.predictor.blank_reason(prompt.on_slice(z), z)
+        if reason is not None:
+            raise blank_error(f"slice {z}" if session.image.is_3d else "the image", reason)
 
     def _keep_slice_result(self, session: Session, z: int | None, mask: np.ndarray, info: dict) -> None:
         """A 2D mask on slice ``z`` becomes the session's result (the rest of a volume empty)."""
@@ -363,8 +372,13 @@ class Engine:
         """Model thread: every instance of the concept ``text`` on one slice; their union becomes the result."""
         start = time.perf_counter()
         cached = session.predictor.is_cached(z)
-        found = self.backend.detect(session.predictor.embedding(z), text)
         shape = session.image.shape[-2:] if session.image.is_3d else session.image.shape
+        if (
+            session.predictor.blank_reason(Prompt(text=text), z) is not None
+        ):  # nothing to find on a blank slice
+            found = MaskPrediction(np.zeros((0, *shape), bool), np.zeros(0, np.float32))
+        else:
+            found = self.backend.detect(session.predictor.embedding(z), text)
         mask = np.logical_or.reduce(found.masks, axis=0) if len(found.masks) else np.zeros(shape, bool)
         session.last_clicks, session.last_region = (), None
         scores = [round(float(s), 4) for s in found.scores]
@@ -393,6 +407,7 @@ class Engine:
         if not session.image.is_3d:
             raise OncoSegError("3D propagation needs a volume; this image is 2D")
         start = time.perf_counter()
+        self._refuse_blank(session, prompt, z)
         settings = PropagationSettings(max_slices=max_slices)
         try:
             result = propagate(session.predictor, prompt.on_slice(z), settings)
