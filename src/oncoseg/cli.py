@@ -716,6 +716,7 @@ API: POST /api/images (series UID) or /api/images/upload, then /api/images/ID/se
 /measurements, /store (OpenAPI at /docs). 3D Slicer and OHIF MONAI Label plugins: point them at the
 service URL (models "oncoseg" and "oncoseg_slice"; with a token, log in with the token as password).
 Model work runs one request at a time; when --max-queue requests wait, more get HTTP 503 (retry later).
+Uploads are checked from their headers against the limits before decoding (docs/security.md).
 """
 
 
@@ -748,6 +749,25 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--max-upload-mb", type=float, default=512, help="largest request body (default 512)")
     serve.add_argument("--max-queue", type=int, default=8, help="model requests allowed to wait (default 8)")
     serve.add_argument(
+        "--max-image-voxels",
+        type=int,
+        help="largest image an upload may declare, checked from its header before decoding "
+        "(default: memory budget / 8 bytes, 268M voxels at 2048 MB)",
+    )
+    serve.add_argument(
+        "--max-concurrent-uploads",
+        type=int,
+        default=2,
+        help="uploads decoded at once; more get 503 (default 2)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a further Host name to answer to without a token (loopback names always; repeatable)",
+    )
+    serve.add_argument(
         "--workdir", help="folder for uploads, downloads and the datastore (default: a temp folder)"
     )
     serve.add_argument("--checkpoint", help=CHECKPOINT_HELP)
@@ -779,6 +799,9 @@ def run_serve(args: argparse.Namespace) -> int:
         memory_budget_mb=args.memory_budget_mb,
         max_upload_mb=args.max_upload_mb,
         max_queue=args.max_queue,
+        max_image_voxels=args.max_image_voxels,
+        max_concurrent_uploads=args.max_concurrent_uploads,
+        allowed_hosts=tuple(args.allowed_host),
         workdir=args.workdir,
         checkpoint=args.checkpoint,
         warmup=not args.no_warmup,
