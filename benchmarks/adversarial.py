@@ -178,6 +178,7 @@ class CliWorker:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=tempfile.gettempdir(),
+                env={**os.environ, "OMP_NUM_THREADS": "1"},  # the other core is the server's
             )
         if self._answer(180) is None:
             raise RuntimeError(f"the CLI worker did not start; see {self.log}")
@@ -271,9 +272,9 @@ class CliPhase:
     def pick_real(self, cases: list[Case]) -> list[Case]:
         """Real ``oncoseg`` processes for a few telling cases (a valid one, external data, a bomb, a cut file)."""
         wanted = [
-            "hippocampus.nii.gz",
             "mha-passwd.mha",
             "nii-gz-1000cubed-header-only.nii.gz",
+            "hippocampus.nii.gz",
             "hippocampus-nii-at-351.nii",
             "box-nan",
         ]
