@@ -2,6 +2,7 @@
 (exit code 2, one line on stderr, no output file)."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,21 @@ def test_datasets_lists_the_registry_and_what_is_found(shared_data):
     assert rows["kvasir-seg"]["found"] and rows["kvasir-seg"]["n_cases"] == 1000
     assert rows["busi"]["paper_dice"] == 0.752
     assert not rows["isic2018"]["found"]
+
+
+def test_library_warnings_are_one_line_without_uids(capsys):
+    """pydicom quotes a file's UIDs in its warnings; the CLI prints them as one line with the UIDs hashed."""
+    import warnings
+
+    from oncoseg.cli import quiet_library_warnings
+
+    quiet_library_warnings()
+    try:
+        warnings.warn(
+            "Invalid value for VR UI: '1.2.826.0.1.3680043.8.498.12345.1'", UserWarning, stacklevel=1
+        )
+    finally:
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err
+    assert err.startswith("oncoseg: warning: UserWarning: Invalid value for VR UI: '<uid:")
+    assert "1.2.826.0.1.3680043" not in err and err.count("\n") == 1

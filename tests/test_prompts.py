@@ -181,3 +181,12 @@ def test_box_enlarged_grows_by_fraction_or_minimum_and_clips():
     assert box.enlarged(0.01, 3.0, (100, 100)) == Box(17, 7, 42, 32, z=2)
     assert box.enlarged(0.5, 1.0, (35, 45)) == Box(10, 0, 44, 34, z=2)
     assert Box(0, 0, 4, 4).enlarged(1.0, 1.0, (5, 5)) == Box(0, 0, 4, 4)
+
+
+def test_more_objects_than_labels_is_one_clear_error():
+    from oncoseg.prompts import MAX_OBJECTS, build_prompts
+
+    boxes = [(i, 0, i + 2, 2) for i in range(MAX_OBJECTS + 1)]
+    with pytest.raises(PromptError, match="at most 255 objects"):
+        build_prompts(boxes)
+    assert len(build_prompts(boxes[:MAX_OBJECTS])) == MAX_OBJECTS

@@ -21,10 +21,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from oncoseg.errors import OncoSegError
+from oncoseg.logs import SafeFormatter
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.service.app import create_app, without_folders
 from oncoseg.service.core import Engine, ServiceConfig
-from oncoseg.service.security import SafeFormatter, check_bind
+from oncoseg.service.security import check_bind
 
 FAKE_NAME, FAKE_UID = "DOE^JOHN", "1.2.826.0.1.3680043.8.498.12345"
 
@@ -303,3 +304,16 @@ def test_a_blank_image_gives_nothing_found_not_an_object(client):
     blank = client.post(f"/api/images/{image_id}/propagate", json={"z": 0, "box": [4, 4, 24, 24]})
     assert blank.status_code == 422 and blank.json()["code"] == "empty_result"
     assert client.post(f"/api/images/{image_id}/propagate", json={"z": 1, "box": [4, 4, 24, 24]}).is_success
+
+
+def test_deeply_nested_json_is_a_bad_request(client):
+    deep = "[" * 100_000 + "]" * 100_000
+    answer = client.post("/infer/oncoseg?image=x", data={"params": '{"foreground": ' + deep + "}"})
+    assert answer.status_code == 400 and "\n" not in answer.json()["detail"]
+    answer = client.post("/infer/oncoseg?image=x", data={"params": "{" + " " * 100_001 + "}"})
+    assert answer.status_code == 400 and "longer than" in answer.json()["detail"]
+    body = '{"z": 0, "points": ' + deep + "}"
+    answer = client.post(
+        "/api/images/none/segment", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= answer.status_code < 500, answer.text

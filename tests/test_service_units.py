@@ -14,6 +14,7 @@ from PIL import Image
 from oncoseg.errors import OncoSegError
 from oncoseg.image import MedicalImage
 from oncoseg.io import load_image
+from oncoseg.logs import hide_uids
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
 from oncoseg.service.cache import NotFoundError, Session, SessionStore, TooLargeError
@@ -27,7 +28,7 @@ from oncoseg.service.core import (
     window_slice,
 )
 from oncoseg.service.monailabel import file_to_array_index
-from oncoseg.service.security import check_bind, hide_uids
+from oncoseg.service.security import check_bind
 from oncoseg.service.worker import BusyError, ModelWorker
 
 

@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    quiet_library_warnings()
     try:
         commands = {
             "segment": run_segment, "info": run_info, "datasets": run_datasets, "evaluate": run_evaluate,
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     except OncoSegError as error:
         print(f"oncoseg: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python quiet at exit
+        return 0
     except OSError as error:  # a file the command could not read or write, named by the system
         where = f"{error.filename}: " if error.filename else ""
         print(f"oncoseg: error: {where}{error.strerror or error}", file=sys.stderr)
@@ -336,9 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oncoseg: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python quiet at exit
-        return 0
+
+
+def quiet_library_warnings() -> None:
+    """Libraries' warnings (e.g. pydicom's "Invalid value for VR UI: '1.2.…'", which quotes the file's UIDs)
+    reach stderr as one ``oncoseg: warning:`` line each, UIDs hashed."""
+    from oncoseg.logs import WarningLine, route_warnings
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(WarningLine("oncoseg: warning: "))
+    route_warnings(handler)
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -19,7 +19,6 @@ UIDs are logged as short hashes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -36,6 +35,7 @@ import httpx
 
 from oncoseg.errors import OncoSegError
 from oncoseg.image import MedicalImage
+from oncoseg.logs import hide_uids, uid_hash
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ class PacsError(OncoSegError):
 
 class PacsUnavailableError(PacsError):
     """The PACS could not be reached (or kept answering 5xx) after all retries."""
-
-
-def uid_hash(uid: str | None) -> str:
-    """A short, stable, non-reversible tag for a UID, safe to log."""
-    return hashlib.sha256((uid or "").encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -174,7 +169,7 @@ class PacsClient:
                 status = response.status_code
                 if status not in TRANSIENT_STATUS:
                     raise PacsError(
-                        f"PACS answered {status} to {method} {where}: {_hide_uids(_short(response.text))}",
+                        f"PACS answered {status} to {method} {where}: {hide_uids(_short(response.text))}",
                         status,
                     )
                 problem = f"PACS answered {status} to {method} {where}"
@@ -481,12 +476,7 @@ def _int(value: Any) -> int | None:
 def _redact(url: str) -> str:
     """The URL without credentials and without its query (which may hold UIDs)."""
     url = re.sub(r"//[^/@]*@", "//", url.split("?")[0])
-    return _hide_uids(url)
-
-
-def _hide_uids(text: str) -> str:
-    """Replace anything that looks like a DICOM UID (5+ dotted numbers, so not an IP address) by its hash."""
-    return re.sub(r"\d+(\.\d+){4,}", lambda m: f"<uid:{uid_hash(m.group(0))}>", text)
+    return hide_uids(url)
 
 
 def _short(text: str, limit: int = 200) -> str:

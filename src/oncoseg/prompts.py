@@ -14,6 +14,8 @@ from scipy import ndimage
 
 from oncoseg.errors import PromptError
 
+MAX_OBJECTS = 255  # one label per object in an 8-bit label map
+
 
 @dataclass(frozen=True)
 class Box:
@@ -128,6 +130,8 @@ def build_prompts(boxes: Sequence[BoxLike] = (), points: Sequence[PointLike] = (
 
     Strings are parsed as on the command line (``"X0,Y0,X1,Y1[,Z]"``, ``"X,Y[,Z][:neg]"``), sequences as numbers.
     """
+    if len(boxes) > MAX_OBJECTS:
+        raise PromptError(f"{len(boxes)} boxes given: at most {MAX_OBJECTS} objects per call (labels 1-255)")
     box_list = [_as_box(b) for b in boxes]
     point_list = tuple(_as_point(p) for p in points)
     if point_list and len(box_list) > 1:

@@ -60,8 +60,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from oncoseg.assistant.service import Assistant, AssistantConfig
+    from oncoseg.logs import SafeFormatter, route_warnings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])  # UIDs hashed, tracebacks without messages
+    route_warnings(handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request is noise here
     auth = None
     if args.user:

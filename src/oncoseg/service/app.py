@@ -21,10 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oncoseg import __version__
 from oncoseg.errors import EmptyResultError, ImageReadError, ImageTooLargeError, OncoSegError, PromptError
+from oncoseg.logs import SafeFormatter, route_warnings
 from oncoseg.pacs import PacsError, PacsUnavailableError
 from oncoseg.service.cache import NotFoundError, TooLargeError
 from oncoseg.service.core import WINDOWS, ConflictError, Engine, ServiceConfig, build_prompt
-from oncoseg.service.security import GuardMiddleware, SafeFormatter, allowed_hosts, check_bind
+from oncoseg.service.security import GuardMiddleware, allowed_hosts, check_bind
 from oncoseg.service.worker import BusyError
 
 log = logging.getLogger("oncoseg.service")
@@ -142,6 +143,10 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             where = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
             parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
         return JSONResponse({"detail": "; ".join(parts), "code": "invalid_request"}, status_code=422)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(request: Request, error: RecursionError):  # JSON nested thousands of levels deep
+        return JSONResponse({"detail": "request nested too deeply", "code": "invalid_request"}, 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException):
@@ -305,6 +310,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level if name else logging.WARNING)
         logger.propagate = not name
+    route_warnings(handler)
 
 
 def serve(config: ServiceConfig) -> None:

@@ -46,6 +46,7 @@ MODELS = {
     "oncoseg_slice": "Onco-Seg (LiteMedSAM): clicks on one slice, that slice only",
 }
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+MAX_PARAMS_CHARS = 100_000
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -353,10 +354,12 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
     ):
         if model not in MODELS:
             raise NotFoundError(f"unknown model {model!r}; available: {', '.join(MODELS)}")
+        if len(params or "") > MAX_PARAMS_CHARS:
+            raise OncoSegError(f"params is longer than {MAX_PARAMS_CHARS} characters")
         try:
             request = json.loads(params or "{}")
-        except json.JSONDecodeError:
-            raise OncoSegError("params must be a JSON object") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise OncoSegError("params must be a JSON object (of modest nesting)") from None
         if not isinstance(request, dict):
             raise OncoSegError("params must be a JSON object")
         ext = check_params(request)  # before any upload is read or model time spent

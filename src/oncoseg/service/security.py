@@ -6,10 +6,8 @@ import hmac
 import ipaddress
 import json
 import logging
-import re
 import secrets
 import time
-import traceback
 
 from oncoseg.errors import OncoSegError
 
@@ -95,37 +93,6 @@ def bearer(headers: dict[bytes, bytes] | list[tuple[bytes, bytes]]) -> str | Non
             if scheme.lower() == "bearer":
                 return credentials.strip()
     return None
-
-
-def hide_uids(text: str) -> str:
-    """Replace DICOM-UID-like strings (5+ dotted numbers) with a short hash."""
-    from oncoseg.pacs import uid_hash
-
-    return re.sub(r"\d+(\.\d+){4,}", lambda m: f"<uid:{uid_hash(m.group(0))}>", text)
-
-
-class SafeFormatter(logging.Formatter):
-    """Log lines without patient data: UIDs hashed, and tracebacks reduced to the exception types and the code
-    locations (file, line, function). Exception messages and local values never reach the log: they can hold
-    file names, DICOM tags or request parameters."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return hide_uids(super().format(record))
-
-    def formatException(self, ei) -> str:
-        _, error, tb = ei
-        lines = ["Traceback (messages hidden; no patient data in logs):"]
-        seen: set[int] = set()
-        while error is not None and id(error) not in seen:
-            seen.add(id(error))
-            frames = traceback.extract_tb(error.__traceback__ if error.__traceback__ is not None else tb)
-            lines += [f"  {f.filename.rsplit('/', 1)[-1]}:{f.lineno} in {f.name}" for f in frames]
-            lines.append(f"{type(error).__module__}.{type(error).__qualname__}")
-            error = error.__cause__ or error.__context__
-        return "\n".join(lines)
-
-    def formatStack(self, stack_info: str) -> str:
-        return "(stack hidden)"
 
 
 async def _send_json(send, status: int, detail: str, code: str, headers: list | None = None) -> None:
