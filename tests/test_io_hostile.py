@@ -237,6 +237,232 @@ def test_raw_nrrd_and_metaimage_shorter_than_declared_are_refused(tmp_path, suff
     refused(cut)
 
 
+def compressed_mha(tmp_path: Path, data: bytes | None = None, size: str | None = "auto") -> Path:
+    """A 6 x 5 x 4 MET_SHORT .mha with CompressedData = True; ``data`` (default: the zlib stream of its
+    pixels) follows the header, ``size`` is the CompressedDataSize line ("auto": the data's length, None: none)."""
+    pixels = np.asarray(sitk.GetArrayFromImage(small_volume()))
+    data = zlib.compress(pixels.tobytes()) if data is None else data
+    fields = {"NDims": "3", "DimSize": "6 5 4", "ElementType": "MET_SHORT", "CompressedData": "True"}
+    if size is not None:
+        fields["CompressedDataSize"] = str(len(data)) if size == "auto" else size
+    return write_text_header(tmp_path / "c.mha", mha_lines(**fields), data=data)
+
+
+@pytest.mark.parametrize(
+    ("data", "size", "needle"),
+    [
+        (b"raw", None, "without CompressedDataSize"),  # metaio inflates the header itself: garbage
+        (b"raw", "3", "not a valid zlib stream"),
+        (None, None, "without CompressedDataSize"),
+        (b"raw", "auto", "not a valid zlib stream"),
+        (zlib.compress(bytes(100)), "auto", "ends after 100 of the declared 240 bytes"),
+        (zlib.compress(bytes(100)) + bytes(300), "auto", "ends after 100"),
+        (zlib.compress(bytes(5000)), "auto", "more than the declared 240 bytes"),
+        (zlib.compress(bytes(240))[:-3], "auto", "ends after"),
+        (zlib.compress(bytes(240)), "9", "ends after"),  # metaio inflates only 9 bytes: garbage
+        (zlib.compress(bytes(240)), "99999", "more than the"),
+        (zlib.compress(bytes(240)), "-4", "cannot locate"),
+        (zlib.compress(bytes(240)), "12.5", "not one integer"),
+    ],
+    ids=["raw", "raw-size-3", "no-size", "raw-sized", "short", "short-padded", "long", "cut", "size-9"]
+    + ["size-beyond", "size-negative", "size-fraction"],
+)
+def test_compressed_metaimage_must_inflate_to_exactly_the_declared_bytes(tmp_path, data, size, needle):
+    if data == b"raw":
+        data = np.asarray(sitk.GetArrayFromImage(small_volume())).tobytes()
+    assert needle in refused(compressed_mha(tmp_path, data, size))
+
+
+def test_compressed_metaimage_headersize_is_honoured_and_minus_one_refused(tmp_path):
+    stream = zlib.compress(np.asarray(sitk.GetArrayFromImage(small_volume())).tobytes())
+    fields = {"NDims": "3", "DimSize": "6 5 4", "ElementType": "MET_SHORT", "CompressedData": "True"}
+    fields["CompressedDataSize"] = str(len(stream))
+    header = "\n".join(mha_lines(**fields, HeaderSize="000")) + "\n"
+    lines = mha_lines(**fields, HeaderSize=str(len(header) + 16))
+    path = write_text_header(tmp_path / "skip.mha", lines, data=b"p" * 16 + stream)
+    assert np.array_equal(load_image(path).array, load_image(compressed_mha(tmp_path)).array)
+    path = write_text_header(tmp_path / "end.mha", mha_lines(**fields, HeaderSize="-1"), data=stream)
+    assert "HeaderSize -1" in refused(path)
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".mhd"])
+@pytest.mark.parametrize(
+    ("shape", "vector"),
+    [((30, 40), False), ((5, 30, 40), False), ((30, 40, 3), True), ((4, 30, 40, 2), True)],
+)
+def test_compressed_metaimage_written_by_simpleitk_loads(tmp_path, suffix, shape, vector):
+    array = (np.arange(np.prod(shape)) * 7919 % 3001 - 1000).astype(np.int16).reshape(shape)
+    itk_image = sitk.GetImageFromArray(array, isVector=vector)
+    sitk.WriteImage(itk_image, str(tmp_path / f"plain{suffix}"), useCompression=False)
+    path = tmp_path / f"packed{suffix}"
+    sitk.WriteImage(itk_image, str(path), useCompression=True)
+    assert b"CompressedDataSize" in path.read_bytes()[:1000]
+    image = load_image(path)
+    assert image.channels == (shape[-1] if vector else 1) and image.array.size == array.size
+    assert np.array_equal(image.array, load_image(tmp_path / f"plain{suffix}").array)
+
+
+def test_compressed_metaimage_check_inflates_no_more_than_the_declared_bytes(tmp_path, monkeypatch):
+    real, outputs = zlib.decompressobj, []
+
+    class Counting:
+        def __init__(self, *args):
+            self.inner = real(*args)
+
+        def decompress(self, data, max_length=0):
+            out = self.inner.decompress(data, max_length)
+            outputs.append(len(out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    bomb = zlib.compress(bytes(50_000_000), 9)
+    assert "more than the declared 240 bytes" in refused(compressed_mha(tmp_path, bomb))
+    assert 0 < sum(outputs) <= 241
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("byte skip: -5", "'byte skip: -5' is not allowed"),
+        ("byte skip: -2", "is not allowed"),
+        ("byteskip: -5", "is not allowed"),
+        ("byte skip: 99999999999", "beyond the end"),
+        ("byte skip: 40", "beyond the end"),
+        ("byte skip: 4.5", "not one integer"),
+        ("byte skip: 4 5", "not one integer"),
+        ("line skip: -1", "negative"),
+        ("line skip: 1.5", "not one integer"),
+        ("line skip: 99999999", "beyond the end"),
+        ("line skip: 2", "beyond the end"),
+    ],
+)
+def test_nrrd_byte_and_line_skips_must_stay_inside_the_data(tmp_path, line, needle):
+    data = b"JUNK\n" + bytes(range(11, 43))  # one line, then 32 bytes without a newline
+    path = write_text_header(tmp_path / "skip.nrrd", nrrd_lines(line, ""), data=data)
+    assert needle in refused(path)
+
+
+def test_nrrd_byte_skip_minus_one_is_raw_only_and_valid_skips_read_the_right_bytes(tmp_path):
+    pixels = bytes(range(11, 43))
+    expected = np.frombuffer(pixels, np.uint8).reshape(4, 8)
+    for lines, data in [
+        (["byte skip: -1"], b"JUNKJUNK" + pixels),
+        (["byte skip: 4"], b"JUNK" + pixels),
+        (["line skip: 2"], b"J\nUNK\n" + pixels),
+        (["line skip: 1", "byte skip: 3"], b"J\nUNK" + pixels),
+    ]:
+        path = write_text_header(tmp_path / "ok.nrrd", nrrd_lines(*lines, ""), data=data)
+        assert np.array_equal(load_image(path).array, expected), lines
+    lines = nrrd_lines("byte skip: -1", "").copy()
+    lines[4] = "encoding: gzip"
+    path = write_text_header(tmp_path / "gz.nrrd", lines, data=gzip.compress(pixels))
+    assert "'byte skip: -1' is not allowed" in refused(path)
+
+
+def png_bytes(width: int, height: int, rows: list[bytes], interlace: int = 0) -> bytes:
+    """An 8-bit greyscale PNG whose IDAT holds ``rows`` (filter byte included) in one zlib stream."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, interlace)
+    idat = zlib.compress(b"".join(rows))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def adam7_rows(array: np.ndarray) -> list[bytes]:
+    rows = []
+    for x0, y0, dx, dy in [
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+    ]:
+        rows += [b"\0" + row.tobytes() for row in array[y0::dy, x0::dx] if row.size]
+    return rows + [b"\0" + row.tobytes() for row in array[1::2, :]]
+
+
+def test_png_whose_image_data_holds_fewer_rows_than_declared_is_refused(tmp_path):
+    array = (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8)
+    rows = [b"\0" + row.tobytes() for row in array]
+    (tmp_path / "short.png").write_bytes(png_bytes(64, 64, rows[:8]))
+    assert "ends after 520 of its 4,160 scanline bytes" in refused(tmp_path / "short.png")
+    (tmp_path / "one-byte-short.png").write_bytes(png_bytes(64, 64, rows[:-1] + [rows[-1][:-1]]))
+    refused(tmp_path / "one-byte-short.png")
+    (tmp_path / "whole.png").write_bytes(png_bytes(64, 64, rows))
+    assert np.array_equal(load_image(tmp_path / "whole.png").array, array)
+    for height, width in [(13, 7), (5, 3), (64, 64), (9, 1)]:
+        small = array[:height, :width]
+        interlaced = adam7_rows(small)
+        (tmp_path / "adam7.png").write_bytes(png_bytes(width, height, interlaced, interlace=1))
+        assert np.array_equal(load_image(tmp_path / "adam7.png").array, small)
+        (tmp_path / "adam7-short.png").write_bytes(png_bytes(width, height, interlaced[:-1], interlace=1))
+        refused(tmp_path / "adam7-short.png")
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+def test_pngs_of_every_pixel_layout_load_completely(tmp_path, mode):
+    rgb = (np.arange(23 * 17 * 3).reshape(23, 17, 3) * 37 % 256).astype(np.uint8)
+    picture = (
+        Image.fromarray(rgb).convert(mode if mode != "I;16" else "I").convert(mode if mode != "1" else "1")
+    )
+    picture.save(tmp_path / "p.png")
+    assert load_image(tmp_path / "p.png").shape == (23, 17)
+
+
+def jpeg_with_frame(data: bytes, height: int, width: int) -> bytes:
+    sof = next(i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] in (0xC0, 0xC1, 0xC2))
+    patched = bytearray(data)
+    struct.pack_into(">HH", patched, sof + 5, height, width)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize(
+    ("height", "width", "needle"), [(10000, 10000, "at least"), (160, 95, ""), (128, 160, "")]
+)
+def test_jpeg_whose_frame_is_larger_than_its_scan_data_is_refused(
+    tmp_path, progressive, height, width, needle
+):
+    rgb = (np.add.outer(np.arange(96), np.arange(95))[:, :, None] * [1, 2, 3] % 256).astype(np.uint8)
+    (tmp_path / "ok.jpg").write_bytes(b"")
+    Image.fromarray(rgb).save(tmp_path / "ok.jpg", quality=90, progressive=progressive)
+    (tmp_path / "lie.jpg").write_bytes(jpeg_with_frame((tmp_path / "ok.jpg").read_bytes(), height, width))
+    message = refused(tmp_path / "lie.jpg")
+    assert needle in message and f"{width} x {height} frame" in message
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quality": 75},
+        {"quality": 100, "subsampling": 0},
+        {"quality": 20, "subsampling": 1, "optimize": True},
+        {"progressive": True},
+        {"progressive": True, "subsampling": 0, "quality": 95},
+        {"restart_marker_rows": 1},
+        {"restart_marker_blocks": 5},
+    ],
+)
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize(("height", "width"), [(8, 8), (17, 33), (96, 95), (250, 333)])
+def test_valid_jpegs_load_with_the_pixels_pillow_decodes(tmp_path, options, mode, height, width):
+    rng = np.random.default_rng(height * width)
+    rgb = (np.add.outer(np.arange(height), np.arange(width))[:, :, None] * [1, 2, 3] % 256).astype(np.uint8)
+    rgb = (rgb // 2 + rng.integers(0, 128, rgb.shape)).astype(np.uint8)
+    path = tmp_path / "v.jpg"
+    Image.fromarray(rgb).convert(mode).save(path, **options)
+    path.write_bytes(path.read_bytes() + b"trailing bytes after the end marker")
+    with Image.open(path) as pil:
+        expected = np.array(pil)
+    assert np.array_equal(load_image(path).array, expected)
+
+
 # --- 4. bad geometry ---------------------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Text headers (NRRD, MetaImage) are parsed here so that a header naming another file (``data file:``,
 ``ElementDataFile``) never reaches ITK unchecked, and every format's declared size, geometry fields and data
-length are checked before pixels are allocated.
+length are checked before pixels are allocated; compressed MetaImage data is inflated (capped) to check it holds
+exactly the declared bytes. The PNG and JPEG checks at the end refuse image data that ends before the declared
+picture, which Pillow would otherwise pad.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gzip
 import math
 import os
 import re
+import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from oncoseg.io.limits import ReadLimits, check_declared_size
 
 HEADER_WINDOW = 1 << 20  # a text header must end within the first MiB; data-file fields are searched there
 MAX_NIFTI_OFFSET = 1 << 24  # a vox_offset beyond 16 MiB of header extensions is refused as absurd
+INFLATE_CHUNK = 1 << 24  # compressed data is checked by inflating at most 16 MiB at a time
 
 _DATA_FILE = {
     "nrrd": re.compile(rb"(?i)data\s*file\s*:([^\r\n]*)"),
@@ -141,6 +145,13 @@ def _numbers(name: str, field: str, text: str, cast=float) -> list:
         raise ImageReadError(f"{name}: header field '{field}' is not a list of numbers") from None
 
 
+def _integer(name: str, field: str, text: str) -> int:
+    """A header field holding exactly one integer."""
+    if not re.fullmatch(r"\s*[-+]?\d+\s*", text):
+        raise ImageReadError(f"{name}: header field '{field}' is not one integer")
+    return int(text)
+
+
 def _finite(name: str, field: str, values, positive: bool = False) -> None:
     values = np.asarray(values, float)
     if not np.all(np.isfinite(values)) or (positive and not np.all(values > 0)):
@@ -186,10 +197,52 @@ def _check_nrrd(header: _TextHeader, path: Path, limits: ReadLimits) -> None:
             _numbers(name, "space origin", fields["spaceorigin"].replace("(", " ").replace(")", " ")),
         )
 
-    if fields.get("encoding", "raw").lower() != "raw" or "lineskip" in fields:
-        return  # compressed or text data: teem reports a short stream itself
-    skip = _numbers(name, "byte skip", fields.get("byteskip", "0"), int)[0]
-    _check_data_length(header, path, nbytes, max(skip, 0))
+    _check_nrrd_skips(header, path, nbytes, fields.get("encoding", "raw").lower())
+
+
+def _check_nrrd_skips(header: _TextHeader, path: Path, nbytes: int, encoding: str) -> None:
+    """``line skip`` and ``byte skip`` must be integers that stay inside the data file; ``byte skip: -1`` (the data
+    is the file's last bytes) is the only negative value and only for raw data. Raw data must then be complete."""
+    name, fields = path.name, header.fields
+    line_skip = _integer(name, "line skip", fields.get("lineskip", "0"))
+    byte_skip = _integer(name, "byte skip", fields.get("byteskip", "0"))
+    if line_skip < 0:
+        raise ImageReadError(f"{name}: NRRD 'line skip: {line_skip}' is negative")
+    if byte_skip < -1 or (byte_skip == -1 and encoding != "raw"):
+        raise ImageReadError(
+            f"{name}: NRRD 'byte skip: {byte_skip}' is not allowed (>= 0, or -1 for raw data at the file's end)"
+        )
+    source, start = _data_source(header, path)
+    total = source.stat().st_size
+    start = _after_lines(source, start, line_skip, name)
+    if byte_skip > total - start:
+        raise ImageReadError(f"{name}: NRRD 'byte skip: {byte_skip}' goes beyond the end of the data")
+    if encoding == "raw":
+        _require_bytes(name, total - start - max(byte_skip, 0), nbytes)
+
+
+def _after_lines(source: Path, start: int, lines: int, name: str) -> int:
+    """Where data starts after skipping ``lines`` newline-ended lines from ``start``; refused past the end."""
+    if lines == 0:
+        return start
+    error = ImageReadError(f"{name}: NRRD 'line skip: {lines}' goes beyond the end of the data")
+    if lines > source.stat().st_size - start:
+        raise error
+    with open(source, "rb") as f:
+        f.seek(start)
+        while lines:
+            block = f.read(1 << 20)
+            if not block:
+                raise error
+            found = block.count(b"\n")
+            if found >= lines:
+                end = -1
+                for _ in range(lines):
+                    end = block.index(b"\n", end + 1)
+                return start + end + 1
+            lines -= found
+            start += len(block)
+    return start
 
 
 def _check_meta(header: _TextHeader, path: Path, limits: ReadLimits) -> None:
@@ -216,26 +269,95 @@ def _check_meta(header: _TextHeader, path: Path, limits: ReadLimits) -> None:
     ]:
         if key in fields:
             _finite(name, field, _numbers(name, field, fields[key]), positive)
-    if (
-        fields.get("compresseddata", "false").lower() == "true"
-        or fields.get("binarydata", "true").lower() == "false"
-    ):
-        return  # compressed or text data: metaio reports a short stream itself
-    skip = _numbers(name, "HeaderSize", fields.get("headersize", "0"), int)[0] if header.data_file else 0
-    _check_data_length(header, path, nbytes, max(skip, 0))
+    if fields.get("binarydata", "true").lower() == "false":
+        return  # text data: metaio reports a short stream itself
+    if fields.get("compresseddata", "false")[:1] in ("T", "t", "1"):  # metaio's test for True
+        _check_meta_compressed(header, path, nbytes)
+        return
+    header_size = _integer(name, "HeaderSize", fields.get("headersize", "0"))
+    source, start = _data_source(header, path)
+    if header_size > 0:  # metaio seeks there, in the data file or (LOCAL) in this file
+        start = header_size
+    _require_bytes(name, source.stat().st_size - start, nbytes)
 
 
-def _check_data_length(header: _TextHeader, path: Path, nbytes: int, skip: int) -> None:
-    """Raw data: the file must hold at least the declared bytes after the header (and any skipped bytes)."""
+def _check_meta_compressed(header: _TextHeader, path: Path, nbytes: int) -> None:
+    """Compressed MetaImage data must inflate to exactly the declared bytes, located as metaio locates it.
+
+    metaio reads ``CompressedDataSize`` bytes from the data start (``HeaderSize`` when > 0); without that field
+    (or 0) it reads the whole data file from its first byte, which for ``ElementDataFile = LOCAL`` is the header
+    itself: it then prints "Uncompress failed" and returns garbage, so that is refused here.
+    """
+    name, fields = path.name, header.fields
+    header_size = _integer(name, "HeaderSize", fields.get("headersize", "0"))
+    size = _integer(name, "CompressedDataSize", fields.get("compresseddatasize", "0"))
+    if header_size == -1 or size < 0:
+        field = "HeaderSize" if header_size == -1 else "CompressedDataSize"
+        raise ImageReadError(
+            f"{name}: MetaImage {field} {min(header_size, size)} cannot locate compressed data"
+        )
+    source, start = _data_source(header, path)
+    total = source.stat().st_size
+    if size == 0:
+        if header.data_file is None:
+            raise ImageReadError(
+                f"{name}: compressed MetaImage data without CompressedDataSize cannot be located in the file"
+            )
+        start, size = 0, total
+    elif header_size > 0:
+        start = header_size
+    if size > total - start:
+        raise ImageReadError(
+            f"{name}: CompressedDataSize {size:,} is more than the {max(total - start, 0):,} bytes present;"
+            " truncated file?"
+        )
+    check_inflates_to(source, start, size, nbytes, name)
+
+
+def check_inflates_to(source: Path, start: int, size: int, nbytes: int, name: str) -> None:
+    """Raise unless the zlib or gzip stream in ``size`` bytes at ``start`` of ``source`` ends there and inflates
+    to exactly ``nbytes``. Streamed: at most ``INFLATE_CHUNK`` bytes are produced at once and nothing beyond
+    ``nbytes + 1`` is ever inflated."""
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib or gzip header, as metaio's inflateInit2
+    produced, left = 0, size
+    try:
+        with open(source, "rb") as f:
+            f.seek(start)
+            while left > 0 and not inflater.eof:
+                data = f.read(min(INFLATE_CHUNK, left))
+                if not data:
+                    break
+                left -= len(data)
+                while data and not inflater.eof:
+                    produced += len(inflater.decompress(data, min(INFLATE_CHUNK, nbytes + 1 - produced)))
+                    if produced > nbytes:
+                        raise ImageReadError(
+                            f"{name}: compressed data inflates to more than the declared {nbytes:,} bytes"
+                        )
+                    data = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise ImageReadError(f"{name}: compressed data is not a valid zlib stream ({exc})") from exc
+    if not inflater.eof or produced != nbytes:
+        raise ImageReadError(
+            f"{name}: compressed data ends after {produced:,} of the declared {nbytes:,} bytes; truncated file"
+            " or wrong CompressedDataSize?"
+        )
+
+
+def _data_source(header: _TextHeader, path: Path) -> tuple[Path, int]:
+    """The file holding the data and where it starts before any skip: a named data file at 0, else this file
+    after its header."""
     if header.data_file is not None:
-        available = header.data_file.stat().st_size - skip
-    elif header.data_start is not None:
-        available = path.stat().st_size - header.data_start - skip
-    else:
+        return header.data_file, 0
+    if header.data_start is None:
         raise ImageReadError(f"{path.name}: header has no data and names no data file")
+    return path, header.data_start
+
+
+def _require_bytes(name: str, available: int, nbytes: int) -> None:
     if available < nbytes:
         raise ImageReadError(
-            f"{path.name}: data part is shorter than the header declares ({max(available, 0):,} of {nbytes:,} bytes);"
+            f"{name}: data part is shorter than the header declares ({max(available, 0):,} of {nbytes:,} bytes);"
             " truncated file?"
         )
 
@@ -310,3 +432,152 @@ def check_nifti_complete(path: Path, data_end: int) -> None:
                 total += len(chunk)
     except (OSError, EOFError, zlib.error) as exc:
         raise error from exc
+
+
+# --- PNG and JPEG -------------------------------------------------------------------------------------------
+
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def check_png_complete(path: Path) -> None:
+    """Raise unless a PNG's IDAT data inflates to every scanline its IHDR declares.
+
+    Pillow stops at the end of the zlib stream and leaves the missing rows zero. Only the declared scanline bytes
+    are inflated, at most ``INFLATE_CHUNK`` at a time.
+    """
+    with open(path, "rb") as f:
+        head = f.read(33)
+        if len(head) < 33 or head[12:16] != b"IHDR":
+            return  # Pillow has refused it already
+        width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
+        if colour not in _PNG_SAMPLES:
+            return
+        bits = depth * _PNG_SAMPLES[colour]
+        needed = 0
+        for x0, y0, dx, dy in _ADAM7 if interlace else ((0, 0, 1, 1),):
+            columns, rows = _ceil(width - x0, dx), _ceil(height - y0, dy)
+            if columns > 0 and rows > 0:
+                needed += rows * (1 + (columns * bits + 7) // 8)
+        inflater, produced = zlib.decompressobj(), 0
+        try:
+            while produced < needed and not inflater.eof:
+                chunk = f.read(8)
+                if len(chunk) < 8 or chunk[4:] == b"IEND":
+                    break
+                left = struct.unpack(">I", chunk[:4])[0]
+                if chunk[4:] == b"IDAT":
+                    while left and produced < needed and not inflater.eof:
+                        data = f.read(min(left, INFLATE_CHUNK))
+                        if not data:
+                            break
+                        left -= len(data)
+                        while data and produced < needed and not inflater.eof:
+                            produced += len(inflater.decompress(data, min(INFLATE_CHUNK, needed - produced)))
+                            data = inflater.unconsumed_tail
+                f.seek(left + 4, os.SEEK_CUR)  # the rest of the chunk and its CRC
+        except zlib.error as exc:
+            raise ImageReadError(f"{path.name}: PNG image data is not a valid zlib stream") from exc
+    if produced < needed:
+        raise ImageReadError(
+            f"{path.name}: PNG image data ends after {produced:,} of its {needed:,} scanline bytes"
+            f" ({width} x {height} declared); truncated file?"
+        )
+
+
+_JPEG_MARKER = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")  # the next marker after entropy-coded data
+_JPEG_FILLER = b"\xff\x00" * 32  # stuffed 0xFF bytes: decodable bits that are never a marker
+_JPEG_UNCHECKED = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCC, 0xCD, 0xCE, 0xCF, 0xDC}
+
+
+def jpeg_bytes_to_decode(path: Path) -> bytes | None:
+    """Check a JPEG's entropy-coded data against its declared frame; return what to decode (None: the file).
+
+    Each scan must hold at least the bits its blocks need (every block of a DC or sequential scan takes at least
+    one shortest Huffman code), which refuses a frame size far beyond the data in any JPEG. For a sequential
+    JPEG with one scan, the bytes returned end with filler instead of the end marker: libjpeg pads a scan that
+    hits a marker with grey blocks and Pillow ignores its warning, but a scan that runs out of data suspends,
+    which Pillow reports as a truncated file. Valid files decode to the same pixels either way.
+    """
+    data = path.read_bytes()
+    if data[:2] != b"\xff\xd8":
+        return None
+    frame, scans, tables, end, pos = None, [], {}, None, 2
+    while pos + 2 <= len(data) and data[pos] == 0xFF:
+        while pos < len(data) - 1 and data[pos + 1] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xD9:
+            end = pos
+            break
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no parameters
+            pos += 2
+            continue
+        pos += 2 + length
+        if marker in (0xC0, 0xC1, 0xC2) and frame is None and len(segment) >= 6:
+            height, width, count = struct.unpack(">HHB", segment[1:6])
+            parts = [segment[6 + 3 * i : 9 + 3 * i] for i in range(count)]
+            frame = (marker, width, height, {p[0]: (p[1] >> 4, p[1] & 15) for p in parts if len(p) == 3})
+        elif marker in _JPEG_UNCHECKED:
+            return None  # lossless, hierarchical or arithmetic coding, or a DNL-defined height: not checked
+        elif marker == 0xC4:
+            _jpeg_tables(segment, tables)
+        elif marker == 0xDA:
+            if frame is None:
+                return None
+            found = _JPEG_MARKER.search(data, pos)
+            stop = found.start() if found else len(data)
+            scans.append((segment, stop - pos))
+            pos = stop
+    if frame is None or not scans:
+        return None
+    _check_scan_bits(path.name, frame, scans, tables)
+    if frame[0] in (0xC0, 0xC1) and len(scans) == 1 and end == pos:
+        return data[:end] + _JPEG_FILLER
+    return None
+
+
+def _jpeg_tables(segment: bytes, tables: dict) -> None:
+    """Shortest code length of each Huffman table in a DHT segment, keyed by (class, id)."""
+    at = 0
+    while at + 17 <= len(segment):
+        counts = segment[at + 1 : at + 17]
+        tables[(segment[at] >> 4, segment[at] & 15)] = next((i + 1 for i, n in enumerate(counts) if n), 1)
+        at += 17 + sum(counts)
+
+
+def _check_scan_bits(name: str, frame, scans, tables) -> None:
+    marker, width, height, components = frame
+    if not width or not height or not components:
+        return
+    hmax = max(h for h, _ in components.values()) or 1
+    vmax = max(v for _, v in components.values()) or 1
+    for segment, available in scans:
+        count = segment[0] if segment else 0
+        spec = segment[1 + 2 * count : 4 + 2 * count]
+        if len(spec) < 3:
+            continue
+        start, stop, refine = spec[0], spec[1], spec[2] >> 4
+        bits = 0
+        for i in range(count):
+            cid, selectors = segment[1 + 2 * i], segment[2 + 2 * i]
+            h, v = components.get(cid, (1, 1))
+            if count > 1:  # interleaved: whole MCUs
+                blocks = _ceil(width, 8 * hmax) * _ceil(height, 8 * vmax) * h * v
+            else:
+                blocks = _ceil(_ceil(width * h, hmax), 8) * _ceil(_ceil(height * v, vmax), 8)
+            if start == 0:
+                bits += blocks * (1 if refine else tables.get((0, selectors >> 4), 1))
+                if stop > 0 and marker != 0xC2:
+                    bits += blocks * tables.get((1, selectors & 15), 1)
+        if bits > 8 * available:
+            raise ImageReadError(
+                f"{name}: JPEG image data ends before its declared {width} x {height} frame is decoded"
+                f" ({available:,} bytes where at least {_ceil(bits, 8):,} are needed); truncated file or"
+                " wrong size in its header?"
+            )
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)

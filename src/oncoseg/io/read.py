@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
 import struct
 import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,13 @@ from PIL import Image
 from oncoseg.errors import ImageReadError, ImageTooLargeError, OncoSegError
 from oncoseg.image import MedicalImage
 from oncoseg.io.dicom_checks import check_positions, check_spacing, read_series_headers
-from oncoseg.io.headers import check_nifti_complete, check_nifti_header, check_text_header
+from oncoseg.io.headers import (
+    check_nifti_complete,
+    check_nifti_header,
+    check_png_complete,
+    check_text_header,
+    jpeg_bytes_to_decode,
+)
 from oncoseg.io.limits import DEFAULT_LIMITS, ReadLimits, check_declared_size, check_geometry
 from oncoseg.modality import canonical_modality
 
@@ -178,15 +185,28 @@ def _read_photo(path: Path, limits: ReadLimits) -> MedicalImage:
     """Greyscale → ``[y, x]`` in its own bit depth; colour → RGB ``[y, x, 3]`` (alpha dropped).
 
     The size is checked from the header before decoding; Pillow's own decompression-bomb refusal (about
-    179 megapixels) becomes an `ImageTooLargeError` too."""
+    179 megapixels) becomes an `ImageTooLargeError` too. Image data that ends before the declared picture
+    (which Pillow fills with zeros or grey) is refused: see `check_png_complete` and `jpeg_bytes_to_decode`."""
     fmt = PHOTO_FORMATS[suffix_of(path, PHOTO_FORMATS)]
     try:
-        with Image.open(path) as pil:
+        with ExitStack() as stack:
+            pil = stack.enter_context(Image.open(path))
             grey = pil.mode in ("1", "L", "LA", "I", "F") or pil.mode.startswith("I;16")
             itemsize = 4 if pil.mode in ("I", "F") else 2 if pil.mode.startswith("I;16") else 1
             channels = max(len(pil.getbands()), 1 if grey else 3)
             check_declared_size(path.name, (pil.height, pil.width, channels), itemsize, limits)
+            if pil.format == "JPEG" and (data := jpeg_bytes_to_decode(path)) is not None:
+                pil = stack.enter_context(Image.open(io.BytesIO(data)))
+                try:
+                    pil.load()
+                except OSError as exc:
+                    raise ImageReadError(
+                        f"{path.name}: JPEG image data is corrupt or ends before its declared {pil.width} x"
+                        f" {pil.height} frame is decoded; truncated file or wrong size in its header?"
+                    ) from exc
             pil.load()
+            if pil.format == "PNG":
+                check_png_complete(path)
             if pil.mode in ("1", "LA"):
                 pil = pil.convert("L")
             elif not grey:
