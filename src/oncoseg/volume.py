@@ -88,25 +88,48 @@ def propagate(
         on_slice(z0)
     min_pixels = max(settings.min_pixels, settings.min_area_ratio * start.sum())
     for step in (1, -1):
-        previous, z, walked = start, z0 + step, 0
-        while 0 <= z < image.num_slices and (settings.max_slices is None or walked < settings.max_slices):
-            box = box_from_mask(previous, z=z).enlarged(
-                settings.box_margin, settings.min_margin_px, start.shape
-            )
-            if predictor.blank_reason(Prompt(box=box), z) is not None:
-                break
-            prediction = predictor.predict(Prompt(box=box), z=z)
-            mask = keep_touching(prediction.masks[0], previous)
-            score = float(prediction.scores[0])
-            if on_slice:
-                on_slice(z)
-            area = int(mask.sum())
-            iou = (mask & previous).sum() / max(1, (mask | previous).sum())
-            if area < min_pixels or score < settings.min_score or iou < settings.min_iou:
-                break
-            if area > settings.max_growth * previous.sum():
-                break
+        for z, (mask, score) in walk(
+            predictor, start, z0, step, settings, min_pixels, on_slice=on_slice
+        ).items():
             volume[z] = mask
             result.slice_scores[z] = score
-            previous, z, walked = mask, z + step, walked + 1
     return result
+
+
+def walk(
+    predictor: Predictor,
+    start: np.ndarray,
+    z0: int,
+    step: int,
+    settings: PropagationSettings,
+    min_pixels: float,
+    stop_before: int | None = None,
+    on_slice: Callable[[int], None] | None = None,
+) -> dict[int, tuple[np.ndarray, float]]:
+    """Follow the 2D mask ``start`` of slice ``z0`` slice by slice in direction ``step`` (+1 or -1), each slice
+    prompted with its neighbour's enlarged box, until a stop rule fires, the volume ends, ``settings.max_slices``
+    are walked, or slice ``stop_before`` (not included; e.g. a slice the user annotated) is reached. Returns
+    ``{z: (mask, score)}`` of the slices kept. Propagation and 3D correction both walk through here."""
+    image = predictor.image
+    kept: dict[int, tuple[np.ndarray, float]] = {}
+    previous, z = start, z0 + step
+    while 0 <= z < image.num_slices and z != stop_before:
+        if settings.max_slices is not None and len(kept) >= settings.max_slices:
+            break
+        box = box_from_mask(previous, z=z).enlarged(settings.box_margin, settings.min_margin_px, start.shape)
+        if predictor.blank_reason(Prompt(box=box), z) is not None:
+            break
+        prediction = predictor.predict(Prompt(box=box), z=z)
+        mask = keep_touching(prediction.masks[0], previous)
+        score = float(prediction.scores[0])
+        if on_slice:
+            on_slice(z)
+        area = int(mask.sum())
+        iou = (mask & previous).sum() / max(1, (mask | previous).sum())
+        if area < min_pixels or score < settings.min_score or iou < settings.min_iou:
+            break
+        if area > settings.max_growth * previous.sum():
+            break
+        kept[z] = (mask, score)
+        previous, z = mask, z + step
+    return kept

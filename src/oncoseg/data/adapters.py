@@ -1,7 +1,8 @@
 """Read the registered datasets in the layouts their users download, as lists of `Case`.
 
 Where the data is: ``open_dataset(name, root)`` looks in ``root`` if given, else in the folder named by the
-environment variable ``ONCOSEG_DATA``, else in ``../shared/data`` relative to the current directory. Inside
+environment variable ``ONCOSEG_DATA``, else in ``shared/data`` beside the repository (see
+`oncoseg.data.registry.data_root`; the current directory does not matter). Inside
 that data root the first existing folder of `DatasetInfo.folders` is used (e.g. ``kvasir-seg/``); a root
 that itself holds the dataset's layout (e.g. a downloaded ``Task04_Hippocampus/``) is used as it is.
 A missing or incomplete dataset raises `OncoSegError` with one line: the dataset, what is missing, where.
@@ -19,13 +20,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from oncoseg.data.registry import BTCV_ORGANS, REGISTRY, DatasetInfo, get_info
-from oncoseg.data.splits import split_case_ids
+from oncoseg.data.registry import BTCV_ORGANS, ENV_VAR, REGISTRY, DatasetInfo, data_root, get_info
+from oncoseg.data.splits import _check_split_name, committed_split, split_case_ids
 from oncoseg.errors import OncoSegError
 from oncoseg.image import MedicalImage
 from oncoseg.io import load_image
-
-ENV_VAR = "ONCOSEG_DATA"
 
 Region = tuple[str, tuple[int, ...]]
 
@@ -502,14 +501,6 @@ LAYOUTS: dict[str, tuple[Layout, ...]] = {
 }
 
 
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else ``$ONCOSEG_DATA``, else ``../shared/data`` relative to the current directory."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else Path.cwd().parent / "shared" / "data"
-
-
 def open_dataset(name: str, root: str | os.PathLike | None = None) -> Dataset:
     """Dataset ``name`` (see `REGISTRY`) under the data root; `OncoSegError` if missing or incomplete."""
     info = get_info(name)
@@ -593,3 +584,16 @@ def format_datasets_table(rows: list[dict[str, Any]]) -> str:
     if missing:
         text += ["", "Not found:"] + [f"  {r['problem']}" for r in missing]
     return "\n".join(text)
+
+
+def get_split(name: str, split: str, root: str | Path | None = None) -> list[str]:
+    """Case ids of a dataset's ``"train"``, ``"val"`` or ``"test"`` split.
+
+    Reads the committed split; a dataset without one is opened under ``root`` (see `open_dataset`) and
+    split by the rule.
+    """
+    _check_split_name(split)
+    document = committed_split(name)
+    if document is not None:
+        return document[split]
+    return split_case_ids(open_dataset(name, root), split)

@@ -131,18 +131,3 @@ def split_case_ids(dataset: Dataset, split: str) -> list[str]:
     if unsplit:
         log.warning("%s: %d cases are in no fixed split and are left out", dataset.info.name, len(unsplit))
     return document[split]
-
-
-def get_split(name: str, split: str, root: str | Path | None = None) -> list[str]:
-    """Case ids of a dataset's ``"train"``, ``"val"`` or ``"test"`` split.
-
-    Reads the committed split; a dataset without one is opened under ``root`` (see `open_dataset`) and
-    split by the rule.
-    """
-    _check_split_name(split)
-    document = committed_split(name)
-    if document is not None:
-        return document[split]
-    from oncoseg.data.adapters import open_dataset  # adapters imports this module
-
-    return split_case_ids(open_dataset(name, root), split)

@@ -1,8 +1,7 @@
 """Model backends behind one interface; ``load_backend("litemedsam")`` is the bundled default, ``"sam3"`` runs
-Meta's SAM3 from a local weights folder."""
+Meta's SAM3 from a local weights folder. Backends are found by name in a plain table (`register_backend` adds
+one) and imported only when built."""
 
-from oncoseg.models import litemedsam as _litemedsam  # noqa: F401  (registers the default backend)
-from oncoseg.models import sam3 as _sam3  # noqa: F401  (registers "sam3"; transformers loads on first use)
 from oncoseg.models.base import (
     Backend,
     ImageEmbedding,

@@ -128,17 +128,17 @@ def join_in_3d(
     return relabel[labels]
 
 
-_REGISTRY: dict[str, Callable[..., Backend]] = {}
+# Backends by name: a factory, or "module:attribute" imported on first use, so that importing oncoseg.models
+# loads no backend (and no torch/transformers) and nothing registers itself as a side effect of an import.
+_REGISTRY: dict[str, Callable[..., Backend] | str] = {
+    "litemedsam": "oncoseg.models.litemedsam:LiteMedSAMBackend",
+    "sam3": "oncoseg.models.sam3:Sam3Backend",
+}
 
 
-def register_backend(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
-    """Decorator: make a backend factory available under ``name``."""
-
-    def decorate(factory: Callable[..., Backend]) -> Callable[..., Backend]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
+def register_backend(name: str, factory: Callable[..., Backend] | str) -> None:
+    """Make a backend available under ``name``: a factory, or ``"module:attribute"`` imported when first used."""
+    _REGISTRY[name] = factory
 
 
 def available_backends() -> list[str]:
@@ -149,4 +149,10 @@ def load_backend(name: str = "litemedsam", **kwargs: Any) -> Backend:
     """Build the backend called ``name`` (e.g. ``"litemedsam"``); kwargs go to its constructor."""
     if name not in _REGISTRY:
         raise OncoSegError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
-    return _REGISTRY[name](**kwargs)
+    factory = _REGISTRY[name]
+    if isinstance(factory, str):
+        from importlib import import_module
+
+        module, _, attribute = factory.partition(":")
+        factory = getattr(import_module(module), attribute)
+    return factory(**kwargs)

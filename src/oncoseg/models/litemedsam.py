@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from oncoseg.errors import ModelError
 from oncoseg.models import fast_decoder, fast_encoder
-from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, register_backend
+from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.prompts import Box, Prompt
 
 IMAGE_SIZE = 256
@@ -466,8 +466,3 @@ class LiteMedSAMBackend(Backend):
         from oncoseg.concepts.detect import detect
 
         return detect(self, embedding, text, threshold)
-
-
-@register_backend("litemedsam")
-def _factory(**kwargs: Any) -> LiteMedSAMBackend:
-    return LiteMedSAMBackend(**kwargs)

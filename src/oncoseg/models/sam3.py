@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from oncoseg.errors import EmptyResultError, ModelError, OncoSegError
-from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, register_backend
+from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.prompts import Box, Prompt
 
 WEIGHTS_ENV = "ONCOSEG_SAM3_WEIGHTS"
@@ -612,11 +612,6 @@ class Sam3Backend(Backend):
                 result.slice_scores[z] = score
                 z, walked = z + step, walked + 1
         return result
-
-
-@register_backend("sam3")
-def _factory(**kwargs: Any) -> Sam3Backend:
-    return Sam3Backend(**kwargs)
 
 
 # -- fine-tuning ------------------------------------------------------------------------------------------------

@@ -1,0 +1,287 @@
+"""The Session core: one image open for segmentation, driven the same way by the Python API, the CLI and the
+other shells.
+
+    >>> session = Session.open("ct.nii.gz")
+    >>> liver = session.segment(Prompt(box=Box(14, 16, 80, 76, z=24)), volume=True, name="Liver")
+    >>> session.refine(liver, Prompt(points=(Point(40, 30, positive=False, z=30),)))  # fix slice 30, re-walk
+    >>> liver.volume_ml
+
+It owns prompt checking (once, before any model work), the model (built from a `ModelSpec`-like value or a
+given `Predictor`, with its per-slice embedding cache) and the labelled result: `SegmentedObject` per object,
+with its per-slice scores and the slices a user annotated ("anchors"). A correction on any slice of a 3D object
+re-segments that slice and walks outwards from it again up to the next anchor: the 3D correction loop exists
+here once, for every shell.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
+from oncoseg.image import MedicalImage
+from oncoseg.measure import Measurements, measure
+from oncoseg.predictor import Predictor, blank_error
+from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, validate_prompt
+from oncoseg.volume import PropagationSettings, propagate, walk
+
+
+@dataclass
+class SegmentedObject:
+    """One segmented structure: a boolean mask on the image's grid, the model's score per slice (key None for a
+    2D image), and the prompt given on each slice the user annotated."""
+
+    label: int
+    name: str
+    mask: np.ndarray
+    slice_scores: dict[int | None, float] = field(default_factory=dict)
+    anchors: dict[int | None, Prompt] = field(default_factory=dict)
+    volume: bool = False  # followed through the volume (True) or one slice only
+
+    @property
+    def score(self) -> float:
+        """Mean of the per-slice scores."""
+        return float(np.mean(list(self.slice_scores.values()))) if self.slice_scores else 0.0
+
+    @property
+    def slice_range(self) -> tuple[int, int] | None:
+        """First and last slice holding the object (None for 2D images or an empty mask)."""
+        if self.mask.ndim != 3 or not self.mask.any():
+            return None
+        zs = np.flatnonzero(self.mask.any(axis=(1, 2)))
+        return int(zs[0]), int(zs[-1])
+
+    @property
+    def prompt(self) -> Prompt:
+        """The first prompt that made this object."""
+        return next(iter(self.anchors.values()))
+
+
+class Session:
+    """An image and the objects segmented on it.
+
+    ``model`` is a backend name (``"litemedsam"``) or `Backend`, anything with ``build_predictor()`` (a
+    `ModelSpec`), a function returning a `Predictor` (called on first use, so checks come before the model is
+    loaded), or a ready `Predictor` (shared, e.g. across images in a batch: its image is replaced)."""
+
+    def __init__(
+        self,
+        image: MedicalImage,
+        model: Any = "litemedsam",
+        *,
+        modality: str | None = None,
+        propagation: PropagationSettings | None = None,
+    ):
+        self.image = image
+        self.modality = modality
+        self.propagation = propagation or PropagationSettings()
+        self.objects: list[SegmentedObject] = []
+        self._model = model
+        self._predictor: Predictor | None = model if isinstance(model, Predictor) else None
+        if self._predictor is not None:
+            self._predictor.set_image(image, modality=modality)
+
+    @classmethod
+    def open(
+        cls,
+        source: str | os.PathLike | MedicalImage | np.ndarray,
+        model: Any = "litemedsam",
+        *,
+        modality: str | None = None,
+        limits=None,
+        propagation: PropagationSettings | None = None,
+    ) -> Session:
+        """A session on a file or DICOM folder (read within ``limits``), a `MedicalImage` or a plain array."""
+        from oncoseg.io import load_image
+
+        if isinstance(source, (str, os.PathLike)):
+            image = load_image(Path(source), modality=modality, limits=limits)
+        elif isinstance(source, MedicalImage):
+            image = source
+        else:
+            array = np.asarray(source)
+            image = MedicalImage.from_array(
+                array, channels=3 if array.ndim == 3 and array.shape[-1] == 3 else 1
+            )
+        return cls(image, model, modality=modality, propagation=propagation)
+
+    # ------------------------------------------------------------------ model
+    @property
+    def predictor(self) -> Predictor:
+        """The model with this image set (built on first use; embeddings cached per slice)."""
+        if self._predictor is None:
+            model = self._model
+            if hasattr(model, "build_predictor"):  # a ModelSpec
+                self._predictor = model.build_predictor()
+            elif callable(model) and not hasattr(model, "encode"):  # a factory, called on first use
+                self._predictor = model()
+            else:  # a backend name or a Backend
+                self._predictor = Predictor(model)
+            self._predictor.set_image(self.image, modality=self.modality)
+        return self._predictor
+
+    # ------------------------------------------------------------------ prompts
+    def check(self, prompt: Prompt, volume: bool = False, label: int | None = None) -> Prompt:
+        """Raise a one-line error unless ``prompt`` can be answered on this image: inside it, on an existing
+        slice, a volume for ``volume=True``, and not blank (constant) under the prompt. Cheap: no model work.
+        ``label`` names the object in the message."""
+        if volume and not self.image.is_3d:
+            raise OncoSegError("--3d needs a volume, but this image is 2D")
+        validate_prompt(prompt, self.image.shape)
+        if not prompt.is_concept:
+            from oncoseg.predictor import blank_reason, prompt_pixels
+
+            z = prompt.z if self.image.is_3d else None
+            reason = blank_reason(prompt_pixels(self.image.array, prompt, z), self.image.channels)
+            if reason is not None:
+                where = f"slice {z}" if self.image.is_3d else "the image"
+                raise blank_error(where, reason, label)
+        return prompt
+
+    # ------------------------------------------------------------------ segmenting
+    def segment(
+        self,
+        prompt: Prompt,
+        *,
+        volume: bool = False,
+        name: str | None = None,
+        on_slice: Callable[[int], None] | None = None,
+    ) -> SegmentedObject:
+        """A new object from a box and/or clicks on one slice; ``volume=True`` follows it through the volume.
+        Raises EmptyResultError when the model finds nothing (the session keeps no empty object)."""
+        label = len(self.objects) + 1
+        self.check(prompt, volume, label)
+        if label > MAX_OBJECTS:
+            raise PromptError(f"at most {MAX_OBJECTS} objects per image (labels 1-255)")
+        z = prompt.z if self.image.is_3d else None
+        reason = self.predictor.blank_reason(prompt, z)  # e.g. constant after the CT window
+        if reason is not None:
+            raise blank_error(f"slice {z}" if z is not None else "the image", reason, label)
+        if volume:
+            result = propagate(self.predictor, prompt, self.propagation, on_slice=on_slice)
+            mask, scores = result.mask, dict(result.slice_scores)
+        else:
+            prediction = self.predictor.predict(prompt)
+            mask = self._on_grid(prediction.masks[0], z)
+            scores = {z: float(prediction.scores[0])}
+        if not mask.any():
+            where = f" on slice {z}" if z is not None else ""
+            raise EmptyResultError(f"the model found nothing for object {label}{where}: check the prompt")
+        obj = SegmentedObject(label, name or f"object {label}", mask, scores, {z: prompt}, volume)
+        self.objects.append(obj)
+        return obj
+
+    def refine(
+        self,
+        obj: SegmentedObject,
+        prompt: Prompt,
+        *,
+        repropagate: bool | None = None,
+        on_slice: Callable[[int], None] | None = None,
+    ) -> SegmentedObject:
+        """Correct ``obj`` on the prompt's slice: include/exclude clicks are added to the clicks already given
+        there and decoded with the object's current extent on that slice as the box (a box replaces it). The
+        slice becomes an anchor; for a 3D object (``repropagate``, default: whether it was propagated) the walk
+        starts again from it in both directions, replacing the slices up to the next anchor."""
+        z = prompt.z if self.image.is_3d else None
+        if self.image.is_3d and z is None:
+            raise PromptError(
+                f"this is a volume of {self.image.num_slices} slices: give the slice of the correction"
+            )
+        validate_prompt(Prompt(points=tuple(Point(p.x, p.y, True, p.z) for p in prompt.points), box=prompt.box)
+                        if prompt.points else prompt, self.image.shape)  # fmt: skip
+        current = obj.mask[z] if z is not None else obj.mask
+        given = obj.anchors.get(z)
+        asked = self.check(combine_clicks(given, prompt, current))  # exclude clicks alone need the extent
+        prediction = self.predictor.predict(asked, z=z)
+        new = prediction.masks[0]
+        if not new.any():
+            raise EmptyResultError(f"the correction removed object {obj.label} from this slice")
+        obj.anchors[z] = prompt if prompt.box is not None else prompt_with_clicks(given, prompt)
+        obj.slice_scores[z] = float(prediction.scores[0])
+        if z is None:
+            obj.mask = new
+            return obj
+        obj.mask[z] = new
+        if repropagate if repropagate is not None else obj.volume:
+            self._rewalk(obj, z, on_slice)
+        return obj
+
+    def _rewalk(self, obj: SegmentedObject, z0: int, on_slice: Callable[[int], None] | None) -> None:
+        settings = self.propagation
+        min_pixels = max(settings.min_pixels, settings.min_area_ratio * obj.mask[z0].sum())
+        anchors = sorted(a for a in obj.anchors if a is not None and a != z0)
+        for step in (1, -1):
+            ahead = [a for a in anchors if (a - z0) * step > 0]
+            stop = min(ahead, key=lambda a: abs(a - z0)) if ahead else None
+            kept = walk(self.predictor, obj.mask[z0], z0, step, settings, min_pixels, stop, on_slice)
+            end = stop if stop is not None else (self.image.num_slices if step > 0 else -1)
+            for z in range(z0 + step, end, step):  # the walk's answer is authoritative up to the next anchor
+                mask_score = kept.get(z)
+                obj.mask[z] = mask_score[0] if mask_score else False
+                if mask_score:
+                    obj.slice_scores[z] = mask_score[1]
+                else:
+                    obj.slice_scores.pop(z, None)
+
+    def remove(self, obj: SegmentedObject) -> None:
+        """Forget ``obj``; later objects keep their labels."""
+        self.objects.remove(obj)
+
+    # ------------------------------------------------------------------ results
+    def labels(self) -> np.ndarray:
+        """The label map (uint8): object ``i`` is label ``i``; where objects overlap, the earlier one wins."""
+        labels = np.zeros(self.image.shape, dtype=np.uint8)
+        for obj in self.objects:
+            labels[obj.mask & (labels == 0)] = obj.label
+        return labels
+
+    def measure(self, obj: SegmentedObject) -> Measurements:
+        """Area or volume and diameters of ``obj`` in the image's physical units."""
+        return measure(obj.mask, self.image.spacing)
+
+    def _on_grid(self, mask2d: np.ndarray, z: int | None) -> np.ndarray:
+        if z is None:
+            return mask2d
+        mask = np.zeros(self.image.shape, dtype=bool)
+        mask[z] = mask2d
+        return mask
+
+
+def prompt_with_clicks(given: Prompt | None, prompt: Prompt) -> Prompt:
+    """``prompt``'s clicks appended to those already given on that slice (the box, if any, kept)."""
+    if given is None:
+        return prompt
+    return Prompt(box=prompt.box or given.box, points=(*given.points, *prompt.points))
+
+
+def combine_clicks(given: Prompt | None, prompt: Prompt, current: np.ndarray) -> Prompt:
+    """The prompt a correction is decoded with: a new box is taken as it is (with its clicks); clicks are added
+    to the clicks given on that slice, and the box is the current mask's extent on the slice, grown to take in
+    the include clicks plus a margin (the service's refining click and a 3D correction use this one rule)."""
+    if prompt.box is not None or not current.any():
+        return prompt_with_clicks(given, prompt) if prompt.box is None else prompt
+    clicks = prompt_with_clicks(given, prompt).points
+    rows, cols = np.flatnonzero(current.any(axis=1)), np.flatnonzero(current.any(axis=0))
+    return Prompt(box=grown_box((cols[0], rows[0], cols[-1], rows[-1]), clicks, current.shape, prompt.z),
+                  points=clicks)  # fmt: skip
+
+
+def grown_box(extent, clicks, shape: tuple[int, int], z: int | None) -> Box:
+    """``extent`` (x0, y0, x1, y1) grown to take in the include ``clicks``, plus 10 % (at least 4 px) per side,
+    clipped to the slice of ``shape`` (H, W)."""
+    x0, y0, x1, y1 = (float(v) for v in extent)
+    positive = [p for p in clicks if p.positive]
+    x0, x1 = min([x0, *[p.x for p in positive]]), max([x1, *[p.x for p in positive]])
+    y0, y1 = min([y0, *[p.y for p in positive]]), max([y1, *[p.y for p in positive]])
+    margin_x, margin_y = max(4.0, 0.1 * (x1 - x0)), max(4.0, 0.1 * (y1 - y0))
+    height, width = shape
+    return Box(
+        max(0.0, x0 - margin_x), max(0.0, y0 - margin_y),
+        min(width - 1.0, x1 + margin_x), min(height - 1.0, y1 + margin_y), z=z,
+    )  # fmt: skip
