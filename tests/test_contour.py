@@ -216,6 +216,27 @@ def test_cli_contour(example, tmp_path, capsys):
     assert not bad.exists()
 
 
+def test_cli_contour_finds_the_atlas_from_any_folder(shared_data, tmp_path, monkeypatch, capsys):
+    """The default atlas is in the data root beside the repository, not relative to the current folder (from
+    elsewhere, --list said "not in atlas" for every organ and contouring failed)."""
+    monkeypatch.delenv("ONCOSEG_DATA", raising=False)
+    monkeypatch.delenv("ONCOSEG_ATLAS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["contour", "--list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["atlas"] == str(shared_data.resolve() / "totalsegmentator-example")
+    status = {row["name"]: row["status"] for row in listing["organs"]}
+    assert status["Liver"] == "atlas + model" and status["SpinalCord"] == "atlas only"
+
+    # no atlas where the data root points: one line naming the settings
+    monkeypatch.setenv("ONCOSEG_DATA", str(tmp_path / "nowhere"))
+    ct = shared_data / "totalsegmentator-example" / "example_ct_sm.nii.gz"
+    assert main(["contour", str(ct), "--no-refine", "-q", "-o", str(tmp_path / "oars.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--atlas" in err and "ONCOSEG_DATA" in err, err
+    assert not (tmp_path / "oars.nii.gz").exists()
+
+
 def test_contour_refuses_non_ct(shared_data):
     mr = shared_data / "totalsegmentator-example" / "example_mr_sm.nii.gz"
     with pytest.raises(OncoSegError, match="needs a CT"):

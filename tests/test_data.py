@@ -570,6 +570,8 @@ def test_data_root_comes_from_argument_then_environment_then_cwd(tmp_path, monke
     monkeypatch.delenv(ENV_VAR)
     monkeypatch.chdir(REPO)
     assert data_root() == REPO.parent / "shared" / "data"
+    monkeypatch.chdir(tmp_path)  # the default is found from the repository, not the current folder
+    assert data_root() == REPO.parent / "shared" / "data"
     with pytest.raises(OncoSegError, match=r"^isic2018: data root .*nowhere does not exist \(pass root or "):
         open_dataset("isic2018", tmp_path / "nowhere")
 

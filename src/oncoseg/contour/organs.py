@@ -14,7 +14,8 @@ An atlas is a CT, a label map on the same grid and the names of its labels. Poin
 may be TG-263 names or aliases such as TotalSegmentator's). Without ``atlas.json`` a folder laid out like
 TotalSegmentator's test data (``example_ct_sm.nii.gz``, ``example_seg.nii.gz``,
 ``label_map_total_and_total_mr.json``) is read as it is; that is the default, from the data root
-(``$ONCOSEG_DATA``, else ``../shared/data``) — a demonstration atlas whose labels are another tool's predictions.
+(``$ONCOSEG_DATA``, else ``shared/data`` beside the repository, whatever the current folder; see
+`oncoseg.data.registry.data_root`) — a demonstration atlas whose labels are another tool's predictions.
 """
 
 from __future__ import annotations
@@ -96,10 +97,11 @@ def resolve_organs(requested: list[str] | None, available: list[str]) -> list[st
 
 
 def default_atlas_path() -> Path:
-    """``$ONCOSEG_ATLAS``, else the TotalSegmentator example in the data root."""
+    """``$ONCOSEG_ATLAS``, else the TotalSegmentator example in the data root (`oncoseg.data.registry.data_root`:
+    ``$ONCOSEG_DATA``, else beside the repository; never relative to the current folder)."""
     if os.environ.get(ATLAS_ENV):
         return Path(os.environ[ATLAS_ENV])
-    from oncoseg.data.adapters import data_root
+    from oncoseg.data.registry import data_root
 
     return data_root() / DEFAULT_ATLAS_FOLDER
 
@@ -110,8 +112,12 @@ def load_atlas(path: str | os.PathLike | None = None) -> Atlas:
 
     folder = Path(path) if path is not None else default_atlas_path()
     if not folder.is_dir():
+        from oncoseg.data.registry import ENV_VAR
+
+        also = "" if path is not None or os.environ.get(ATLAS_ENV) else f", or ${ENV_VAR} to the data root"
         raise OncoSegError(
             f"atlas folder {folder} not found: pass --atlas DIR (or set ${ATLAS_ENV}) to a folder with atlas.json"
+            + also
         )
     spec_file = folder / "atlas.json"
     if spec_file.is_file():

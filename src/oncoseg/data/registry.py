@@ -3,14 +3,35 @@
 The twelve benchmarks of the Onco-Seg preprint (Table 7) are registered with the Dice the paper reports,
 next to CVC-ClinicDB and the datasets kept in ``../shared/data`` for tests. Reading the files is the job of
 `oncoseg.data.adapters`; this module holds plain facts only and imports nothing heavy.
+
+Where the data is (`data_root`, the one place that decides it for datasets, evaluation, training and the
+contour atlas): the ``root`` a caller passes (``--root``/``--data``), else the folder in the environment
+variable ``ONCOSEG_DATA``, else ``shared/data`` beside the source checkout (``<repository>/../shared/data``,
+found from this file, so the current folder does not matter).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from oncoseg.errors import OncoSegError
 from oncoseg.modality import MODALITIES
+
+ENV_VAR = "ONCOSEG_DATA"
+REPOSITORY = Path(__file__).resolve().parents[3]  # src/oncoseg/data/registry.py -> the checkout
+DEFAULT_DATA_ROOT = REPOSITORY.parent / "shared" / "data"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$ONCOSEG_DATA``, else `DEFAULT_DATA_ROOT` (beside the repository, not the current
+    folder). The folder may not exist: readers say so in one line."""
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get(ENV_VAR)
+    return Path(env).expanduser() if env else DEFAULT_DATA_ROOT
+
 
 MSD = "Antonelli M. et al., The Medical Segmentation Decathlon, Nature Communications 13:4128 (2022)"
 MSD_URL = "http://medicaldecathlon.com/"
