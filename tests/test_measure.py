@@ -207,3 +207,24 @@ def test_large_volume_is_fast():
     elapsed = time.perf_counter() - start
     assert m.recist_long_mm == pytest.approx(120.0, abs=1.5)
     assert elapsed < 1.0
+
+
+def test_oncoseg_measure_is_the_function_as_the_readme_says():
+    """README: ``oncoseg.measure(mask, spacing)``. It gave the module (TypeError) once any code had imported
+    oncoseg.measure; a fresh interpreter checks it whatever this test process imported before."""
+    import subprocess
+    import sys
+
+    import oncoseg
+
+    assert oncoseg.measure is measure  # this module imported oncoseg.measure above
+    code = (
+        "import numpy as np, oncoseg, oncoseg.measure, oncoseg.api\n"
+        "from oncoseg import measure\n"
+        "from oncoseg.measure import Measurements, measure as by_module\n"
+        "assert measure is by_module is oncoseg.measure\n"
+        "print(oncoseg.measure(np.ones((4, 4), bool), (0.5, 0.5)).area_mm2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == 4.0

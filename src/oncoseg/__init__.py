@@ -2,11 +2,17 @@
 
 The public API is importable from here lazily, so ``import oncoseg`` stays fast:
 ``segment``, ``Predictor``, ``load_image``, ``save_mask``, ``measure``, ``propagate``, ``load_backend``.
+``oncoseg.measure`` is the function (``oncoseg.measure(mask, spacing)``); its module stays importable as
+``from oncoseg.measure import measure``.
 """
 
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+# Imported now, not lazily: importing the submodule oncoseg.measure (which any other module may do) sets the
+# package attribute ``measure`` to the module, which would then hide the function from __getattr__.
+from oncoseg.measure import measure as measure
 
 _EXPORTS = {
     "segment": "oncoseg.api",
@@ -15,7 +21,6 @@ _EXPORTS = {
     "load_image": "oncoseg.io",
     "save_mask": "oncoseg.io",
     "MedicalImage": "oncoseg.image",
-    "measure": "oncoseg.measure",
     "propagate": "oncoseg.volume",
     "PropagationSettings": "oncoseg.volume",
     "load_backend": "oncoseg.models",
@@ -33,3 +38,4 @@ def __getattr__(name):
 
 
 __all__ = list(_EXPORTS)
+__all__.append("measure")

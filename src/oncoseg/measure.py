@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.spatial import ConvexHull
-from scipy.spatial.distance import cdist
 
 from oncoseg.errors import EmptyResultError, OncoSegError
 
@@ -79,6 +77,8 @@ def measure(mask: np.ndarray, spacing: tuple[float, ...], label: int | None = No
     foreground and the first/last foreground pixel of each row are processed, so large volumes are quick.
     Raises `EmptyResultError` when there is no foreground.
     """
+    from scipy.spatial import ConvexHull  # imported here: `import oncoseg` imports this module
+
     mask = np.asarray(mask)
     if mask.ndim not in (2, 3):
         raise OncoSegError(f"mask must be 2D [y,x] or 3D [z,y,x], got shape {mask.shape}")
@@ -168,6 +168,8 @@ def _row_extreme_corners(crop: np.ndarray, sx: float, sy: float, x0: int, y0: in
 
 def _farthest_pair(points: np.ndarray) -> tuple[float, tuple[int, int]]:
     """Largest distance between two of ``points`` and their indices (upper triangle, in row blocks)."""
+    from scipy.spatial.distance import cdist
+
     best, pair = -1.0, (0, 0)
     for start in range(0, len(points), _CHUNK):
         d2 = cdist(points[start : start + _CHUNK], points[start:], "sqeuclidean")
@@ -180,6 +182,8 @@ def _farthest_pair(points: np.ndarray) -> tuple[float, tuple[int, int]]:
 def _max_3d_diameter(hulls: dict[int, np.ndarray], sz: float, z0: int) -> float:
     """Longest distance (mm) between two voxel corners of the lesion: each slice's 2D hull is lifted to the
     slice's lower and upper face, then the farthest pair is searched among the 3D hull's vertices."""
+    from scipy.spatial import ConvexHull
+
     layers = [
         np.column_stack([hull, np.full(len(hull), (z + z0 + dz) * sz)])
         for z, hull in hulls.items()
