@@ -474,7 +474,7 @@ def run_segment(args: argparse.Namespace) -> int:
     if args.text is not None or args.exemplar:
         concept = {"text": args.text, "exemplars": args.exemplar, "slice_index": args.slice}
     if args.backend == "sam3":
-        concept.update(predictor=_sam3_predictor(args))
+        concept.update(predictor=_predictor(args))
     elif concept:
         concept.update(threshold=args.threshold)
 
@@ -628,26 +628,11 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sam3_predictor(args: argparse.Namespace):
-    """The SAM3 predictor of --weights (else $ONCOSEG_SAM3_WEIGHTS), --precision and --threshold."""
-    from oncoseg.predictor import Predictor
-
-    options = {"weights": args.weights, "precision": args.precision}
-    if getattr(args, "checkpoint", None):
-        options["adapter"] = args.checkpoint  # a LoRA adapter file fine-tuned on SAM3
-    if getattr(args, "threshold", None) is not None:
-        options["threshold"] = args.threshold
-    return Predictor("sam3", **options)
-
-
 def _predictor(args: argparse.Namespace):
-    from oncoseg.predictor import Predictor
+    """The predictor of --backend, --weights, --checkpoint, --precision and --threshold (`ModelSpec`)."""
+    from oncoseg.models.spec import ModelSpec
 
-    if getattr(args, "checkpoint", None):
-        from oncoseg.train.checkpoints import model_from_checkpoint
-
-        return Predictor(args.backend, precision=args.precision, model=model_from_checkpoint(args.checkpoint))
-    return Predictor(args.backend, precision=args.precision)
+    return ModelSpec.from_args(args).build_predictor()
 
 
 def print_summary(summary: dict, output: str, overlay: str | None) -> None:
@@ -666,12 +651,12 @@ def print_summary(summary: dict, output: str, overlay: str | None) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """Segment every bundled sample with its suggested prompt; 3D samples by propagation."""
     from oncoseg.api import segment
-    from oncoseg.predictor import Predictor
+    from oncoseg.models.spec import ModelSpec
     from oncoseg.samples import list_samples, sample_path
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor()
+    predictor = ModelSpec().build_predictor()
     report = {}
     for name, sample in list_samples().items():
         prompt = sample["prompt"]

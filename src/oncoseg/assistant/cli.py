@@ -45,6 +45,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--atlas", help="atlas folder (see `oncoseg contour --help`)")
     parser.add_argument("--no-refine", action="store_true", help="atlas labels only (no model)")
     parser.add_argument(
+        "--checkpoint",
+        help="fine-tuned weights of the refining model: a LoRA adapter file, a full state dict, or a name "
+        "from `oncoseg train`",
+    )
+    parser.add_argument(
         "--from-start", action="store_true", help="first run: also process series already stored"
     )
     parser.add_argument("--max-attempts", type=int, default=3, help="attempts per series before giving up")
@@ -79,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         organs=[o.strip() for o in args.organs.split(",") if o.strip()] if args.organs else None,
         atlas=args.atlas,
         refine=not args.no_refine,
+        checkpoint=args.checkpoint,
         from_start=args.from_start,
         max_attempts=args.max_attempts,
         workdir=args.workdir,

@@ -44,6 +44,7 @@ class AssistantConfig:
     organs: list[str] | None = None
     atlas: str | None = None
     refine: bool = True
+    checkpoint: str | None = None  # fine-tuned weights of the refining model (see `ModelSpec`)
     from_start: bool = False  # first run: also process series already in the PACS
     max_attempts: int = 3
     max_backoff: float = 60.0
@@ -97,9 +98,13 @@ class Assistant:
         self._atlas = self._atlas or load_atlas(self.config.atlas)
         resolve_organs(self.config.organs, self._atlas.organs())
         if self.config.refine and self._predictor is None:
-            from oncoseg.predictor import Predictor
+            self._predictor = self.make_predictor()
 
-            self._predictor = Predictor("litemedsam")
+    def make_predictor(self):
+        """The predictor that refines the registered organs: LiteMedSAM with ``config.checkpoint``."""
+        from oncoseg.models.spec import ModelSpec
+
+        return ModelSpec(checkpoint=self.config.checkpoint).build_predictor()
 
     # ------------------------------------------------------------------ the loop
     def stop(self, *_: Any) -> None:
@@ -220,9 +225,7 @@ class Assistant:
         if self._atlas is None:
             self._atlas = load_atlas(self.config.atlas)
         if self._predictor is None and self.config.refine:
-            from oncoseg.predictor import Predictor
-
-            self._predictor = Predictor("litemedsam")
+            self._predictor = self.make_predictor()
         timings["setup"] = time.perf_counter() - t
         t = time.perf_counter()
         if self._already_answered(info.series_uid):

@@ -158,9 +158,9 @@ def gather(config, phase, split: str, settings: ConceptSettings, log=print) -> l
         variants = [False, True] if dataset in settings.mirror and split == phase.train_split else [False]
         if settings.encode:
             if predictor is None:
-                from oncoseg.predictor import Predictor
+                from oncoseg.models.spec import ModelSpec
 
-                predictor = Predictor("litemedsam")
+                predictor = ModelSpec().build_predictor()
             for mirrored in variants:
                 paths += encode_split(
                     dataset, split, predictor, settings.cache, config.data_root,

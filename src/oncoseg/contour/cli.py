@@ -53,6 +53,11 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the known organs and how each is contoured")
     parser.add_argument("--no-refine", action="store_true", help="atlas labels only (no model; faster)")
     parser.add_argument(
+        "--checkpoint",
+        help="fine-tuned weights of the refining model: a LoRA adapter file, a full state dict, or a name "
+        "from `oncoseg train`",
+    )
+    parser.add_argument(
         "--registration-spacing",
         type=float,
         default=4.0,
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         organs,
         atlas=args.atlas,
         refine=not args.no_refine,
+        checkpoint=args.checkpoint,
         registration_spacing=args.registration_spacing,
         progress=not args.quiet,
     )

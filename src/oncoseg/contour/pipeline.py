@@ -112,6 +112,14 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(name + ".json")
 
 
+def make_predictor(backend: str = "litemedsam", checkpoint: str | None = None):
+    """The predictor that refines the registered organs: ``backend`` with ``checkpoint`` (a LoRA adapter, a full
+    state dict or a registered name; see `oncoseg.models.spec.ModelSpec`)."""
+    from oncoseg.models.spec import ModelSpec
+
+    return ModelSpec(backend=backend, checkpoint=checkpoint).build_predictor()
+
+
 def contour(
     image: str | Path | MedicalImage,
     organs: Sequence[str] | None = None,
@@ -120,6 +128,7 @@ def contour(
     refine: bool = True,
     predictor=None,
     backend: str = "litemedsam",
+    checkpoint: str | None = None,
     registration_spacing: float = 4.0,
     deformable: bool = True,
     settings: RefineSettings | None = None,
@@ -128,7 +137,8 @@ def contour(
     """Contour the organs at risk of a CT (file or DICOM series folder) from an atlas, refined by the model.
 
     ``organs``: TG-263 names or aliases (default: every organ the atlas has). ``refine=False`` keeps the
-    registered atlas labels (no model), which is fast but only as good as the registration.
+    registered atlas labels (no model), which is fast but only as good as the registration. ``predictor``, else
+    ``backend`` with ``checkpoint`` (`make_predictor`), refines.
     """
     from oncoseg.io import load_image
 
@@ -157,9 +167,7 @@ def contour(
     to_refine = {name: priors[name] for name in chosen if name in MODEL_REFINED and priors[name].any()}
     if refine and to_refine:
         t = time.perf_counter()
-        from oncoseg.predictor import Predictor
-
-        predictor = predictor or Predictor(backend)
+        predictor = predictor or make_predictor(backend, checkpoint)
         predictor.set_image(image, modality="ct")
         model = predictor.backend.name
         slices = int(np.any(np.stack([p.any(axis=(1, 2)) for p in to_refine.values()]), axis=0).sum())

@@ -25,6 +25,7 @@ from oncoseg.errors import EmptyResultError, OncoSegError
 from oncoseg.evaluate.metrics import score
 from oncoseg.evaluate.protocols import Protocol, parse_protocol
 from oncoseg.evaluate.results import EMPTY_TRUTH, ResultStore, save_prediction
+from oncoseg.models.spec import ModelSpec
 from oncoseg.predictor import Predictor
 from oncoseg.volume import PropagationSettings, propagate
 
@@ -86,12 +87,8 @@ def select_cases(dataset: Dataset, split: str | None, limit: int | None) -> list
 def make_predictor(config: EvaluationConfig) -> Predictor:
     """The predictor an evaluation uses; ``config.checkpoint`` is a LoRA adapter, a full state dict or a name
     registered by ``oncoseg train`` (see `oncoseg.train.checkpoints`)."""
-    kwargs: dict[str, Any] = {"precision": config.precision} if config.backend == "litemedsam" else {}
-    if config.checkpoint:
-        from oncoseg.train.checkpoints import model_from_checkpoint
-
-        kwargs["model"] = model_from_checkpoint(config.checkpoint)
-    return Predictor(config.backend, cache_slices=1024, **kwargs)
+    spec = ModelSpec(backend=config.backend, checkpoint=config.checkpoint, precision=config.precision)
+    return spec.build_predictor(cache_slices=1024)
 
 
 def evaluate(

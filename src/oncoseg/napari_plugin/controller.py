@@ -204,6 +204,15 @@ class Controller:
         """Choose the backend and a fine-tuned checkpoint (LiteMedSAM) or weights folder (SAM3)."""
         self.backend, self.checkpoint = backend, (checkpoint or None)
 
+    def model_spec(self):
+        """The `ModelSpec` of the chosen model: for SAM3 a folder in the checkpoint field is its weights folder,
+        a file or a registered name a checkpoint, as for LiteMedSAM."""
+        from oncoseg.models.spec import ModelSpec
+
+        if self.backend == "sam3" and self.checkpoint and Path(self.checkpoint).is_dir():
+            return ModelSpec(backend="sam3", weights=self.checkpoint)
+        return ModelSpec(backend=self.backend, checkpoint=self.checkpoint)
+
     def predictor(self, image: MedicalImage | None = None, modality: str | None = None):
         """The `Predictor` for the chosen backend/checkpoint, set on ``image`` (default: the chosen image) for
         ``modality``. Called in the worker thread (loading a model and normalising a volume take a while), with
@@ -215,15 +224,7 @@ class Controller:
 
         key = (self.backend, self.checkpoint)
         if self._predictor is None or self._predictor_key != key:
-            if self.backend == "sam3":
-                options = {"weights": self.checkpoint} if self.checkpoint else {}
-                self._predictor = Predictor("sam3", **options)
-            elif self.checkpoint:
-                from oncoseg.train.checkpoints import model_from_checkpoint
-
-                self._predictor = Predictor(self.backend, model=model_from_checkpoint(self.checkpoint))
-            else:
-                self._predictor = Predictor(self.backend)
+            self._predictor = Predictor(self.model_spec().build_backend())
             self._predictor_key, self._predictor_image = key, None
         if self._predictor_image != (id(image), modality) or self._predictor.image is not image:
             self._predictor.set_image(image, modality=modality)

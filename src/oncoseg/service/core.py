@@ -25,9 +25,9 @@ from PIL import Image
 from scipy import ndimage
 
 from oncoseg.errors import OncoSegError, PromptError
+from oncoseg.models.spec import ModelSpec
 from oncoseg.image import MedicalImage
 from oncoseg.measure import measure
-from oncoseg.models import load_backend
 from oncoseg.models.base import MaskPrediction
 from oncoseg.pacs import PacsClient, uid_hash
 from oncoseg.predictor import Predictor, blank_error
@@ -129,9 +129,7 @@ class Engine:
         self.worker = ModelWorker(config.max_queue)
         # built on the model thread, so that torch's OpenMP thread pool lives there only (see oncoseg.service.worker)
         self.backend = backend or self.worker.call(
-            lambda: load_backend(
-                config.backend, **({"checkpoint": config.checkpoint} if config.checkpoint else {})
-            )
+            lambda: ModelSpec(backend=config.backend, checkpoint=config.checkpoint).build_backend()
         )
         self.store = SessionStore(config.budget_bytes)
         self.upload_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_uploads))

@@ -2,8 +2,8 @@
 ``oncoseg evaluate --checkpoint NAME`` load.
 
 The index is ``$ONCOSEG_HOME/checkpoints.json`` (default ``~/.oncoseg``), written by ``oncoseg train`` when a
-phase finishes. ``--checkpoint`` also accepts a path: a LoRA adapter file (``.safetensors`` / ``.pt`` written by
-`oncoseg.train.lora.save_adapter`) or a full LiteMedSAM state dict (``.pth``).
+phase finishes. ``--checkpoint`` also accepts a path: a LoRA adapter file (written by `oncoseg.train.lora.save_adapter`) or a
+full state dict, told apart by their content (`oncoseg.models.spec`).
 """
 
 from __future__ import annotations
@@ -61,19 +61,9 @@ def resolve(value: str | Path) -> Path:
     raise ModelError(f"no checkpoint file or name {str(value)!r} (names: {names})")
 
 
-def is_adapter(path: Path) -> bool:
-    return path.suffix in (".safetensors", ".pt") or path.name.endswith(".adapter")
-
-
 def model_from_checkpoint(value: str | Path):
-    """LiteMedSAM with the weights of ``value``: an adapter (applied and merged) or a full state dict."""
-    from oncoseg.models.litemedsam import build_model
+    """LiteMedSAM with the weights of ``value``: an adapter (applied and merged), a full state dict or a registered
+    name; the same resolution as every shell's ``--checkpoint`` (`oncoseg.models.spec.ModelSpec`)."""
+    from oncoseg.models.spec import ModelSpec
 
-    path = resolve(value)
-    if not is_adapter(path):
-        return build_model(path)
-    from oncoseg.train.lora import load_adapter, merge_lora
-
-    model = build_model()
-    load_adapter(model, path)
-    return merge_lora(model).eval()
+    return ModelSpec(checkpoint=str(value)).build_model()
