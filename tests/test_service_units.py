@@ -17,16 +17,9 @@ from oncoseg.io import load_image
 from oncoseg.logs import hide_uids
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
+from oncoseg.render import mask_rgba, png_bytes, simplify_polyline, window_slice
 from oncoseg.service.cache import NotFoundError, Session, SessionStore, TooLargeError
-from oncoseg.service.core import (
-    contours,
-    mask_rgba,
-    png_bytes,
-    rle_decode,
-    rle_encode,
-    simplify_polyline,
-    window_slice,
-)
+from oncoseg.service.core import contours, rle_decode, rle_encode
 from oncoseg.service.monailabel import file_to_array_index
 from oncoseg.service.security import check_bind
 from oncoseg.service.worker import BusyError, ModelWorker

@@ -13,6 +13,7 @@ import pytest
 from oncoseg_server import OncoSegServer
 from orthanc import OrthancServer, upload_example_ct
 
+from oncoseg.render import CT_PRESETS
 from oncoseg.service.core import rle_decode
 
 pytestmark = pytest.mark.service
@@ -90,8 +91,10 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     page.goto(f"{server.url}/#token={TOKEN}")
     page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
     wait_until(page, "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000)
-    assert page.text_content("#slice-label") == "11 / 20"  # opens on the middle slice, z = 10
+    assert page.text_content("#slice-label") == "10 / 19"  # opens on the middle slice, z = 10 (numbered from 0)
     assert "token=" not in page.url  # the token left the address bar
+    windows = page.evaluate("Array.from(document.querySelectorAll('#window-select option')).map(o => o.value)")
+    assert windows == ["", *CT_PRESETS, "auto"]  # the presets come from /api/windows
 
     canvas = page.locator("#canvas").bounding_box()
     scale = canvas["width"] / 512
@@ -103,9 +106,9 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     before = page.evaluate("document.getElementById('canvas').toDataURL()")
     page.mouse.move(*at(256, 256))
     page.mouse.wheel(0, 120)
-    wait_until(page, "document.getElementById('slice-label').textContent === '12 / 20'")
+    wait_until(page, "document.getElementById('slice-label').textContent === '11 / 19'")
     page.keyboard.press("ArrowDown")
-    wait_until(page, "document.getElementById('slice-label').textContent === '11 / 20'")
+    wait_until(page, "document.getElementById('slice-label').textContent === '10 / 19'")
     page.select_option("#window-select", "lung")
     wait_until(page, f"document.getElementById('canvas').toDataURL() !== {json.dumps(before)}")
     page.select_option("#window-select", "soft-tissue")  # the default window for CT: same picture again
@@ -166,7 +169,7 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     page.click("#propagate-btn")
     wait_until(page, "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000)
     assert page.text_content("td[data-field=volume]").endswith(" mL")
-    assert page.text_content("td[data-field=slices]") == "10–12"
+    assert page.text_content("td[data-field=slices]") == "9–11"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "webpage.png"))
 

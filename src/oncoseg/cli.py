@@ -534,8 +534,8 @@ def _check_request(args: argparse.Namespace, image) -> None:
     torch and the model are loaded."""
     from oncoseg.api import check_not_blank, check_outputs
     from oncoseg.io.write import check_distinct, check_output_path
-    from oncoseg.overlay import check_overlay_path
     from oncoseg.prompts import build_prompts, validate_prompt
+    from oncoseg.render import check_overlay_path
 
     if args.volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from oncoseg.errors import ShapeError
+
 
 @dataclass
 class MedicalImage:
@@ -62,7 +64,7 @@ class MedicalImage:
     def with_array(self, array: np.ndarray, channels: int = 1) -> MedicalImage:
         """Same geometry, new pixels (e.g. a mask)."""
         if tuple(array.shape[: self.ndim]) != self.shape:
-            raise ValueError(f"array shape {array.shape} does not match image shape {self.shape}")
+            raise ShapeError(f"array shape {array.shape} does not match image shape {self.shape}")
         return replace(self, array=array, channels=channels, metadata=dict(self.metadata))
 
     @classmethod
@@ -77,7 +79,7 @@ class MedicalImage:
         array = np.asarray(array)
         ndim = array.ndim - (1 if channels > 1 else 0)
         if ndim not in (2, 3):
-            raise ValueError(f"expected a 2D or 3D array (plus optional channels), got shape {array.shape}")
+            raise ShapeError(f"expected a 2D or 3D array (plus optional channels), got shape {array.shape}")
         spacing = tuple(float(s) for s in (spacing or (1.0,) * ndim))
         direction = tuple(float(v) for v in np.eye(ndim).ravel())
         return cls(array, spacing, (0.0,) * ndim, direction, modality=modality, channels=channels)

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from oncoseg.errors import OncoSegError
+from oncoseg.errors import PacsError, PacsUnavailableError
 from oncoseg.image import MedicalImage
 from oncoseg.logs import hide_uids, uid_hash
 
@@ -54,18 +54,6 @@ TAG_NUM_SERIES_INSTANCES = "00201209"
 TAG_STUDY_DATE = "00080020"
 TAG_STUDY_DESCRIPTION = "00081030"
 TAG_MODALITIES_IN_STUDY = "00080061"
-
-
-class PacsError(OncoSegError):
-    """The PACS refused a request (HTTP 4xx), the URL is wrong, or a UID is unknown."""
-
-    def __init__(self, message: str, status_code: int | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class PacsUnavailableError(PacsError):
-    """The PACS could not be reached (or kept answering 5xx) after all retries."""
 
 
 @dataclass

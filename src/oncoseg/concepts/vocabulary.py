@@ -15,11 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from oncoseg.errors import OncoSegError
-
-
-class ConceptError(OncoSegError):
-    """The text names no concept this model knows."""
+from oncoseg.errors import ConceptError
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,12 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-from oncoseg.errors import OncoSegError
+from oncoseg.errors import DicomExportError
 from oncoseg.image import MedicalImage
 
 log = logging.getLogger(__name__)
 
 _TOLERANCE = 1e-2  # voxels: the file geometry must map onto the array grid to within this
-
-
-class DicomExportError(OncoSegError):
-    """Masks or DICOM objects that do not fit the reference series, or a reference that cannot be used."""
 
 
 @dataclass

@@ -21,17 +21,18 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from oncoseg.dicom.contours import mask_to_polygons, polygons_to_mask
 from oncoseg.dicom.export import check_text
 from oncoseg.dicom.reference import (
     DicomExportError,
     ReferenceSeries,
     load_reference,
+    require,
     software_version,
     validate_masks,
 )
 from oncoseg.dicom.tg263 import default_color, lookup, standard_name
 from oncoseg.io.write import OutputFiles, check_output_path
+from oncoseg.render import mask_to_polygons, polygons_to_mask
 
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
@@ -176,7 +177,8 @@ def _roi_contours(number: int, color: list[int], mask: np.ndarray, ref: Referenc
     contours = Sequence()
     frames = ref.to_frames(mask)
     for k in np.flatnonzero(frames.reshape(len(frames), -1).any(axis=1)):
-        for polygon in mask_to_polygons(frames[k]):
+        require("skimage.measure", "scikit-image")  # one clear line if the DICOM extra is missing
+        for polygon in mask_to_polygons(frames[k], order="rc"):  # (row, column), as pixel_to_patient takes
             points = ref.pixel_to_patient(int(k), polygon)
             contour = Dataset()
             contour.ContourImageSequence = Sequence([_image_ref(ref, int(k))])

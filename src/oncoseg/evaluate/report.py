@@ -29,7 +29,7 @@ from oncoseg.data import get_info, open_dataset
 from oncoseg.errors import OncoSegError
 from oncoseg.evaluate.results import EMPTY_TRUTH, load_prediction, read_rows, safe_name
 from oncoseg.io import atomic_write_path
-from oncoseg.overlay import save_overlay
+from oncoseg.render import save_overlay
 
 FIGURES = "report_files"
 THUMBNAIL = 320  # case pictures: pixels on the longer side

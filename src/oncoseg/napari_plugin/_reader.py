@@ -14,13 +14,12 @@ import numpy as np
 
 from oncoseg.image import MedicalImage
 from oncoseg.io.read import VOLUME_FORMATS, load_image, suffix_of
+from oncoseg.render import DEFAULT_CT_PRESET, preset_limits
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 METADATA_KEY = "oncoseg"
-# CT soft tissue window W400/L40 HU (= oncoseg.preprocess.CT_WINDOWS["soft_tissue"], which imports torch: the
-# reader stays light, opening a file does not load the model stack).
-SOFT_TISSUE_HU = (-160.0, 240.0)
+SOFT_TISSUE_HU = preset_limits(DEFAULT_CT_PRESET)  # the CT display window a volume opens with (W400/L40 HU)
 
 
 def get_reader(path: str | list[str]):

@@ -233,11 +233,12 @@ class Controller:
 
     # -- display -----------------------------------------------------------------------------------------------
     def window_presets(self) -> dict[str, tuple[float, float] | None]:
-        """Display windows for the modality: CT presets in HU; otherwise percentile and full-range windows."""
-        from oncoseg.preprocess.normalize import CT_WINDOWS
+        """Display windows for the modality: CT presets in HU (`oncoseg.render.CT_PRESETS` as low, high);
+        otherwise percentile and full-range windows."""
+        from oncoseg.render import CT_PRESETS, preset_limits
 
         if self.modality == "ct":
-            return {name: tuple(window) for name, window in CT_WINDOWS.items()}
+            return {name: preset_limits(name) for name in CT_PRESETS}
         return {"auto (1-99 %)": None, "full range": (float("nan"), float("nan"))}
 
     def apply_window(self, name: str) -> tuple[float, float]:

@@ -48,6 +48,7 @@ from oncoseg.napari_plugin.controller import (
     JobCancelled,
     modality_choices,
 )
+from oncoseg.render import DEFAULT_CT_PRESET
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,8 @@ class OncoSegWidget(QWidget):
         if getattr(self.controller.image_layer, "rgb", False):
             return
         self.window_combo.addItems(list(self.controller.window_presets()))
-        if "soft_tissue" in self.controller.window_presets():
-            self.window_combo.setCurrentText("soft_tissue")
+        if DEFAULT_CT_PRESET in self.controller.window_presets():
+            self.window_combo.setCurrentText(DEFAULT_CT_PRESET)
 
     def _apply_window(self) -> None:
         name = self.window_combo.currentText()

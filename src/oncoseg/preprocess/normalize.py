@@ -34,6 +34,8 @@ def _window(width: float, level: float) -> tuple[float, float]:
     return (level - width / 2, level + width / 2)
 
 
+# Model-input windows (low, high HU) that clip CT before it is scaled for the network; the display windows a
+# person looks at are another table, `oncoseg.render.CT_PRESETS`.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
     "default": (-1000.0, 1000.0),
     "soft_tissue": _window(400, 40),

@@ -20,13 +20,23 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oncoseg import __version__
-from oncoseg.errors import EmptyResultError, ImageReadError, ImageTooLargeError, OncoSegError, PromptError
+from oncoseg.errors import (
+    BusyError,
+    ConflictError,
+    EmptyResultError,
+    ImageReadError,
+    ImageTooLargeError,
+    NotFoundError,
+    OncoSegError,
+    PacsError,
+    PacsUnavailableError,
+    PromptError,
+    TooLargeError,
+)
 from oncoseg.logs import SafeFormatter, route_warnings
-from oncoseg.pacs import PacsError, PacsUnavailableError
-from oncoseg.service.cache import NotFoundError, TooLargeError
-from oncoseg.service.core import WINDOWS, ConflictError, Engine, ServiceConfig, build_prompt
+from oncoseg.render import CT_PRESETS
+from oncoseg.service.core import Engine, ServiceConfig, build_prompt
 from oncoseg.service.security import GuardMiddleware, allowed_hosts, check_bind
-from oncoseg.service.worker import BusyError
 
 log = logging.getLogger("oncoseg.service")
 STATIC = Path(__file__).parent / "static"
@@ -209,7 +219,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.get("/api/windows", tags=["images"], summary="Window/level presets (centre, width)")
     async def windows():
-        return {"auto": None, **{k: list(v) for k, v in WINDOWS.items()}}
+        return {"auto": None, **{k: list(v) for k, v in CT_PRESETS.items()}}
 
     @app.get(
         "/api/images/{image_id}/slices/{z}",

@@ -21,17 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from oncoseg.errors import OncoSegError
+from oncoseg.errors import NotFoundError, TooLargeError
 from oncoseg.image import MedicalImage
 from oncoseg.predictor import Predictor
-
-
-class NotFoundError(OncoSegError):
-    """An image id, series or label the service does not know."""
-
-
-class TooLargeError(OncoSegError):
-    """An image that alone does not fit the service's memory budget."""
 
 
 @dataclass

@@ -23,15 +23,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from oncoseg.errors import OncoSegError
+from oncoseg.errors import BusyError
 
 log = logging.getLogger(__name__)
 
 REQUEST, BACKGROUND, STOP = 0, 1, 2
-
-
-class BusyError(OncoSegError):
-    """The model queue is full: try again shortly (HTTP 503 with Retry-After)."""
 
 
 class ModelWorker:

@@ -58,6 +58,25 @@ async function bitmapFrom(response) {
   return createImageBitmap(await response.blob());
 }
 
+// ---------------------------------------------------------------- display windows
+function windowLabel(name, preset) {
+  if (!preset) return name === "auto" ? "auto (1–99 %)" : name;
+  return `${name.replace(/-/g, " ")} (${preset[0]}/${preset[1]})`;
+}
+
+async function loadWindows() {
+  // the CT presets (centre/width) are the service's one table: /api/windows; "auto" comes last
+  const select = $("window-select");
+  const chosen = select.value;
+  try {
+    const presets = Object.entries(await (await api("/api/windows")).json());
+    const ordered = [...presets.filter(([, p]) => p), ...presets.filter(([, p]) => !p)];
+    const options = ordered.map(([name, preset]) => new Option(windowLabel(name, preset), name));
+    select.replaceChildren(new Option("default", ""), ...options);
+    select.value = chosen;
+  } catch (error) { /* keeps "default" only; the token box or the series list says what went wrong */ }
+}
+
 // ---------------------------------------------------------------- series and images
 async function loadSeries() {
   const list = $("series-list");
@@ -133,7 +152,8 @@ async function goToSlice(z) {
   state.box = null;
   state.overlay = null;
   $("slice-slider").value = z;
-  $("slice-label").textContent = state.image.is_3d ? `${z + 1} / ${state.image.num_slices}` : "2D";
+  // slices are numbered from 0, as in the CLI, the API and napari: "z / last"
+  $("slice-label").textContent = state.image.is_3d ? `${z} / ${state.image.num_slices - 1}` : "2D";
   const request = ++state.sliceRequest;
   const window = $("window-select").value;
   const query = window ? `?window=${encodeURIComponent(window)}` : "";
@@ -187,7 +207,7 @@ function showMeasurements(answer, latencyMs) {
   set("volume", m && m.volume_ml != null ? `${m.volume_ml.toFixed(1)} mL` : "–");
   set("long", m ? `${m.recist_long_mm.toFixed(1)} mm` : "–");
   set("short", m ? `${m.recist_short_mm.toFixed(1)} mm` : "–");
-  set("slices", answer.slices ? `${answer.slices[0] + 1}–${answer.slices[1] + 1}` : "–");
+  set("slices", answer.slices ? `${answer.slices[0]}–${answer.slices[1]}` : "–");
   $("latency").textContent = `${latencyMs.toFixed(0)} ms`;
 }
 
@@ -220,7 +240,7 @@ async function segment() {
     draw();
     showMeasurements(answer, performance.now() - started);
     $("save-btn").disabled = answer.empty || !state.image.dicom;
-    status(answer.empty ? "Nothing found at this prompt" : `Segmented slice ${state.z + 1}`);
+    status(answer.empty ? "Nothing found at this prompt" : `Segmented slice ${state.z}`);
   } catch (error) { status(error.message, true); }
 }
 
@@ -243,7 +263,7 @@ async function propagate() {
     state.overlay = await bitmapFrom(await api(`/api/images/${state.image.image_id}/result/${state.z}`));
     draw();
     $("save-btn").disabled = !state.image.dicom;
-    status(`3D result on slices ${answer.slices[0] + 1}–${answer.slices[1] + 1}`);
+    status(`3D result on slices ${answer.slices[0]}–${answer.slices[1]}`);
   } catch (error) { status(error.message, true); }
   $("propagate-btn").disabled = false;
 }
@@ -309,7 +329,9 @@ $("save-btn").addEventListener("click", save);
 $("token-save").addEventListener("click", () => {
   sessionStorage.setItem("oncoseg-token", $("token-input").value.trim());
   $("token-box").hidden = true;
+  loadWindows();
   loadSeries();
 });
 
+loadWindows();
 loadSeries().then(() => status("Ready: pick a series or upload an image"));
