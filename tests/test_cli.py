@@ -47,6 +47,10 @@ def test_info_prints_shape_spacing_and_orientation():
     assert text.returncode == 0, text.stderr
     assert "30 x 101 x 122" in text.stdout and "(z, y, x)" in text.stdout
     assert "3 x 3 x 3 mm" in text.stdout and "RAS on disk" in text.stdout
+    # shape and spacing come in opposite axis orders: each line says which
+    lines = {line.split()[0]: line for line in text.stdout.splitlines()}
+    assert lines["shape"].endswith("(z, y, x), 1 channel(s), int16")
+    assert lines["spacing"].endswith("mm  (x, y, z)")
     facts = json.loads(run("info", sample_path("polyp"), "--json").stdout)
     assert facts["shape"] == [529, 617] and facts["channels"] == 3 and facts["modality"] == "endoscopy"
 
