@@ -566,6 +566,56 @@ def malloc_section(result: dict) -> str:
     )
 
 
+def adversarial_section(result: dict) -> str:
+    columns = [
+        "tried",
+        "tracebacks",
+        "http_500",
+        "bad_exit",
+        "bad_status",
+        "outputs",
+        "phi",
+        "leaks",
+        "crashes",
+    ]
+    rows = [[r["category"], *[str(r[c]) for c in columns]] for r in result["table"]]
+    rows.append(["**all**", *[f"**{result['totals'][c]}**" for c in columns]])
+    server = result["server"]
+    failures = result.get("failures") or []
+    return "\n".join(
+        [
+            "## Hostile and broken input",
+            "",
+            (
+                "Command: `.venv/bin/python benchmarks/adversarial.py`"
+                + (f" (commit `{result['commit']}`)" if result.get("commit") else "")
+                + f", {result['seconds']:.0f} s. {result['inputs']} generated malformed inputs "
+                "(`benchmarks/hostile_inputs.py`: mutated NIfTI/NRRD/MHA/PNG/JPEG/DICOM, zip tricks, declared-size "
+                "bombs, external-data headers, truncations, seeded byte flips, bad geometry, blank images, "
+                "out-of-range and non-finite prompts, hostile HTTP requests) run against the CLI and one real "
+                f"`oncoseg serve` (budget {server['budget_mb']:.0f} MB, uploads up to {server['max_upload_mb']:.0f} MB). "
+                "Counted per input: tracebacks (CLI stderr or server log), HTTP 500s, CLI exit codes other than 0 "
+                "(valid input) or 2 (refused), answers that accept what must be refused or the reverse, partial or "
+                "destroyed output files, a fake patient name/ID/UID in the server log or in CLI stderr from file "
+                "contents, bytes of `/etc/passwd` or the environment read back as pixels, server deaths. "
+                "`tests/test_adversarial.py` runs the quick subset (`--quick`) in `make test`."
+            ),
+            "",
+            table(["category", *columns], rows),
+            "",
+            (
+                f"Server at the end: {'alive' if server['alive_at_end'] else 'DEAD'}, {server['deaths']} deaths; "
+                f"RSS {server['starts'][0]['rss_after_start_mb']:.0f} MB after start-up, peak "
+                f"{server['peak_rss_mb']:.0f} MB (start-up + budget + {server['peak_rss_mb'] - server['starts'][0]['rss_after_start_mb'] - server['budget_mb']:.0f} MB; "
+                f"the run's limit is start-up + budget + 1024 MB). Blank tokens: "
+                + ", ".join(f"{k} {v}" for k, v in result.get("auth", {}).items())
+                + "."
+                + (f" Failures: {len(failures)} (see the JSON)." if failures else " No failures.")
+            ),
+        ]
+    )
+
+
 def main() -> None:
     sections = [
         "# Results",
@@ -599,6 +649,8 @@ def main() -> None:
     concepts = load("concepts")
     if concepts:
         sections += ["", concepts_section(concepts)]
+    if load("adversarial"):
+        sections += ["", adversarial_section(load("adversarial"))]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")

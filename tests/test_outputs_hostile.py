@@ -581,7 +581,7 @@ def test_export_refuses_a_backslash_description_with_one_line(fmt, files, tmp_pa
 
 
 def test_text_rules_follow_the_value_representation():
-    from oncoseg.dicom.export import check_text
+    from oncoseg.dicom.reference import check_text
 
     assert check_text("a\\b", "ST", "comment") == "a\\b"  # ST may hold a backslash, LO and SH may not
     assert check_text("Leber_ä", "LO", "name") == "Leber_ä"

@@ -21,9 +21,11 @@ from oncoseg.image import MedicalImage
 from oncoseg.io import check_mask_path, load_image, save_mask
 from oncoseg.io.write import OutputFiles, check_distinct, check_output_path
 from oncoseg.measure import Measurements, measure
-from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
+from oncoseg.models.spec import ModelSpec
+from oncoseg.predictor import Predictor, blank_error
 from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, _as_box, build_prompts, validate_prompt
-from oncoseg.volume import PropagationSettings, propagate
+from oncoseg.session import Session
+from oncoseg.volume import PropagationSettings
 
 
 @dataclass
@@ -38,6 +40,20 @@ class SegmentationResult:
     slices: list[tuple[int, int] | None] = field(default_factory=list)
     predictor: Predictor | None = None
 
+    @classmethod
+    def from_session(cls, session: Session) -> SegmentationResult:
+        """The objects of ``session`` as one result (labels in object order)."""
+        objects = session.objects
+        return cls(
+            session.image,
+            session.labels(),
+            [obj.prompt for obj in objects],
+            [obj.score for obj in objects],
+            [session.measure(obj) for obj in objects],
+            [obj.slice_range if session.image.is_3d else None for obj in objects],
+            session.predictor,
+        )
+
     @property
     def mask(self) -> MedicalImage:
         """The label map with the source image's geometry."""
@@ -50,7 +66,7 @@ class SegmentationResult:
 
     def overlay(self):
         """A PIL picture of the slice where the first object is largest, masks and long axes drawn."""
-        from oncoseg.overlay import render_overlay
+        from oncoseg.render import render_overlay
 
         z = None
         if self.image.is_3d:
@@ -61,7 +77,7 @@ class SegmentationResult:
         return render_overlay(self.predictor.slice_pixels(z), labels, axes)
 
     def save_overlay(self, path: str | Path, outputs: OutputFiles | None = None) -> Path:
-        from oncoseg.overlay import save_overlay
+        from oncoseg.render import save_overlay
 
         return save_overlay(self.overlay(), path, outputs)
 
@@ -100,7 +116,7 @@ class SegmentationResult:
 
 def check_outputs(image: MedicalImage, output=None, overlay=None, json_path=None) -> None:
     """Raise OncoSegError now, before the model runs, if any requested output cannot be written."""
-    from oncoseg.overlay import check_overlay_path
+    from oncoseg.render import check_overlay_path
 
     if output is not None:
         check_mask_path(output, image)
@@ -109,14 +125,6 @@ def check_outputs(image: MedicalImage, output=None, overlay=None, json_path=None
     if json_path is not None:
         check_output_path(json_path, "JSON report")
     check_distinct(output, overlay, json_path)
-
-
-def check_not_blank(image: MedicalImage, prompt: Prompt, label: int | None = None) -> None:
-    """Raise EmptyResultError when the pixels under ``prompt`` (its box, else its slice) hold no information."""
-    z = prompt.z if image.is_3d else None
-    reason = blank_reason(prompt_pixels(image.array, prompt, z), image.channels)
-    if reason is not None:
-        raise blank_error(_place(image, z), reason, label)
 
 
 def _place(image: MedicalImage, z: int | None) -> str:
@@ -181,54 +189,23 @@ def segment(
         image = load_image(image, modality=modality) if isinstance(image, (str, Path)) else _wrap_array(image)
     boxes = [] if box is None else ([box] if _is_single_box(box) else list(box))
     prompts = build_prompts(boxes, points)
-    if volume and not image.is_3d:
-        raise OncoSegError("--3d needs a volume, but this image is 2D")
-    for prompt in prompts:  # before the model is loaded or run
-        validate_prompt(prompt, image.shape)
+    model = predictor or _model_spec(backend, weights, threshold)  # built after the checks
+    session = Session(image, model, modality=modality, propagation=propagation)
+    for label, prompt in enumerate(prompts, start=1):  # before the model is loaded or run
+        session.check(prompt, volume, label)
     check_outputs(image, output, overlay, json_path)
-    for label, prompt in enumerate(prompts, start=1):
-        check_not_blank(image, prompt, label)
-
-    predictor = predictor or _make_predictor(backend, weights, threshold)
-    predictor.set_image(image, modality=modality)
-    labels = np.zeros(image.shape, dtype=np.uint8)
-    scores, measurements, slices = [], [], []
-    for label, prompt in enumerate(prompts, start=1):
-        reason = predictor.blank_reason(prompt)  # e.g. constant after the CT window
-        if reason is not None:
-            raise blank_error(_place(image, prompt.z), reason, label)
-        if volume:
-            result = propagate(predictor, prompt, propagation, on_slice=on_slice)
-            mask, score = result.mask, float(np.mean(list(result.slice_scores.values())))
-            slices.append(result.slice_range)
-        else:
-            prediction = predictor.predict(prompt)
-            mask2d, score = prediction.masks[0], float(prediction.scores[0])
-            if image.is_3d:
-                mask = np.zeros(image.shape, dtype=bool)
-                mask[prompt.z] = mask2d
-                slices.append((prompt.z, prompt.z))
-            else:
-                mask = mask2d
-                slices.append(None)
-        if not mask.any():
-            where = f" on slice {prompt.z}" if prompt.z is not None else ""
-            raise EmptyResultError(f"the model found nothing for object {label}{where}: check the prompt")
-        labels[mask & (labels == 0)] = label
-        scores.append(score)
-        measurements.append(measure(mask, image.spacing))
-
-    result = SegmentationResult(image, labels, prompts, scores, measurements, slices, predictor)
-    return result.write(output, overlay, json_path)
+    for prompt in prompts:
+        session.segment(prompt, volume=volume, on_slice=on_slice)
+    return SegmentationResult.from_session(session).write(output, overlay, json_path)
 
 
-def _make_predictor(backend: str, weights: str | Path | None, threshold: float | None) -> Predictor:
-    options: dict[str, Any] = {}
-    if weights is not None:
-        options["weights"] = weights
-    if threshold is not None and backend == "sam3":  # the default model takes it per call (detect)
-        options["threshold"] = threshold
-    return Predictor(backend, **options)
+def _model_spec(backend: str, weights: str | Path | None, threshold: float | None) -> ModelSpec:
+    """The model of `segment`'s ``backend``, ``weights`` and ``threshold`` (SAM3's: LiteMedSAM takes it per call)."""
+    return ModelSpec(
+        backend=backend,
+        weights=None if weights is None else str(weights),
+        threshold=threshold if backend == "sam3" else None,
+    )
 
 
 def _segment_concept(
@@ -251,7 +228,7 @@ def _segment_concept(
     if volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
     check_outputs(image, output, overlay, json_path)
-    predictor = predictor or _make_predictor(backend, weights, threshold)
+    predictor = predictor or _model_spec(backend, weights, threshold).build_predictor()
     if not predictor.backend.supports_text:
         raise OncoSegError(
             f"the {predictor.backend.name} backend has no text or exemplar prompts (use --backend sam3)"

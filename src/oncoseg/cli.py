@@ -532,10 +532,11 @@ def print_warnings(image) -> None:
 def _check_request(args: argparse.Namespace, image) -> None:
     """Fail on bad prompts, outputs that cannot be written, --3d on a 2D image or a blank prompt region, before
     torch and the model are loaded."""
-    from oncoseg.api import check_not_blank, check_outputs
+    from oncoseg.api import check_outputs
     from oncoseg.io.write import check_distinct, check_output_path
     from oncoseg.prompts import build_prompts, validate_prompt
     from oncoseg.render import check_overlay_path
+    from oncoseg.session import Session
 
     if args.volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
@@ -544,7 +545,7 @@ def _check_request(args: argparse.Namespace, image) -> None:
         raise OncoSegError("--text/--exemplar find every instance: give them without --box/--point")
     prompts = [] if concept else build_prompts(args.box, args.point)
     for prompt in prompts:
-        validate_prompt(prompt, image.shape)
+        validate_prompt(prompt, image.shape)  # the prompt first, then the outputs, then blank pixels
     if args.output_type == "nifti":
         check_outputs(image, args.output, args.overlay)
     elif image.metadata.get("format") != "dicom" or not image.is_3d or not Path(args.input).is_dir():
@@ -558,14 +559,16 @@ def _check_request(args: argparse.Namespace, image) -> None:
             check_overlay_path(args.overlay)
         check_distinct(args.output, args.overlay)
         _structure_names(args)
+    session = Session(image, model=None)  # checks only: no model is loaded
     for label, prompt in enumerate(prompts, start=1):
-        check_not_blank(image, prompt, label)
+        session.check(prompt, args.volume, label)
 
 
 def _structure_names(args: argparse.Namespace) -> dict[int, str]:
     """--names of `segment` as {label: name}, each checked as a DICOM structure name."""
     from oncoseg.dicom import standard_name
-    from oncoseg.dicom.export import check_text, parse_names
+    from oncoseg.dicom.export import parse_names
+    from oncoseg.dicom.reference import check_text
 
     names = parse_names(args.names)
     for name in names.values():
@@ -592,13 +595,8 @@ class _StderrWarnings(logging.Handler):
 
 def run_export(args: argparse.Namespace) -> int:
     from oncoseg.dicom import load_reference, standard_name, write_rtstruct, write_seg
-    from oncoseg.dicom.export import (
-        check_nifti_output,
-        check_text,
-        export_nifti,
-        masks_from_files,
-        parse_names,
-    )
+    from oncoseg.dicom.export import check_nifti_output, export_nifti, masks_from_files, parse_names
+    from oncoseg.dicom.reference import check_text
     from oncoseg.io.write import check_output_path
 
     dicom_log = logging.getLogger("oncoseg.dicom")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,3 +263,34 @@ def software_version() -> str:
         from importlib.metadata import version
 
         return version("oncoseg")
+
+
+# DICOM value representations of the user-given text the writers store (PS3.5 6.2): most characters, whether a
+# backslash is allowed (it separates values in SH/LO), and the control characters allowed.
+_TEXT_RULES = {
+    "SH": (16, False, "\x1b"),
+    "LO": (64, False, "\x1b"),
+    "ST": (1024, True, "\n\r\f\t\x1b"),
+    "LT": (10240, True, "\n\r\f\t\x1b"),
+}
+
+
+def check_text(value: str, vr: str, what: str) -> str:
+    """Return ``value`` if DICOM allows it as one value of ``vr`` (SH, LO, ST, LT); else raise DicomExportError
+    naming ``what`` and the rule it breaks. The one check of user text (names, descriptions) for both writers."""
+    if not isinstance(value, str):
+        raise DicomExportError(f"{what} must be text, got {type(value).__name__}")
+    limit, backslash, controls = _TEXT_RULES[vr]
+    if "\\" in value and not backslash:
+        raise DicomExportError(
+            f"{what} {value!r} contains a backslash, which DICOM reserves to separate values ({vr}): remove it"
+        )
+    bad = sorted({ch for ch in value if unicodedata.category(ch) in ("Cc", "Cs") and ch not in controls})
+    if bad:
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in bad)
+        raise DicomExportError(f"{what} {value!r} contains control characters DICOM does not allow ({shown})")
+    if len(value) > limit:
+        raise DicomExportError(
+            f"{what} is {len(value)} characters long; DICOM allows at most {limit} here ({vr}): shorten it"
+        )
+    return value

@@ -21,10 +21,10 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
-from oncoseg.dicom.export import check_text
 from oncoseg.dicom.reference import (
     DicomExportError,
     ReferenceSeries,
+    check_text,
     load_reference,
     require,
     software_version,

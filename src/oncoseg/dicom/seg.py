@@ -16,10 +16,10 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from oncoseg.dicom.export import check_text
 from oncoseg.dicom.reference import (
     DicomExportError,
     ReferenceSeries,
+    check_text,
     load_reference,
     require,
     software_version,

@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
 )
 
 from oncoseg.errors import OncoSegError
-from oncoseg.napari_plugin import avoid_triton_crash
+from oncoseg.napari_plugin._runtime import avoid_triton_crash
 from oncoseg.napari_plugin.controller import (
     BOXES,
     CURRENT,

@@ -32,6 +32,7 @@ from oncoseg.prompts import Box, Point, Prompt, validate_prompt
 from oncoseg.render import DEFAULT_CT_PRESET, mask_rgba, mask_to_polygons, png_bytes, window_slice
 from oncoseg.service.cache import NotFoundError, Session, SessionStore
 from oncoseg.service.worker import BusyError, ModelWorker
+from oncoseg.session import grown_box
 from oncoseg.volume import PropagationSettings, propagate
 
 log = logging.getLogger("oncoseg.service")
@@ -514,15 +515,7 @@ def refining_prompt(session: Session, prompt: Prompt, z: int | None) -> Prompt |
         x0, y0, x1, y1 = session.last_region[1:]
     else:
         return None
-    positive = [p for p in prompt.points if p.positive]
-    x0, x1 = min([x0, *[p.x for p in positive]]), max([x1, *[p.x for p in positive]])
-    y0, y1 = min([y0, *[p.y for p in positive]]), max([y1, *[p.y for p in positive]])
-    margin_x, margin_y = max(4.0, 0.1 * (x1 - x0)), max(4.0, 0.1 * (y1 - y0))
-    height, width = current.shape
-    box = Box(
-        max(0.0, x0 - margin_x), max(0.0, y0 - margin_y),
-        min(width - 1.0, x1 + margin_x), min(height - 1.0, y1 + margin_y), z=z,
-    )  # fmt: skip
+    box = grown_box((x0, y0, x1, y1), prompt.points, current.shape, z)  # the Session's correction rule
     return Prompt(box=box, points=prompt.points)
 
 

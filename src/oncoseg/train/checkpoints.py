@@ -59,11 +59,3 @@ def resolve(value: str | Path) -> Path:
         return registered
     names = ", ".join(sorted(index)) or "none registered yet"
     raise ModelError(f"no checkpoint file or name {str(value)!r} (names: {names})")
-
-
-def model_from_checkpoint(value: str | Path):
-    """LiteMedSAM with the weights of ``value``: an adapter (applied and merged), a full state dict or a registered
-    name; the same resolution as every shell's ``--checkpoint`` (`oncoseg.models.spec.ModelSpec`)."""
-    from oncoseg.models.spec import ModelSpec
-
-    return ModelSpec(checkpoint=str(value)).build_model()
