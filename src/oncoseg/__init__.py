@@ -1,7 +1,7 @@
 """Onco-Seg: promptable medical image segmentation for cancer care.
 
 The public API is importable from here lazily, so ``import oncoseg`` stays fast:
-``segment``, ``Predictor``, ``load_image``, ``save_mask``, ``measure``, ``propagate``, ``load_backend``.
+``segment``, ``Session``, ``Predictor``, ``load_image``, ``save_mask``, ``measure``, ``propagate``, ``load_backend``.
 ``oncoseg.measure`` is the function (``oncoseg.measure(mask, spacing)``); its module stays importable as
 ``from oncoseg.measure import measure``.
 """
@@ -16,6 +16,7 @@ from oncoseg.measure import measure as measure
 
 _EXPORTS = {
     "segment": "oncoseg.api",
+    "Session": "oncoseg.session",
     "SegmentationResult": "oncoseg.api",
     "Predictor": "oncoseg.predictor",
     "load_image": "oncoseg.io",

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         "datasets",
         help="list the datasets Onco-Seg knows and which are found locally",
         description="List the benchmark datasets (the paper's and ours), their modality, target and layout, "
-        "and whether they are found under the data root (--root, else $ONCOSEG_DATA, else ../shared/data).",
+        "and whether they are found under the data root (--root, else $ONCOSEG_DATA, else shared/data beside "
+        "the repository).",
     )
     datasets.add_argument("--root", help="folder holding the datasets")
     datasets.add_argument("--json", action="store_true", help="print JSON")
@@ -211,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D pictures); default 2"
     )
     evaluate.add_argument("--limit", type=int, help="at most N cases, evenly spread over the split")
-    evaluate.add_argument("--data", help="data root (default: $ONCOSEG_DATA, else ../shared/data)")
+    evaluate.add_argument(
+        "--data", help="data root (default: $ONCOSEG_DATA, else shared/data beside the repository)"
+    )
     evaluate.add_argument("-o", "--out", help="output folder (default: eval-output/DATASET-SPLIT-PROTOCOL)")
     evaluate.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     evaluate.add_argument(

@@ -19,8 +19,8 @@ examples:
 How it works: the atlas CT is registered to the CT (rigid/affine, then deformable), its labels are carried
 over, and compact organs are refined slice by slice by the model (a box from the carried label). Organs the
 model does not refine keep the registered atlas label. The default atlas is TotalSegmentator's example
-(from $ONCOSEG_DATA or ../shared/data): a demonstration atlas of ONE patient whose labels are another tool's
-predictions. Contours from it are starting points for review, not clinical contours (see docs/contour.md).
+(from $ONCOSEG_DATA, else shared/data beside the repository): a demonstration atlas of ONE patient whose labels
+are another tool's predictions. Contours from it are starting points for review, not clinical contours (see docs/contour.md).
 An atlas folder holds atlas.json: {"image": "ct.nii.gz", "labels": "labels.nii.gz", "names": {"1": "liver"}}.
 """
 
