@@ -165,6 +165,99 @@ def test_cancel_stops_propagation_and_changes_nothing(ct_viewer):
     assert job.done == 0 and not np.asarray(viewer.layers[CURRENT].data).any()
 
 
+def test_a_click_on_another_slice_corrects_the_3d_object_up_to_its_anchor(ct_viewer, monkeypatch):
+    """Segment slice on a propagated object is `Session.refine`: that slice is re-segmented from the click and the
+    volume re-walked from it, up to the anchored slice one way and to the end the other; the anchored slice and
+    everything beyond it stay as they were. A cancelled correction changes nothing."""
+    import oncoseg.session
+
+    viewer, controller = ct_viewer
+    truth = load_image(sample_path(CT["mask"])).array > 0
+    controller.add_box(Y0, X0, Y1, X1, z=Z)
+    controller.max_slices = 3
+    controller.run(controller.propagate())
+    [obj] = controller.current
+    before = np.asarray(viewer.layers[CURRENT].data) > 0
+    assert obj.volume and list(obj.anchors) == [Z] and np.array_equal(obj.mask, before)
+
+    walks = []
+    real_walk = oncoseg.session.walk
+
+    def counting_walk(predictor, start, z0, step, *args):
+        walks.append((z0, step, args[2] if len(args) > 2 else None))
+        return real_walk(predictor, start, z0, step, *args)
+
+    monkeypatch.setattr(oncoseg.session, "walk", counting_walk)
+    z1 = Z + 2
+    viewer.dims.set_current_step(0, z1)
+    cy, cx = (round(float(v)) for v in np.argwhere(truth[z1] & before[z1]).mean(axis=0))
+    controller.add_point((z1, cy, cx))
+
+    job = controller.segment_slice()
+    job.cancel()
+    with pytest.raises(JobCancelled, match="cancelled"):
+        controller.run(job)
+    assert np.array_equal(np.asarray(viewer.layers[CURRENT].data) > 0, before)
+    assert np.array_equal(obj.mask, before) and list(obj.anchors) == [Z]
+
+    walks.clear()
+    message = controller.run(controller.segment_slice())
+    print(f"correction: {message}")
+    after = np.asarray(viewer.layers[CURRENT].data) > 0
+    assert controller.current == [obj] and sorted(obj.anchors) == [Z, z1]
+    assert walks == [(z1, 1, None), (z1, -1, Z)]  # up from the click; down to the anchor, not past it
+    assert np.array_equal(after[: Z + 1], before[: Z + 1])  # the anchored slice and below it: kept
+    assert dice(after[z1], truth[z1]) > 0.8 and "re-propagated" in message
+    assert controller.commit("Liver") == "committed as object 1"
+    assert np.array_equal(np.asarray(viewer.layers[OBJECTS].data) == 1, after)
+
+
+def test_no_loop_of_its_own_and_one_session_per_image(ct_viewer, monkeypatch):
+    """Propagation (one box, or every box in 3D) runs through the Session's one propagation routine; committed
+    objects are the session's objects, measured by it; each image layer has its own session, one model for all."""
+    import oncoseg.napari_plugin.controller as module
+    import oncoseg.session
+
+    assert not hasattr(module, "propagate") and not hasattr(module, "walk")
+    viewer, controller = ct_viewer
+    calls = []
+    real_propagate = oncoseg.session.propagate
+
+    def counting_propagate(predictor, prompt, *args, **kwargs):
+        calls.append(prompt)
+        return real_propagate(predictor, prompt, *args, **kwargs)
+
+    monkeypatch.setattr(oncoseg.session, "propagate", counting_propagate)
+    controller.max_slices = 1
+    controller.add_box(Y0, X0, Y1, X1, z=Z)
+    controller.run(controller.propagate())
+    assert [prompt.z for prompt in calls] == [Z]
+    controller.commit("Liver")
+    controller.boxes_in_3d = True
+    controller.add_box(Y0, X0, Y1, X1, z=Z + 4)
+    assert controller.run(controller.segment_all_boxes()) == "1 object(s) from 1 box(es) in 3D"
+    assert [prompt.z for prompt in calls] == [Z, Z + 4]
+
+    session = controller.session()
+    assert [(obj.label, obj.name) for obj in session.objects] == [(1, "Liver"), (2, "Box")]
+    objects = np.asarray(viewer.layers[OBJECTS].data)
+    assert np.array_equal(session.labels(), objects)
+    rows = controller.measurements()
+    assert [row.volume_ml for row in rows] == [session.measure(obj).volume_ml for obj in session.objects]
+    assert session.predictor is controller._predictor
+
+    viewer.open_sample("oncoseg", "hippocampus")
+    controller.set_image_layer(viewer.layers["hippocampus"])
+    other = controller.session()
+    assert other is not session and other.objects == [] and controller.names() == {}
+    assert viewer.layers[OBJECTS].data.shape == other.image.shape and not viewer.layers[OBJECTS].data.any()
+    assert controller.predictor(other) is controller._predictor and controller._predictor.image is other.image
+    controller.set_image_layer(viewer.layers["ct_abdomen"])
+    assert controller.session() is session and controller.names() == {1: "Liver", 2: "Box"}
+    assert np.array_equal(np.asarray(viewer.layers[OBJECTS].data), objects)
+    assert controller.predictor(session).image is session.image
+
+
 def test_prompt_errors_are_one_clear_line(ct_viewer):
     _viewer, controller = ct_viewer
     with pytest.raises(OncoSegError, match="no prompt on slice"):

@@ -2,15 +2,20 @@
 written back to layers, measurements and exports. Works on a plain `napari.components.ViewerModel` (tests) and
 on a real `napari.Viewer` (the dock widget in `widget.py` only adds buttons, a progress bar and a worker thread).
 
-Every model call goes through the Python API (`Predictor`, `oncoseg.volume.propagate`, `oncoseg.api.segment`),
-every measurement through `oncoseg.measure.measure`, every file through `oncoseg.io` / `oncoseg.dicom`.
+A thin shell over `oncoseg.session.Session`: one session per image layer (made when the image is chosen; the
+model is built from `model_spec()` once and shared by every image). Prompts are checked by `Session.check`;
+"segment slice" is `Session.segment`, "propagate 3D" is `Session.segment(volume=True)`, a prompt on another
+slice of a propagated object is `Session.refine` (that slice is re-segmented and the volume re-walked from it
+up to the next annotated slice), measurements are `Session.measure`, files go through `oncoseg.io.write` /
+`oncoseg.dicom` with the checks the CLI makes. Text prompts go through `oncoseg.api.segment`.
 
 Layers the controller owns (created over the chosen image, with its millimetre scale):
 
 * ``oncoseg points``: clicks, feature ``positive`` (green = include, red = exclude);
 * ``oncoseg boxes``: rectangles, one object each, on the slice they are drawn on;
 * ``oncoseg current``: the object being edited (not yet committed), one label per prompt object;
-* ``oncoseg objects``: committed objects, label ``i`` = object ``i`` (what is measured and exported).
+* ``oncoseg objects``: committed objects (the session's objects), label ``i`` = object ``i`` (what is measured
+  and exported). Both mask layers can be painted on: what they show is what is committed, measured and exported.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from oncoseg.errors import OncoSegError
+from oncoseg.errors import EmptyResultError, OncoSegError
 from oncoseg.image import MedicalImage
 from oncoseg.modality import MODALITIES, canonical_modality
 from oncoseg.napari_plugin._reader import METADATA_KEY, percentile_window
 from oncoseg.prompts import Box, Point, Prompt, box_from_mask, build_prompts
+from oncoseg.session import SegmentedObject, Session
+from oncoseg.volume import PropagationSettings
 
 POINTS = "oncoseg points"
 BOXES = "oncoseg boxes"
@@ -102,6 +109,20 @@ class ObjectRow:
         return f"{self.label:>2} {self.name[:12]:<12} {size}  RECIST {self.long_mm:.1f} x {self.short_mm:.1f} mm{where}"
 
 
+@dataclass
+class OpenImage:
+    """One image layer open for segmentation: its `Session` (committed objects: ``session.objects``) and the
+    object(s) being edited, made by the session but not yet committed (``current``, shown as labels 1, 2, ...
+    of the ``oncoseg current`` layer)."""
+
+    layer: Any
+    data: Any  # the layer's data the session was made from (a new array: a new session)
+    session: Session
+    model_key: tuple
+    current: list[SegmentedObject] = field(default_factory=list)
+    committed: set[int] = field(default_factory=set)  # id() of the session objects shown in `oncoseg objects`
+
+
 def image_from_layer(layer) -> MedicalImage:
     """The `MedicalImage` behind an image layer: geometry from our reader's metadata, else from the layer's
     scale (unit origin and direction; e.g. an image napari's own reader opened)."""
@@ -155,10 +176,10 @@ class Controller:
         self.boxes_in_3d = False  # "segment all boxes": propagate each box through the volume
         self.positive = True
         self._layer = None
-        self._image: tuple[Any, Any, MedicalImage] | None = None  # (layer, its data, image)
-        self._predictor = None
+        self._open: dict[int, OpenImage] = {}  # id(image layer) -> its session
+        self._shown: OpenImage | None = None  # the image whose objects the mask layers show
+        self._predictor = None  # the model, shared by the sessions of every image
         self._predictor_key: tuple | None = None
-        self._predictor_image: tuple | None = None
 
     # -- image and model ---------------------------------------------------------------------------------------
     def image_layers(self) -> list:
@@ -180,12 +201,37 @@ class Controller:
         self._layer = layer
         self.ensure_layers()
 
-    def image(self) -> MedicalImage:
-        """The chosen layer as a `MedicalImage` (rebuilt only when the layer or its data changes)."""
+    def _opened(self) -> OpenImage:
+        """The chosen layer's `OpenImage`: its session is made once per layer (again when its data changes)."""
         layer = self.image_layer
-        if self._image is None or self._image[0] is not layer or self._image[1] is not layer.data:
-            self._image = (layer, layer.data, image_from_layer(layer))
-        return self._image[2]
+        opened = self._open.get(id(layer))
+        if opened is None or opened.layer is not layer or opened.data is not layer.data:
+            session = Session(image_from_layer(layer), self._model, modality=self.modality_override)
+            opened = OpenImage(layer, layer.data, session, self._model_key)
+            layers = self.viewer.layers
+            self._open = {k: v for k, v in self._open.items() if v.layer in layers}  # closed images go
+            self._open[id(layer)] = opened
+        return opened
+
+    def session(self) -> Session:
+        """The `Session` of the chosen image."""
+        return self._opened().session
+
+    def _ready(self) -> OpenImage:
+        """The chosen image's `OpenImage`, its session set to the panel's model, modality and propagation."""
+        opened = self._opened()
+        if opened.model_key != self._model_key:
+            old = opened.session  # a session keeps its model: a new session over the same objects
+            opened.session = Session(old.image, self._model, modality=old.modality)
+            opened.session.objects = old.objects
+            opened.model_key = self._model_key
+        opened.session.modality = self.modality
+        opened.session.propagation = PropagationSettings(max_slices=self.max_slices)
+        return opened
+
+    def image(self) -> MedicalImage:
+        """The chosen layer as a `MedicalImage` (made once per layer and data)."""
+        return self._opened().session.image
 
     @property
     def detected_modality(self) -> str | None:
@@ -213,23 +259,29 @@ class Controller:
             return ModelSpec(backend="sam3", weights=self.checkpoint)
         return ModelSpec(backend=self.backend, checkpoint=self.checkpoint)
 
-    def predictor(self, image: MedicalImage | None = None, modality: str | None = None):
-        """The `Predictor` for the chosen backend/checkpoint, set on ``image`` (default: the chosen image) for
-        ``modality``. Called in the worker thread (loading a model and normalising a volume take a while), with
-        the image and modality taken on the main thread."""
-        from oncoseg.predictor import Predictor
+    @property
+    def _model_key(self) -> tuple:
+        return (self.backend, self.checkpoint)
 
-        if image is None:
-            image, modality = self.image(), self.modality
-
-        key = (self.backend, self.checkpoint)
-        if self._predictor is None or self._predictor_key != key:
-            self._predictor = Predictor(self.model_spec().build_backend())
-            self._predictor_key, self._predictor_image = key, None
-        if self._predictor_image != (id(image), modality) or self._predictor.image is not image:
-            self._predictor.set_image(image, modality=modality)
-            self._predictor_image = (id(image), modality)
+    def _model(self):
+        """The `Predictor` of the chosen model, built from `model_spec` once and shared by every image's session
+        (each session sets its image on it)."""
+        if self._predictor is None or self._predictor_key != self._model_key:
+            self._predictor = self.model_spec().build_predictor()
+            self._predictor_key = self._model_key
         return self._predictor
+
+    def predictor(self, session: Session | None = None):
+        """The model set on ``session``'s image (default: the chosen image's session). Called in the worker thread
+        at the start of each job (loading a model and normalising a volume take a while)."""
+        session = session or self.session()
+        predictor = session.predictor  # first use: the shared model, the session sets its image on it
+        chosen = session.modality or session.image.modality
+        if predictor.image is not session.image or predictor.modality != (
+            canonical_modality(chosen) if chosen else None
+        ):  # another image's session used it since, or the modality changed
+            predictor.set_image(session.image, modality=session.modality)
+        return predictor
 
     # -- display -----------------------------------------------------------------------------------------------
     def window_presets(self) -> dict[str, tuple[float, float] | None]:
@@ -263,15 +315,29 @@ class Controller:
 
     # -- layers ------------------------------------------------------------------------------------------------
     def ensure_layers(self) -> None:
-        """Create the prompt and mask layers over the chosen image (once; again if it changed shape)."""
-        layer, image = self.image_layer, self.image()
+        """Create the prompt and mask layers over the chosen image (once; again if it changed shape), showing the
+        objects of the chosen image's session."""
+        layer, opened = self.image_layer, self._opened()
+        image = opened.session.image
+        layers = self.viewer.layers
+        shown = self._shown
+        if shown is not opened and shown is not None and self._mask_layers_fit(shown.session.image.shape):
+            self._read_objects(shown)  # keep what was painted on the previous image's layers
+            self._read_current(shown)
+        if not (all(name in layers for name in OWN_LAYERS) and self._mask_layers_fit(image.shape)):
+            self._make_layers(layer, image)
+            self._shown = None
+        if self._shown is not opened:
+            self._shown = opened
+            self._show(opened)
+
+    def _mask_layers_fit(self, shape: tuple[int, ...]) -> bool:
+        layers = self.viewer.layers
+        return all(name in layers and tuple(layers[name].data.shape) == shape for name in (CURRENT, OBJECTS))
+
+    def _make_layers(self, layer, image: MedicalImage) -> None:
         scale = tuple(np.asarray(layer.scale)[-image.ndim :])
         translate = tuple(np.asarray(layer.translate)[-image.ndim :])
-        layers = self.viewer.layers
-        if all(name in layers for name in OWN_LAYERS) and all(
-            tuple(layers[name].data.shape) == image.shape for name in (CURRENT, OBJECTS)
-        ):
-            return
         for name in OWN_LAYERS:
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
@@ -298,6 +364,79 @@ class Controller:
         self.ensure_layers()
         return self.viewer.layers[name]
 
+    # -- the mask layers and the session -----------------------------------------------------------------------
+    def _show(self, opened: OpenImage) -> None:
+        """Draw ``opened``'s committed objects and current object(s) on the mask layers."""
+        layers = self.viewer.layers
+        layers[OBJECTS].data = opened.session.labels()
+        layers[OBJECTS].metadata["names"] = self._names(opened)
+        current = np.zeros(opened.session.image.shape, np.uint8)
+        for label, obj in enumerate(opened.current, start=1):
+            current[obj.mask & (current == 0)] = label
+        layers[CURRENT].data = current
+
+    def _read_objects(self, opened: OpenImage) -> list[SegmentedObject]:
+        """The committed objects as the ``oncoseg objects`` layer shows them (painted edits kept: each object's
+        mask is replaced by its label there; a label painted by hand becomes an object). Returns those present."""
+        data = np.asarray(self.viewer.layers[OBJECTS].data)
+        objects = [obj for obj in list(opened.session.objects) if id(obj) in opened.committed]
+        for obj in objects:
+            obj.mask = data == obj.label
+        known = {obj.label for obj in objects}
+        for label in np.flatnonzero(np.bincount(data.ravel()))[1:]:
+            if int(label) not in known:
+                obj = SegmentedObject(int(label), f"Object_{label}", data == label, volume=data.ndim == 3)
+                opened.session.objects.append(obj)
+                opened.committed.add(id(obj))
+                objects.append(obj)
+        return sorted((obj for obj in objects if obj.mask.any()), key=lambda obj: obj.label)
+
+    def _read_current(self, opened: OpenImage) -> list[SegmentedObject]:
+        """The current object(s) as the ``oncoseg current`` layer shows them: label ``i`` is the ``i``-th (its
+        mask replaced by what the layer shows); a label painted by hand becomes a current object too."""
+        data = np.asarray(self.viewer.layers[CURRENT].data)
+        current = []
+        for label in np.flatnonzero(np.bincount(data.ravel()))[1:]:
+            mask = data == label
+            if label <= len(opened.current):
+                obj = opened.current[label - 1]
+                obj.mask = mask
+            else:
+                obj = SegmentedObject(int(label), "current", mask)
+            current.append(obj)
+        opened.current = current
+        return current
+
+    def _commit(self, opened: OpenImage, objects: list[SegmentedObject], name: str | None) -> list[int]:
+        """Add ``objects`` to the session as committed objects with new labels (not over earlier objects) and
+        names, and show them; returns their labels."""
+        session, labels = opened.session, opened.session.labels()
+        names = set(self._names(opened).values())
+        top = max((obj.label for obj in session.objects), default=0)
+        base = (name or "").strip()
+        added = []
+        for obj in objects:
+            mask = np.asarray(obj.mask, bool) & (labels == 0)
+            if not mask.any():
+                continue
+            label = top + len(added) + 1
+            if label > 255:
+                raise OncoSegError(
+                    "255 objects is the most one label map holds: export, then start a new one"
+                )
+            unique = base and len(objects) == 1 and base not in names
+            obj.label, obj.mask, obj.name = label, mask, base if unique else f"{base or 'Object'}_{label}"
+            labels[mask] = label
+            added.append(obj)
+        session.objects.extend(added)
+        opened.committed.update(id(obj) for obj in added)
+        self._show(opened)
+        return [obj.label for obj in added]
+
+    def _names(self, opened: OpenImage) -> dict[int, str]:
+        return {obj.label: obj.name for obj in opened.session.objects if id(obj) in opened.committed}
+
+    # -- prompts -----------------------------------------------------------------------------------------------
     def set_polarity(self, positive: bool) -> None:
         """New clicks include (True) or exclude (False) what is under them."""
         self.positive = bool(positive)
@@ -323,11 +462,12 @@ class Controller:
         self._layer_named(BOXES).add_rectangles(corners)
 
     def clear_prompts(self) -> str:
-        """Remove all points and boxes and empty the current object."""
+        """Remove all points and boxes and drop the current object."""
         points, boxes, current = (self._layer_named(n) for n in (POINTS, BOXES, CURRENT))
         points.data = np.empty((0, points.ndim))
         boxes.data = []
         current.data = np.zeros_like(current.data)
+        self._opened().current = []
         return "prompts cleared"
 
     def current_slice(self) -> int | None:
@@ -387,40 +527,53 @@ class Controller:
 
     # -- jobs --------------------------------------------------------------------------------------------------
     def segment_slice(self) -> Job:
-        """Segment the current slice from its prompts into the current object (that slice only is replaced)."""
-        z = self.current_slice()
+        """Segment the current slice from its prompts into the current object: a new object per prompt, or, when
+        there is a current object, a correction of it on this slice (`Session.refine`: only this slice is
+        replaced; a propagated object is re-walked from this slice up to its next annotated slice)."""
+        opened = self._ready()
+        session, z = opened.session, self.current_slice()
         prompts = self.slice_prompts(z)
-        image, modality = self.image(), self.modality
+        current = self._read_current(opened)
+        fixes = [(obj, correction(obj, prompt, z)) for obj, prompt in zip(current, prompts)]
+        new = prompts[len(current) :]
+        for label, prompt in enumerate(new, start=len(session.objects) + 1):
+            session.check(prompt, label=label)  # before any model work
+        walks = any(obj.volume for obj, _ in fixes)
+        image = session.image
+        total = len(prompts) if not walks else (image.num_slices if self.max_slices is None
+                                                else min(image.num_slices, 2 * self.max_slices + 1))  # fmt: skip
 
-        def work(job: Job):
-            prediction = self.predictor(image, modality).predict(prompts, z=z)
-            job.step()
-            return prediction.masks, prediction.scores
+        def work(job: Job) -> list[SegmentedObject]:
+            self.predictor(session)
+            made = []
+            # A cancelled or failed re-walk leaves no half-corrected object behind.
+            with _restored_on_error(obj for obj, _ in fixes):
+                for obj, prompt in fixes:
+                    session.refine(obj, prompt, on_slice=lambda _z: job.step())
+                    job.step()
+                for prompt in new:
+                    made.append(_kept_out(session, session.segment(prompt)))
+                    job.step()
+            return [obj for obj, _ in fixes] + made
 
-        def finish(result) -> str:
-            masks, scores = result
-            current = self._layer_named(CURRENT)
-            data = np.array(current.data)
-            target = np.zeros(masks.shape[1:], np.uint8)
-            for label, mask in enumerate(masks, start=1):
-                target[mask & (target == 0)] = label
-            if z is None:
-                data[:] = target
-            else:
-                data[z] = target
-            current.data = data
-            found = sum(bool(m.any()) for m in masks)
+        def finish(objects: list[SegmentedObject]) -> str:
+            opened.current = objects + current[len(objects) :]
+            self._show(opened)
             where = f" on slice {z}" if z is not None else ""
-            return f"{found} object(s){where}, score {float(np.mean(scores)):.2f}: Shift-C commits"
+            if walks:
+                first, last = next(obj for obj, _ in fixes if obj.volume).slice_range
+                return f"corrected{where} and re-propagated: slices {first}-{last}: Shift-C commits"
+            scores = [obj.slice_scores.get(z, obj.score) for obj in objects]
+            return f"{len(objects)} object(s){where}, score {float(np.mean(scores)):.2f}: Shift-C commits"
 
-        return Job("segment slice", 1, work, finish)
+        return Job("correct and re-propagate" if walks else "segment slice", total, work, finish)
 
     def propagate(self) -> Job:
         """Follow the current object through the volume from the current slice (its prompts, else the current
-        object's mask there) into the current object."""
-        from oncoseg.volume import PropagationSettings, propagate
-
-        image, z = self.image(), self.current_slice()
+        object's mask there) into the current object (`Session.segment` with ``volume=True``)."""
+        opened = self._ready()
+        session, z = opened.session, self.current_slice()
+        image = session.image
         if not image.is_3d:
             raise OncoSegError("propagation needs a volume; this image is 2D (use Segment slice)")
         current = np.asarray(self._layer_named(CURRENT).data)
@@ -435,54 +588,48 @@ class Controller:
             prompt = Prompt(box=box_from_mask(current[z] > 0, z=z))
         else:
             raise OncoSegError(f"nothing to propagate on slice {z}: draw a box or click on the object first")
-        settings = PropagationSettings(max_slices=self.max_slices)
+        session.check(prompt, volume=True, label=len(session.objects) + 1)
         total = (
             image.num_slices if self.max_slices is None else min(image.num_slices, 2 * self.max_slices + 1)
         )
-        modality = self.modality
 
-        def work(job: Job):
-            return propagate(
-                self.predictor(image, modality), prompt, settings, on_slice=lambda _z: job.step()
-            )
+        def work(job: Job) -> SegmentedObject:
+            self.predictor(session)
+            return _kept_out(session, session.segment(prompt, volume=True, on_slice=lambda _z: job.step()))
 
-        def finish(result) -> str:
-            self._layer_named(CURRENT).data = result.mask.astype(np.uint8)
-            first, last = result.slice_range
-            return f"propagated over slices {first}-{last}: Shift-C commits"
+        def finish(obj: SegmentedObject) -> str:
+            opened.current = [obj]
+            self._show(opened)
+            first, last = obj.slice_range
+            return f"propagated over slices {first}-{last}: Shift-C commits, Shift-S on a slice corrects"
 
         return Job("propagate 3D", total, work, finish)
 
     def segment_all_boxes(self) -> Job:
         """Segment every box (any slice), one committed object each; propagated in 3D when ``boxes_in_3d``."""
-        from oncoseg.volume import PropagationSettings, propagate
-
-        image = self.image()
+        opened = self._ready()
+        session = opened.session
         boxes = self.boxes(every_slice=True)
         if not boxes:
             raise OncoSegError("no boxes: draw rectangles on the 'oncoseg boxes' layer first")
-        volume = self.boxes_in_3d and image.is_3d
-        settings = PropagationSettings(max_slices=self.max_slices)
-        modality = self.modality
+        volume = self.boxes_in_3d and session.image.is_3d
+        prompts = [Prompt(box=box) for box in boxes]
+        for label, prompt in enumerate(prompts, start=len(session.objects) + 1):
+            session.check(prompt, volume, label)
 
-        def work(job: Job):
-            predictor, masks = self.predictor(image, modality), []
-            for box in boxes:
-                if volume:
-                    masks.append(propagate(predictor, Prompt(box=box), settings).mask)
-                else:
-                    mask2d = predictor.predict(Prompt(box=box), z=box.z).masks[0]
-                    mask = np.zeros(image.shape, bool)
-                    if image.is_3d:
-                        mask[box.z] = mask2d
-                    else:
-                        mask = mask2d
-                    masks.append(mask)
+        def work(job: Job) -> list[SegmentedObject]:
+            self.predictor(session)
+            made = []
+            for prompt in prompts:
+                try:
+                    made.append(_kept_out(session, session.segment(prompt, volume=volume)))
+                except EmptyResultError:
+                    pass  # nothing in this box: the others still count
                 job.step()
-            return masks
+            return made
 
-        def finish(masks) -> str:
-            labels = self._add_objects(masks, "Box")
+        def finish(objects: list[SegmentedObject]) -> str:
+            labels = self._commit(opened, objects, "Box")
             self._layer_named(BOXES).data = []
             return f"{len(labels)} object(s) from {len(boxes)} box(es)" + (" in 3D" if volume else "")
 
@@ -495,62 +642,82 @@ class Controller:
         text = (text or "").strip()
         if not text:
             raise OncoSegError("type what to find first, e.g. 'liver' or 'polyp'")
-        image, z, modality = self.image(), self.current_slice(), self.modality
+        opened = self._ready()
+        session, z = opened.session, self.current_slice()
 
-        def work(job: Job):
-            predictor = self.predictor(image, modality)
+        def work(job: Job) -> list[SegmentedObject]:
+            predictor = self.predictor(session)
             if not predictor.backend.supports_text:
                 raise OncoSegError(
                     f"the {predictor.backend.name} backend has no text prompts: choose a backend that has "
                     "(e.g. sam3), or draw a box"
                 )
-            result = segment(image, text=text, slice_index=z, predictor=predictor, modality=modality)
+            result = segment(session.image, text=text, slice_index=z, predictor=predictor,
+                             modality=session.modality)  # fmt: skip
             job.step()
-            return [result.labels == i for i in range(1, int(result.labels.max()) + 1)]
+            prompt = result.prompts[0] if result.prompts else Prompt(text=text)
+            return [
+                SegmentedObject(i, text, result.labels == i, {z: score}, {z: prompt})
+                for i, score in enumerate(result.scores, start=1)
+            ]
 
-        def finish(masks) -> str:
-            labels = self._add_objects(masks, text)
+        def finish(objects: list[SegmentedObject]) -> str:
+            labels = self._commit(opened, objects, text)
             return f"{len(labels)} instance(s) of {text!r}"
 
         return Job(f"find {text!r}", 1, work, finish)
 
     def export(self, path: str | Path, kind: str = "nifti") -> Job:
         """Write the committed objects: a NIfTI/NRRD/MHA label map (format by extension), or a DICOM SEG or
-        RTSTRUCT over the source series (images opened from a DICOM folder only)."""
-        from oncoseg.io import check_mask_path, save_mask
+        RTSTRUCT over the source series (images opened from a DICOM folder only). The output is checked as the
+        CLI checks it, before any work, and written through `oncoseg.io.write.OutputFiles`."""
+        from oncoseg.api import check_outputs
+        from oncoseg.io.write import check_output_path
 
         if kind not in EXPORT_KINDS:
             raise OncoSegError(f"unknown export {kind!r}; expected one of: {', '.join(EXPORT_KINDS)}")
-        image, path = self.image(), Path(path)
-        labels = np.asarray(self._layer_named(OBJECTS).data)
-        present = [int(v) for v in np.flatnonzero(np.bincount(labels.ravel()))[1:]]
-        if not present:
+        opened = self._ready()
+        session, path = opened.session, Path(path)
+        self.ensure_layers()
+        objects = self._read_objects(opened)
+        if not objects:
             raise OncoSegError("nothing to export: segment an object and commit it (Shift-C) first")
-        names = self.names()
         folder = self.image_layer.metadata.get(METADATA_KEY, {}).get("dicom_folder")
         if kind == "nifti":
-            check_mask_path(path, image)
-        elif folder is None or not image.is_3d:
+            check_outputs(session.image, path)
+        elif folder is None or not session.image.is_3d:
             raise OncoSegError(
                 f"{EXPORT_KINDS[kind]} is written over the source DICOM series: open a DICOM series folder "
                 "(this image did not come from one); export a NIfTI label map instead"
             )
-        elif path.is_dir():
-            raise OncoSegError(f"{path}: is a folder; give a file name for the DICOM output (e.g. rt.dcm)")
+        else:
+            from oncoseg.dicom import standard_name
+            from oncoseg.dicom.reference import check_text
 
-        def work(job: Job):
-            if kind == "nifti":
-                save_mask(labels, image, path)
-            else:
-                from oncoseg.dicom import write_rtstruct, write_seg
+            check_output_path(path, "DICOM output (e.g. rt.dcm)")
+            for obj in objects:
+                check_text(standard_name(obj.name), "LO", "structure name")
+        labels = session.labels()
+        masks = {obj.name: labels == obj.label for obj in objects}
 
-                masks = {names.get(i, f"Object_{i}"): labels == i for i in present}
-                (write_rtstruct if kind == "rtstruct" else write_seg)(masks, folder, path)
+        def work(job: Job) -> Path:
+            from oncoseg.io.write import OutputFiles
+
+            with OutputFiles() as outputs:
+                if kind == "nifti":
+                    from oncoseg.io import save_mask
+
+                    save_mask(labels, session.image, path, outputs)
+                else:
+                    from oncoseg.dicom import write_rtstruct, write_seg
+
+                    write = write_rtstruct if kind == "rtstruct" else write_seg
+                    write(masks, folder, path, outputs=outputs)
             job.step()
             return path
 
         def finish(written) -> str:
-            return f"{EXPORT_KINDS[kind]} with {len(present)} object(s) written to {written}"
+            return f"{EXPORT_KINDS[kind]} with {len(objects)} object(s) written to {written}"
 
         return Job(f"export {EXPORT_KINDS[kind]}", 1, work, finish)
 
@@ -559,74 +726,94 @@ class Controller:
         return job.finish(job.run())
 
     # -- objects -----------------------------------------------------------------------------------------------
+    @property
+    def current(self) -> list[SegmentedObject]:
+        """The object(s) being edited (not yet committed), as the session made them."""
+        return list(self._opened().current)
+
     def commit(self, name: str | None = None) -> str:
-        """Move the current object into the committed objects (each current label becomes a new object)."""
-        current = self._layer_named(CURRENT)
-        data = np.asarray(current.data)
-        masks = [data == v for v in np.unique(data) if v]
-        if not masks:
+        """Commit the current object(s) to the session: each current label becomes a new object."""
+        self.ensure_layers()
+        opened = self._opened()
+        current = self._read_current(opened)
+        if not current:
             raise OncoSegError("nothing to commit: segment a slice (Shift-S) or propagate (Shift-D) first")
-        labels = self._add_objects(masks, name)
+        labels = self._commit(opened, current, name)
         self.clear_prompts()
         return f"committed as object {', '.join(map(str, labels))}"
 
-    def _add_objects(self, masks: list[np.ndarray], name: str | None) -> list[int]:
-        """Write masks as new labels of the objects layer (not over earlier objects); returns their labels."""
-        objects = self._layer_named(OBJECTS)
-        data = np.array(objects.data)
-        names = objects.metadata.setdefault("names", {})
-        added = []
-        for mask in masks:
-            mask = np.asarray(mask, bool) & (data == 0)
-            if not mask.any():
-                continue
-            label = int(data.max()) + 1
-            if label > 255:
-                raise OncoSegError(
-                    "255 objects is the most one label map holds: export, then start a new one"
-                )
-            data[mask] = label
-            base = (name or "").strip()
-            unique = base and len(masks) == 1 and base not in names.values()
-            names[label] = base if unique else f"{base or 'Object'}_{label}"
-            added.append(label)
-        objects.data = data
-        return added
-
     def names(self) -> dict[int, str]:
         """Object names by label (given at commit, else ``Object_<label>``)."""
-        return {int(k): v for k, v in self._layer_named(OBJECTS).metadata.get("names", {}).items()}
+        self.ensure_layers()
+        return self._names(self._opened())
 
     def rename(self, label: int, name: str) -> None:
-        self._layer_named(OBJECTS).metadata.setdefault("names", {})[int(label)] = name
+        self.ensure_layers()
+        opened = self._opened()
+        for obj in opened.session.objects:
+            if obj.label == int(label) and id(obj) in opened.committed:
+                obj.name = name
+        self.viewer.layers[OBJECTS].metadata["names"] = self._names(opened)
 
     def measurements(self) -> list[ObjectRow]:
-        """Volume (or area) and RECIST diameters of each committed object and of the current object (label 0)."""
-        from oncoseg.measure import measure
-
-        image = self.image()
+        """Volume (or area) and RECIST diameters of each committed object and of the current object (label 0),
+        as the mask layers show them (`Session.measure`)."""
+        self.ensure_layers()
+        opened = self._opened()
+        session = opened.session
         rows = []
-        names = self.names()
-        layers = ((OBJECTS, None), (CURRENT, "current"))
-        for layer_name, fixed in layers:
-            data = np.asarray(self._layer_named(layer_name).data)
-            if data.shape != image.shape or not data.any():
-                continue
-            if fixed:
-                m = measure(data > 0, image.spacing)
-                rows.append(ObjectRow(0, fixed, m.volume_ml, m.area_mm2, m.recist_long_mm, m.recist_short_mm,
-                                      m.recist_slice))  # fmt: skip
-                continue
-            for label in np.flatnonzero(np.bincount(data.ravel()))[1:]:
-                m = measure(data == label, image.spacing)
-                name = names.get(int(label), f"Object_{label}")
-                rows.append(ObjectRow(int(label), name, m.volume_ml, m.area_mm2, m.recist_long_mm,
-                                      m.recist_short_mm, m.recist_slice))  # fmt: skip
+        for obj in self._read_objects(opened):
+            m = session.measure(obj)
+            rows.append(ObjectRow(obj.label, obj.name, m.volume_ml, m.area_mm2, m.recist_long_mm,
+                                  m.recist_short_mm, m.recist_slice))  # fmt: skip
+        current = np.asarray(self.viewer.layers[CURRENT].data)
+        if current.shape == session.image.shape and current.any():
+            m = session.measure(SegmentedObject(0, "current", current > 0))
+            rows.append(ObjectRow(0, "current", m.volume_ml, m.area_mm2, m.recist_long_mm, m.recist_short_mm,
+                                  m.recist_slice))  # fmt: skip
         return rows
 
     def measurement_text(self) -> str:
         rows = self.measurements()
         return "\n".join(row.text() for row in rows) if rows else "no objects yet"
+
+
+def correction(obj: SegmentedObject, prompt: Prompt, z: int | None) -> Prompt:
+    """What a slice's prompts add to ``obj`` there, for `Session.refine`: a box is taken whole (with the clicks
+    on that slice); clicks alone are added to the clicks already given there, so only the new ones are sent."""
+    given = obj.anchors.get(z)
+    if prompt.box is not None or given is None:
+        return prompt
+    new = tuple(point for point in prompt.points if point not in given.points)
+    if not new:
+        where = f" on slice {z}" if z is not None else ""
+        raise OncoSegError(f"no new click{where}: click to include or exclude, or draw a box")
+    return Prompt(points=new)
+
+
+def _kept_out(session: Session, obj: SegmentedObject) -> SegmentedObject:
+    """``obj``, just made by ``session``, taken out of its objects again: the controller adds objects to the
+    session itself, on the main thread, when they are committed (the current object is not one yet)."""
+    for i in range(len(session.objects) - 1, -1, -1):  # by identity: == compares the masks
+        if session.objects[i] is obj:
+            del session.objects[i]
+    return obj
+
+
+class _restored_on_error:
+    """Put the masks, scores and anchors of ``objects`` back as they were if the block raises (e.g. a refine
+    cancelled half-way through its re-walk): a failed or cancelled job leaves no half-corrected object."""
+
+    def __init__(self, objects):
+        self.saved = [(obj, obj.mask.copy(), dict(obj.slice_scores), dict(obj.anchors)) for obj in objects]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None:
+            for obj, mask, scores, anchors in self.saved:
+                obj.mask, obj.slice_scores, obj.anchors = mask, scores, anchors
 
 
 def _kind(layer) -> str:

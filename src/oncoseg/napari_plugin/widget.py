@@ -1,4 +1,5 @@
-"""The Onco-Seg dock widget: buttons, fields, a progress bar and keyboard shortcuts over `Controller`.
+"""The Onco-Seg dock widget: buttons, fields, a progress bar and keyboard shortcuts over `Controller` (itself a
+thin shell over `oncoseg.session.Session`, one per image).
 
 Model work (loading, encoding, propagation, export) runs in a worker thread (`napari.qt.threading`); the viewer
 stays responsive, a progress bar follows the job and Cancel stops it at the next slice. Every job runs on the
@@ -162,6 +163,10 @@ class OncoSegWidget(QWidget):
         actions = QGroupBox("Segment")
         grid = QVBoxLayout(actions)
         self.segment_button = QPushButton("Segment slice  [Shift-S]")
+        self.segment_button.setToolTip(
+            "segment the prompts on this slice; on a slice of a propagated object: correct it there and "
+            "re-propagate up to the next slice you annotated"
+        )
         self.segment_button.clicked.connect(self.segment_slice)
         self.propagate_button = QPushButton("Propagate 3D  [Shift-D]")
         self.propagate_button.clicked.connect(self.propagate)
