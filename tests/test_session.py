@@ -170,3 +170,40 @@ def test_real_model_correction_on_the_ct_sample():
     assert not liver.mask[z, ys[k], xs[k]] and liver.mask[z].any() and z in liver.anchors
     assert 0.25 * before < liver.mask.sum() < 1.5 * before  # keep the pixel: a click there is ambiguous)
     assert session.predictor.is_cached(z)
+
+
+def test_a_cancelled_correction_changes_nothing():
+    truth = _truth()
+    session = _session(truth)
+    obj = session.segment(_box(truth[10], 10), volume=True)
+    before, scores, anchors = obj.mask.copy(), dict(obj.slice_scores), dict(obj.anchors)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_two(z, seen=[]):  # noqa: B006 - counts calls within this test
+        seen.append(z)
+        if len(seen) > 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        session.refine(obj, Prompt(points=(Point(20, 24, z=13),)), on_slice=cancel_after_two)
+    np.testing.assert_array_equal(obj.mask, before)
+    assert obj.slice_scores == scores and obj.anchors == anchors
+
+
+def test_objects_added_from_masks_and_labels_never_reused():
+    truth = _truth()
+    session = _session(truth)
+    first = session.segment(_box(truth[10], 10))
+    painted = np.zeros(truth.shape, bool)
+    painted[2, 5:9, 5:9] = True
+    second = session.add(painted, "painted")
+    third = session.segment(_box(truth[12], 12))
+    assert [o.label for o in session.objects] == [1, 2, 3] and second.slice_range == (2, 2)
+    session.remove(second)  # by identity, even though objects hold arrays
+    assert session.objects == [first, third]
+    assert session.add(painted).label == 4  # not 3 again
+    assert set(np.unique(session.labels())) == {0, 1, 3, 4}
+    with pytest.raises(OncoSegError, match="does not match"):
+        session.add(np.zeros((3, 3), bool))

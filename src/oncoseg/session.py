@@ -31,7 +31,7 @@ from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, validate_prompt
 from oncoseg.volume import PropagationSettings, propagate, walk
 
 
-@dataclass
+@dataclass(eq=False)  # objects are compared by identity (their masks are arrays)
 class SegmentedObject:
     """One segmented structure: a boolean mask on the image's grid, the model's score per slice (key None for a
     2D image), and the prompt given on each slice the user annotated."""
@@ -58,8 +58,8 @@ class SegmentedObject:
 
     @property
     def prompt(self) -> Prompt:
-        """The first prompt that made this object."""
-        return next(iter(self.anchors.values()))
+        """The first prompt that made this object (an empty one for an object added from a mask)."""
+        return next(iter(self.anchors.values()), Prompt())
 
 
 class Session:
@@ -122,6 +122,7 @@ class Session:
                 self._predictor = model()
             else:  # a backend name or a Backend
                 self._predictor = Predictor(model)
+        if self._predictor.image is not self.image:  # a shared predictor another session used since
             self._predictor.set_image(self.image, modality=self.modality)
         return self._predictor
 
@@ -131,7 +132,7 @@ class Session:
         slice, a volume for ``volume=True``, and not blank (constant) under the prompt. Cheap: no model work.
         ``label`` names the object in the message."""
         if volume and not self.image.is_3d:
-            raise OncoSegError("--3d needs a volume, but this image is 2D")
+            raise OncoSegError("3D propagation needs a volume, but this image is 2D")
         validate_prompt(prompt, self.image.shape)
         if not prompt.is_concept:
             from oncoseg.predictor import blank_reason, prompt_pixels
@@ -154,7 +155,7 @@ class Session:
     ) -> SegmentedObject:
         """A new object from a box and/or clicks on one slice; ``volume=True`` follows it through the volume.
         Raises EmptyResultError when the model finds nothing (the session keeps no empty object)."""
-        label = len(self.objects) + 1
+        label = self.next_label()
         self.check(prompt, volume, label)
         if label > MAX_OBJECTS:
             raise PromptError(f"at most {MAX_OBJECTS} objects per image (labels 1-255)")
@@ -202,36 +203,58 @@ class Session:
         new = prediction.masks[0]
         if not new.any():
             raise EmptyResultError(f"the correction removed object {obj.label} from this slice")
-        obj.anchors[z] = prompt if prompt.box is not None else prompt_with_clicks(given, prompt)
-        obj.slice_scores[z] = float(prediction.scores[0])
+        # worked out on copies and applied at the end: an error or a cancel (raised by on_slice) changes nothing
+        mask, scores, anchors = obj.mask.copy(), dict(obj.slice_scores), dict(obj.anchors)
+        anchors[z] = prompt if prompt.box is not None else prompt_with_clicks(given, prompt)
+        scores[z] = float(prediction.scores[0])
         if z is None:
-            obj.mask = new
-            return obj
-        obj.mask[z] = new
-        if repropagate if repropagate is not None else obj.volume:
-            self._rewalk(obj, z, on_slice)
+            mask = new
+        else:
+            mask[z] = new
+            if repropagate if repropagate is not None else obj.volume:
+                self._rewalk(mask, scores, anchors, z, on_slice)
+        obj.mask, obj.slice_scores, obj.anchors = mask, scores, anchors
         return obj
 
-    def _rewalk(self, obj: SegmentedObject, z0: int, on_slice: Callable[[int], None] | None) -> None:
+    def _rewalk(self, mask, scores, anchors, z0: int, on_slice: Callable[[int], None] | None) -> None:
+        """Walk from slice ``z0`` both ways, replacing ``mask``/``scores`` up to the next of ``anchors``."""
         settings = self.propagation
-        min_pixels = max(settings.min_pixels, settings.min_area_ratio * obj.mask[z0].sum())
-        anchors = sorted(a for a in obj.anchors if a is not None and a != z0)
+        min_pixels = max(settings.min_pixels, settings.min_area_ratio * mask[z0].sum())
+        others = sorted(a for a in anchors if a is not None and a != z0)
         for step in (1, -1):
-            ahead = [a for a in anchors if (a - z0) * step > 0]
+            ahead = [a for a in others if (a - z0) * step > 0]
             stop = min(ahead, key=lambda a: abs(a - z0)) if ahead else None
-            kept = walk(self.predictor, obj.mask[z0], z0, step, settings, min_pixels, stop, on_slice)
+            kept = walk(self.predictor, mask[z0], z0, step, settings, min_pixels, stop, on_slice)
             end = stop if stop is not None else (self.image.num_slices if step > 0 else -1)
             for z in range(z0 + step, end, step):  # the walk's answer is authoritative up to the next anchor
                 mask_score = kept.get(z)
-                obj.mask[z] = mask_score[0] if mask_score else False
+                mask[z] = mask_score[0] if mask_score else False
                 if mask_score:
-                    obj.slice_scores[z] = mask_score[1]
+                    scores[z] = mask_score[1]
                 else:
-                    obj.slice_scores.pop(z, None)
+                    scores.pop(z, None)
+
+    def add(self, mask: np.ndarray, name: str | None = None, score: float = 1.0) -> SegmentedObject:
+        """An object from a mask made elsewhere (painted by hand, a text prompt's instance), with the next label."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != self.image.shape:
+            raise OncoSegError(f"mask shape {mask.shape} does not match the image's {self.image.shape}")
+        label = self.next_label()
+        if label > MAX_OBJECTS:
+            raise PromptError(f"at most {MAX_OBJECTS} objects per image (labels 1-255)")
+        slices = np.flatnonzero(mask.any(axis=(1, 2))) if self.image.is_3d else [None]
+        obj = SegmentedObject(label, name or f"object {label}", mask, {int(z) if z is not None else None: score
+                                                                        for z in slices})  # fmt: skip
+        self.objects.append(obj)
+        return obj
 
     def remove(self, obj: SegmentedObject) -> None:
-        """Forget ``obj``; later objects keep their labels."""
-        self.objects.remove(obj)
+        """Forget ``obj``; the other objects keep their labels."""
+        self.objects = [o for o in self.objects if o is not obj]
+
+    def next_label(self) -> int:
+        """The label a new object gets: one above the highest in use (labels are never reused while held)."""
+        return max((o.label for o in self.objects), default=0) + 1
 
     # ------------------------------------------------------------------ results
     def labels(self) -> np.ndarray:
