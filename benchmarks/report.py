@@ -611,6 +611,12 @@ def adversarial_section(result: dict) -> str:
                 + ", ".join(f"{k} {v}" for k, v in result.get("auth", {}).items())
                 + "."
                 + (f" Failures: {len(failures)} (see the JSON)." if failures else " No failures.")
+                + (
+                    f" Not counted: {len(result['cli']['phi_echoed'])} CLI runs whose error line repeats a path or "
+                    "argument the user typed that held the fake name (the user's own words, not file contents)."
+                    if result.get("cli", {}).get("phi_echoed")
+                    else ""
+                )
             ),
         ]
     )
