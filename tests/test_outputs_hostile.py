@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_series import dciodvfy_errors, write_series
 from PIL import Image
+from stand_in_models import BoxBackend
 
 from oncoseg import cli
 from oncoseg.api import segment
@@ -28,7 +29,7 @@ from oncoseg.dicom import DicomExportError, write_rtstruct, write_seg
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.io import load_image, save_mask
-from oncoseg.models import Backend, ImageEmbedding, MaskPrediction
+from oncoseg.models import Backend
 from oncoseg.predictor import Predictor, normalise_image
 from oncoseg.prompts import Box, Prompt
 from oncoseg.volume import propagate
@@ -46,27 +47,6 @@ class NoModel(Backend):
 
     def decode(self, embedding, prompts, mask_input=None):
         raise AssertionError("the model ran for a request that should have been refused before it")
-
-
-class BoxBackend(Backend):
-    """Paints each prompt's box (or a 7x7 square round its first point) with score 0.9, wherever it is."""
-
-    name = "box"
-
-    def encode(self, image):
-        return ImageEmbedding(None, image.shape[:2], image.shape[:2], self.name)
-
-    def decode(self, embedding, prompts, mask_input=None):
-        h, w = embedding.original_size
-        masks = np.zeros((len(prompts), h, w), bool)
-        for i, prompt in enumerate(prompts):
-            if prompt.box is not None:
-                b = prompt.box
-                masks[i, int(b.y0) : int(b.y1) + 1, int(b.x0) : int(b.x1) + 1] = True
-            else:
-                x, y = int(prompt.points[0].x), int(prompt.points[0].y)
-                masks[i, max(0, y - 3) : y + 4, max(0, x - 3) : x + 4] = True
-        return MaskPrediction(masks, np.full(len(prompts), 0.9, np.float32))
 
 
 def disk(size: int = 64, offset: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -193,33 +173,31 @@ ENOSPC_WRITERS = {  # output → (owner, attribute, position of the file argumen
 }
 
 
+def segment_with_three_outputs(folder: Path):
+    """The disk image segmented from one box, writing mask, overlay and JSON report into ``folder``."""
+    return segment(
+        disk(),
+        box=(16, 16, 48, 48),
+        predictor=Predictor(BoxBackend()),
+        output=folder / "mask.png",
+        overlay=folder / "overlay.png",
+        json_path=folder / "result.json",
+    )
+
+
 @pytest.mark.parametrize("failing", list(ENOSPC_WRITERS))
 def test_a_full_disk_on_one_output_leaves_every_earlier_output_as_it_was(failing, existing, monkeypatch):
     before = hashes(existing)
     owner, attribute, position = ENOSPC_WRITERS[failing]
     fail_writing(monkeypatch, owner, attribute, failing, position)
     with pytest.raises(OncoSegError, match=rf"{failing}: cannot write \(disk full\)") as caught:
-        segment(
-            disk(),
-            box=(16, 16, 48, 48),
-            predictor=Predictor(BoxBackend()),
-            output=existing / "mask.png",
-            overlay=existing / "overlay.png",
-            json_path=existing / "result.json",
-        )
+        segment_with_three_outputs(existing)
     assert "\n" not in str(caught.value)
     assert hashes(existing) == before and temporaries(existing) == []
 
 
 def test_all_outputs_are_written_together_when_nothing_fails(existing):
-    result = segment(
-        disk(),
-        box=(16, 16, 48, 48),
-        predictor=Predictor(BoxBackend()),
-        output=existing / "mask.png",
-        overlay=existing / "overlay.png",
-        json_path=existing / "result.json",
-    )
+    result = segment_with_three_outputs(existing)
     assert (load_image(existing / "mask.png").array > 0).sum() == (result.labels > 0).sum()
     assert json.loads((existing / "result.json").read_text())["objects"][0]["label"] == 1
     assert temporaries(existing) == []

@@ -19,40 +19,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from stand_in_models import BoxBackend
 
 from oncoseg.errors import OncoSegError
 from oncoseg.logs import SafeFormatter
-from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.service.app import create_app, without_folders
 from oncoseg.service.core import Engine, ServiceConfig
 from oncoseg.service.security import check_bind
 
 FAKE_NAME, FAKE_UID = "DOE^JOHN", "1.2.826.0.1.3680043.8.498.12345"
-
-
-class BoxBackend(Backend):
-    """A stand-in model: the mask is the prompt's box (or a disc around the first click)."""
-
-    name = "box"
-
-    def __init__(self):
-        self.decodes = 0
-
-    def encode(self, image):
-        return ImageEmbedding(np.zeros(16, np.float32), tuple(image.shape[:2]), tuple(image.shape[:2]), "box")
-
-    def decode(self, embedding, prompts, mask_input=None):
-        self.decodes += 1
-        h, w = embedding.original_size
-        masks = np.zeros((len(prompts), h, w), bool)
-        for i, prompt in enumerate(prompts):
-            if prompt.box is not None:
-                b = prompt.box
-                masks[i, int(b.y0) : int(b.y1) + 1, int(b.x0) : int(b.x1) + 1] = True
-            else:
-                p = prompt.points[0]
-                masks[i, max(int(p.y) - 3, 0) : int(p.y) + 4, max(int(p.x) - 3, 0) : int(p.x) + 4] = True
-        return MaskPrediction(masks, np.full(len(prompts), 0.9, np.float32))
 
 
 def _client(tmp_path: Path, **config) -> TestClient:
