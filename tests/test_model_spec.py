@@ -157,14 +157,17 @@ def test_serve(checkpoints, reference, tmp_path):
 def test_napari(checkpoints, reference):
     from napari.components import ViewerModel
 
+    from oncoseg.image import MedicalImage
     from oncoseg.napari_plugin.controller import Controller
+    from oncoseg.session import Session
 
     controller = Controller(ViewerModel())
-    image = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    image = MedicalImage.from_array(np.random.default_rng(0).random((32, 32), dtype=np.float32))
     built = {}
     for kind, value in checkpoints.items():
         controller.set_model("litemedsam", value)
-        built[kind] = controller.predictor(image=image, modality=None).backend
+        # the controller's sessions build their model from its spec (one Session per image layer)
+        built[kind] = controller.predictor(Session(image, controller.model_spec())).backend
     assert_same(built, reference)
 
 
