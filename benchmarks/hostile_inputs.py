@@ -353,7 +353,9 @@ def generate(root: Path, quick: bool = False) -> list[Case]:
     ``root`` must be new or empty: some inputs are symlinks to /etc/passwd, and writing a second run into the
     first one's folder would write through them (as root, over /etc/passwd itself)."""
     if root.exists() and (root.is_symlink() or any(root.iterdir())):
-        raise ValueError(f"{root}: give a new or empty folder (an old run's symlinks would be written through)")
+        raise ValueError(
+            f"{root}: give a new or empty folder (an old run's symlinks would be written through)"
+        )
     root.mkdir(parents=True, exist_ok=True)
     seeds = Seeds(root)
     b = Builder(root, seeds)

@@ -225,6 +225,8 @@ def test_oncoseg_measure_is_the_function_as_the_readme_says():
         "assert measure is by_module is oncoseg.measure\n"
         "print(oncoseg.measure(np.ones((4, 4), bool), (0.5, 0.5)).area_mm2)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) == 4.0

@@ -91,9 +91,12 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     page.goto(f"{server.url}/#token={TOKEN}")
     page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
     wait_until(page, "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000)
-    assert page.text_content("#slice-label") == "10 / 19"  # opens on the middle slice, z = 10 (numbered from 0)
+    # opens on the middle slice, z = 10 (numbered from 0)
+    assert page.text_content("#slice-label") == "10 / 19"
     assert "token=" not in page.url  # the token left the address bar
-    windows = page.evaluate("Array.from(document.querySelectorAll('#window-select option')).map(o => o.value)")
+    windows = page.evaluate(
+        "Array.from(document.querySelectorAll('#window-select option')).map(o => o.value)"
+    )
     assert windows == ["", *CT_PRESETS, "auto"]  # the presets come from /api/windows
 
     canvas = page.locator("#canvas").bounding_box()
