@@ -26,7 +26,7 @@ import numpy as np
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.measure import Measurements, measure
-from oncoseg.predictor import Predictor, blank_error
+from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
 from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, validate_prompt
 from oncoseg.volume import PropagationSettings, propagate, walk
 
@@ -135,8 +135,6 @@ class Session:
             raise OncoSegError("3D propagation needs a volume, but this image is 2D")
         validate_prompt(prompt, self.image.shape)
         if not prompt.is_concept:
-            from oncoseg.predictor import blank_reason, prompt_pixels
-
             z = prompt.z if self.image.is_3d else None
             reason = blank_reason(prompt_pixels(self.image.array, prompt, z), self.image.channels)
             if reason is not None:
