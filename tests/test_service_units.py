@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import threading
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
+from stand_in_models import BoxBackend
 
 from oncoseg.errors import OncoSegError
 from oncoseg.image import MedicalImage
@@ -18,11 +20,12 @@ from oncoseg.logs import hide_uids
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
 from oncoseg.render import mask_rgba, png_bytes, simplify_polyline, window_slice
-from oncoseg.service.cache import NotFoundError, Session, SessionStore, TooLargeError
+from oncoseg.service.cache import NotFoundError, OpenImage, SessionStore, TooLargeError
 from oncoseg.service.core import contours, rle_decode, rle_encode
 from oncoseg.service.monailabel import file_to_array_index
 from oncoseg.service.security import check_bind
 from oncoseg.service.worker import BusyError, ModelWorker
+from oncoseg.session import Session
 
 
 def test_rle_round_trip():
@@ -121,11 +124,10 @@ class TinyBackend(Backend):
         return MaskPrediction(np.ones((len(prompts), h, w), bool), np.ones(len(prompts), np.float32))
 
 
-def _session(store: SessionStore, name: str, slices: int = 4) -> Session:
+def _session(store: SessionStore, name: str, slices: int = 4) -> OpenImage:
     predictor = Predictor(TinyBackend(), cache_slices=1000)
     image = MedicalImage.from_array(np.zeros((slices, 64, 64), np.float32))  # 64 KiB, + 64 KiB normalised
-    predictor.set_image(image)
-    return store.add(Session(name, image, predictor))
+    return store.add(OpenImage(name, Session(image, predictor)))
 
 
 def test_memory_budget_trims_idle_embeddings_then_closes_idle_images():
@@ -231,24 +233,190 @@ def test_uids_are_hidden_in_log_text():
     assert "1.2.826.0.1.3680043.8.498.1234" not in hidden and "127.0.0.1" in hidden and "<uid:" in hidden
 
 
-def test_a_click_after_an_emptying_exclude_click_still_refines_the_region():
-    from oncoseg.prompts import Point, Prompt
-    from oncoseg.service.core import bounding_box, refining_prompt
+# ---------------------------------------------------------------------- 3D jobs and corrections (stand-in model)
+class GatedBoxBackend(BoxBackend):
+    """BoxBackend whose decoder waits at ``gate`` once it has answered ``free`` prompts (a job in the middle)."""
 
-    image = MedicalImage.from_array(np.zeros((3, 64, 64), np.float32))
-    session = Session("s", image, Predictor(TinyBackend()))
-    first, exclude, again = Point(30, 30, z=1), Point(31, 31, positive=False, z=1), Point(33, 29, z=1)
-    result = np.zeros(image.shape, bool)
-    result[1, 20:40, 25:45] = True
-    session.result, session.result_info = result, {"kind": "slice", "z": 1}
-    session.last_clicks, session.last_region = (first,), (1, *bounding_box(result[1]))
-    assert session.last_region == (1, 25.0, 20.0, 44.0, 39.0)
-    session.result = np.zeros(image.shape, bool)  # the exclude click emptied the result
-    session.last_clicks = (first, exclude)
-    refined = refining_prompt(session, Prompt(points=(first, exclude, again)), 1)
-    assert refined is not None and refined.points == (first, exclude, again)
-    box = refined.box
-    assert box.x0 < 25 and box.y0 < 20 and box.x1 > 44 and box.y1 > 39 and box.z == 1
-    assert refining_prompt(session, Prompt(points=(again,)), 1) is None  # not a continuation
-    session.last_region = (2, 25.0, 20.0, 44.0, 39.0)  # a region on another slice does not count
-    assert refining_prompt(session, Prompt(points=(first, exclude, again)), 1) is None
+    def __init__(self, free: int = 10**9):
+        super().__init__()
+        self.free, self.gate, self.waiting = free, threading.Event(), threading.Event()
+
+    def decode(self, embedding, prompts, mask_input=None):
+        if self.decodes >= self.free:
+            self.waiting.set()
+            assert self.gate.wait(60)
+        return super().decode(embedding, prompts, mask_input)
+
+
+def _volume_client(tmp_path, backend, slices: int = 12):
+    from fastapi.testclient import TestClient
+
+    from oncoseg.service.app import create_app
+    from oncoseg.service.core import Engine, ServiceConfig
+
+    engine = Engine(ServiceConfig(workdir=str(tmp_path / "work"), warmup=False), backend=backend)
+    client = TestClient(create_app(engine.config, engine), base_url="http://127.0.0.1:8765")
+    volume = np.random.default_rng(3).integers(50, 200, (slices, 64, 64)).astype(np.int16)  # nowhere blank
+    image = nibabel.Nifti1Image(volume.T, np.diag([0.8, 0.7, 2.5, 1.0]))
+    return client, engine, image
+
+
+def _wait(client, url: str, states=("done", "cancelled", "failed"), timeout: float = 60) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (job := client.get(url).json())["state"] not in states:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.02)
+    return job
+
+
+def _png_mask(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))[..., 3] > 0
+
+
+def _result(client, image_id: str, slices: int) -> np.ndarray:
+    return np.stack(
+        [_png_mask(client.get(f"/api/images/{image_id}/result/{z}").content) for z in range(slices)]
+    )
+
+
+def test_a_correction_on_another_slice_rewalks_up_to_the_next_anchor_only(tmp_path):
+    client, engine, image = _volume_client(tmp_path, BoxBackend())
+    with client:
+        image_id = client.post("/api/images/upload", files={"file": ("ct.nii", image.to_bytes())}).json()[
+            "image_id"
+        ]
+        url = f"/api/images/{image_id}/jobs"
+        started = client.post(url, json={"z": 5, "box": [10, 10, 20, 20]})
+        assert started.status_code == 202 and started.json()["state"] in ("queued", "running", "done")
+        job = _wait(client, f"{url}/{started.json()['job_id']}")
+        assert job["state"] == "done" and job["done"] == job["total"] == 12  # the box walks to both ends
+        assert job["result"]["slices"] == [0, 11] and set(job["result"]["slice_scores"]) == {
+            str(z) for z in range(12)
+        }
+        before = _result(client, image_id, 12)
+        assert before[5, 10:21, 10:21].all() and before[5].sum() == 121
+        # an include click far right of the object on slice 8: that slice grows to take it in, the walk
+        # starts again from it both ways, down to slice 6 (slice 5 is the propagation's anchor: kept)
+        refine = client.post(url, json={"action": "refine", "z": 8, "points": [{"x": 50, "y": 15}]})
+        assert refine.status_code == 202, refine.text
+        job = _wait(client, f"{url}/{refine.json()['job_id']}")
+        assert job["state"] == "done", job
+        assert job["done"] == job["total"] == 6  # slice 8, then 9-11 and 7-6
+        result = job["result"]
+        assert result["refined"] and result["anchors"] == [5, 8] and result["refined_slice"] == 8
+        assert set(result["slice_scores"]) == {str(z) for z in range(12)}
+        after = _result(client, image_id, 12)
+        np.testing.assert_array_equal(after[:6], before[:6])  # up to and including the anchor: unchanged
+        assert after[8, 15, 50] and not before[8, 15, 50]
+        for z in (6, 7, 9, 10, 11):  # the re-walked neighbours follow the corrected slice
+            assert after[z].sum() > before[z].sum(), z
+        measured = client.get(f"/api/images/{image_id}/measurements").json()
+        assert measured["anchors"] == [5, 8] and measured["slices"] == [0, 11]
+        # the web page sends every click on the slice: the ones already applied are not added twice
+        again = client.post(
+            url,
+            json={"action": "refine", "z": 8, "points": [{"x": 50, "y": 15}, {"x": 52, "y": 40}]},
+        )
+        job = _wait(client, f"{url}/{again.json()['job_id']}")
+        assert job["state"] == "done"
+        obj = engine.store.get(image_id).obj
+        assert [(p.x, p.y) for p in obj.anchors[8].points] == [(50, 15), (52, 40)]
+        same = client.post(
+            url, json={"action": "refine", "z": 8, "points": [{"x": 50, "y": 15}, {"x": 52, "y": 40}]}
+        )
+        failed = _wait(client, f"{url}/{same.json()['job_id']}")
+        assert failed["state"] == "failed" and failed["error"]["code"] == "bad_prompt"
+        assert "already applied" in failed["error"]["detail"]
+
+
+def test_progress_shows_finished_slices_and_cancel_keeps_the_previous_result(tmp_path):
+    backend = GatedBoxBackend()
+    client, engine, image = _volume_client(tmp_path, backend, slices=16)
+    with client:
+        image_id = client.post("/api/images/upload", files={"file": ("ct.nii", image.to_bytes())}).json()[
+            "image_id"
+        ]
+        url = f"/api/images/{image_id}/jobs"
+        first = _wait(
+            client, f"{url}/{client.post(url, json={'z': 8, 'box': [20, 20, 30, 30]}).json()['job_id']}"
+        )
+        assert first["state"] == "done"
+        before = _result(client, image_id, 16)
+        obj = engine.store.get(image_id).obj
+        scores_before = dict(obj.slice_scores)
+
+        backend.free = backend.decodes + 5  # the next job stops in the middle: 5 slices answered
+        body = {"action": "refine", "z": 3, "box": [5, 5, 25, 25]}
+        job_id = client.post(url, json=body).json()["job_id"]
+        assert backend.waiting.wait(30)
+        running = client.get(f"{url}/{job_id}").json()  # polling answers while the model is busy
+        # slice 3, then up 4-7 (8 is the anchor), then down 2-0: 8 at most; the 6th (slice 2) waits
+        assert running["state"] == "running" and running["done"] == 5 and running["total"] == 8
+        assert running["slices"] == [3, 4, 5, 6]  # 7 is kept only once the walk goes on from it
+        assert set(running["slice_scores"]) == {"3", "4", "5", "6"}
+        # the job's picture of a finished slice is the new mask; of a slice not yet walked, the old one
+        shown = _png_mask(client.get(f"{url}/{job_id}/result/3").content)
+        assert shown[5:26, 5:26].all() and shown.sum() == 21 * 21
+        np.testing.assert_array_equal(_png_mask(client.get(f"{url}/{job_id}/result/1").content), before[1])
+        np.testing.assert_array_equal(_png_mask(client.get(f"{url}/{job_id}/result/15").content), before[15])
+        assert client.post(url, json={"z": 2, "box": [5, 5, 25, 25]}).status_code == 409  # one job at a time
+        assert client.delete(f"{url}/{job_id}").status_code == 200
+        backend.gate.set()
+        cancelled = _wait(client, f"{url}/{job_id}")
+        assert cancelled["state"] == "cancelled" and cancelled["result"] is None
+        np.testing.assert_array_equal(_result(client, image_id, 16), before)
+        assert engine.store.get(image_id).obj is obj and obj.slice_scores == scores_before
+        assert sorted(obj.anchors) == [8]
+        assert client.get(f"{url}/{job_id}/result/3").status_code == 409
+
+        # a queued job cancelled before the model reaches it never runs
+        release = threading.Event()
+        engine.worker.submit(release.wait)
+        queued = client.post(url, json={"z": 8, "box": [1, 1, 40, 40]}).json()
+        assert queued["state"] == "queued"
+        assert client.delete(f"{url}/{queued['job_id']}").json()["state"] == "cancelled"
+        decodes = backend.decodes
+        release.set()
+        engine.worker.call(lambda: None)
+        assert backend.decodes == decodes
+        np.testing.assert_array_equal(_result(client, image_id, 16), before)
+
+
+def test_download_gives_a_nifti_on_the_image_grid(tmp_path):
+    client, engine, image = _volume_client(tmp_path, BoxBackend())
+    source = tmp_path / "ct.nii.gz"
+    ras = nibabel.Nifti1Image(
+        np.asarray(image.dataobj),
+        np.array([[-0.8, 0, 0, 30], [0, 0.7, 0, -20], [0, 0, 2.5, 7], [0, 0, 0, 1]]),
+    )
+    nibabel.save(ras, source)
+    with client:
+        image_id = client.post(
+            "/api/images/upload", files={"file": ("ct.nii.gz", source.read_bytes())}
+        ).json()["image_id"]
+        assert client.get(f"/api/images/{image_id}/download").status_code == 409  # no result yet
+        url = f"/api/images/{image_id}/jobs"
+        job = _wait(
+            client,
+            f"{url}/{client.post(url, json={'z': 4, 'box': [10, 12, 20, 30], 'max_slices': 2}).json()['job_id']}",
+        )
+        assert job["state"] == "done" and job["result"]["slices"] == [2, 6]
+        answer = client.get(f"/api/images/{image_id}/download")
+        assert answer.status_code == 200 and "oncoseg-result.nii.gz" in answer.headers["content-disposition"]
+        path = tmp_path / "label.nii.gz"
+        path.write_bytes(answer.content)
+        label = nibabel.load(path)
+        np.testing.assert_allclose(label.affine, ras.affine)
+        assert label.shape == ras.shape
+        back = load_image(path)
+        original = load_image(source)
+        assert back.spacing == pytest.approx(original.spacing) and back.origin == pytest.approx(
+            original.origin
+        )
+        np.testing.assert_array_equal(back.array > 0, engine.store.get(image_id).result)
+        assert set(np.unique(back.array)) == {0, 1}
+        assert not list((tmp_path / "work" / "downloads").rglob("*.nii.gz"))  # the temporary file is gone
+        seg = client.get(f"/api/images/{image_id}/download", params={"format": "seg"})
+        assert seg.status_code == 409 and "DICOM" in seg.json()["detail"]  # not a DICOM series

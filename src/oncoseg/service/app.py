@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from oncoseg import __version__
@@ -69,6 +71,15 @@ class PropagateIn(PromptIn):
     max_slices: int | None = Field(None, ge=1, description="walk at most this many slices each way")
 
 
+class JobIn(PropagateIn):
+    action: Literal["propagate", "refine"] = Field(
+        "propagate",
+        description="propagate: a new 3D result from the prompt on slice z; refine: correct the 3D result on "
+        "slice z (include/exclude clicks are added to those given there, a box replaces them) and walk the "
+        "volume again from it, up to the next corrected slice",
+    )
+
+
 class OpenSeriesIn(BaseModel):
     series_uid: str = Field(description="SeriesInstanceUID on the configured PACS (DICOMweb)")
     study_uid: str | None = Field(None, description="StudyInstanceUID (looked up with QIDO-RS when left out)")
@@ -94,13 +105,23 @@ ERROR_STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 
 
-def error_response(error: Exception) -> JSONResponse:
+def error_status(error: BaseException) -> tuple[int, str]:
+    """The HTTP status and error code for ``error``."""
     if isinstance(error, PacsError) and not isinstance(error, PacsUnavailableError):
-        status, code = (404, "not_found") if error.status_code == 404 else (502, "pacs_error")
-    else:
-        status, code = next(
-            ((s, c) for kind, s, c in ERROR_STATUS if isinstance(error, kind)), (500, "internal")
-        )
+        return (404, "not_found") if error.status_code == 404 else (502, "pacs_error")
+    return next(((s, c) for kind, s, c in ERROR_STATUS if isinstance(error, kind)), (500, "internal"))
+
+
+def error_json(error: BaseException) -> dict:
+    """``{"detail", "code", "status"}`` of an error (a failed job's): the text of an error this service
+    raises (`OncoSegError`), only the kind of any other."""
+    status, code = error_status(error)
+    detail = str(error) if isinstance(error, OncoSegError) else f"internal error ({type(error).__name__})"
+    return {"detail": without_folders(detail), "code": code, "status": status}
+
+
+def error_response(error: Exception) -> JSONResponse:
+    status, code = error_status(error)
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse(
         {"detail": without_folders(str(error)), "code": code}, status_code=status, headers=headers
@@ -129,7 +150,8 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         title="Onco-Seg service",
         version=__version__,
         description="Interactive promptable segmentation of CT/MR/... images: open an image (upload or DICOMweb), "
-        "click or drag a box on a slice, propagate in 3D, measure, store DICOM SEG/RTSTRUCT back to the PACS. "
+        "click or drag a box on a slice, propagate in 3D and correct the result on any slice (jobs with progress "
+        "and cancel), measure, download the result (NIfTI, DICOM SEG), store DICOM SEG/RTSTRUCT back to the PACS. "
         "Every route except /health (and the web page's files) needs `Authorization: Bearer <token>` when the "
         'service runs with a token. Errors are JSON: `{"detail": message, "code": kind}`.',
         lifespan=lifespan,
@@ -285,6 +307,71 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
         return await engine.worker.run(engine.propagate, session, prompt, z, body.max_slices)
+
+    @app.post(
+        "/api/images/{image_id}/jobs",
+        status_code=202,
+        tags=["segmentation"],
+        summary="Start a 3D job: propagate from a prompt, or correct the 3D result on any slice",
+        description="Returns at once with the job (`job_id`, `state` queued/running/done/cancelled/failed, `done` "
+        "and `total` slices). Poll `GET .../jobs/{job_id}` for progress, the slices finished so far with their "
+        "scores (`slices`, `slice_scores`) and, once done, `result` (the 3D answer, as from /propagate); "
+        "`GET .../jobs/{job_id}/result/{z}` is the job's mask on slice z as it stands. `DELETE` cancels: the "
+        "image's result stays as it was. One job per image at a time (409); a full model queue is 503.",
+    )
+    async def start_job(image_id: str, body: JobIn):
+        opened = engine.store.get(image_id)
+        prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
+        z = engine.check_prompt(opened, prompt, body.z)
+        job = await run_in_threadpool(engine.start_job, opened, body.action, prompt, z, body.max_slices)
+        return job.as_dict(error_json)
+
+    @app.get("/api/images/{image_id}/jobs/{job_id}", tags=["segmentation"], summary="A 3D job's progress")
+    async def job_state(image_id: str, job_id: str):
+        return engine.find_job(engine.store.get(image_id), job_id).as_dict(error_json)
+
+    @app.delete(
+        "/api/images/{image_id}/jobs/{job_id}",
+        tags=["segmentation"],
+        summary="Cancel a 3D job (it stops at its next slice; the result stays as before the job)",
+    )
+    async def cancel_job(image_id: str, job_id: str):
+        job = engine.find_job(engine.store.get(image_id), job_id)
+        job.cancel()
+        return job.as_dict(error_json)
+
+    @app.get(
+        "/api/images/{image_id}/jobs/{job_id}/result/{z}",
+        tags=["segmentation"],
+        summary="A 3D job's mask on one slice as a transparent RGBA PNG (the slices finished so far)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def job_png(image_id: str, job_id: str, z: int):
+        opened = engine.store.get(image_id)
+        job = engine.find_job(opened, job_id)
+        return Response(await run_in_threadpool(engine.job_png, opened, job, z), media_type="image/png")
+
+    @app.get(
+        "/api/images/{image_id}/download",
+        tags=["segmentation"],
+        summary="Download the current result: NIfTI label mask on the image's grid, or DICOM SEG",
+        response_class=FileResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
+    async def download(
+        image_id: str,
+        format: Literal["nifti", "seg"] = Query("nifti", description="nifti, or seg for a DICOM series"),
+        name: str = Query("Lesion", min_length=1, max_length=64, description="segment name (DICOM SEG)"),
+    ):
+        opened = engine.store.get(image_id)
+        path, folder = await run_in_threadpool(engine.download, opened, format, name)
+        return FileResponse(
+            path,
+            filename=path.name,
+            media_type="application/octet-stream",
+            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+        )
 
     @app.get(
         "/api/images/{image_id}/measurements",

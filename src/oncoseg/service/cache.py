@@ -1,8 +1,9 @@
-"""Open images ("sessions") and their cached slice embeddings, kept under one memory budget (LRU).
+"""Open images and their cached slice embeddings, kept under one memory budget (LRU).
 
-Each session holds an image, a `Predictor` (normalised pixels + per-slice embeddings) and the latest result
-mask. When the total exceeds the budget, the least recently used sessions first lose their cached embeddings,
-then are closed; the session in use keeps at least its newest embedding.
+Each `OpenImage` holds one core `oncoseg.session.Session` (the image, its `Predictor` with normalised pixels
+and per-slice embeddings, the segmented object) and the latest result. When the total exceeds the budget, the
+least recently used images first lose their cached embeddings, then are closed; the image in use keeps at least
+its newest embedding.
 
 Thread rule: `add` and `enforce` (which touch predictors' caches) run on the model thread only; other threads
 read the byte counts they leave behind.
@@ -15,6 +16,7 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,32 +25,81 @@ import numpy as np
 
 from oncoseg.errors import NotFoundError, TooLargeError
 from oncoseg.image import MedicalImage
+from oncoseg.models.base import MaskPrediction
 from oncoseg.predictor import Predictor
+from oncoseg.prompts import Prompt
+from oncoseg.session import SegmentedObject, Session
 
 
-@dataclass
-class Session:
+class WatchedPredictor(Predictor):
+    """A `Predictor` that remembers its last answer and tells a listener about every answer (slice, mask,
+    score): the service shows a 3D job's slices as the model answers them and tells "the model found nothing"
+    from a refusal before any model work."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last: tuple[int | None, MaskPrediction] | None = None
+        self.listener: Callable[[int | None, MaskPrediction], None] | None = None
+
+    def predict(self, prompts, z=None, mask_input=None) -> MaskPrediction:
+        answer = super().predict(prompts, z, mask_input)
+        if z is None and isinstance(prompts, Prompt):
+            z = prompts.z
+        self.last = (z, answer)
+        if self.listener is not None:
+            self.listener(z, answer)
+        return answer
+
+
+@dataclass(eq=False)
+class OpenImage:
+    """An image open in the service: the core `Session` that does every model action on it, and the one
+    result the HTTP routes show (`obj`, an object of that session)."""
+
     id: str
-    image: MedicalImage
-    predictor: Predictor
-    folder: Path | None = None  # files this session owns (uploaded file, downloaded DICOM series)
+    core: Session
+    folder: Path | None = None  # files this image owns (uploaded file, downloaded DICOM series)
     source: str = "upload"  # "upload", "pacs" or "datastore"
     study_uid: str | None = None
     series_uid: str | None = None
-    result: np.ndarray | None = None  # bool mask with the image's spatial shape
+    obj: SegmentedObject | None = None  # the current result: the core session's one object
+    shown_empty: bool = (
+        False  # the latest prompt found nothing: the result is empty (obj kept for more clicks)
+    )
+    text_mask: np.ndarray | None = None  # a text prompt's instances (no object of the core session)
     result_info: dict[str, Any] = field(default_factory=dict)
-    last_clicks: tuple = ()  # the clicks (no box) behind a slice result, to recognise a refining click
-    last_region: tuple | None = None  # (z, x0, y0, x1, y1) of the last non-empty result of those clicks
+    jobs: OrderedDict = field(default_factory=OrderedDict)  # job id -> `jobs.Job`, newest last
     last_used: float = field(default_factory=time.monotonic)
     last_viewed: int | None = None  # the slice last shown to the user (for embedding prefetch)
     size: int = 0  # bytes at the last `SessionStore.enforce` (readable from any thread)
 
     @property
+    def image(self) -> MedicalImage:
+        return self.core.image
+
+    @property
+    def predictor(self) -> WatchedPredictor:
+        return self.core.predictor
+
+    @property
+    def result(self) -> np.ndarray | None:
+        """The current result: a bool mask with the image's spatial shape (None before any prompt)."""
+        if self.text_mask is not None:
+            return self.text_mask
+        if self.shown_empty:
+            return np.zeros(self.image.shape, dtype=bool)
+        return None if self.obj is None else self.obj.mask
+
+    @property
+    def has_result(self) -> bool:
+        result = self.result
+        return result is not None and bool(result.any())
+
+    @property
     def nbytes(self) -> int:
-        result = 0 if self.result is None else self.result.nbytes
-        return int(
-            self.image.array.nbytes + self.predictor.pixels_nbytes + self.predictor.cache_nbytes + result
-        )
+        held = sum(mask.nbytes for mask in (self.text_mask, self.obj and self.obj.mask) if mask is not None)
+        predictor = self.core.predictor
+        return int(self.image.array.nbytes + predictor.pixels_nbytes + predictor.cache_nbytes + held)
 
     @property
     def dicom_folder(self) -> Path | None:
@@ -65,22 +116,24 @@ class Session:
             num_slices=self.image.num_slices,
             is_3d=self.image.is_3d,
             dicom=self.dicom_folder is not None,
-            has_result=self.result is not None and bool(self.result.any()),
+            has_result=self.has_result,
             warnings=list(self.image.metadata.get("warnings", [])),  # e.g. skipped unreadable DICOM files
         )
         return facts
 
     def close(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancel()
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class SessionStore:
-    """Sessions by id, least recently used first, under ``budget_bytes`` (thread-safe)."""
+    """Open images by id, least recently used first, under ``budget_bytes`` (thread-safe)."""
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes = int(budget_bytes)
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._sessions: OrderedDict[str, OpenImage] = OrderedDict()
         self._lock = threading.RLock()
         self.evicted_sessions = 0
         self.high_water_bytes = 0
@@ -90,44 +143,44 @@ class SessionStore:
     def new_id() -> str:
         return secrets.token_urlsafe(9)
 
-    def add(self, session: Session) -> Session:
-        size = session.nbytes
+    def add(self, entry: OpenImage) -> OpenImage:
+        size = entry.nbytes
         if size > self.budget_bytes:
-            session.close()
+            entry.close()
             raise TooLargeError(
                 f"this image needs {size / 2**20:.0f} MiB, more than the service's memory budget "
                 f"({self.budget_bytes / 2**20:.0f} MiB): start it with a larger --memory-budget"
             )
         with self._lock:
-            self._sessions[session.id] = session
-            self.enforce(session.id)
-        return session
+            self._sessions[entry.id] = entry
+            self.enforce(entry.id)
+        return entry
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str) -> OpenImage:
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None:
+            entry = self._sessions.get(session_id)
+            if entry is None:
                 raise NotFoundError(
                     f"unknown image id {session_id!r}: open the image first (it may have been closed)"
                 )
             self._sessions.move_to_end(session_id)
-            session.last_used = time.monotonic()
-            return session
+            entry.last_used = time.monotonic()
+            return entry
 
-    def find(self, key: str) -> Session | None:
-        """A session by id without raising (and without refreshing its place in the LRU order)."""
+    def find(self, key: str) -> OpenImage | None:
+        """A entry by id without raising (and without refreshing its place in the LRU order)."""
         with self._lock:
             return self._sessions.get(key)
 
     def remove(self, session_id: str) -> None:
         with self._lock:
-            session = self._sessions.pop(session_id, None)
-            if session is None:
+            entry = self._sessions.pop(session_id, None)
+            if entry is None:
                 raise NotFoundError(f"unknown image id {session_id!r}")
-            self.current_bytes = max(0, self.current_bytes - session.size)
-        session.close()
+            self.current_bytes = max(0, self.current_bytes - entry.size)
+        entry.close()
 
-    def list(self) -> list[Session]:
+    def list(self) -> list[OpenImage]:
         with self._lock:
             return list(self._sessions.values())
 
@@ -137,26 +190,26 @@ class SessionStore:
             return sum(s.nbytes for s in self._sessions.values())
 
     def enforce(self, active_id: str | None = None) -> None:
-        """Free memory until the total fits the budget: embeddings of idle sessions, then idle sessions,
+        """Free memory until the total fits the budget: embeddings of idle images, then idle images,
         then older embeddings of the active one (its newest embedding is always kept)."""
         with self._lock:
             total = self.nbytes()
-            for session in list(self._sessions.values()):
+            for entry in list(self._sessions.values()):
                 if total <= self.budget_bytes:
                     break
-                if session.id == active_id:
+                if entry.id == active_id:
                     continue
-                before = session.nbytes
-                session.predictor.trim_cache(0)
-                total -= before - session.nbytes
+                before = entry.nbytes
+                entry.predictor.trim_cache(0)
+                total -= before - entry.nbytes
             for session_id in list(self._sessions):
                 if total <= self.budget_bytes:
                     break
                 if session_id == active_id:
                     continue
-                session = self._sessions.pop(session_id)
-                total -= session.nbytes
-                session.close()
+                entry = self._sessions.pop(session_id)
+                total -= entry.nbytes
+                entry.close()
                 self.evicted_sessions += 1
             active = self._sessions.get(active_id) if active_id else None
             if total > self.budget_bytes and active is not None:
@@ -164,8 +217,8 @@ class SessionStore:
                 fixed = active.nbytes - active.predictor.cache_nbytes
                 active.predictor.trim_cache(max(0, self.budget_bytes - others - fixed), keep=1)
                 total = self.nbytes()
-            for session in self._sessions.values():
-                session.size = session.nbytes
+            for entry in self._sessions.values():
+                entry.size = entry.nbytes
             self.current_bytes = sum(s.size for s in self._sessions.values())
             self.high_water_bytes = max(self.high_water_bytes, self.current_bytes)
 
@@ -183,5 +236,5 @@ class SessionStore:
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
-        for session in sessions:
-            session.close()
+        for entry in sessions:
+            entry.close()

@@ -1,5 +1,6 @@
 """What the service does, without HTTP: open images (upload, DICOMweb), segment a slice from clicks/boxes,
-propagate in 3D, measure, render PNGs, store results back to the PACS. The routes in `app` and `monailabel`
+propagate in 3D and correct a 3D result on any slice (as jobs with progress and cancel), measure, render PNGs,
+download the result, store it back to the PACS. The routes in `app` and `monailabel`
 are thin shells over `Engine`; model work runs on the `ModelWorker` thread.
 """
 
@@ -15,13 +16,14 @@ import threading
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
-from oncoseg.errors import ConflictError, OncoSegError, PromptError
+from oncoseg.errors import ConflictError, EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.measure import measure
 from oncoseg.models.base import MaskPrediction
@@ -30,10 +32,11 @@ from oncoseg.pacs import PacsClient, uid_hash
 from oncoseg.predictor import Predictor, blank_error
 from oncoseg.prompts import Box, Point, Prompt, validate_prompt
 from oncoseg.render import DEFAULT_CT_PRESET, mask_rgba, mask_to_polygons, png_bytes, window_slice
-from oncoseg.service.cache import NotFoundError, Session, SessionStore
+from oncoseg.service.cache import NotFoundError, OpenImage, SessionStore, WatchedPredictor
+from oncoseg.service.jobs import CANCELLED, DONE, FAILED, FINISHED, KEEP_JOBS, Job, JobCancelled, walk_extent
 from oncoseg.service.worker import BusyError, ModelWorker
-from oncoseg.session import grown_box
-from oncoseg.volume import PropagationSettings, propagate
+from oncoseg.session import SegmentedObject, Session
+from oncoseg.volume import PropagationSettings
 
 log = logging.getLogger("oncoseg.service")
 
@@ -107,7 +110,11 @@ def build_prompt(
 
 
 class Engine:
-    """Open images and answer prompts on them; one per service process."""
+    """Open images and answer prompts on them; one per service process. Every model action on an image goes
+    through its core `oncoseg.session.Session` (`OpenImage.core`): a click or box on a slice is
+    `Session.segment`, or `Session.refine` when it adds to the clicks behind the current result there;
+    propagation is `Session.segment(..., volume=True)`; a correction on a slice of a 3D result is
+    `Session.refine`, which walks the volume again from that slice."""
 
     def __init__(self, config: ServiceConfig, backend=None):
         self.config = config
@@ -118,6 +125,7 @@ class Engine:
         )
         self.store = SessionStore(config.budget_bytes)
         self.upload_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_uploads))
+        self._jobs_lock = threading.Lock()
         self._own_workdir = config.workdir is None
         self.workdir = Path(config.workdir or tempfile.mkdtemp(prefix="oncoseg-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,11 +141,14 @@ class Engine:
     def warm_up(self) -> float:
         """Run the encoder and decoder once on a dummy 512x512 slice (first real click is then fast)."""
         start = time.perf_counter()
-        predictor = Predictor(self.backend)
         rng = np.random.default_rng(0)
-        predictor.set_image(MedicalImage.from_array(rng.random((512, 512), dtype=np.float32)))
-        predictor.predict(Prompt(points=(Point(256, 256),)))
-        predictor.predict(Prompt(box=Box(200, 200, 300, 300)))
+        image = MedicalImage.from_array(rng.random((512, 512), dtype=np.float32))
+        session = Session(image, Predictor(self.backend))
+        for prompt in (Prompt(points=(Point(256, 256),)), Prompt(box=Box(200, 200, 300, 300))):
+            try:
+                session.segment(prompt)
+            except EmptyResultError:  # noise may hold nothing: the model ran all the same
+                pass
         self.warm = True
         return time.perf_counter() - start
 
@@ -147,8 +158,6 @@ class Engine:
         if self.pacs is not None:
             self.pacs.close()
         if self._own_workdir:
-            import shutil
-
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def health(self) -> dict[str, Any]:
@@ -172,27 +181,26 @@ class Engine:
         session_id: str | None = None,
         study_uid: str | None = None,
         series_uid: str | None = None,
-    ) -> Session:
-        def create() -> Session:  # on the model thread, like every change to the sessions' caches
-            predictor = Predictor(self.backend, cache_slices=100_000)  # bounded by bytes in SessionStore
-            predictor.set_image(image)
-            session = Session(
+    ) -> OpenImage:
+        """An `OpenImage` over a core `Session` with its own predictor (embeddings bounded by bytes in the
+        `SessionStore`, not by count)."""
+
+        def create() -> OpenImage:  # on the model thread, like every change to the images' caches
+            core = Session(image, WatchedPredictor(self.backend, cache_slices=100_000))
+            opened = OpenImage(
                 session_id or self.store.new_id(),
-                image,
-                predictor,
+                core,
                 folder=folder,
                 source=source,
                 study_uid=study_uid or image.metadata.get("StudyInstanceUID"),
                 series_uid=series_uid or image.metadata.get("SeriesInstanceUID"),
             )
-            return self.store.add(session)
+            return self.store.add(opened)
 
         try:
             return self.worker.call(create)
         except BaseException:
             if folder is not None:
-                import shutil
-
                 shutil.rmtree(folder, ignore_errors=True)
             raise
 
@@ -201,7 +209,7 @@ class Engine:
         folder.mkdir(parents=True)
         return folder
 
-    def open_upload(self, filename: str, data: bytes | BinaryIO, modality: str | None = None) -> Session:
+    def open_upload(self, filename: str, data: bytes | BinaryIO, modality: str | None = None) -> OpenImage:
         """An uploaded image file (NIfTI, NRRD, MHA, PNG/JPEG/TIFF, one DICOM file) or a .zip of a DICOM series.
 
         ``data`` is the bytes or a readable, seekable file (it is copied in chunks, never held whole). At most
@@ -245,11 +253,11 @@ class Engine:
         study_uid: str | None = None,
         modality: str | None = None,
         session_id: str | None = None,
-    ) -> Session:
-        """A series from the PACS by UID, retrieved with DICOMweb (WADO-RS); reuses an open session."""
-        for session in self.store.list():
-            if session.series_uid == series_uid and session.source == "pacs":
-                return self.store.get(session.id)
+    ) -> OpenImage:
+        """A series from the PACS by UID, retrieved with DICOMweb (WADO-RS); reuses an open image."""
+        for opened in self.store.list():
+            if opened.series_uid == series_uid and opened.source == "pacs":
+                return self.store.get(opened.id)
         pacs = self.require_pacs()
         if not study_uid:
             found = pacs.qido_series(SeriesInstanceUID=series_uid)
@@ -260,8 +268,6 @@ class Engine:
         try:
             image = pacs.load_dicomweb_series(study_uid, series_uid, folder / "dicom", modality=modality)
         except BaseException:
-            import shutil
-
             shutil.rmtree(folder, ignore_errors=True)
             raise
         log.info("opened series %s from the PACS: %s", uid_hash(series_uid), image.shape)
@@ -276,9 +282,9 @@ class Engine:
         return [s.as_dict() for s in series]
 
     # ------------------------------------------------------------------ prompts
-    def check_prompt(self, session: Session, prompt: Prompt, z: int | None) -> int | None:
+    def check_prompt(self, opened: OpenImage, prompt: Prompt, z: int | None) -> int | None:
         """Validate before queueing (bad input never occupies the model). Returns the slice index."""
-        image = session.image
+        image = opened.image
         if image.is_3d:
             if z is None:
                 raise PromptError(f"this is a volume of {image.num_slices} slices: give the slice index z")
@@ -292,82 +298,123 @@ class Engine:
         return z
 
     def segment(
-        self, session: Session, prompt: Prompt, z: int | None, overlay: bool = True, outlines: bool = True
+        self, opened: OpenImage, prompt: Prompt, z: int | None, overlay: bool = True, outlines: bool = True
     ) -> dict[str, Any]:
-        """Model thread: one slice from a prompt; becomes the session's result."""
+        """Model thread: one slice from a prompt; becomes the image's result. Clicks that add to the clicks
+        behind the current slice result refine it (`Session.refine`, the core's grown-box rule); anything else
+        starts afresh (`Session.segment`). The model finding nothing is an empty result (``"empty": true``);
+        a blank region under the prompt is refused (EmptyResultError) and keeps the result."""
         start = time.perf_counter()
-        cached = session.predictor.is_cached(z)
-        clicks = prompt.points if prompt.box is None else ()
-        asked = refining_prompt(session, prompt, z) or prompt
-        self._refuse_blank(session, asked, z)
-        prediction = session.predictor.predict(asked.on_slice(z), z=z)
-        mask = prediction.masks[0]
-        session.last_clicks = clicks
-        if asked is prompt:  # a fresh start: forget the region of earlier clicks
-            session.last_region = None
-        if mask.any():
-            session.last_region = (z, *bounding_box(mask))
-        self._keep_slice_result(session, z, mask, {"score": float(prediction.scores[0])})
+        predictor = opened.predictor
+        cached = predictor.is_cached(z)
+        prompt = prompt.on_slice(z)
+        added = added_clicks(opened, prompt, z)
+        if added is not None:
+            predictor.last = None
+            try:
+                opened.core.refine(opened.obj, Prompt(points=added), repropagate=False)
+                opened.shown_empty = False
+            except EmptyResultError:
+                if predictor.last is None:  # refused before any model work (blank under the grown box)
+                    raise
+                opened.shown_empty = (
+                    True  # the clicks removed everything: the object stays for the next click
+                )
+        else:
+            self._replace_result(opened, lambda: opened.core.segment(prompt), empty_ok=True)
+        self._keep_info(opened, {"kind": "slice", "z": z})
+        mask = self._slice_of(opened, z)
+        score = float(predictor.last[1].scores[0])
+        opened.result_info["score"] = score
         answer = {
-            "image_id": session.id,
+            "image_id": opened.id,
             "z": z,
-            "score": round(float(prediction.scores[0]), 4),
+            "score": round(score, 4),
             "embedding_cached": cached,
-            "refined": asked is not prompt,
+            "refined": added is not None,
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
-            "measurements": self._measure(mask, session.image, slice_only=True),
-            "warnings": list(session.image.metadata.get("warnings", [])),
+            "measurements": self._measure(mask, opened.image, slice_only=True),
+            "warnings": list(opened.image.metadata.get("warnings", [])),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
 
+    def _replace_result(self, opened: OpenImage, make, empty_ok: bool = False) -> SegmentedObject | None:
+        """Run ``make`` (a core segment) to make the image's new result. The old object leaves the core session
+        first (so the new one takes its label, 1) and comes back when ``make`` fails or is cancelled. With
+        ``empty_ok`` the model finding nothing (after it ran) gives an empty result instead of the error."""
+        core, previous = opened.core, opened.obj
+        if previous is not None:
+            core.remove(previous)
+        opened.predictor.last = None
+        try:
+            obj = make()
+        except EmptyResultError:
+            if empty_ok and opened.predictor.last is not None:
+                opened.obj, opened.shown_empty = None, True
+                return None
+            self._restore(opened, previous)
+            raise
+        except BaseException:
+            self._restore(opened, previous)
+            raise
+        opened.obj, opened.shown_empty = obj, False
+        return obj
+
     @staticmethod
-    def _refuse_blank(session: Session, prompt: Prompt, z: int | None) -> None:
-        """EmptyResultError when the pixels under the prompt are blank (constant, or no finite values)."""
-        reason = session.predictor.blank_reason(prompt.on_slice(z), z)
-        if reason is not None:
-            raise blank_error(f"slice {z}" if session.image.is_3d else "the image", reason)
+    def _restore(opened: OpenImage, previous: SegmentedObject | None) -> None:
+        if previous is not None and previous not in opened.core.objects:
+            opened.core.objects.append(previous)
 
-    def _keep_slice_result(self, session: Session, z: int | None, mask: np.ndarray, info: dict) -> None:
-        """A 2D mask on slice ``z`` becomes the session's result (the rest of a volume empty)."""
-        if session.image.is_3d:
-            result = np.zeros(session.image.shape, dtype=bool)
-            result[z] = mask
-        else:
-            result = mask.copy()
-        session.result = result
-        session.result_info = {"kind": "slice", "z": z, **info}
-        self.store.enforce(session.id)
+    def _keep_info(self, opened: OpenImage, info: dict[str, Any]) -> None:
+        opened.result_info = info
+        self.store.enforce(opened.id)
 
-    def check_text(self, session: Session, text: str, points, box, z: int | None) -> int | None:
+    @staticmethod
+    def _slice_of(opened: OpenImage, z: int | None) -> np.ndarray:
+        result = opened.result
+        return result[z] if opened.image.is_3d else result
+
+    def check_text(self, opened: OpenImage, text: str, points, box, z: int | None) -> int | None:
         """Validate a text request before queueing: no clicks or box with it, a valid slice, a known concept."""
         if points or box is not None:
             raise PromptError("a text prompt finds every instance by itself: send it without points or box")
         if not self.backend.supports_text:
             raise PromptError(f"the {self.backend.name} backend has no text prompts")
         self.backend.check_text(text)  # e.g. a concept outside the model's vocabulary, with the known ones
-        return self.check_prompt(session, Prompt(text=text), z)
+        return self.check_prompt(opened, Prompt(text=text), z)
 
     def segment_text(
-        self, session: Session, text: str, z: int | None, overlay: bool = True, outlines: bool = True
+        self, opened: OpenImage, text: str, z: int | None, overlay: bool = True, outlines: bool = True
     ) -> dict[str, Any]:
-        """Model thread: every instance of the concept ``text`` on one slice; their union becomes the result."""
+        """Model thread: every instance of the concept ``text`` on one slice; their union becomes the result
+        (an object of the core session, `Session.add`)."""
         start = time.perf_counter()
-        cached = session.predictor.is_cached(z)
-        shape = session.image.shape[-2:] if session.image.is_3d else session.image.shape
-        if (
-            session.predictor.blank_reason(Prompt(text=text), z) is not None
-        ):  # nothing to find on a blank slice
+        predictor = opened.predictor
+        cached = predictor.is_cached(z)
+        image = opened.image
+        shape = image.shape[-2:] if image.is_3d else image.shape
+        if predictor.blank_reason(Prompt(text=text), z) is not None:  # nothing to find on a blank slice
             found = MaskPrediction(np.zeros((0, *shape), bool), np.zeros(0, np.float32))
         else:
-            found = self.backend.detect(session.predictor.embedding(z), text)
+            found = self.backend.detect(predictor.embedding(z), text)
         mask = np.logical_or.reduce(found.masks, axis=0) if len(found.masks) else np.zeros(shape, bool)
-        session.last_clicks, session.last_region = (), None
         scores = [round(float(s), 4) for s in found.scores]
-        self._keep_slice_result(session, z, mask, {"text": text, "scores": scores})
+        whole = np.zeros(image.shape, dtype=bool)
+        if image.is_3d:
+            whole[z] = mask
+        else:
+            whole = mask.copy()
+        self._replace_result(
+            opened, lambda: opened.core.add(whole, name=text, score=scores[0] if scores else 0.0)
+        )
+        if not mask.any():
+            opened.core.remove(opened.obj)
+            opened.obj, opened.shown_empty = None, True
+        self._keep_info(opened, {"kind": "slice", "z": z, "text": text, "scores": scores})
         answer = {
-            "image_id": session.id,
+            "image_id": opened.id,
             "z": z,
             "text": text,
             "instances": len(scores),
@@ -377,46 +424,159 @@ class Engine:
             "refined": False,
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
-            "measurements": self._measure(mask, session.image, slice_only=True),
-            "warnings": list(session.image.metadata.get("warnings", [])),
+            "measurements": self._measure(mask, image, slice_only=True),
+            "warnings": list(image.metadata.get("warnings", [])),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
 
+    # ------------------------------------------------------------------ 3D
     def propagate(
-        self, session: Session, prompt: Prompt, z: int, max_slices: int | None = None
+        self,
+        opened: OpenImage,
+        prompt: Prompt,
+        z: int,
+        max_slices: int | None = None,
+        on_slice: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
-        """Model thread: segment slice ``z`` from the prompt and follow the object through the volume."""
-        if not session.image.is_3d:
+        """Model thread: segment slice ``z`` from the prompt and follow the object through the volume
+        (`Session.segment(..., volume=True)`); an error or a cancel (raised by ``on_slice``) keeps the result."""
+        if not opened.image.is_3d:
             raise OncoSegError("3D propagation needs a volume; this image is 2D")
         start = time.perf_counter()
-        self._refuse_blank(session, prompt, z)
-        settings = PropagationSettings(max_slices=max_slices)
+        core = opened.core
+        core.propagation = PropagationSettings(max_slices=max_slices)
         try:
-            result = propagate(session.predictor, prompt.on_slice(z), settings)
+            obj = self._replace_result(
+                opened,
+                lambda: core.segment(prompt.on_slice(z), volume=True, name="Lesion", on_slice=on_slice),
+            )
         finally:
-            self.store.enforce(session.id)
-        session.result = result.mask
-        session.result_info = {"kind": "volume", "z": z, "slices": list(result.slice_range)}
-        self.store.enforce(session.id)
+            self.store.enforce(opened.id)
+        return self._volume_answer(opened, obj, z, start)
+
+    def refine_volume(
+        self,
+        opened: OpenImage,
+        prompt: Prompt,
+        z: int,
+        max_slices: int | None = None,
+        on_slice: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Model thread: correct the 3D result on slice ``z`` (`Session.refine`): clicks are added to those
+        already given there (the ones the request repeats are not added twice), a box replaces them; the slice
+        is segmented again and the volume walked again from it up to the next corrected slice. An error or a
+        cancel (raised by ``on_slice``) changes nothing."""
+        obj = require_volume_result(opened)
+        start = time.perf_counter()
+        core = opened.core
+        if max_slices is not None:
+            core.propagation = replace(core.propagation, max_slices=max_slices)
+        try:
+            core.refine(obj, correction(obj, prompt.on_slice(z), z), repropagate=True, on_slice=on_slice)
+        finally:
+            self.store.enforce(opened.id)
+        answer = self._volume_answer(opened, obj, opened.result_info.get("z", z), start)
+        answer.update(refined=True, refined_slice=z)
+        return answer
+
+    def _volume_answer(self, opened: OpenImage, obj: SegmentedObject, z: int, start: float) -> dict[str, Any]:
+        slices = list(obj.slice_range)
+        anchors = sorted(a for a in obj.anchors if a is not None)
+        self._keep_info(opened, {"kind": "volume", "z": z, "slices": slices, "anchors": anchors})
         return {
-            "image_id": session.id,
+            "image_id": opened.id,
             "z": z,
-            "slices": list(result.slice_range),
-            "slice_scores": {str(k): round(v, 4) for k, v in sorted(result.slice_scores.items())},
-            "measurements": self._measure(result.mask, session.image),
-            "warnings": list(session.image.metadata.get("warnings", [])),
+            "slices": slices,
+            "slice_scores": {str(k): round(v, 4) for k, v in sorted(obj.slice_scores.items())},
+            "anchors": anchors,
+            "refined": False,
+            "measurements": self._measure(obj.mask, opened.image),
+            "warnings": list(opened.image.metadata.get("warnings", [])),
             "compute_ms": round(1000 * (time.perf_counter() - start), 1),
         }
 
-    def measurements(self, session: Session) -> dict[str, Any]:
-        if session.result is None or not session.result.any():
+    def start_job(
+        self, opened: OpenImage, action: str, prompt: Prompt, z: int, max_slices: int | None = None
+    ) -> Job:
+        """Queue a 3D job on the model thread and return at once: ``"propagate"`` (a new 3D result from the
+        prompt on slice ``z``) or ``"refine"`` (a correction on slice ``z`` of the 3D result). What can be
+        refused without model work is refused here: a 2D image, no 3D result to correct, a blank region, a job
+        already running on this image, a full queue (BusyError)."""
+        if not opened.image.is_3d:
+            raise OncoSegError("3D jobs need a volume; this image is 2D")
+        prompt = prompt.on_slice(z)
+        if action == "propagate":
+            opened.core.check(prompt, volume=True)
+            reason = opened.predictor.blank_reason(prompt, z)  # e.g. constant after the CT window
+            if reason is not None:
+                raise blank_error(f"slice {z}", reason)
+            job = Job(opened.id, action, z, walk_extent(opened.image.num_slices, z, max_slices))
+        elif action == "refine":
+            obj = require_volume_result(opened)
+            settings_max = max_slices if max_slices is not None else opened.core.propagation.max_slices
+            total = walk_extent(opened.image.num_slices, z, settings_max, [a for a in obj.anchors if a != z])
+            job = Job(opened.id, action, z, total, base=obj.mask)
+        else:
+            raise OncoSegError(f"action must be 'propagate' or 'refine', not {action!r}")
+        with self._jobs_lock:
+            if any(j.state not in FINISHED for j in opened.jobs.values()):
+                raise ConflictError("a 3D job is already running on this image: cancel it or wait for it")
+            self.worker.submit(self._run_job, opened, job, prompt, max_slices)
+            opened.jobs[job.id] = job
+            finished = [key for key, j in opened.jobs.items() if j.state in FINISHED]
+            for key in finished[: max(0, len(opened.jobs) - KEEP_JOBS)]:
+                del opened.jobs[key]
+        return job
+
+    def _run_job(self, opened: OpenImage, job: Job, prompt: Prompt, max_slices: int | None) -> None:
+        """Model thread: run ``job``; its state tells the outcome (the worker's future holds nothing)."""
+        if not job.start():
+            return
+        predictor = opened.predictor
+        predictor.listener = job.answered
+        try:
+            if self.store.find(opened.id) is not opened:
+                raise NotFoundError("the image was closed before the job started")
+            run = self.propagate if job.action == "propagate" else self.refine_volume
+            answer = run(opened, prompt, job.z, max_slices, on_slice=job.on_slice)
+        except JobCancelled:
+            job.finish(CANCELLED)
+        except Exception as error:  # noqa: BLE001 - the client reads it from the job
+            if not isinstance(error, OncoSegError):
+                log.error("3D job failed: %s", type(error).__name__)
+            job.finish(FAILED, error=error)
+        else:
+            job.finish(DONE, result=answer, final=opened.obj.mask)
+        finally:
+            predictor.listener = None
+
+    @staticmethod
+    def find_job(opened: OpenImage, job_id: str) -> Job:
+        job = opened.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(
+                "no such job on this image (it may be finished long ago or the image reopened)"
+            )
+        return job
+
+    def job_png(self, opened: OpenImage, job: Job, z: int) -> bytes:
+        """The job's mask on slice ``z`` as an overlay PNG (the slices finished so far while it runs)."""
+        check_slice(opened.image, z)
+        mask = job.view(z, opened.image.shape[-2:])
+        if mask is None:
+            raise ConflictError(f"the job was {job.state}: the image's result is unchanged (see its result)")
+        return png_bytes(mask_rgba(mask))
+
+    # ------------------------------------------------------------------ results
+    def measurements(self, opened: OpenImage) -> dict[str, Any]:
+        if not opened.has_result:
             raise ConflictError("no result yet: segment (or propagate) first")
         return {
-            "image_id": session.id,
-            **session.result_info,
-            "measurements": self._measure(session.result, session.image),
-            "warnings": list(session.image.metadata.get("warnings", [])),
+            "image_id": opened.id,
+            **opened.result_info,
+            "measurements": self._measure(opened.result, opened.image),
+            "warnings": list(opened.image.metadata.get("warnings", [])),
         }
 
     @staticmethod
@@ -426,30 +586,56 @@ class Engine:
         spacing = image.spacing[:2] if slice_only or mask.ndim == 2 else image.spacing
         return measure(mask, spacing).to_dict()
 
+    def download(self, opened: OpenImage, fmt: str = "nifti", name: str = "Lesion") -> tuple[Path, str]:
+        """The result as a file in a new temporary folder (the caller deletes the folder once it is sent):
+        ``"nifti"``, the label mask (1 = the object) on the image's grid and in its file's orientation, or
+        ``"seg"``, a DICOM SEG over the series the image was read from. Returns the file and its folder."""
+        from oncoseg.dicom import write_seg
+        from oncoseg.io import save_mask
+
+        if fmt not in ("nifti", "seg"):
+            raise OncoSegError(f"format must be 'nifti' or 'seg', not {fmt!r}")
+        if not opened.has_result:
+            raise ConflictError("no result to download: segment (or propagate) first")
+        obj, reference = opened.obj, opened.dicom_folder
+        if fmt == "seg" and (reference is None or not opened.image.is_3d):
+            raise ConflictError("DICOM SEG needs an image opened from a DICOM series; download NIfTI instead")
+        folder = self.workdir / "downloads" / self.store.new_id()
+        folder.mkdir(parents=True)
+        try:
+            if fmt == "nifti":
+                path = save_mask(opened.core.labels(), opened.image, folder / "oncoseg-result.nii.gz")
+            else:
+                path = write_seg({name: obj.mask}, reference, folder / "oncoseg-result-seg.dcm")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return path, folder
+
     # ------------------------------------------------------------------ store back
-    def store_result(self, session: Session, fmt: str, name: str) -> dict[str, Any]:
+    def store_result(self, opened: OpenImage, fmt: str, name: str) -> dict[str, Any]:
         """Write the result as DICOM SEG or RTSTRUCT over the source series and upload it to the PACS."""
         from oncoseg.dicom import write_rtstruct, write_seg
 
         pacs = self.require_pacs()
-        if session.result is None or not session.result.any():
+        if not opened.has_result:
             raise ConflictError("no result to store: segment (or propagate) first")
-        reference = session.dicom_folder
-        if reference is None or not session.image.is_3d:
+        reference = opened.dicom_folder
+        if reference is None or not opened.image.is_3d:
             raise ConflictError("only results on a DICOM series can be stored to the PACS as SEG/RTSTRUCT")
         writers = {"seg": write_seg, "rtstruct": write_rtstruct}
         if fmt not in writers:
             raise OncoSegError(f"format must be 'seg' or 'rtstruct', not {fmt!r}")
-        out = (session.folder or self.workdir) / "export" / f"{fmt}-{self.store.new_id()}.dcm"
+        out = (opened.folder or self.workdir) / "export" / f"{fmt}-{self.store.new_id()}.dcm"
         out.parent.mkdir(parents=True, exist_ok=True)
-        writers[fmt]({name: session.result}, reference, out)
+        writers[fmt]({name: opened.result}, reference, out)
         import pydicom
 
         header = pydicom.dcmread(out, stop_before_pixels=True)
         ids = pacs.upload(out)
         log.info("stored a %s (%d bytes) to the PACS", fmt.upper(), out.stat().st_size)
         return {
-            "image_id": session.id,
+            "image_id": opened.id,
             "format": fmt,
             "name": name,
             "sop_instance_uid": str(header.SOPInstanceUID),
@@ -458,35 +644,35 @@ class Engine:
         }
 
     # ------------------------------------------------------------------ pictures
-    def slice_png(self, session: Session, z: int | None, window: str | None = None) -> bytes:
-        image = session.image
+    def slice_png(self, opened: OpenImage, z: int | None, window: str | None = None) -> bytes:
+        image = opened.image
         check_slice(image, z)
         pixels = image.slice(z if image.is_3d else 0)
         return png_bytes(window_slice(pixels, image.channels, window or default_window(image)))
 
-    def prefetch(self, session: Session, z: int | None) -> None:
+    def prefetch(self, opened: OpenImage, z: int | None) -> None:
         """Compute slice ``z``'s embedding in the background if the model is idle, so the user's first click
-        there only runs the decoder. Only the slice a session viewed last is prefetched (fast scrolling
+        there only runs the decoder. Only the slice an image was viewed on last is prefetched (fast scrolling
         queues jobs that then skip themselves)."""
-        if session.predictor.is_cached(z) or self.worker.pending:
+        if opened.predictor.is_cached(z) or self.worker.pending:
             return
-        session.last_viewed = z
+        opened.last_viewed = z
 
         def job() -> None:
-            if self.worker.pending or session.last_viewed != z or self.store.find(session.id) is None:
+            if self.worker.pending or opened.last_viewed != z or self.store.find(opened.id) is None:
                 return
-            if not session.predictor.is_cached(z):
-                session.predictor.embedding(z)
-                self.store.enforce(session.id)
+            if not opened.predictor.is_cached(z):
+                opened.predictor.embedding(z)
+                self.store.enforce(opened.id)
 
         self.worker.background(job)
 
-    def result_png(self, session: Session, z: int | None) -> bytes:
-        if session.result is None:
+    def result_png(self, opened: OpenImage, z: int | None) -> bytes:
+        result = opened.result
+        if result is None:
             raise ConflictError("no result yet: segment (or propagate) first")
-        check_slice(session.image, z)
-        mask = session.result[z] if session.image.is_3d else session.result
-        return png_bytes(mask_rgba(mask))
+        check_slice(opened.image, z)
+        return png_bytes(mask_rgba(result[z] if opened.image.is_3d else result))
 
 
 # ---------------------------------------------------------------------- helpers
@@ -498,25 +684,44 @@ def check_slice(image: MedicalImage, z: int | None) -> None:
         raise PromptError(f"slice {z} given for a 2D image (use 0)")
 
 
-def refining_prompt(session: Session, prompt: Prompt, z: int | None) -> Prompt | None:
-    """A click added to the clicks behind the current result on this slice refines that result: the model gets
-    the result's box (grown to take in the positive clicks, plus a margin) with all the clicks, one decode,
-    instead of searching candidate boxes around the clicks anew. When an exclude click emptied the result, the
-    region of the last non-empty result stands in for it. None when the prompt is not such a refinement."""
-    previous, info = session.last_clicks, session.result_info
-    if prompt.box is not None or not previous or info.get("kind") != "slice" or info.get("z") != z:
+def added_clicks(opened: OpenImage, prompt: Prompt, z: int | None) -> tuple[Point, ...] | None:
+    """The clicks ``prompt`` adds when it repeats every click behind the current slice result on slice ``z``
+    and adds more (the web page sends all clicks on a slice each time): those are a refinement, given to
+    `Session.refine`. None when the prompt is not such a continuation (a box, another slice, a 3D result, a
+    result not made from clicks alone): then it starts afresh."""
+    obj = opened.obj
+    if obj is None or obj.volume or prompt.box is not None:
         return None
-    if len(prompt.points) <= len(previous) or tuple(prompt.points[: len(previous)]) != tuple(previous):
+    given = obj.anchors.get(z)
+    if given is None or given.box is not None or not given.points:
         return None
-    current = session.result[z] if session.image.is_3d else session.result
-    if current is not None and current.any():
-        x0, y0, x1, y1 = bounding_box(current)
-    elif session.last_region is not None and session.last_region[0] == z:
-        x0, y0, x1, y1 = session.last_region[1:]
-    else:
+    count = len(given.points)
+    if len(prompt.points) <= count or tuple(prompt.points[:count]) != tuple(given.points):
         return None
-    box = grown_box((x0, y0, x1, y1), prompt.points, current.shape, z)  # the Session's correction rule
-    return Prompt(box=box, points=prompt.points)
+    return tuple(prompt.points[count:])
+
+
+def correction(obj: SegmentedObject, prompt: Prompt, z: int) -> Prompt:
+    """What a correction request on slice ``z`` of a 3D result gives `Session.refine`: a box as it is (it
+    replaces the slice's prompt); else the clicks not yet given there (a request that repeats the slice's
+    clicks, as the web page's does, adds only the new ones)."""
+    if prompt.box is not None:
+        return prompt
+    given = obj.anchors.get(z)
+    known = given.points if given is not None else ()
+    if known and tuple(prompt.points[: len(known)]) == tuple(known):
+        if len(prompt.points) == len(known):
+            raise PromptError(f"these clicks are already applied on slice {z}: add a click or a box")
+        return Prompt(points=tuple(prompt.points[len(known) :]))
+    return prompt
+
+
+def require_volume_result(opened: OpenImage) -> SegmentedObject:
+    """The image's 3D result, or ConflictError."""
+    obj = opened.obj
+    if obj is None or not obj.volume or opened.shown_empty:
+        raise ConflictError("no 3D result to correct: propagate first")
+    return obj
 
 
 def bounding_box(mask: np.ndarray) -> tuple[float, float, float, float]:

@@ -36,7 +36,7 @@ from oncoseg import __version__
 from oncoseg.errors import OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.prompts import Point, Prompt
-from oncoseg.service.cache import NotFoundError, Session
+from oncoseg.service.cache import NotFoundError, OpenImage
 from oncoseg.service.core import UPLOAD_SUFFIXES, Engine, ServiceConfig, file_ext
 from oncoseg.service.security import token_matches
 
@@ -300,7 +300,7 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
             raise NotFoundError("no such label in the datastore")
         return FileResponse(path, filename=path.name)
 
-    def resolve(image_id: str, upload: tuple[str, BinaryIO] | None) -> Session:
+    def resolve(image_id: str, upload: tuple[str, BinaryIO] | None) -> OpenImage:
         if upload is not None:
             name, data = upload
             return engine.open_upload(name, data)
@@ -320,7 +320,9 @@ def monailabel_router(engine: Engine, config: ServiceConfig) -> APIRouter:
             "unknown image: upload it to the datastore first (or configure a PACS for series UIDs)"
         )
 
-    def run_infer(model: str, session: Session, request: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    def run_infer(
+        model: str, session: OpenImage, request: dict[str, Any]
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         image = session.image
         foreground = [file_to_array_index(p, image) for p in clicks_of(request, "foreground")]
         background = [file_to_array_index(p, image) for p in clicks_of(request, "background")]
