@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         document = {
             "command": command,
             "environment": environment(),
+            # set when the run uses a clean export of a commit (others' uncommitted edits left out)
+            "source_commit": os.environ.get("ONCOSEG_SOURCE_COMMIT"),
             "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
             "protocol": (
                 "CVPR 2025 interactive 3D segmentation challenge rules as in oncoseg.evaluate.interactive: "
