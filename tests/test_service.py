@@ -304,3 +304,96 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
         capture_output=True, encoding="utf-8", check=False, timeout=120, env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert result.returncode == 2 and "refusing to listen on 0.0.0.0 without a token" in result.stderr
+
+
+LIVER_BOX = [107, 196, 269, 374]
+
+
+def _poll(api, url: str, until=("done", "cancelled", "failed"), timeout: float = 600) -> tuple[dict, list]:
+    """Poll a job until it reaches one of ``until``; returns it and every state seen on the way."""
+    import time
+
+    seen, deadline = [], time.monotonic() + timeout
+    while True:
+        job = api.get(url).json()
+        seen.append(job)
+        if job["state"] in until:
+            return job, seen
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
+def _result_volume(api, image_id: str, slices: int = 20) -> np.ndarray:
+    pictures = [api.get(f"/api/images/{image_id}/result/{z}").content for z in range(slices)]
+    return np.stack([np.asarray(Image.open(io.BytesIO(p)).convert("RGBA"))[..., 3] > 0 for p in pictures])
+
+
+def test_3d_jobs_correct_any_slice_cancel_and_download(api, opened, pacs, tmp_path):
+    """Propagation as a job (progress to its total, per-slice scores), a box on another slice corrects the 3D
+    result there and re-walks up to the propagation's slice only, a cancelled job leaves the result as it was,
+    and the download (NIfTI, DICOM SEG) holds exactly that result on the image's grid."""
+    image_id = opened["image_id"]
+    url = f"/api/images/{image_id}/jobs"
+    started = api.post(url, json={"z": Z, "box": LIVER_BOX, "max_slices": 3})
+    assert started.status_code == 202, started.text
+    job, seen = _poll(api, f"{url}/{started.json()['job_id']}")
+    assert job["state"] == "done" and job["done"] == job["total"] >= 5, job
+    dones = [j["done"] for j in seen]
+    assert dones == sorted(dones) and all(j["total"] == 7 for j in seen if j["state"] != "done")
+    result = job["result"]
+    low, high = result["slices"]
+    assert Z - 3 <= low < Z < high <= Z + 3 and result["anchors"] == [Z]
+    assert set(result["slice_scores"]) == {str(z) for z in range(low, high + 1)} == set(job["slice_scores"])
+    assert all(0 < s <= 1 for s in result["slice_scores"].values())
+    before = _result_volume(api, image_id)
+    assert set(np.flatnonzero(before.any(axis=(1, 2)))) == set(range(low, high + 1))
+
+    # a box over the liver's left half on slice Z + 2: that slice follows the box, the walk starts again
+    # from it (Z + 1 below, up to 3 slices above) and stops before slice Z, the propagation's anchor
+    half = [107, 196, 188, 374]
+    fix = api.post(url, json={"action": "refine", "z": Z + 2, "box": half})
+    assert fix.status_code == 202, fix.text
+    job, _ = _poll(api, f"{url}/{fix.json()['job_id']}")
+    assert job["state"] == "done", job
+    assert job["result"]["anchors"] == [Z, Z + 2] and job["result"]["refined"]
+    assert str(Z + 2) in job["result"]["slice_scores"]
+    after = _result_volume(api, image_id)
+    np.testing.assert_array_equal(after[: Z + 1], before[: Z + 1])  # the anchor and beyond: unchanged
+    assert after[Z + 2, :, 200:].sum() < 0.2 * before[Z + 2, :, 200:].sum()  # the right half is gone
+    assert after[Z + 2].any() and not np.array_equal(after[Z + 1], before[Z + 1])  # re-walked neighbour
+
+    # a propagation cancelled once it has started leaves the corrected result as it was
+    started = api.post(url, json={"z": Z - 1, "box": LIVER_BOX})
+    assert started.status_code == 202, started.text
+    job_url = f"{url}/{started.json()['job_id']}"
+    _poll(api, job_url, until=("running", "done", "cancelled", "failed"))
+    cancel = api.delete(job_url)
+    assert cancel.status_code == 200 and cancel.json()["job_id"] == started.json()["job_id"]
+    job, _ = _poll(api, job_url)
+    assert job["state"] == "cancelled" and job["result"] is None and job["done"] < job["total"], job
+    np.testing.assert_array_equal(_result_volume(api, image_id), after)
+    assert api.get(f"/api/images/{image_id}/measurements").json()["anchors"] == [Z, Z + 2]
+
+    # the download: a NIfTI label mask on the image's grid, a DICOM SEG over the series
+    answer = api.get(f"/api/images/{image_id}/download")
+    assert answer.status_code == 200, answer.text
+    (tmp_path / "label.nii.gz").write_bytes(answer.content)
+    label = load_image(tmp_path / "label.nii.gz")
+    assert label.shape == (20, 512, 512) and set(np.unique(label.array)) == {0, 1}
+    assert label.spacing == pytest.approx(opened["spacing_mm"], abs=1e-3)
+    assert label.origin == pytest.approx(opened["origin_mm"], abs=1e-3)
+    np.testing.assert_array_equal(label.array > 0, after)
+    seg = api.get(f"/api/images/{image_id}/download", params={"format": "seg", "name": "Liver"})
+    assert seg.status_code == 200, seg.text
+    (tmp_path / "seg.dcm").write_bytes(seg.content)
+    reference = tmp_path / "ct"
+    reference.mkdir()
+    for index, instance in enumerate(
+        httpx.get(f"{pacs.url}/series/{_orthanc_series(pacs)}/instances").json()
+    ):
+        (reference / f"{index}.dcm").write_bytes(
+            httpx.get(f"{pacs.url}/instances/{instance['ID']}/file").content
+        )
+    (name, mask), *_ = read_seg(tmp_path / "seg.dcm", reference).items()
+    assert name == "Liver"
+    np.testing.assert_array_equal(mask, after)

@@ -292,3 +292,52 @@ def test_deeply_nested_json_is_a_bad_request(client):
         "/api/images/none/segment", content=body, headers={"Content-Type": "application/json"}
     )
     assert 400 <= answer.status_code < 500, answer.text
+
+
+def test_jobs_and_downloads_refuse_what_does_not_exist(client):
+    volume = np.random.default_rng(2).integers(10, 200, (6, 32, 32)).astype(np.int16)
+    data = nibabel.Nifti1Image(volume.T, np.eye(4)).to_bytes()
+    first, other = (_upload(client, f"{name}.nii", data).json()["image_id"] for name in ("a", "b"))
+    assert client.get(f"/api/images/{first}/download").status_code == 409  # before any result
+    assert client.get(f"/api/images/{first}/download?format=exe").status_code == 422
+    refine = client.post(
+        f"/api/images/{first}/jobs", json={"action": "refine", "z": 2, "box": [4, 4, 20, 20]}
+    )
+    assert refine.status_code == 409 and "propagate first" in refine.json()["detail"]
+    engine = client.app.state.engine
+    job = client.post(f"/api/images/{first}/jobs", json={"z": 2, "box": [4, 4, 20, 20]}).json()
+    engine.worker.call(lambda: None)  # the job has run
+    assert client.get(f"/api/images/{first}/jobs/{job['job_id']}").json()["state"] == "done"
+    for method in ("GET", "DELETE"):
+        for url in (
+            f"/api/images/{other}/jobs/{job['job_id']}",  # another image's job
+            f"/api/images/{first}/jobs/no-such-job",
+            f"/api/images/no-such-image/jobs/{job['job_id']}",
+        ):
+            answer = client.request(method, url)
+            assert answer.status_code == 404 and answer.json()["code"] == "not_found", (method, url)
+    assert client.get(f"/api/images/{other}/jobs/{job['job_id']}/result/2").status_code == 404
+    for z in (-1, 6):
+        assert client.get(f"/api/images/{first}/jobs/{job['job_id']}/result/{z}").status_code == 422
+    assert client.get(f"/api/images/{other}/download").status_code == 409  # the other image has no result
+    assert client.get(f"/api/images/{first}/download").status_code == 200
+    bad = [
+        {"action": "delete", "z": 2, "box": [4, 4, 20, 20]},
+        {"z": 9, "box": [4, 4, 20, 20]},
+        {"z": 2, "box": [4, 4, 20, 20], "max_slices": 0},
+        {"z": 2},
+    ]
+    for body in bad:
+        answer = client.post(f"/api/images/{first}/jobs", json=body)
+        assert answer.status_code == 422, (body, answer.text)
+    flat = _upload(client, "flat.png", _png(np.arange(1024, dtype=np.uint8).reshape(32, 32))).json()[
+        "image_id"
+    ]
+    answer = client.post(f"/api/images/{flat}/jobs", json={"box": [4, 4, 20, 20]})
+    assert answer.status_code == 400 and "volume" in answer.json()["detail"]
+    blank = np.zeros((4, 32, 32), np.int16)
+    blank_id = _upload(client, "blank.nii", nibabel.Nifti1Image(blank.T, np.eye(4)).to_bytes()).json()[
+        "image_id"
+    ]
+    answer = client.post(f"/api/images/{blank_id}/jobs", json={"z": 1, "box": [4, 4, 20, 20]})
+    assert answer.status_code == 422 and answer.json()["code"] == "empty_result"  # refused before queueing

@@ -52,7 +52,7 @@ class Job:
     base: np.ndarray | None = None
     id: str = field(default_factory=lambda: secrets.token_urlsafe(9))
     state: str = QUEUED
-    done: int = 0  # slices the model answered
+    done: int = 0  # slices the model answered (or the walk reached: a backend's own tracker answers unseen)
     result: dict[str, Any] | None = None  # the 3D answer, once done
     error: BaseException | None = None
     final: np.ndarray | None = None  # the result mask the job made
@@ -63,6 +63,7 @@ class Job:
     _answers: dict = field(default_factory=dict)  # z -> (mask, score) the model gave, not yet walked from
     _candidates: dict = field(default_factory=dict)  # z -> (mask, score) walked to, kept if the walk goes on
     _finished_slices: dict = field(default_factory=dict)  # z -> (mask, score) the walk kept
+    _seen: set = field(default_factory=set)  # slices answered or reached
 
     # ------------------------------------------------------------------ control
     def cancel(self) -> None:
@@ -100,7 +101,8 @@ class Job:
         """The predictor's listener: the model answered slice ``z``."""
         mask, score = prediction.masks[0], float(prediction.scores[0])
         with self._lock:
-            self.done += 1
+            self._seen.add(z)
+            self.done = len(self._seen)
             if z == self.z and z not in self._finished_slices:
                 if mask.any():  # the start slice is kept as the model gave it
                     self._finished_slices[z] = (mask, score)
@@ -113,6 +115,9 @@ class Job:
         neighbour)."""
         if self._cancel.is_set():
             raise JobCancelled(f"job {self.id} cancelled")
+        with self._lock:
+            self._seen.add(z)
+            self.done = len(self._seen)
         if z == self.z:
             return
         previous = z - (1 if z > self.z else -1)
