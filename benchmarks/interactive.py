@@ -101,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--box3d-limit", type=int, default=4, help="cases per dataset for box3d (default 4)")
     parser.add_argument("--clicks", type=int, default=5)
+    parser.add_argument(
+        "--targets", help="comma-separated target names to run (default: the dataset's defaults)"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--hippocampus-parts", action="store_true", help="also score Anterior and Posterior")
     parser.add_argument(
         "--quick", action="store_true", help="1 hippocampus case, 2 clicks, box2d (for tests)"
     )
     parser.add_argument("--resume", action="store_true", help="skip targets already in the output file")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="JSON", help="add the targets of other runs' files to the output "
+        "file (no model run; e.g. a dataset run in a second process)",
+    )  # fmt: skip
     parser.add_argument("--data", help="data root (default: shared/data beside the repository)")
     parser.add_argument("--output", type=Path, default=None, help=f"JSON path (default {OUT})")
     args = parser.parse_args(argv)
@@ -120,24 +128,36 @@ def main(argv: list[str] | None = None) -> int:
 
     done: dict[tuple, CaseResult] = {}
     runs: dict[str, InteractiveResult] = {}  # every initial prompt in the file, kept when resuming
-    if args.resume and output.exists():
-        old = json.loads(output.read_text(encoding="utf-8"))
+    invocations: list[dict] = []  # the commands that made the file (resumed and merged runs included)
+    sources = ([output] if output.exists() and (args.resume or args.merge) else []) + list(args.merge or [])
+    for source in sources:
+        old = json.loads(source.read_text(encoding="utf-8"))
+        invocations += old.get("invocations") or [
+            {"command": old.get("command"), "seconds": old.get("seconds")}
+        ]
         for initial, run in old.get("runs", {}).items():
-            runs[initial] = InteractiveResult([], dict(run.get("settings", {})))
+            runs.setdefault(initial, InteractiveResult([], {}))
+            selection = {
+                **run.get("settings", {}).get("selection", {}),
+                **runs[initial].settings.get("selection", {}),
+            }
+            runs[initial].settings.update({**run.get("settings", {}), "selection": selection})
             for record in run["cases"]:
                 result = CaseResult.from_dict(record)
-                done[key(result)] = result
-                runs[initial].cases.append(result)
-    for initial in initials:
+                if key(result) not in done:
+                    done[key(result)] = result
+                    runs[initial].cases.append(result)
+    for initial in [] if args.merge else initials:
         runs.setdefault(initial, InteractiveResult([], {}))
 
-    predictor = ModelSpec(backend="litemedsam").build_predictor(cache_slices=1024)
     started = time.perf_counter()
     command = " ".join(["benchmarks/interactive.py", *(argv if argv is not None else sys.argv[1:])])
     count = 0
 
     def save() -> None:
+        seconds = round(time.perf_counter() - started, 1)
         document = {
+            "invocations": [*invocations, {"command": command, "seconds": seconds}],
             "command": command,
             "environment": environment(),
             # set when the run uses a clean export of a commit (others' uncommitted edits left out)
@@ -160,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             },
             "limit": args.limit,
             "box3d_limit": args.box3d_limit,
-            "seconds": round(time.perf_counter() - started, 1),
+            "seconds": seconds,
+            "seconds_total": round(sum(i.get("seconds") or 0 for i in invocations) + seconds, 1),
             "runs": {i: r.as_dict() for i, r in runs.items()},
         }
         write(output, document)
@@ -183,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )  # fmt: skip
 
+    if args.merge:
+        save()
+        print(table(runs))
+        print(f"merged {len(done)} targets into {output}")
+        return 0
+    predictor = ModelSpec(backend="litemedsam", threads=args.threads).build_predictor(cache_slices=1024)
     last_settings: dict[str, dict] = {}
     for initial in initials:
         for name in names:
@@ -190,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 args.limit if initial == "box2d" else min(args.limit or args.box3d_limit, args.box3d_limit)
             )
             targets = (
-                ("whole", "Anterior", "Posterior")
+                tuple(t.strip() for t in args.targets.split(",") if t.strip())
+                if args.targets
+                else ("whole", "Anterior", "Posterior")
                 if name == "msd-hippocampus" and args.hippocampus_parts
                 else ...
             )
@@ -204,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             ).settings
             runs[initial].settings.setdefault("selection", {})[name] = (
                 f"{limit} cases evenly spread" if limit else "all cases"
-            )
+            ) + (f", targets {args.targets}" if args.targets else "")
             run_interactive(
                 cases, predictor, clicks=args.clicks, initial=initial, progress=progress, bound=bound
             )

@@ -12,6 +12,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/clicks.py                                     # → results/clicks.json
     .venv/bin/python benchmarks/contour_speed.py                              # → results/contour.json
     .venv/bin/python benchmarks/concepts.py                                   # → results/concepts.json
+    nice .venv/bin/python benchmarks/interactive.py                           # → results/interactive.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
@@ -622,6 +623,72 @@ def adversarial_section(result: dict) -> str:
     )
 
 
+def interactive_section(result: dict) -> str:
+    """Interactive 3D accuracy (benchmarks/interactive.py): the CVPR 2025 challenge's box + 5 clicks protocol."""
+
+    def rows_of(run: dict, initial: str, groups: list[dict]) -> list[list[str]]:
+        return [
+            [
+                g["group"],
+                initial,
+                g["n"],
+                *(f"{d:.3f}" for d in g["dice"]),
+                f"{g['dice_auc']:.2f}",
+                f"{g['dice_auc_norm']:.3f}",
+                f"{g['nsd'][0]:.3f} → {g['nsd'][-1]:.3f}",
+                "–" if g["bound_dice"] is None else f"{g['bound_dice']:.3f}",
+                f"{g['clicks_that_hurt']}/{g['include_clicks'] + g['exclude_clicks']}",
+                g["initial_empty"],
+            ]
+            for g in groups
+        ]
+
+    runs = {name: run for name, run in result["runs"].items() if run["cases"]}
+    clicks = max((run["settings"].get("clicks", 5) for run in runs.values()), default=5)
+    header = [
+        "dataset/target", "initial", "n", "Dice box", *(f"click {k}" for k in range(1, clicks + 1)),
+        "Dice AUC (0–4)", "AUC ÷ 5 (0–1)", "NSD box → final", "every-slice GT box", "clicks that hurt",
+        "box found nothing",
+    ]  # fmt: skip
+    main_rows, organ_rows = [], []
+    for initial, run in runs.items():
+        for g in run["summary_by_target"]:
+            if g["group"].startswith("totalsegmentator-example/"):
+                organ_rows += rows_of(run, initial, [g])
+            else:
+                main_rows += rows_of(run, initial, [g])
+        main_rows += rows_of(
+            run, initial, [g for g in run["summary_by_dataset"] if g["group"] == "totalsegmentator-example"]
+        )
+    selection = "; ".join(
+        f"{initial}: " + ", ".join(f"{d} {s}" for d, s in run["settings"].get("selection", {}).items())
+        for initial, run in runs.items()
+    )
+    text = [
+        "## Interactive 3D segmentation (CVPR 2025 challenge protocol)",
+        "",
+        (
+            "Command: `nice .venv/bin/python benchmarks/interactive.py` (source commit "
+            f"`{(result.get('source_commit') or result['environment'].get('git_commit') or '?')[:10]}`, "
+            f"{result['seconds']:.0f} s for the last invocation). {result['protocol']}. Cases: {selection}. "
+            "Mean Dice after the box and after each click; the bound is the GT box on every slice (no "
+            "propagation, no clicks). The TotalSegmentator labels are that model's predictions, not manual."
+        ),
+        "",
+        table(header, main_rows),
+    ]
+    if organ_rows:
+        text += [
+            "",
+            "<details><summary>TotalSegmentator example CTs, per organ (n = patients with it)</summary>",
+            "",
+            table(header, organ_rows),
+            "",
+            "</details>",
+        ]
+    return "\n".join(text)
+
+
 def main() -> None:
     sections = [
         "# Results",
@@ -657,6 +724,8 @@ def main() -> None:
         sections += ["", concepts_section(concepts)]
     if load("adversarial"):
         sections += ["", adversarial_section(load("adversarial"))]
+    if load("interactive"):
+        sections += ["", interactive_section(load("interactive"))]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")
