@@ -1,9 +1,11 @@
 """The service's web page, end to end in headless Chromium (Debian's /usr/bin/chromium driven by Playwright):
 pick a series from a real Orthanc, scroll, change the window, click/right-click/drag, see the overlay and the
-measurements, propagate, save to the PACS. Leaves a screenshot in test-artifacts/webpage.png."""
+measurements, propagate (a job with progress), save to the PACS, correct the 3D result on another slice, download
+it, cancel a propagation. Leaves screenshots in test-artifacts/webpage.png and webpage-job.png."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import numpy as np
 import pytest
 from oncoseg_server import OncoSegServer
 from orthanc import OrthancServer, upload_example_ct
+from PIL import Image
 
+from oncoseg.io import load_image
 from oncoseg.render import CT_PRESETS
 from oncoseg.service.core import rle_decode
 
@@ -79,14 +83,20 @@ def test_page_asks_for_the_token(server, browser):
     page.close()
 
 
-def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
+def test_segment_propagate_and_save_in_the_browser(server, pacs, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 820})
     violations = []
     page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
-    prompts = []
+    prompts, jobs = [], []
     page.on(
         "request",
         lambda r: prompts.append(json.loads(r.post_data)) if r.url.endswith("/segment") else None,
+    )
+    page.on(
+        "request",
+        lambda r: (
+            jobs.append(json.loads(r.post_data)) if r.method == "POST" and r.url.endswith("/jobs") else None
+        ),
     )
     page.goto(f"{server.url}/#token={TOKEN}")
     page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
@@ -167,12 +177,16 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     assert prompts[1]["points"][1] == {"x": 250, "y": 330, "positive": False}
     assert np.abs(np.subtract(prompts[-1]["box"], LIVER_BOX)).max() <= 1  # mouse positions round to pixels
 
-    # propagate one slice each way, then save an RTSTRUCT to the PACS
+    # propagate one slice each way (a job: progress, then the result), then save an RTSTRUCT to the PACS
     page.fill("#max-slices", "1")
     page.click("#propagate-btn")
     wait_until(page, "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000)
     assert page.text_content("td[data-field=volume]").endswith(" mL")
     assert page.text_content("td[data-field=slices]") == "9–11"
+    assert jobs[0] == {"action": "propagate", "z": 10, "points": prompts[1]["points"], "box": prompts[-1]["box"],
+                       "max_slices": 1}  # fmt: skip
+    assert page.text_content("#job-label") == "3 / 3 slices" and page.is_hidden("#job-box")
+    assert page.text_content("td[data-field=score]") != "–"  # the slice's own score in the 3D result
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "webpage.png"))
 
@@ -182,5 +196,61 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser):
     wait_until(page, "document.getElementById('save-result').textContent.includes('Stored')", timeout=120_000)
     modalities = [s["MainDicomTags"].get("Modality") for s in httpx.get(f"{pacs.url}/series?expand").json()]
     assert sorted(modalities) == ["CT", "RTSTRUCT"]
+
+    # a click on another slice of the 3D result corrects it there and propagates again from it (a job)
+    image_id = page.evaluate("state.image.image_id")
+    page.keyboard.press("ArrowUp")
+    wait_until(page, "document.getElementById('slice-label').textContent === '11 / 19'")
+    page.mouse.click(*at(*LIVER_POINT))
+    wait_until(
+        page, "document.getElementById('status').textContent.includes('corrected on slice 11')", 180_000
+    )
+    assert jobs[-1] == {"action": "refine", "z": 11, "points": [{"x": 156, "y": 303, "positive": True}],
+                        "box": None}  # fmt: skip
+    with server.client() as client:
+        measured = client.get(f"/api/images/{image_id}/measurements").json()
+        assert measured["anchors"] == [10, 11] and measured["kind"] == "volume"
+        corrected = np.stack([
+            np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{image_id}/result/{z}").content)).convert("RGBA"))[..., 3] > 0
+            for z in range(20)
+        ])  # fmt: skip
+
+    # download the result as NIfTI: the server's mask on the image's grid
+    with page.expect_download(timeout=60_000) as download:
+        page.click("#download-btn")
+    assert download.value.suggested_filename == "oncoseg-result.nii.gz"
+    download.value.save_as(tmp_path / "label.nii.gz")
+    label = load_image(tmp_path / "label.nii.gz")
+    assert label.shape == (20, 512, 512)
+    np.testing.assert_array_equal(label.array > 0, corrected)
+
+    # a new propagation through the whole volume, cancelled once it has finished a slice: the page shows the
+    # job's slices as they finish, and the result stays what it was (the box on slice 11)
+    overlays = []
+    page.on(
+        "request", lambda r: overlays.append(r.url) if "/jobs/" in r.url and "/result/" in r.url else None
+    )
+    page.click("#clear-btn")
+    with segmented() as response:
+        page.mouse.move(*at(*LIVER_BOX[:2]))
+        page.mouse.down()
+        page.mouse.move(*at(*LIVER_BOX[2:]), steps=4)
+        page.mouse.up()
+    assert response.value.status == 200
+    page.fill("#max-slices", "")
+    page.click("#propagate-btn")
+    wait_until(
+        page,
+        "!document.getElementById('job-box').hidden && parseInt(document.getElementById('job-label').textContent) >= 2",
+        180_000,
+    )
+    page.screenshot(path=str(ARTIFACTS / "webpage-job.png"))  # the progress bar and its Cancel button
+    page.click("#cancel-btn")
+    wait_until(page, "document.getElementById('status').textContent.startsWith('Cancelled')", 180_000)
+    assert jobs[-1]["action"] == "propagate" and jobs[-1]["max_slices"] is None
+    assert any(url.endswith("/result/11") for url in overlays)  # the finished start slice was drawn
+    with server.client() as client:
+        measured = client.get(f"/api/images/{image_id}/measurements").json()
+    assert measured["kind"] == "slice" and measured["z"] == 11
     assert violations == []  # the page works under its own Content-Security-Policy
     page.close()

@@ -1,4 +1,6 @@
-// Onco-Seg web page: pick a series, scroll slices, click/drag prompts, see the mask and measurements.
+// Onco-Seg web page: pick a series, scroll slices, click/drag prompts, see the mask and measurements,
+// propagate in 3D (a job: progress, cancel, the mask filling in as slices finish), correct a 3D result by
+// clicking on any slice, download the result.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -13,7 +15,11 @@ const state = {
   box: null,          // [x0, y0, x1, y1]
   drag: null,         // {x, y} where the mouse went down (image pixels)
   dragNow: null,
-  has3d: false,       // a propagated result exists
+  has3d: false,       // a propagated result exists: clicks and boxes on any slice correct it
+  hasResult: false,   // the server holds a non-empty result (download, save)
+  sliceScores: null,  // per-slice scores of the 3D result {z: score}
+  job: null,          // id of the 3D job running (propagation or correction)
+  jobDrawn: new Set(),  // slices whose finished mask of the running job is drawn
   busy: false,
   sliceRequest: 0,
 };
@@ -125,6 +131,7 @@ async function uploadFile(file) {
 
 async function showImage(image) {
   state.image = image;
+  state.job = null;  // a job on the previous image finishes on its own; its page loop sees the image changed
   const [h, w] = image.is_3d ? image.shape.slice(1) : image.shape;
   const scale = Math.min(640 / w, 640 / h);
   canvas.width = Math.round(w * scale);
@@ -134,7 +141,8 @@ async function showImage(image) {
   slider.max = Math.max(0, image.num_slices - 1);
   slider.disabled = !image.is_3d;
   state.has3d = false;
-  $("save-btn").disabled = true;
+  state.sliceScores = null;
+  setHasResult(false);
   $("propagate-btn").disabled = !image.is_3d;
   $("clear-btn").disabled = false;
   clearMeasurements();
@@ -160,10 +168,15 @@ async function goToSlice(z) {
   try {
     const slice = await bitmapFrom(await api(`/api/images/${state.image.image_id}/slices/${z}${query}`));
     let overlay = null;
-    if (state.has3d) overlay = await bitmapFrom(await api(`/api/images/${state.image.image_id}/result/${z}`));
+    if (state.job) {  // the running job's mask: finished slices new, the others as before
+      overlay = await bitmapFrom(await api(`/api/images/${state.image.image_id}/jobs/${state.job}/result/${z}`));
+    } else if (state.has3d) {
+      overlay = await bitmapFrom(await api(`/api/images/${state.image.image_id}/result/${z}`));
+    }
     if (request !== state.sliceRequest) return;  // the user scrolled on meanwhile
     state.slice = slice;
     state.overlay = overlay;
+    showSliceScore();
     draw();
   } catch (error) { status(error.message, true); }
 }
@@ -197,6 +210,21 @@ function draw() {
 function clearMeasurements() {
   for (const cell of document.querySelectorAll("#measurements td[data-field]")) cell.textContent = "–";
   $("latency").textContent = "–";
+}
+
+function showSliceScore() {
+  // a 3D result has one score per slice: show the current slice's
+  if (!state.sliceScores) return;
+  const score = state.sliceScores[String(state.z)];
+  document.querySelector('td[data-field="score"]').textContent = score !== undefined ? score.toFixed(3) : "–";
+}
+
+function setHasResult(has) {
+  state.hasResult = has;
+  $("save-btn").disabled = !has || !state.image || !state.image.dicom;
+  $("download-btn").disabled = !has;
+  $("download-seg").disabled = !state.image || !state.image.dicom || !state.image.is_3d;
+  if ($("download-seg").disabled && $("download-format").value === "seg") $("download-format").value = "nifti";
 }
 
 function showMeasurements(answer, latencyMs) {
@@ -237,35 +265,132 @@ async function segment() {
     if (body.z !== (state.image.is_3d ? state.z : null)) return;
     state.overlay = overlay;
     state.has3d = false;
+    state.sliceScores = null;
     draw();
     showMeasurements(answer, performance.now() - started);
-    $("save-btn").disabled = answer.empty || !state.image.dicom;
+    setHasResult(!answer.empty);
     status(answer.empty ? "Nothing found at this prompt" : `Segmented slice ${state.z}`);
   } catch (error) { status(error.message, true); }
 }
 
-async function propagate() {
+function propagate() {
   if (!state.points.length && !state.box) { status("Click or drag on a slice first", true); return; }
-  status("Propagating through the volume…");
-  $("propagate-btn").disabled = true;
+  runJob({
+    action: "propagate", z: state.z, points: state.points, box: state.box,
+    max_slices: Number($("max-slices").value) || null,
+  });
+}
+
+function correct() {
+  // a click or box on any slice of the 3D result: that slice is segmented again and the volume re-walked from it
+  runJob({ action: "refine", z: state.z, points: state.points, box: state.box });
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function showProgress(job) {
+  const bar = $("job-progress");
+  bar.max = Math.max(1, job.total);
+  bar.value = job.done;
+  $("job-label").textContent = `${job.done} / ${job.total} slices`;
+}
+
+async function runJob(body) {
+  const imageId = state.image.image_id;
+  const before = { points: state.points.slice(), box: state.box };
   const started = performance.now();
+  $("propagate-btn").disabled = true;
+  $("job-box").hidden = false;
+  $("cancel-btn").disabled = false;
+  status(body.action === "refine" ? `Correcting slice ${body.z} and propagating again…` : "Propagating through the volume…");
+  let job = null;
   try {
-    const answer = await (await api(`/api/images/${state.image.image_id}/propagate`, {
+    job = await (await api(`/api/images/${imageId}/jobs`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({
-        z: state.z, points: state.points, box: state.box,
-        max_slices: Number($("max-slices").value) || null,
-      }),
+      body: JSON.stringify(body),
     })).json();
+    state.job = job.job_id;
+    state.jobDrawn = new Set();
+    for (;;) {
+      showProgress(job);
+      // the mask fills in as slices finish: redraw the slice on screen once the job has finished it
+      if (job.state === "running" && job.slices.includes(state.z) && !state.jobDrawn.has(state.z)) {
+        const z = state.z;
+        state.jobDrawn.add(z);
+        const overlay = await bitmapFrom(await api(`/api/images/${imageId}/jobs/${job.job_id}/result/${z}`));
+        if (z === state.z && state.image.image_id === imageId) { state.overlay = overlay; draw(); }
+      }
+      if (["done", "cancelled", "failed"].includes(job.state)) break;
+      await sleep(250);
+      job = await (await api(`/api/images/${imageId}/jobs/${job.job_id}`)).json();
+    }
+  } catch (error) {
+    job = { state: "failed", error: { detail: error.message } };
+  }
+  state.job = null;
+  $("job-box").hidden = true;
+  $("propagate-btn").disabled = !state.image.is_3d;
+  if (state.image.image_id !== imageId) return;  // another image was opened meanwhile
+  if (job.state === "done") {
+    const result = job.result;
     state.has3d = true;
-    showMeasurements(answer, performance.now() - started);
-    state.overlay = await bitmapFrom(await api(`/api/images/${state.image.image_id}/result/${state.z}`));
-    draw();
-    $("save-btn").disabled = !state.image.dicom;
-    status(`3D result on slices ${answer.slices[0]}–${answer.slices[1]}`);
+    state.points = [];
+    state.box = null;
+    state.sliceScores = result.slice_scores;
+    showMeasurements(result, performance.now() - started);
+    showSliceScore();
+    setHasResult(true);
+    const where = body.action === "refine" ? ` (corrected on slice ${body.z})` : "";
+    status(`3D result on slices ${result.slices[0]}–${result.slices[1]}${where}`);
+  } else {
+    state.points = before.points;
+    state.box = before.box;
+    if (job.state === "cancelled") status("Cancelled: the result is as it was before");
+    else status(job.error ? job.error.detail : "the job failed", true);
+  }
+  await showResultOverlay();
+}
+
+async function showResultOverlay() {
+  // the image's current result on the slice on screen (none before any result)
+  const imageId = state.image.image_id;
+  const z = state.z;
+  let overlay = null;
+  if (state.hasResult || state.has3d) {
+    try {
+      overlay = await bitmapFrom(await api(`/api/images/${imageId}/result/${state.image.is_3d ? z : 0}`));
+    } catch (error) { overlay = null; }
+  }
+  if (z !== state.z || state.image.image_id !== imageId) return;
+  state.overlay = overlay;
+  draw();
+}
+
+async function cancelJob() {
+  if (!state.job) return;
+  $("cancel-btn").disabled = true;
+  status("Cancelling…");
+  try {
+    await api(`/api/images/${state.image.image_id}/jobs/${state.job}`, { method: "DELETE" });
   } catch (error) { status(error.message, true); }
-  $("propagate-btn").disabled = false;
+}
+
+async function download() {
+  const format = $("download-format").value;
+  const name = encodeURIComponent($("save-name").value || "Lesion");
+  try {
+    const response = await api(`/api/images/${state.image.image_id}/download?format=${format}&name=${name}`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = format === "seg" ? "oncoseg-result-seg.dcm" : "oncoseg-result.nii.gz";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    status(`Downloaded ${link.download}`);
+  } catch (error) { status(error.message, true); }
 }
 
 async function save() {
@@ -285,6 +410,7 @@ async function save() {
 canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 canvas.addEventListener("mousedown", (event) => {
   if (!state.image) return;
+  if (state.job) { status("A 3D job is running: wait for it or cancel it"); return; }
   state.drag = toImage(event);
   state.dragButton = event.button;
   state.dragNow = null;
@@ -307,7 +433,8 @@ canvas.addEventListener("mouseup", (event) => {
     state.points.push({ x: end.x, y: end.y, positive: event.button !== 2 });
   }
   draw();
-  segment();
+  if (state.has3d) correct();  // a click or box on any slice of a 3D result corrects it there
+  else segment();
 });
 canvas.addEventListener("wheel", (event) => {
   if (!state.image || !state.image.is_3d) return;
@@ -322,10 +449,14 @@ $("slice-slider").addEventListener("input", (event) => goToSlice(Number(event.ta
 $("window-select").addEventListener("change", () => goToSlice(state.z));
 $("file-input").addEventListener("change", (event) => event.target.files[0] && uploadFile(event.target.files[0]));
 $("clear-btn").addEventListener("click", () => {
-  state.points = []; state.box = null; state.overlay = null; state.has3d = false; clearMeasurements(); draw();
+  if (state.job) return;
+  state.points = []; state.box = null; state.overlay = null; state.has3d = false; state.sliceScores = null;
+  setHasResult(false); clearMeasurements(); draw();
 });
 $("propagate-btn").addEventListener("click", propagate);
 $("save-btn").addEventListener("click", save);
+$("cancel-btn").addEventListener("click", cancelJob);
+$("download-btn").addEventListener("click", download);
 $("token-save").addEventListener("click", () => {
   sessionStorage.setItem("oncoseg-token", $("token-input").value.trim());
   $("token-box").hidden = true;
