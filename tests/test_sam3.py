@@ -414,6 +414,7 @@ def test_oncoseg_train_yaml_runs_a_sam3_phase(folder, tmp_path, monkeypatch, sha
 # -- volumes -------------------------------------------------------------------------------------------------
 def test_volume_tracking_and_text_over_a_volume(predictor, tmp_path):
     from oncoseg.api import segment
+    from oncoseg.volume import PropagationSettings, propagate
 
     rng = np.random.default_rng(3)
     array = rng.random((5, 48, 40)).astype(np.float32)
@@ -422,7 +423,7 @@ def test_volume_tracking_and_text_over_a_volume(predictor, tmp_path):
     predictor.set_image(image)
     flat = predictor.predict(prompt).masks[0]
     seen = []
-    result = predictor.backend.propagate_volume(predictor, prompt, on_slice=seen.append)
+    result = propagate(predictor, prompt, on_slice=seen.append)  # SAM3's video tracker answers each slice
     assert result.mask.shape == (5, 48, 40) and result.start_slice == 2
     assert np.array_equal(result.mask[2], flat)  # the conditioning slice is the 2D answer
     assert seen[0] == 2 and set(result.slice_scores) <= set(seen)
@@ -431,6 +432,11 @@ def test_volume_tracking_and_text_over_a_volume(predictor, tmp_path):
     assert all(result.mask[z].any() for z in zs) and not any(
         result.mask[z].any() for z in set(range(5)) - set(zs)
     )
+
+    tracker = predictor.backend.tracker(predictor, prompt)
+    assert np.array_equal(tracker.first()[0], flat)
+    boxed = propagate(predictor, prompt, PropagationSettings(tracker=False))  # the walk's box prompts instead
+    assert np.array_equal(boxed.mask[2], flat) and boxed.start_slice == 2
 
     out = tmp_path / "tracked.nii.gz"
     tracked = segment(image, box=(8, 10, 30, 36, 2), volume=True, predictor=predictor, output=out)

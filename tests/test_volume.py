@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from oncoseg.errors import OncoSegError
+from oncoseg.image import MedicalImage
 from oncoseg.io import load_image
+from oncoseg.models.base import SliceTracker
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Prompt, box_from_mask
 from oncoseg.samples import sample_path
@@ -99,3 +101,53 @@ def test_brats_two_channel_mri_propagates(predictor, shared_data):
     lo, hi = result.slice_range
     assert result.mask.shape == image.shape and hi > lo
     assert dice(result.mask[lo : hi + 1], truth[lo : hi + 1]) > 0.45  # zero-shot whole tumour (~0.6)
+
+
+class _DiscTracker(SliceTracker):
+    """Answers a disc of radius ``radii[z]`` (nothing where the radius is 0) and records the slices asked."""
+
+    def __init__(self, radii, z0):
+        self.radii, self.z0, self.asked = radii, z0, []
+
+    def _disc(self, z):
+        yy, xx = np.mgrid[:32, :32]
+        return (
+            (xx - 16) ** 2 + (yy - 16) ** 2 <= self.radii[z] ** 2
+            if self.radii[z]
+            else np.zeros((32, 32), bool)
+        )
+
+    def first(self):
+        self.asked.append(("first", self.z0))
+        return self._disc(self.z0), 0.9
+
+    def next(self, z, step):
+        self.asked.append((step, z))
+        return self._disc(z), 0.9
+
+
+def test_a_backend_tracker_answers_each_slice_and_the_walk_stop_rules_judge_it():
+    """`Backend.tracker` replaces the box prompt on every slice, the prompted one too; the walk's rules still
+    stop it (here: a sudden growth on slice 7 and an empty slice 1); ``tracker=False`` walks with boxes."""
+    from stand_in_models import BoxBackend
+
+    radii = [6, 0, 6, 6, 6, 6, 6, 12, 6, 6]
+
+    class TrackedBoxes(BoxBackend):
+        def tracker(self, predictor, prompt):
+            self.made = _DiscTracker(radii, prompt.z)
+            return self.made
+
+    backend = TrackedBoxes()
+    predictor = Predictor(backend)
+    rng = np.random.default_rng(0)
+    predictor.set_image(MedicalImage.from_array(rng.random((10, 32, 32)).astype(np.float32)))
+    prompt = Prompt(box=box_from_mask(np.pad(np.ones((8, 8), bool), 12), z=4))
+    seen = []
+    result = propagate(predictor, prompt, on_slice=seen.append)
+    assert backend.decodes == 0 and backend.made.asked[0] == ("first", 4)
+    assert sorted(result.slice_scores) == [2, 3, 4, 5, 6] and seen[0] == 4
+    assert (1, 7) in backend.made.asked and (-1, 1) in backend.made.asked
+    assert not result.mask[7].any() and result.mask[4].sum() == backend.made._disc(4).sum()
+    boxed = propagate(predictor, prompt, PropagationSettings(tracker=False))
+    assert backend.decodes > 0 and boxed.mask[4].sum() == 64  # the stand-in paints the 8x8 box

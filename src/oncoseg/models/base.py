@@ -6,6 +6,7 @@ prompts into masks many times from that embedding (the segment-anything ``SamPre
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from oncoseg.errors import OncoSegError
+from oncoseg.models.transform import FrameTransform
 from oncoseg.prompts import Prompt
 
 
@@ -38,14 +40,33 @@ class MaskPrediction:
     logits: np.ndarray | None = None
 
 
+class SliceTracker(ABC):
+    """A backend's own way of following one object through the slices of a volume (SAM3's video tracker, which
+    remembers the slices it has seen). `oncoseg.volume.propagate` asks it for each next slice's mask instead of
+    prompting that slice with the enlarged box of its neighbour's mask; the walk's stop rules judge its answers
+    the same way. One tracker follows one object, from one prompt, in both directions."""
+
+    @abstractmethod
+    def first(self) -> tuple[np.ndarray, float]:
+        """The prompted slice's ``[H, W]`` bool mask and score (the slice the tracker is conditioned on)."""
+
+    @abstractmethod
+    def next(self, z: int, step: int) -> tuple[np.ndarray, float]:
+        """The mask and score on slice ``z``, reached by walking in direction ``step`` (+1 or -1) from the
+        prompted slice through the slices already answered."""
+
+
 class Backend(ABC):
-    """A promptable segmentation model."""
+    """A promptable segmentation model: `encode` once per image, then `decode` (box and click prompts) and
+    `detect` (concept prompts) from the embedding; optionally `tracker` for volumes."""
 
     name: str = ""
     supports_text: bool = False
     # Modalities whose pixels this model was trained on as they come (only scaled by their min and max):
     # for these the predictor skips the modality normaliser, which would otherwise shift the model's input.
     native_intensity_modalities: frozenset[str] = frozenset()
+    # image pixels <-> the model's input frame: prompts go in and mask logits come back through this one object
+    transform: FrameTransform | None = None
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> ImageEmbedding:
@@ -60,6 +81,15 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
 
+    # bump when this backend computes embeddings from the same pixels differently (its `encode` changed)
+    embedding_version: int = 1
+
+    def embedding_identity(self) -> str | None:
+        """What, besides the pixels, decides this backend's embeddings: its name, `embedding_version`, a digest
+        of the encoder's weights (a checkpoint or merged adapter changes it), precision and input frame. Keys the
+        on-disk `oncoseg.embedding_store`; None (the default) keeps this backend's embeddings out of it."""
+        return None
+
     def check_text(self, text: str) -> None:
         """Raise a clear error for a text prompt this backend cannot answer (before any model work)."""
 
@@ -72,6 +102,11 @@ class Backend(ABC):
     ) -> MaskPrediction:
         """Every instance of a concept (``text`` and/or exemplar boxes) on one embedding, best first."""
         raise OncoSegError(f"the {self.name} backend has no text or exemplar prompts")
+
+    def tracker(self, predictor, prompt: Prompt) -> SliceTracker | None:
+        """This backend's own tracker for the object ``prompt`` names on the volume set on ``predictor``, or None
+        (the default): `oncoseg.volume.propagate` then prompts each slice with its neighbour's box."""
+        return None
 
     def segment_text_volume(
         self, predictor, text: str | None, exemplars: Sequence = (), on_slice=None, threshold=None
@@ -92,6 +127,18 @@ class Backend(ABC):
         labels = join_in_3d(found)
         scores = [float(score_map[labels == i].mean()) for i in range(1, int(labels.max()) + 1)]
         return labels, scores
+
+
+def weights_digest(module) -> str:
+    """SHA-256 over a torch module's parameters and buffers (names, dtypes, shapes and values)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 # A structure found on most slices is one object even where a slice in between missed it; fragments much

@@ -5,7 +5,7 @@ Input handling follows LiteMedSAM's own inference: the image arrives in [0, 1] (
 `oncoseg.preprocess`; see `LiteMedSAMBackend.preprocess` for the model's own input transform), the longest side
 is resized to 256 (aspect ratio kept) and it is zero-padded at the bottom/right to 256×256; prompts are scaled
 by the same factor; the 256×256 mask logits are cropped to the unpadded region and resized back to the original
-size.
+size. All of these mappings are the backend's one `FrameTransform` (``LiteMedSAMBackend.transform``).
 
 On CPUs with bfloat16 support (AVX-512 BF16 / AMX) the image encoder runs as a separate bf16, channels-last copy
 with its Conv+BatchNorm pairs folded (about 2.5× faster than fp32) and the mask decoder as a bf16 copy. The mask
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from oncoseg.errors import ModelError
 from oncoseg.models import fast_decoder, fast_encoder
-from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
+from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, weights_digest
+from oncoseg.models.transform import FrameTransform
 from oncoseg.prompts import Box, Prompt
 
 IMAGE_SIZE = 256
@@ -149,14 +150,10 @@ def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def resize_longest_side(image: torch.Tensor, size: int = IMAGE_SIZE) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``(3, H, W)`` → ``(3, h, w)`` with max(h, w) == size, aspect ratio kept (area-averaging when shrinking)."""
-    h, w = image.shape[-2:]
-    scale = size / max(h, w)
-    new_h, new_w = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
-    resized = F.interpolate(
-        image[None], (new_h, new_w), mode="bilinear", align_corners=False, antialias=scale < 1
-    )
-    return resized[0], (new_h, new_w)
+    """``(C, H, W)`` → ``(C, h, w)`` with max(h, w) == size, aspect ratio kept (area-averaging when shrinking),
+    and ``(h, w)``: `FrameTransform.resize` (the training samples resize with this too)."""
+    resized = FrameTransform(size).resize(image)
+    return resized, (int(resized.shape[-2]), int(resized.shape[-1]))
 
 
 def choose_click_candidate(has_positives: np.ndarray, has_negatives: np.ndarray, scores: np.ndarray) -> int:
@@ -168,11 +165,10 @@ def choose_click_candidate(has_positives: np.ndarray, has_negatives: np.ndarray,
 
 
 def click_pixels(points: Sequence, longest_side: int) -> tuple[list[int], list[int]]:
-    """Rows and columns of ``points`` (image pixels) in the decoder's 256×256 low-resolution frame."""
-    scale = IMAGE_SIZE / longest_side
-    rows = [min(IMAGE_SIZE - 1, round(p.y * scale)) for p in points]
-    cols = [min(IMAGE_SIZE - 1, round(p.x * scale)) for p in points]
-    return rows, cols
+    """Rows and columns of ``points`` (image pixels) in the decoder's 256×256 low-resolution frame, for an image
+    whose longer side is ``longest_side`` (`FrameTransform.logit_pixels`)."""
+    coords = np.array([(p.x, p.y) for p in points], dtype=np.float64).reshape(-1, 2)
+    return LiteMedSAMBackend.transform.logit_pixels(coords, (longest_side, longest_side))
 
 
 # clicks given to the decoder leave a 2-pixel grid of holes in LiteMedSAM's logits (it was trained with boxes
@@ -192,6 +188,8 @@ class LiteMedSAMBackend(Backend):
     # text prompts: a small concept head on the frozen image embedding (oncoseg.concepts) finds each instance's
     # box, and the mask decoder draws it
     supports_text = True
+    # image pixels <-> the 256×256 input frame (longest side resized, padded bottom/right)
+    transform = FrameTransform(IMAGE_SIZE, keep_aspect=True)
 
     def __init__(
         self,
@@ -222,6 +220,7 @@ class LiteMedSAMBackend(Backend):
         """(Re)build the inference copies of encoder and decoder from ``self.model``: call it after the model's
         weights changed (e.g. a LoRA adapter was merged). In fp32 the model's own modules are used."""
         model = self.model
+        self._identity: str | None = None  # the weights may have changed: digest them again when asked
         with torch.no_grad():
             self._image_pe = model.prompt_encoder.get_dense_pe().to(self.dtype)
             self._no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(self.dtype)
@@ -234,6 +233,16 @@ class LiteMedSAMBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "precision": self.precision, "device": str(self.device)}
+
+    def embedding_identity(self) -> str:
+        """Name, embedding version, precision, input frame and the image encoder's weights digest (computed
+        once per `refresh`: about 0.1 s for LiteMedSAM's 5.6 M encoder parameters)."""
+        if self._identity is None:
+            digest = weights_digest(self.model.image_encoder)
+            self._identity = (
+                f"{self.name}/v{self.embedding_version}/{self.precision}/{self.transform.size}/{digest}"
+            )
+        return self._identity
 
     # -- image → embedding ------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -252,9 +261,8 @@ class LiteMedSAMBackend(Backend):
         low, high = float(tensor.min()), float(tensor.max())
         if (low, high) != (0.0, 1.0):
             tensor = (tensor - low) / max(high - low, 1e-8)
-        resized, size = resize_longest_side(tensor)
-        padded = F.pad(resized, (0, IMAGE_SIZE - size[1], 0, IMAGE_SIZE - size[0]))
-        return padded[None].to(self.device), size
+        padded = self.transform.image_to_frame(tensor)
+        return padded[None].to(self.device), self.transform.input_size(image.shape[:2])
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> ImageEmbedding:
@@ -265,12 +273,14 @@ class LiteMedSAMBackend(Backend):
         return ImageEmbedding(features, tuple(image.shape[:2]), size, self.name)
 
     # -- prompts → masks --------------------------------------------------------------------------
-    def _prompt_tensors(self, prompts: Sequence[Prompt], scale: float):
+    def _prompt_tensors(self, prompts: Sequence[Prompt], original_size: tuple[int, int]):
+        """Boxes and clicks of ``prompts`` (image pixels) in the model's frame, as the prompt encoder takes them."""
         boxes = None
         if any(p.box is not None for p in prompts):
             if not all(p.box is not None for p in prompts):
                 raise ModelError("mix of prompts with and without a box: decode them in separate calls")
-            boxes = torch.tensor(np.stack([p.box.as_array() for p in prompts]) * scale, device=self.device)
+            framed = self.transform.apply_boxes(np.stack([p.box.as_array() for p in prompts]), original_size)
+            boxes = torch.tensor(framed, device=self.device)
         points = None
         n_points = max(len(p.points) for p in prompts)
         if n_points:
@@ -278,7 +288,7 @@ class LiteMedSAMBackend(Backend):
             labels = -np.ones((len(prompts), n_points), np.int64)  # -1 = padding, ignored by SAM
             for i, prompt in enumerate(prompts):
                 for j, point in enumerate(prompt.points):
-                    coords[i, j] = (point.x * scale, point.y * scale)
+                    coords[i, j] = self.transform.apply_coords((point.x, point.y), original_size)
                     labels[i, j] = 1 if point.positive else 0
             points = (torch.from_numpy(coords).to(self.device), torch.from_numpy(labels).to(self.device))
         return points, boxes
@@ -360,7 +370,8 @@ class LiteMedSAMBackend(Backend):
         self, embedding: ImageEmbedding, decoded: fast_decoder.Decoded, points: Sequence
     ) -> np.ndarray:
         """``(N, len(points))`` low-resolution logits of N decoded masks at the clicks (no full upscaling)."""
-        rows, cols = click_pixels(points, max(embedding.original_size))
+        coords = np.array([(p.x, p.y) for p in points], dtype=np.float64).reshape(-1, 2)
+        rows, cols = self.transform.logit_pixels(coords, embedding.original_size)
         radius = CLICK_SMOOTHING_RADIUS if decoded.smoothed else 0
         with torch.inference_mode():
             return fast_decoder.logits_at(self._decoder, decoded, rows, cols, radius).cpu().numpy()
@@ -415,13 +426,11 @@ class LiteMedSAMBackend(Backend):
         self, embedding: ImageEmbedding, prompts: Sequence[Prompt], mask_input: np.ndarray | None = None
     ) -> fast_decoder.Decoded:
         """The decoder up to its upscaling head, for each prompt (see `fast_decoder.Decoded`)."""
-        h, w = embedding.original_size
-        scale = IMAGE_SIZE / max(h, w)
-        points, boxes = self._prompt_tensors(prompts, scale)
+        points, boxes = self._prompt_tensors(prompts, embedding.original_size)
         masks_in = None
-        if mask_input is not None:
+        if mask_input is not None:  # low-resolution logits over the frame (e.g. a neighbouring slice's)
             masks_in = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device).reshape(
-                -1, 1, 256, 256
+                -1, 1, IMAGE_SIZE, IMAGE_SIZE
             )
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
         state = self._decoder_state(embedding)
@@ -442,14 +451,13 @@ class LiteMedSAMBackend(Backend):
             )
         return logits
 
-    @staticmethod
-    def _full_size(embedding: ImageEmbedding, logits: torch.Tensor, scores: np.ndarray) -> MaskPrediction:
-        """Low-resolution logits → masks of the encoded image's size."""
-        h, w = embedding.original_size
-        new_h, new_w = embedding.input_size
-        full = F.interpolate(logits[..., :new_h, :new_w], (h, w), mode="bilinear", align_corners=False)
+    def _full_size(
+        self, embedding: ImageEmbedding, logits: torch.Tensor, scores: np.ndarray
+    ) -> MaskPrediction:
+        """``(N, 1, 256, 256)`` logits over the frame → masks of the encoded image's size."""
+        full = self.transform.logits_to_image(logits[:, 0], embedding.original_size)
         return MaskPrediction(
-            masks=(full[:, 0] > 0).cpu().numpy(), scores=scores, logits=logits[:, 0].cpu().numpy()
+            masks=(full > 0).cpu().numpy(), scores=scores, logits=logits[:, 0].cpu().numpy()
         )
 
     def check_text(self, text: str) -> None:

@@ -9,7 +9,9 @@ One ViT backbone run per slice serves every prompt kind: its output (the cached 
   tumour") and/or box exemplars — which return every instance above a confidence threshold.
 
 Input: the image is resized to the model's square input (1008 px for the released model, read from the folder's
-config) and normalised with the processor's mean/std (0.5/0.5); prompts are scaled by the same factors.
+config) and normalised with the processor's mean/std (0.5/0.5); prompts are scaled by the same factors, and mask
+logits are resized back to the image: all through the backend's one `FrameTransform` (``Sam3Backend.transform``,
+``keep_aspect=False``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from oncoseg.errors import EmptyResultError, ModelError, OncoSegError
-from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
+from oncoseg.errors import ModelError, OncoSegError
+from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, SliceTracker, weights_digest
+from oncoseg.models.transform import FrameTransform
 from oncoseg.prompts import Box, Prompt
 
 WEIGHTS_ENV = "ONCOSEG_SAM3_WEIGHTS"
@@ -222,17 +225,16 @@ def box_forward(model, image: torch.Tensor, box: torch.Tensor):
     size = image_size(model)
     mean, std = getattr(model, "oncoseg_normalisation", ((0.5,) * 3, (0.5,) * 3))
     dtype = next(model.detector_model.vision_encoder.backbone.parameters()).dtype
-    pixels = F.interpolate(image.float(), (size, size), mode="bilinear", align_corners=False)
+    transform = FrameTransform(size, keep_aspect=False)
+    pixels = transform.image_to_frame(image.float(), antialias=False)
     pixels = (pixels - _channel(mean, pixels)) / _channel(std, pixels)
-    scale = size / image.shape[-1]
+    framed = transform.apply_boxes(box.float(), tuple(image.shape[-2:]))
     hidden = backbone_features(model, pixels.to(dtype))
     features = without_memory(model, tracker_features(model, hidden))
-    logits, _iou, _presence = tracker_decode(
-        model, features, boxes=(box.float() * scale)[:, None, :].to(dtype)
-    )
+    logits, _iou, _presence = tracker_decode(model, features, boxes=framed[:, None, :].to(dtype))
     if not detector_heads_trained(model):
         return logits
-    return [logits, exemplar_logits(model, hidden, box.float() / image.shape[-1])]
+    return [logits, exemplar_logits(model, hidden, framed / size)]
 
 
 DETECTOR_HEADS = ("detector_model.detr_encoder", "detector_model.detr_decoder", "detector_model.mask_decoder")
@@ -344,7 +346,9 @@ class Sam3Backend(Backend):
         object.__setattr__(self.model, "oncoseg_normalisation", (tuple(self.mean), tuple(self.std)))
         self.threshold = threshold
         self.size = image_size(self.model)
+        self.transform = FrameTransform(self.size, keep_aspect=False)  # image pixels <-> the square input
         self._cache: dict = {}  # image-independent tensors (position encodings, text embeddings)
+        self._identity: str | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -353,6 +357,18 @@ class Sam3Backend(Backend):
             "precision": str(self.dtype).replace("torch.", ""),
             "image_size": self.size,
         }
+
+    def embedding_identity(self) -> str:
+        """Name, embedding version, dtype, input size, the processor's mean/std and the ViT backbone's weights
+        digest (the embedding is the backbone's output; computed on first use, a few seconds for SAM3)."""
+        if self._identity is None:
+            digest = weights_digest(self.model.detector_model.vision_encoder.backbone)
+            dtype = str(self.dtype).replace("torch.", "")
+            self._identity = (
+                f"{self.name}/v{self.embedding_version}/{dtype}/{self.size}/{tuple(self.mean)}/{tuple(self.std)}/"
+                f"{digest}"
+            )
+        return self._identity
 
     # -- image → embedding ----------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -369,16 +385,15 @@ class Sam3Backend(Backend):
 
             array = normalize_for_sam(array, "mri", channel_axis=-1)
         tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].to(self.device)
-        tensor = F.interpolate(
-            tensor, (self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-        )
+        tensor = self.transform.image_to_frame(tensor, antialias=True)
         tensor = (tensor - _channel(self.mean, tensor)) / _channel(self.std, tensor)
         return tensor.to(self.dtype)
 
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> ImageEmbedding:
         hidden = backbone_features(self.model, self.preprocess(image))
-        return ImageEmbedding(hidden, tuple(np.shape(image)[:2]), (self.size, self.size), self.name)
+        original = tuple(np.shape(image)[:2])
+        return ImageEmbedding(hidden, original, self.transform.input_size(original), self.name)
 
     def _tracker_maps(self, embedding: ImageEmbedding) -> list[torch.Tensor]:
         key = ("sam3-tracker", id(self.model))
@@ -409,18 +424,16 @@ class Sam3Backend(Backend):
             logits=np.concatenate([p.logits for p in parts]),
         )
 
-    def _scale(self, embedding: ImageEmbedding) -> tuple[float, float]:
-        h, w = embedding.original_size
-        return self.size / w, self.size / h
-
-    def _point_tensors(self, prompt: Prompt, sx: float, sy: float):
+    def _point_tensors(self, prompt: Prompt, original_size: tuple[int, int]):
         """Box and points of one prompt in the model's frame, shaped for the tracker (one object)."""
         boxes = points = labels = None
         if prompt.box is not None:
             b = prompt.box
-            boxes = torch.tensor([[[b.x0 * sx, b.y0 * sy, b.x1 * sx, b.y1 * sy]]], device=self.device)
+            framed = self.transform.apply_boxes([b.x0, b.y0, b.x1, b.y1], original_size)
+            boxes = torch.tensor(framed[None, None], dtype=torch.float32, device=self.device)
         if prompt.points:
-            points = torch.tensor([[[[p.x * sx, p.y * sy] for p in prompt.points]]], device=self.device)
+            framed = self.transform.apply_coords([(p.x, p.y) for p in prompt.points], original_size)
+            points = torch.tensor(framed[None, None], dtype=torch.float32, device=self.device)
             labels = torch.tensor([[[1 if p.positive else 0 for p in prompt.points]]], device=self.device)
         return points, labels, boxes
 
@@ -429,7 +442,7 @@ class Sam3Backend(Backend):
         self, embedding: ImageEmbedding, prompt: Prompt, mask_input: np.ndarray | None
     ) -> MaskPrediction:
         features = without_memory(self.model, self._tracker_maps(embedding))
-        points, labels, boxes = self._point_tensors(prompt, *self._scale(embedding))
+        points, labels, boxes = self._point_tensors(prompt, embedding.original_size)
         masks = None
         if mask_input is not None:
             masks = torch.as_tensor(mask_input, dtype=self.dtype, device=self.device).reshape(
@@ -440,7 +453,7 @@ class Sam3Backend(Backend):
         boxes = None if boxes is None else boxes.to(self.dtype)
         logits, iou, _presence = tracker_decode(self.model, features, points, labels, boxes, masks, multimask)
         low = logits[0].float()  # [1, h, w]
-        full = F.interpolate(low[None], embedding.original_size, mode="bilinear", align_corners=False)[0]
+        full = self.transform.logits_to_image(low, embedding.original_size)
         return MaskPrediction(
             masks=(full > 0).cpu().numpy(), scores=iou[0].float().cpu().numpy(), logits=low.cpu().numpy()
         )
@@ -489,13 +502,17 @@ class Sam3Backend(Backend):
         )
         text_embeds, attention = self._text_embeds(text if text else EXEMPLAR_TEXT)
         boxes = labels = None
-        if exemplars:
-            h, w = embedding.original_size
+        if exemplars:  # centre x, centre y, width, height as fractions of the model's frame
+            corners = (
+                self.transform.apply_boxes(
+                    [[b.x0, b.y0, b.x1, b.y1] for b in exemplars], embedding.original_size
+                )
+                / self.size
+            )
+            middle, extent = (corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]
             boxes = torch.tensor(
-                [[[(b.x0 + b.x1) / 2 / w, (b.y0 + b.y1) / 2 / h, (b.x1 - b.x0) / w, (b.y1 - b.y0) / h]
-                  for b in exemplars]],
-                dtype=self.dtype, device=self.device,
-            )  # fmt: skip
+                np.concatenate([middle, extent], axis=1)[None], dtype=self.dtype, device=self.device
+            )
             labels = torch.ones(boxes.shape[:2], dtype=torch.long, device=self.device)
         out = detector(
             vision_embeds=vision,
@@ -514,7 +531,7 @@ class Sam3Backend(Backend):
                 scores=np.zeros(0, np.float32),
                 logits=low.cpu().numpy(),
             )
-        full = F.interpolate(low[None], embedding.original_size, mode="bilinear", align_corners=False)[0]
+        full = self.transform.logits_to_image(low, embedding.original_size)
         return MaskPrediction(
             masks=(full > 0).cpu().numpy(), scores=scores[keep].cpu().numpy(), logits=low.cpu().numpy()
         )
@@ -535,83 +552,72 @@ class Sam3Backend(Backend):
             self._cache[key] = position
         return self._cache[key]
 
-    @torch.inference_mode()
-    def propagate_volume(self, predictor, prompt: Prompt, settings=None, on_slice=None):
-        """Segment one object through the volume set on ``predictor``: the prompt's slice is the video tracker's
-        conditioning frame, then the tracker walks slice by slice in both directions with its memory of the
-        previous slices, stopping where the object ends (empty mask). Slice features come from the predictor's
-        embedding cache."""
+    def tracker(self, predictor, prompt: Prompt) -> Sam3SliceTracker:
+        """SAM3's video tracker for one object: the prompt's slice is its conditioning frame, and each next slice
+        is answered from the tracker's memory of the slices before (`oncoseg.volume.propagate` walks)."""
+        return Sam3SliceTracker(self, predictor, prompt)
+
+
+class Sam3SliceTracker(SliceTracker):
+    """The slices of the volume on a predictor as the frames of a video for SAM3's memory tracker; frame features
+    come from the predictor's embedding cache (each slice is encoded once for every prompt kind)."""
+
+    def __init__(self, backend: Sam3Backend, predictor, prompt: Prompt):
         from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import (
             Sam3TrackerVideoInferenceSession,
         )
 
-        from oncoseg.volume import VolumeResult
-
         image = predictor.image
         if image is None or not image.is_3d:
             raise OncoSegError("3D propagation needs a volume: set one on the predictor first")
-        z0 = prompt.z
-        tracker = self.model.tracker_model
-        shape = image.shape[1:]
-        session = Sam3TrackerVideoInferenceSession(
-            video_height=shape[0],
-            video_width=shape[1],
-            inference_device=self.device,
-            inference_state_device=self.device,
-            dtype=self.dtype,
+        self.backend, self.predictor, self.z0 = backend, predictor, prompt.z
+        self.shape = image.shape[1:]
+        self.session = Sam3TrackerVideoInferenceSession(
+            video_height=self.shape[0],
+            video_width=self.shape[1],
+            inference_device=backend.device,
+            inference_state_device=backend.device,
+            dtype=backend.dtype,
             max_vision_features_cache_size=2,
         )
-        session.processed_frames = dict.fromkeys(range(image.num_slices))  # frames come as cached features
-        sx, sy = self.size / shape[1], self.size / shape[0]
+        self.session.processed_frames = dict.fromkeys(range(image.num_slices))  # frames are cached features
         coords, labels = [], []
         if prompt.box is not None:
             b = prompt.box
-            coords += [[b.x0 * sx, b.y0 * sy], [b.x1 * sx, b.y1 * sy]]
+            coords += [(b.x0, b.y0), (b.x1, b.y1)]
             labels += [2, 3]  # SAM's box corners
         for p in prompt.points:
-            coords.append([p.x * sx, p.y * sy])
+            coords.append((p.x, p.y))
             labels.append(1 if p.positive else 0)
-        obj = session.obj_id_to_idx(1)
-        session.add_point_inputs(
-            obj,
-            z0,
+        framed = backend.transform.apply_coords(np.array(coords, np.float64).reshape(-1, 2), self.shape)
+        self.session.add_point_inputs(
+            self.session.obj_id_to_idx(1),
+            self.z0,
             {
-                "point_coords": torch.tensor([[coords]], dtype=torch.float32),
+                "point_coords": torch.tensor(framed[None, None], dtype=torch.float32),
                 "point_labels": torch.tensor([[labels]], dtype=torch.int32),
             },
         )
-        session.obj_with_new_inputs = [1]
-        positions = self._position_encodings()
+        self.session.obj_with_new_inputs = [1]
 
-        def run(z: int, reverse: bool):
-            flat = [
-                f.flatten(2).permute(2, 0, 1) for f in self._tracker_maps(predictor.embedding(z))
-            ]  # [HW, 1, C] per level, as the video tracker caches them
-            session.cache.cache_vision_features(z, {"vision_feats": flat, "vision_pos_embeds": positions})
-            out = tracker(session, frame_idx=z, reverse=reverse)
-            low = out.pred_masks.float().reshape(1, 1, *out.pred_masks.shape[-2:])
-            mask = F.interpolate(low, shape, mode="bilinear", align_corners=False)[0, 0] > 0
-            if on_slice:
-                on_slice(z)
-            return mask.cpu().numpy(), float(out.object_score_logits.float().sigmoid().reshape(-1)[0])
+    def first(self) -> tuple[np.ndarray, float]:
+        return self._run(self.z0, reverse=False)
 
-        start, score = run(z0, False)
-        if not start.any():
-            raise EmptyResultError(f"the model found nothing at the prompt on slice {z0}")
-        volume = np.zeros(image.shape, dtype=bool)
-        volume[z0] = start
-        result = VolumeResult(volume, z0, {z0: score})
-        limit = getattr(settings, "max_slices", None)
-        for step in (1, -1):
-            z, walked = z0 + step, 0
-            while 0 <= z < image.num_slices and (limit is None or walked < limit):
-                mask, score = run(z, step < 0)
-                if not mask.any():
-                    break
-                volume[z] = mask
-                result.slice_scores[z] = score
-                z, walked = z + step, walked + 1
-        return result
+    def next(self, z: int, step: int) -> tuple[np.ndarray, float]:
+        return self._run(z, reverse=step < 0)
+
+    @torch.inference_mode()
+    def _run(self, z: int, reverse: bool) -> tuple[np.ndarray, float]:
+        backend = self.backend
+        flat = [  # [HW, 1, C] per level, as the video tracker caches them
+            f.flatten(2).permute(2, 0, 1) for f in backend._tracker_maps(self.predictor.embedding(z))
+        ]
+        positions = backend._position_encodings()
+        self.session.cache.cache_vision_features(z, {"vision_feats": flat, "vision_pos_embeds": positions})
+        out = backend.model.tracker_model(self.session, frame_idx=z, reverse=reverse)
+        low = out.pred_masks.float().reshape(*out.pred_masks.shape[-2:])
+        mask = backend.transform.logits_to_image(low, self.shape) > 0
+        return mask.cpu().numpy(), float(out.object_score_logits.float().sigmoid().reshape(-1)[0])
 
 
 # -- fine-tuning ------------------------------------------------------------------------------------------------
