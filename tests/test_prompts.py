@@ -6,9 +6,11 @@ import pytest
 from oncoseg.errors import PromptError
 from oncoseg.prompts import (
     Box,
+    ObjectPrompts,
     Point,
     Prompt,
     box_from_mask,
+    build_object,
     build_prompts,
     parse_box,
     parse_point,
@@ -103,6 +105,38 @@ def test_build_prompts_groups_boxes_and_points():
         build_prompts(["1,2,30,40", "5,6,50,60"], ["5,6"])
     with pytest.raises(PromptError, match="no prompt"):
         build_prompts()
+
+
+def test_build_object_gives_one_prompt_per_slice_first_box_first():
+    obj = build_object(["1,2,30,40,7", "3,4,20,30,2"], ["5,6,2:neg", "9,9,4", "8,8,7"], name="liver")
+    assert obj == ObjectPrompts(
+        (
+            Prompt(Box(1, 2, 30, 40, 7), (Point(8, 8, True, 7),)),
+            Prompt(Box(3, 4, 20, 30, 2), (Point(5, 6, False, 2),)),
+            Prompt(points=(Point(9, 9, True, 4),)),
+        ),
+        "liver",
+    )
+    assert [p.z for p in obj.prompts] == [7, 2, 4]
+    assert build_object(points=["5,6"]).prompts == (Prompt(points=(Point(5, 6),)),)  # 2D: one "slice"
+
+
+def test_build_object_refuses_two_boxes_on_a_slice_and_no_prompt():
+    with pytest.raises(PromptError, match="two boxes for one object on slice 3"):
+        build_object(["1,2,30,40,3", "5,6,50,60,3"])
+    with pytest.raises(PromptError, match="two boxes for one object on the image"):
+        build_object(["1,2,30,40", "5,6,50,60"])
+    with pytest.raises(PromptError, match="no prompt given for object 'gtv'"):
+        build_object(name="gtv")
+
+
+def test_a_correction_may_be_exclude_clicks_alone():
+    negative = Prompt(points=(Point(5, 5, False, 1),))
+    with pytest.raises(PromptError, match="only negative points"):
+        validate_prompt(negative, (3, 20, 20))
+    validate_prompt(negative, (3, 20, 20), correction=True)
+    with pytest.raises(PromptError, match="outside the image"):  # the other rules still hold
+        validate_prompt(Prompt(points=(Point(50, 5, False, 1),)), (3, 20, 20), correction=True)
 
 
 # -- prompts from masks --------------------------------------------------------------------------------------

@@ -9,21 +9,32 @@ measurements and files.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from oncoseg.errors import EmptyResultError, OncoSegError
+from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.io import check_mask_path, load_image, save_mask
 from oncoseg.io.write import OutputFiles, check_distinct, check_output_path
 from oncoseg.measure import Measurements, measure
 from oncoseg.models.spec import ModelSpec
 from oncoseg.predictor import Predictor, blank_error
-from oncoseg.prompts import Box, BoxLike, PointLike, Prompt, _as_box, build_prompts, validate_prompt
+from oncoseg.prompts import (
+    MAX_OBJECTS,
+    Box,
+    BoxLike,
+    ObjectPrompts,
+    PointLike,
+    Prompt,
+    _as_box,
+    build_object,
+    build_prompts,
+    validate_prompt,
+)
 from oncoseg.session import Session
 from oncoseg.volume import PropagationSettings
 
@@ -93,18 +104,37 @@ class SegmentationResult:
         warnings = [str(w) for w in self.image.metadata.get("warnings", [])]
         return {"image": self.image.describe(), "objects": objects, "warnings": warnings}
 
-    def write(self, output=None, overlay=None, json_path=None) -> SegmentationResult:
+    def write(
+        self, output=None, overlay=None, json_path=None, *, output_type: str = "nifti", names=None
+    ) -> SegmentationResult:
         """Write whichever of mask, overlay and JSON report were asked for, all or none: an output that cannot
-        be written raises OncoSegError naming it and leaves every existing file as it was. Returns ``self``."""
-        check_outputs(self.image, output, overlay, json_path)
+        be written raises OncoSegError naming it and leaves every existing file as it was. ``output_type``
+        "dicom_seg" or "rtstruct" writes the mask as a DICOM object over the image's series (`save_dicom`).
+        Returns ``self``."""
+        check_outputs(self.image, output, overlay, json_path, output_type=output_type, names=names)
         with OutputFiles() as files:
-            if output is not None:
+            if output is not None and output_type == "nifti":
                 self.save(output, files)
+            elif output is not None:
+                self.save_dicom(output, output_type, names, files)
             if overlay is not None:
                 self.save_overlay(overlay, files)
             if json_path is not None:
                 self.save_json(json_path, files)
         return self
+
+    def save_dicom(
+        self, path, kind: str = "rtstruct", names=None, outputs: OutputFiles | None = None
+    ) -> Path:
+        """Write the objects as an RTSTRUCT (``kind="rtstruct"``) or DICOM SEG (``"dicom_seg"``) over the DICOM
+        series the image was read from; ``names``: ``{label: name}`` or ``"1=GTV,2=..."`` (TG-263 names where
+        known; default Object_1, Object_2, ...)."""
+        from oncoseg.dicom import write_rtstruct, write_seg
+
+        names = structure_names(names)
+        masks = {names.get(i, f"Object_{i}"): self.labels == i for i in range(1, int(self.labels.max()) + 1)}
+        write = write_rtstruct if kind == "rtstruct" else write_seg
+        return write(masks, self.image.source_path, path, outputs=outputs)
 
     def save_json(self, path: str | Path, outputs: OutputFiles | None = None) -> Path:
         if outputs is None:
@@ -114,17 +144,56 @@ class SegmentationResult:
         return outputs.write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_outputs(image: MedicalImage, output=None, overlay=None, json_path=None) -> None:
-    """Raise OncoSegError now, before the model runs, if any requested output cannot be written."""
+DICOM_OUTPUTS = ("dicom_seg", "rtstruct")
+
+
+def check_outputs(
+    image: MedicalImage, output=None, overlay=None, json_path=None, *, output_type: str = "nifti", names=None
+) -> None:
+    """Raise OncoSegError now, before the model runs, if any requested output cannot be written. A DICOM
+    ``output_type`` needs an image read from a DICOM series folder, and ``names`` fit for DICOM."""
     from oncoseg.render import check_overlay_path
 
-    if output is not None:
+    if output_type not in ("nifti", *DICOM_OUTPUTS):
+        raise OncoSegError(f"unknown output type {output_type!r}: nifti, {', '.join(DICOM_OUTPUTS)}")
+    if output_type != "nifti" and not _from_dicom_series(image):
+        raise OncoSegError(
+            f"--output-type {output_type} writes a DICOM object over the input series: INPUT must be a "
+            "DICOM series folder (CT/MR), not a file"
+        )
+    if output is not None and output_type == "nifti":
         check_mask_path(output, image)
+    elif output is not None:
+        check_output_path(output, "DICOM output (e.g. rt.dcm)")
+        structure_names(names)
     if overlay is not None:
         check_overlay_path(overlay)
     if json_path is not None:
         check_output_path(json_path, "JSON report")
     check_distinct(output, overlay, json_path)
+
+
+def structure_names(names: str | Mapping[int, str] | None) -> dict[int, str]:
+    """``{label: name}`` from a mapping or a ``--names`` text (`oncoseg.dicom.export.parse_names`), each name
+    checked as a DICOM structure name (its TG-263 form)."""
+    from oncoseg.dicom import standard_name
+    from oncoseg.dicom.export import parse_names
+    from oncoseg.dicom.reference import check_text
+
+    names = parse_names(names) if names is None or isinstance(names, str) else dict(names)
+    for name in names.values():
+        check_text(standard_name(name), "LO", "structure name")
+    return names
+
+
+def _from_dicom_series(image: MedicalImage) -> bool:
+    source = image.source_path
+    return (
+        image.metadata.get("format") == "dicom"
+        and image.is_3d
+        and source is not None
+        and Path(source).is_dir()
+    )
 
 
 def _place(image: MedicalImage, z: int | None) -> str:
@@ -151,14 +220,17 @@ def segment(
     box: BoxLike | Sequence[BoxLike] | None = None,
     points: Sequence[PointLike] = (),
     *,
+    objects: Sequence[ObjectPrompts] = (),
     modality: str | None = None,
     volume: bool = False,
     backend: str = "litemedsam",
-    predictor: Predictor | None = None,
+    predictor: Predictor | Callable[[], Predictor] | None = None,
     propagation: PropagationSettings | None = None,
     output: str | Path | None = None,
     overlay: str | Path | None = None,
     json_path: str | Path | None = None,
+    output_type: str = "nifti",
+    names: str | Mapping[int, str] | None = None,
     on_slice: Callable[[int], None] | None = None,
     text: str | None = None,
     exemplars: Sequence[BoxLike] = (),
@@ -169,34 +241,167 @@ def segment(
     """Segment ``image`` from boxes and/or points and measure each object.
 
     ``box`` is one box or a list of boxes (one object each); boxes and points are pixel coordinates, with the
-    slice index as last box value / third point value for volumes. ``volume=True`` propagates each object through
-    the volume; otherwise only the prompted slice is segmented. Outputs are written only when everything
-    succeeded, all or none (an empty result raises ``EmptyResultError`` and writes nothing); a prompt on pixels
-    that hold no information (constant, or NaN only) finds nothing.
+    slice index as last box value / third point value for volumes. ``objects`` instead gives objects annotated
+    on several slices (`oncoseg.prompts.build_object`): the first slice's prompt starts the object, each further
+    one corrects it there (`Session.refine`). ``volume=True`` propagates each object through the volume;
+    otherwise only the prompted slices are segmented. ``predictor``: a `Predictor`, or a function returning one
+    (called after every check). Outputs (``output_type`` nifti, or dicom_seg/rtstruct with ``names`` over the
+    DICOM series the image came from) are written only when everything succeeded, all or none (an empty result
+    raises ``EmptyResultError`` and writes nothing); a prompt on pixels that hold no information (constant, or
+    NaN only) finds nothing.
 
     Concept prompts: ``text`` ("polyp": the default model knows the concepts `oncoseg concepts` lists, SAM3 any
     text) and/or ``exemplars`` (SAM3: boxes around examples) find every instance, one label each; on a volume
     give ``slice_index`` (text alone) or ``volume=True`` (every slice, instances joined in 3D). ``weights`` is
     the SAM3 folder, ``threshold`` the confidence an instance needs.
     """
-    if text is not None or exemplars:
-        return _segment_concept(
-            image, text, exemplars, modality=modality, volume=volume, backend=backend, predictor=predictor,
-            output=output, overlay=overlay, json_path=json_path, on_slice=on_slice, slice_index=slice_index,
-            weights=weights, threshold=threshold,
-        )  # fmt: skip
-    if not isinstance(image, MedicalImage):
-        image = load_image(image, modality=modality) if isinstance(image, (str, Path)) else _wrap_array(image)
-    boxes = [] if box is None else ([box] if _is_single_box(box) else list(box))
-    prompts = build_prompts(boxes, points)
+    outputs = {"output": output, "overlay": overlay, "json_path": json_path, "output_type": output_type}
+    image = _as_image(image, modality)
+    if volume and not image.is_3d:
+        raise OncoSegError("--3d needs a volume, but this image is 2D")
     model = predictor or _model_spec(backend, weights, threshold)  # built after the checks
+    if text is not None or exemplars:
+        if box is not None or points or objects:
+            raise OncoSegError("--text/--exemplar find every instance: give them without --box/--point")
+        return _segment_concept(image, text, exemplars, model, volume, slice_index, threshold, on_slice, modality,
+                                {**outputs, "names": names})  # fmt: skip
+    if objects and (box is not None or points):
+        raise PromptError("give the prompts either as objects or as boxes/points, not both")
+    objects = list(objects) or [ObjectPrompts((p,)) for p in build_prompts(_box_list(box), points)]
+    # the prompts first, then the outputs, then blank pixels: all before the model is loaded
+    for obj in objects:
+        for i, prompt in enumerate(obj.prompts):
+            validate_prompt(prompt, image.shape, correction=i > 0)
+    check_outputs(image, **outputs, names=names)
+    names = _with_object_names(objects, names) if output_type != "nifti" else names
     session = Session(image, model, modality=modality, propagation=propagation)
-    for label, prompt in enumerate(prompts, start=1):  # before the model is loaded or run
-        session.check(prompt, volume, label)
-    check_outputs(image, output, overlay, json_path)
-    for prompt in prompts:
-        session.segment(prompt, volume=volume, on_slice=on_slice)
-    return SegmentationResult.from_session(session).write(output, overlay, json_path)
+    for label, obj in enumerate(objects, start=1):
+        session.check(obj.prompts[0], volume, label)
+    for obj in objects:
+        made = session.segment(obj.prompts[0], volume=volume, name=obj.name, on_slice=on_slice)
+        for correction in obj.prompts[1:]:
+            session.refine(made, correction, on_slice=on_slice)
+    return SegmentationResult.from_session(session).write(**outputs, names=names)
+
+
+def refine(
+    image: str | Path | MedicalImage | np.ndarray,
+    mask: str | Path | np.ndarray,
+    box: BoxLike | Sequence[BoxLike] | None = None,
+    points: Sequence[PointLike] = (),
+    *,
+    label: int | None = None,
+    volume: bool | None = None,
+    modality: str | None = None,
+    backend: str = "litemedsam",
+    predictor: Predictor | Callable[[], Predictor] | None = None,
+    propagation: PropagationSettings | None = None,
+    output: str | Path | None = None,
+    overlay: str | Path | None = None,
+    json_path: str | Path | None = None,
+    output_type: str = "nifti",
+    names: str | Mapping[int, str] | None = None,
+    on_slice: Callable[[int], None] | None = None,
+) -> SegmentationResult:
+    """Correct object ``label`` of a saved ``mask`` (a label map file or array on ``image``'s grid; ``label``
+    may be left out when it holds one object) with a box and/or include/exclude clicks, on one or more slices,
+    and measure every object of the mask again.
+
+    Each slice's correction is a `Session.refine` of the object added from the mask (`Session.add`): the slice is
+    segmented again from the clicks and the object's current extent there (a box replaces it). On a 3D object
+    (``volume``, default: the object spans several slices) the walk then starts again from that slice in both
+    directions; going outwards, the saved slices are replaced up to the first one where the walk agrees with
+    them again (Dice >= 0.9) or finds nothing, and kept from there on. Outputs as in
+    `segment`: all or none, checked before the model is loaded."""
+    session = Session(_as_image(image, modality), predictor or _model_spec(backend, None, None), modality=modality,
+                      propagation=propagation)  # fmt: skip
+    image = session.image
+    obj = _object_to_correct(session, load_labels(mask, image), label)
+    corrections = build_object(_box_list(box), points).prompts
+    for prompt in corrections:
+        validate_prompt(prompt, image.shape, correction=True)
+    check_outputs(image, output, overlay, json_path, output_type=output_type, names=names)
+    walk = bool(volume if volume is not None else image.is_3d and obj.mask.any(axis=(1, 2)).sum() > 1)
+    if walk and not image.is_3d:
+        raise OncoSegError("--3d needs a volume, but this image is 2D")
+    for prompt in corrections:
+        saved, saved_scores = obj.mask, obj.slice_scores
+        session.refine(obj, prompt, repropagate=walk, on_slice=on_slice)
+        if walk:
+            _keep_saved_beyond_walk(obj, saved, saved_scores, prompt.z)
+    return SegmentationResult.from_session(session).write(output, overlay, json_path, output_type=output_type,
+                                                          names=names)  # fmt: skip
+
+
+AGREEMENT = 0.9  # Dice between a re-walked slice and the saved one from which the saved mask is kept
+
+
+def _keep_saved_beyond_walk(obj, saved: np.ndarray, saved_scores: dict, z0: int) -> None:
+    """Going outwards from the corrected slice ``z0``, keep the re-walked slices up to the first that agrees with
+    the ``saved`` mask again or where the walk found nothing (it stopped), and the saved slices from there on."""
+    mask, scores = obj.mask.copy(), dict(obj.slice_scores)
+    for step in (1, -1):
+        ahead = range(z0 + step, mask.shape[0] if step > 0 else -1, step)
+        end = next((z for z in ahead if not mask[z].any() or _dice(mask[z], saved[z]) >= AGREEMENT), None)
+        for z in [] if end is None else range(end, ahead.stop, step):
+            mask[z] = saved[z]
+            scores.pop(z, None)
+            if z in saved_scores:
+                scores[z] = saved_scores[z]
+    obj.mask, obj.slice_scores = mask, scores
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def load_labels(mask: str | Path | np.ndarray, image: MedicalImage) -> np.ndarray:
+    """A saved label map (file or array) on ``image``'s grid as integer labels: a file must lie on the image's
+    grid (shape, spacing, origin, orientation; it is never resampled), a PNG mask of one object (0/255) is
+    label 1."""
+    if isinstance(mask, (str, Path)):
+        from oncoseg.dicom.export import check_same_grid
+
+        saved = load_image(mask)
+        if saved.channels != 1:
+            raise OncoSegError(f"{mask}: a mask has one channel, this file has {saved.channels}")
+        check_same_grid(saved, image, mask)
+        mask = saved.array
+    labels = np.asarray(mask)
+    if labels.shape != image.shape:
+        raise OncoSegError(f"mask shape {labels.shape} does not match the image's {image.shape}")
+    if labels.size and not (np.isfinite(labels).all() and np.array_equal(labels, np.round(labels))):
+        raise OncoSegError("the mask holds non-integer values (a probability map?): give a label map")
+    if labels.min(initial=0) < 0 or labels.max(initial=0) > MAX_OBJECTS:
+        raise OncoSegError(f"the mask holds labels outside 0-{MAX_OBJECTS}")
+    if not image.is_3d and set(np.unique(labels)) <= {0, 255}:
+        labels = labels > 0  # a one-object PNG mask
+    return labels.astype(np.uint8)
+
+
+def _object_to_correct(session: Session, labels: np.ndarray, label: int | None):
+    """Every label of ``labels`` as an object of ``session`` (keeping its number); returns object ``label``."""
+    present = [int(v) for v in np.unique(labels) if v]
+    if not present:
+        raise OncoSegError("the mask holds no object: segment one first (oncoseg segment)")
+    if label is None and len(present) > 1:
+        raise OncoSegError(
+            f"the mask holds labels {', '.join(map(str, present))}: say which to correct (--label N)"
+        )
+    label = present[0] if label is None else label
+    if label not in present:
+        raise OncoSegError(f"label {label} is not in the mask (labels {', '.join(map(str, present))})")
+    for value in present:
+        added = session.add(labels == value)
+        added.label = value  # Session.add numbers objects 1, 2, ...: the saved map's labels are kept
+    return next(o for o in session.objects if o.label == label)
+
+
+def _with_object_names(objects: Sequence[ObjectPrompts], names) -> dict[int, str]:
+    """The DICOM structure names: each object's own name unless ``names`` gives another (all checked now)."""
+    own = {i: obj.name for i, obj in enumerate(objects, start=1) if obj.name}
+    return structure_names({**own, **structure_names(names)})
 
 
 def _model_spec(backend: str, weights: str | Path | None, threshold: float | None) -> ModelSpec:
@@ -209,12 +414,9 @@ def _model_spec(backend: str, weights: str | Path | None, threshold: float | Non
 
 
 def _segment_concept(
-    image, text, exemplars, *, modality, volume, backend, predictor, output, overlay, json_path, on_slice,
-    slice_index, weights, threshold,
-) -> SegmentationResult:  # fmt: skip
+    image, text, exemplars, model, volume, slice_index, threshold, on_slice, modality, outputs
+):
     """`segment` for a concept prompt: every instance of ``text``/``exemplars`` becomes one label."""
-    if not isinstance(image, MedicalImage):
-        image = load_image(image, modality=modality) if isinstance(image, (str, Path)) else _wrap_array(image)
     boxes = [
         _as_box(b) for b in ([exemplars] if exemplars and _is_single_box(exemplars) else list(exemplars))
     ]
@@ -225,15 +427,12 @@ def _segment_concept(
             raise OncoSegError("a text prompt on a volume needs the slice (slice_index / --slice) or --3d")
         prompt = prompt.on_slice(z)
     validate_prompt(prompt, image.shape)
-    if volume and not image.is_3d:
-        raise OncoSegError("--3d needs a volume, but this image is 2D")
-    check_outputs(image, output, overlay, json_path)
-    predictor = predictor or _model_spec(backend, weights, threshold).build_predictor()
+    check_outputs(image, **outputs)
+    predictor = Session(image, model, modality=modality).predictor  # the model, built now, with the image set
     if not predictor.backend.supports_text:
         raise OncoSegError(
             f"the {predictor.backend.name} backend has no text or exemplar prompts (use --backend sam3)"
         )
-    predictor.set_image(image, modality=modality)
     if text is not None:
         predictor.backend.check_text(text)  # e.g. a concept outside the vocabulary: before any model work
     what = repr(text) if text is not None else "the exemplars"
@@ -276,7 +475,7 @@ def _segment_concept(
     result = SegmentationResult(
         image, labels, [prompt] * len(scores), scores, measurements, slices, predictor
     )
-    return result.write(output, overlay, json_path)
+    return result.write(**outputs)
 
 
 def _extent(mask: np.ndarray) -> tuple[int, int]:
@@ -291,7 +490,10 @@ def _is_single_box(box: Any) -> bool:
     return len(box) in (4, 5) and all(np.isscalar(v) and not isinstance(v, str) for v in box)
 
 
-def _wrap_array(array: np.ndarray) -> MedicalImage:
-    array = np.asarray(array)
-    channels = 3 if array.ndim == 3 and array.shape[-1] == 3 else 1
-    return MedicalImage.from_array(array, channels=channels)
+def _box_list(box: BoxLike | Sequence[BoxLike] | None) -> list[BoxLike]:
+    return [] if box is None else ([box] if _is_single_box(box) else list(box))
+
+
+def _as_image(image: str | Path | MedicalImage | np.ndarray, modality: str | None) -> MedicalImage:
+    """A file, DICOM folder or array as a `MedicalImage` (a `MedicalImage` as it is)."""
+    return image if isinstance(image, MedicalImage) else Session.open(image, None, modality=modality).image

@@ -1,4 +1,5 @@
-"""The ``oncoseg`` command: a thin shell over the Python API (``oncoseg.api``)."""
+"""The ``oncoseg`` command: a thin shell over the Python API (``oncoseg.api``, ``oncoseg.demo``, the evaluation,
+training, DICOM and service packages). It parses arguments, calls the core and formats what comes back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from oncoseg import __version__
@@ -23,9 +25,17 @@ prompts (pixel coordinates; x = column, y = row, z = slice index of a volume, co
                              model knows the concepts `oncoseg concepts` lists, --backend sam3 any text
   --exemplar X0,Y0,X1,Y1[,Z] a box around one example: every similar instance (--backend sam3; with --text too)
 
+one object on several slices: --object NAME, then its boxes/points on any slices (at most one box per slice).
+  The slice of its first box (without a box: of its first point) starts the object; each further slice's
+  prompt corrects it there, as `oncoseg refine` does: that slice becomes an anchor and, with --3d, the walk
+  between anchors is done again. Repeat --object for more objects (labels in that order); NAME is also the
+  structure name of dicom_seg/rtstruct outputs. Without --object, every --box is an object of its own.
+
 examples:
   oncoseg segment polyp.jpg --box 120,80,300,260 -o polyp_mask.png --overlay polyp_overlay.png
   oncoseg segment ct.nii.gz --box 14,16,80,76,24 --3d -o liver.nii.gz --json
+  oncoseg segment ct.nii.gz --3d --object liver --box 14,16,80,76,24 --box 20,22,70,64,12 \\
+      --object tumour --box 40,30,52,44,20 -o organs.nii.gz
   oncoseg segment ct_dicom_folder/ --box 200,180,320,300,45 --modality ct -o lesion.nii.gz
   oncoseg segment ct_dicom_folder/ --box 200,180,320,300,45 --3d --output-type rtstruct --names 1=GTV -o gtv_rt.dcm
   oncoseg segment polyp.jpg --text polyp -o polyps.png --overlay polyps_overlay.png
@@ -36,6 +46,29 @@ Find coordinates with `oncoseg info IMAGE` (shape is printed as z, y, x) or any 
 of the image as stored (volumes are read in LPS orientation: x to the patient's left, y to posterior, z up).
 Exit code 2 and one line on stderr for bad input (unreadable file, prompt outside the image, empty result);
 no output file is written unless the whole run succeeds.
+"""
+
+
+EPILOG_REFINE = """\
+corrections (pixel coordinates as for `oncoseg segment`; on a volume each names its slice Z):
+  --point X,Y,Z              include this pixel in the object
+  --point X,Y,Z:neg          exclude it
+  --box X0,Y0,X1,Y1,Z        segment the object on slice Z again inside this box (with points on Z: together)
+Prompts on several slices are applied slice by slice, the slice of the first box (else point) first.
+
+On a volume, when the object spans several slices (or with --3d), the walk starts again from each corrected
+slice in both directions: going outwards, the saved slices are replaced up to the first one where the walk
+agrees with them again (Dice >= 0.9) and kept from there on. With --no-3d only the corrected slices change.
+The mask's other labels are kept as they are. MASK must lie on INPUT's grid: it is never resampled.
+
+examples:
+  oncoseg segment ct.nii.gz --box 14,16,80,76,24 --3d -o liver.nii.gz
+  oncoseg refine ct.nii.gz --mask liver.nii.gz --point 40,30,27:neg -o liver_fixed.nii.gz --json
+  oncoseg refine ct.nii.gz --mask organs.nii.gz --label 2 --box 60,20,90,50,12 --no-3d -o organs_fixed.nii.gz
+  oncoseg refine polyp.jpg --mask polyp_mask.png --point 200,180 -o polyp_fixed.png --overlay fixed.png
+
+Exit code 2 and one line on stderr for bad input (a mask on another grid, a label not in the mask, a prompt
+outside the image); no output file is written unless the whole run succeeds.
 """
 
 
@@ -118,20 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG_SEGMENT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    seg.add_argument("input", help="image file or DICOM series folder")
-    seg.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[,Z]", help="box prompt")
-    seg.add_argument("--point", action="append", default=[], metavar="X,Y[,Z][:neg]", help="point prompt")
+    add_prompt_options(seg, "prompt")
     seg.add_argument(
-        "--modality", choices=MODALITIES, help="intensity normalisation (default: from DICOM or file)"
+        "--object", action=StartObject, metavar="NAME", help="the prompts after it are one object"
     )
     seg.add_argument(
         "--3d", dest="volume", action="store_true", help="propagate through the volume from the prompt"
     )
-    seg.add_argument(
-        "-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .mha; .png for 2D inputs)"
-    )
-    seg.add_argument("--overlay", metavar="PNG", help="also write a picture of the mask over the image")
-    seg.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     seg.add_argument(
         "--text",
         help="text prompt: segment every instance of this structure (default model: see oncoseg concepts)",
@@ -143,29 +169,31 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "--threshold", type=float, help="confidence needed to keep an instance of --text (default 0.5)"
     )
-    seg.add_argument("--backend", default="litemedsam", help="model backend: litemedsam (default) or sam3")
-    seg.add_argument("--weights", metavar="DIR", help=WEIGHTS_HELP)
-    seg.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    seg.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default="auto",
-        help="model precision (fp16: SAM3 on GPUs only)",
+    add_model_options(seg)
+    add_output_options(seg)
+
+    refine = commands.add_parser(
+        "refine",
+        help="correct a saved mask with clicks or a box and measure the result",
+        description="Correct one object of MASK (a label map saved by `oncoseg segment` or any tool, on INPUT's "
+        "grid) with include/exclude clicks or a box on one or more slices; writes the corrected label map and "
+        "prints volume/area and RECIST diameters of its objects.",
+        epilog=EPILOG_REFINE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    seg.add_argument(
-        "--output-type",
-        choices=("nifti", "dicom_seg", "rtstruct"),
-        default="nifti",
-        help="nifti (default: a label map, format by -o's extension), dicom_seg or rtstruct (a DICOM file over "
-        "the input series; needs a DICOM series folder as INPUT)",
+    add_prompt_options(refine, "correction")
+    refine.add_argument("--mask", required=True, help="the label map to correct (.nii.gz, .nrrd, .mha, .png)")
+    refine.add_argument(
+        "--label", type=int, metavar="N", help="the object to correct (needed if MASK holds several)"
     )
-    seg.add_argument(
-        "--names",
-        metavar="1=NAME,...",
-        help="structure names of the objects for dicom_seg/rtstruct (TG-263 names are used where known; "
-        "default Object_1, Object_2, ...)",
+    refine.add_argument(
+        "--3d",
+        dest="volume",
+        action=argparse.BooleanOptionalAction,
+        help="walk again from the corrected slice (default: when the object spans several slices)",
     )
+    add_model_options(refine)
+    add_output_options(refine)
 
     info = commands.add_parser("info", help="show shape, spacing, orientation and modality of an image")
     info.add_argument("input", help="image file or DICOM series folder")
@@ -217,14 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("-o", "--out", help="output folder (default: eval-output/DATASET-SPLIT-PROTOCOL)")
     evaluate.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    evaluate.add_argument(
-        "--backend", default="litemedsam", help="model backend: litemedsam (default) or sam3"
-    )
-    evaluate.add_argument("--weights", metavar="DIR", help=WEIGHTS_HELP)
-    evaluate.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    evaluate.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="model precision"
-    )
+    add_model_options(evaluate, precisions=("auto", "fp32", "bf16"))
     evaluate.add_argument(
         "--devices", type=int, default=1, help="processes per machine through Lightning DDP (default 1)"
     )
@@ -288,6 +309,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_prompt_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """INPUT, --modality, --box and --point (of `segment` and `refine`)."""
+    parser.add_argument("input", help="image file or DICOM series folder")
+    parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[,Z]", help=f"box {what}")
+    parser.add_argument("--point", action="append", default=[], metavar="X,Y[,Z][:neg]", help=f"point {what}")
+    parser.add_argument(
+        "--modality", choices=MODALITIES, help="intensity normalisation (default: from DICOM or file)"
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser, precisions=("auto", "fp32", "bf16", "fp16")) -> None:
+    """--backend, --weights, --checkpoint and --precision: the fields of a `ModelSpec`."""
+    parser.add_argument("--backend", default="litemedsam", help="model backend: litemedsam (default) or sam3")
+    parser.add_argument("--weights", metavar="DIR", help=WEIGHTS_HELP)
+    parser.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    note = " (fp16: SAM3 on GPUs only)" if "fp16" in precisions else ""
+    parser.add_argument("--precision", choices=precisions, default="auto", help=f"model precision{note}")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """-o, --overlay, --json, -q, --output-type and --names (of `segment` and `refine`)."""
+    parser.add_argument(
+        "-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .mha; .png for 2D inputs)"
+    )
+    parser.add_argument("--overlay", metavar="PNG", help="also write a picture of the mask over the image")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--output-type",
+        choices=("nifti", "dicom_seg", "rtstruct"),
+        default="nifti",
+        help="nifti (default: a label map, format by -o's extension), dicom_seg or rtstruct (a DICOM file over "
+        "the input series; needs a DICOM series folder as INPUT)",
+    )
+    parser.add_argument(
+        "--names",
+        metavar="1=NAME,...",
+        help="structure names of the objects for dicom_seg/rtstruct (TG-263 names are used where known; "
+        "default Object_1, Object_2, ...)",
+    )
+
+
+class StartObject(argparse.Action):
+    """``--object NAME``: records where NAME's prompts start in the --box and --point lists."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        starts = [*(getattr(namespace, self.dest) or []), (value, len(namespace.box), len(namespace.point))]
+        setattr(namespace, self.dest, starts)
+
+
+def grouped_objects(args: argparse.Namespace) -> list:
+    """The --object groups of `segment` as `ObjectPrompts` (none without --object)."""
+    from oncoseg.prompts import build_object
+
+    starts = args.object or []
+    if starts and (starts[0][1] or starts[0][2]):
+        raise OncoSegError(
+            "--box/--point given before the first --object: put each after the --object it is for"
+        )
+    ends = [(box, point) for _, box, point in starts[1:]] + [(len(args.box), len(args.point))]
+    return [
+        build_object(args.box[box:box_end], args.point[point:point_end], name)
+        for (name, box, point), (box_end, point_end) in zip(starts, ends)
+    ]
+
+
 # options whose value is comma-separated numbers, which may start with '-' (``--point -5,-5``)
 NUMBER_LIST_OPTIONS = ("--box", "--point", "--exemplar")
 _NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
@@ -324,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_library_warnings()
     try:
         commands = {
-            "segment": run_segment, "info": run_info, "datasets": run_datasets, "evaluate": run_evaluate,
-            "train": run_train, "demo": run_demo, "export": run_export, "serve": run_serve,
+            "segment": run_segment, "refine": run_refine, "info": run_info, "datasets": run_datasets,
+            "evaluate": run_evaluate, "train": run_train, "demo": run_demo, "export": run_export, "serve": run_serve,
         }  # fmt: skip
         if args.command in SUBCOMMAND_MODULES:
             return importlib.import_module(SUBCOMMAND_MODULES[args.command]).run(args)
@@ -466,64 +553,79 @@ def format_summary(summary: dict) -> str:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    from oncoseg.api import segment
+
+    image, objects = read_input(args), grouped_objects(args)
+    prompts = {"objects": objects} if objects else {"box": args.box or None, "points": args.point}
+    concept = {
+        "text": args.text,
+        "exemplars": args.exemplar,
+        "slice_index": args.slice,
+        "threshold": args.threshold,
+    }
+    with progress(args, image) as on_slice:
+        result = segment(image, volume=args.volume, **prompts, **concept, **run_options(args, on_slice))
+    print_result(result, args)
+    return 0
+
+
+def run_refine(args: argparse.Namespace) -> int:
+    from oncoseg.api import refine
+
+    image = read_input(args)
+    with progress(args, image) as on_slice:
+        result = refine(image, args.mask, args.box or None, args.point, label=args.label, volume=args.volume,
+                        **run_options(args, on_slice))  # fmt: skip
+    print_result(result, args)
+    return 0
+
+
+def read_input(args: argparse.Namespace):
+    """INPUT read with --modality; the warnings of reading it printed."""
     from oncoseg.io import load_image
 
     image = load_image(args.input, modality=args.modality)
     print_warnings(image)
-    _check_request(args, image)
-    from oncoseg.api import segment
+    return image
 
-    concept = {}
-    if args.text is not None or args.exemplar:
-        concept = {"text": args.text, "exemplars": args.exemplar, "slice_index": args.slice}
-    if args.backend == "sam3":
-        concept.update(predictor=_predictor(args))
-    elif concept:
-        concept.update(threshold=args.threshold)
 
-    progress = None
-    if args.volume and not args.quiet:
-        from tqdm import tqdm
+def run_options(args: argparse.Namespace, on_slice) -> dict:
+    """The keyword arguments `segment` and `refine` share: model (built after the API's checks) and outputs."""
+    return {
+        "modality": args.modality, "backend": args.backend, "predictor": lambda: _predictor(args),
+        "output": args.output, "overlay": args.overlay, "output_type": args.output_type, "names": args.names,
+        "on_slice": on_slice,
+    }  # fmt: skip
 
-        progress = tqdm(
-            total=image.num_slices,
-            desc="propagating",
-            unit="slice",
-            file=sys.stderr,
-            leave=False,
-            disable=None,
-        )
+
+@contextmanager
+def progress(args: argparse.Namespace, image):
+    """An ``on_slice`` callback drawing a progress bar over the slices of a volume from the first slice the model
+    walks to (None for 2D images and with -q)."""
+    bar = None
+
+    def step(_z: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=image.num_slices, desc="propagating", unit="slice", file=sys.stderr, leave=False,
+                       disable=None)  # fmt: skip
+        bar.update(1)
+
     try:
-        result = segment(
-            image,
-            box=args.box or None,
-            points=args.point,
-            modality=args.modality,
-            volume=args.volume,
-            backend=args.backend,
-            on_slice=(lambda z: progress.update(1)) if progress else None,
-            **({"predictor": _predictor(args)} if args.backend == "litemedsam" else {}),
-            **concept,
-        )
+        yield None if args.quiet or not image.is_3d else step
     finally:
-        if progress:
-            progress.close()
-    from oncoseg.io.write import OutputFiles
+        if bar is not None:
+            bar.close()
 
-    with OutputFiles() as outputs:  # the mask (or DICOM file) and the overlay: both or neither
-        if args.output_type == "nifti":
-            result.save(args.output, outputs)
-        else:
-            _save_dicom(result, args, outputs)
-        if args.overlay:
-            result.save_overlay(args.overlay, outputs)
-    summary = result.to_dict()
-    summary["output"] = str(args.output)
+
+def print_result(result, args: argparse.Namespace) -> None:
+    summary = {**result.to_dict(), "output": str(args.output)}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary, args.output, args.overlay)
-    return 0
 
 
 def print_warnings(image) -> None:
@@ -532,61 +634,21 @@ def print_warnings(image) -> None:
         print(f"oncoseg: warning: {warning}", file=sys.stderr)
 
 
-def _check_request(args: argparse.Namespace, image) -> None:
-    """Fail on bad prompts, outputs that cannot be written, --3d on a 2D image or a blank prompt region, before
-    torch and the model are loaded."""
-    from oncoseg.api import check_outputs
-    from oncoseg.io.write import check_distinct, check_output_path
-    from oncoseg.prompts import build_prompts, validate_prompt
-    from oncoseg.render import check_overlay_path
-    from oncoseg.session import Session
+def size(obj: dict, digits: int = 2) -> str:
+    """An object's volume (mL, ``digits`` decimals) or, for a 2D image, its area (mm², one decimal fewer)."""
+    if obj.get("volume_ml") is not None:
+        return f"{obj['volume_ml']:.{digits}f} mL"
+    return f"{obj['area_mm2']:.{digits - 1}f} mm²"
 
-    if args.volume and not image.is_3d:
-        raise OncoSegError("--3d needs a volume, but this image is 2D")
-    concept = getattr(args, "text", None) is not None or getattr(args, "exemplar", [])
-    if concept and (args.box or args.point):
-        raise OncoSegError("--text/--exemplar find every instance: give them without --box/--point")
-    prompts = [] if concept else build_prompts(args.box, args.point)
-    for prompt in prompts:
-        validate_prompt(prompt, image.shape)  # the prompt first, then the outputs, then blank pixels
-    if args.output_type == "nifti":
-        check_outputs(image, args.output, args.overlay)
-    elif image.metadata.get("format") != "dicom" or not image.is_3d or not Path(args.input).is_dir():
-        raise OncoSegError(
-            f"--output-type {args.output_type} writes a DICOM object over the input series: INPUT must be a "
-            "DICOM series folder (CT/MR), not a file"
+
+def print_summary(summary: dict, output: str, overlay: str | None) -> None:
+    for obj in summary["objects"]:
+        where = f", slices {obj['slices'][0]}-{obj['slices'][1]}" if obj.get("slices") else ""
+        print(
+            f"object {obj['label']}: {size(obj)}, RECIST long {obj['recist_long_mm']:.1f} mm, "
+            f"short {obj['recist_short_mm']:.1f} mm, score {obj['score']:.2f}{where}"
         )
-    else:
-        check_output_path(args.output, "DICOM output (e.g. rt.dcm)")
-        if args.overlay:
-            check_overlay_path(args.overlay)
-        check_distinct(args.output, args.overlay)
-        _structure_names(args)
-    session = Session(image, model=None)  # checks only: no model is loaded
-    for label, prompt in enumerate(prompts, start=1):
-        session.check(prompt, args.volume, label)
-
-
-def _structure_names(args: argparse.Namespace) -> dict[int, str]:
-    """--names of `segment` as {label: name}, each checked as a DICOM structure name."""
-    from oncoseg.dicom import standard_name
-    from oncoseg.dicom.export import parse_names
-    from oncoseg.dicom.reference import check_text
-
-    names = parse_names(args.names)
-    for name in names.values():
-        check_text(standard_name(name), "LO", "structure name")
-    return names
-
-
-def _save_dicom(result, args: argparse.Namespace, outputs) -> None:
-    """Write the objects of ``result`` as an RTSTRUCT or DICOM SEG over the input series (in ``outputs``)."""
-    from oncoseg.dicom import write_rtstruct, write_seg
-
-    names = _structure_names(args)
-    masks = {names.get(i, f"Object_{i}"): result.labels == i for i in range(1, int(result.labels.max()) + 1)}
-    write = write_rtstruct if args.output_type == "rtstruct" else write_seg
-    write(masks, args.input, args.output, outputs=outputs)
+    print(f"mask written to {output}" + (f", overlay to {overlay}" if overlay else ""))
 
 
 class _StderrWarnings(logging.Handler):
@@ -636,69 +698,20 @@ def _predictor(args: argparse.Namespace):
     return ModelSpec.from_args(args).build_predictor()
 
 
-def print_summary(summary: dict, output: str, overlay: str | None) -> None:
-    for obj in summary["objects"]:
-        size = (
-            f"{obj['volume_ml']:.2f} mL" if obj.get("volume_ml") is not None else f"{obj['area_mm2']:.1f} mm²"
-        )
-        where = f", slices {obj['slices'][0]}-{obj['slices'][1]}" if obj.get("slices") else ""
-        print(
-            f"object {obj['label']}: {size}, RECIST long {obj['recist_long_mm']:.1f} mm, "
-            f"short {obj['recist_short_mm']:.1f} mm, score {obj['score']:.2f}{where}"
-        )
-    print(f"mask written to {output}" + (f", overlay to {overlay}" if overlay else ""))
-
-
 def run_demo(args: argparse.Namespace) -> int:
     """Segment every bundled sample with its suggested prompt; 3D samples by propagation."""
-    from oncoseg.api import segment
-    from oncoseg.models.spec import ModelSpec
-    from oncoseg.samples import list_samples, sample_path
+    from oncoseg.demo import run_demo as demo
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    predictor = ModelSpec().build_predictor()
-    report = {}
-    for name, sample in list_samples().items():
-        prompt = sample["prompt"]
-        box = list(prompt["box"]) + ([prompt["z"]] if "z" in prompt else [])
-        volume = "z" in prompt
-        suffix = ".nii.gz" if volume else ".png"
-        result = segment(
-            sample_path(name),
-            box=box,
-            modality=sample["modality"],
-            volume=volume,
-            predictor=predictor,
-            output=out / f"{name}_mask{suffix}",
-            overlay=out / f"{name}_overlay.png",
-        )
-        entry = result.to_dict()
-        entry["dice_vs_reference"] = _dice_with_reference(result, sample_path(sample["mask"]))
-        report[name] = entry
+    def show(name: str, sample: dict, entry: dict) -> None:
         obj = entry["objects"][0]
-        size = (
-            f"{obj['volume_ml']:.1f} mL" if obj.get("volume_ml") is not None else f"{obj['area_mm2']:.0f} mm²"
-        )
         print(
-            f"{name:18s} {sample['target']:14s} {size:>10s}  RECIST {obj['recist_long_mm']:.1f} x "
+            f"{name:18s} {sample['target']:14s} {size(obj, 1):>10s}  RECIST {obj['recist_long_mm']:.1f} x "
             f"{obj['recist_short_mm']:.1f} mm  Dice vs reference {entry['dice_vs_reference']:.3f}"
         )
-    from oncoseg.io import atomic_write_path
 
-    with atomic_write_path(out / "results.json") as temporary:
-        temporary.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"masks, overlays and results.json written to {out}/")
+    demo(args.output, show)
+    print(f"masks, overlays and results.json written to {Path(args.output)}/")
     return 0
-
-
-def _dice_with_reference(result, mask_path: Path) -> float:
-    from oncoseg.io import load_image
-
-    reference = load_image(mask_path).array
-    reference = (reference[..., 0] if reference.ndim == result.labels.ndim + 1 else reference) > 0
-    predicted = result.labels > 0
-    return float(2 * (predicted & reference).sum() / max(1, predicted.sum() + reference.sum()))
 
 
 EPILOG_SERVE = """\

@@ -148,6 +148,39 @@ def build_prompts(boxes: Sequence[BoxLike] = (), points: Sequence[PointLike] = (
     raise PromptError("no prompt given: pass a box (--box) or at least one point (--point)")
 
 
+@dataclass(frozen=True)
+class ObjectPrompts:
+    """One object annotated on one or more slices: one `Prompt` per slice, in the order given. The first starts
+    the object (`Session.segment`); each further one corrects it on its own slice (`Session.refine`: that slice
+    becomes an anchor, and for a 3D object the walk between anchors is done again)."""
+
+    prompts: tuple[Prompt, ...]
+    name: str | None = None
+
+
+def build_object(
+    boxes: Sequence[BoxLike] = (), points: Sequence[PointLike] = (), name: str | None = None
+) -> ObjectPrompts:
+    """The prompts of one object from boxes and points on any slices: per slice, its box (at most one) with the
+    points on that slice. The slice of the first box (without a box, of the first point) comes first, the others
+    follow in the order given. Strings are parsed as on the command line."""
+    parts = [_as_box(b) for b in boxes] + [_as_point(p) for p in points]
+    if not parts:
+        what = f"object {name!r}" if name else "the object"
+        raise PromptError(f"no prompt given for {what}: give a box (--box) or a point (--point) after it")
+    slices: dict[int | None, Prompt] = {}
+    for part in parts:
+        given = slices.setdefault(part.z, Prompt())
+        if isinstance(part, Point):
+            slices[part.z] = replace(given, points=(*given.points, part))
+        elif given.box is not None:
+            where = "the image" if part.z is None else f"slice {part.z}"
+            raise PromptError(f"two boxes for one object on {where}: give one box per slice and object")
+        else:
+            slices[part.z] = replace(given, box=part)
+    return ObjectPrompts(tuple(slices.values()), name)
+
+
 def _as_box(value: BoxLike) -> Box:
     if isinstance(value, Box):
         return value
@@ -164,8 +197,9 @@ def _as_point(value: PointLike) -> Point:
     return parse_point(",".join(str(v) for v in value))
 
 
-def validate_prompt(prompt: Prompt, shape: tuple[int, ...]) -> None:
-    """Raise PromptError unless the prompt fits an image of spatial ``shape`` ((H, W) or (Z, H, W))."""
+def validate_prompt(prompt: Prompt, shape: tuple[int, ...], correction: bool = False) -> None:
+    """Raise PromptError unless the prompt fits an image of spatial ``shape`` ((H, W) or (Z, H, W)).
+    A ``correction`` of an existing object may be exclude clicks alone."""
     if prompt.box is None and not prompt.points and not prompt.is_concept:
         raise PromptError("no prompt given: pass a box or at least one point")
     if prompt.text is not None and not prompt.text.strip():
@@ -196,7 +230,7 @@ def validate_prompt(prompt: Prompt, shape: tuple[int, ...]) -> None:
     for p in prompt.points:
         if not (np.isfinite(p.x) and np.isfinite(p.y)) or not (0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
             raise PromptError(f"point ({p.x:g},{p.y:g}) lies outside the image (x 0..{w - 1}, y 0..{h - 1})")
-    if prompt.points and not any(p.positive for p in prompt.points) and prompt.box is None:
+    if prompt.points and not any(p.positive for p in prompt.points) and prompt.box is None and not correction:
         raise PromptError("only negative points given: add a positive point or a box to say what to segment")
 
 
