@@ -129,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     done: dict[tuple, CaseResult] = {}
     runs: dict[str, InteractiveResult] = {}  # every initial prompt in the file, kept when resuming
     invocations: list[dict] = []  # the commands that made the file (resumed and merged runs included)
+    commits: list[str] = []  # the source commits of the files read (resumed or merged)
     sources = ([output] if output.exists() and (args.resume or args.merge) else []) + list(args.merge or [])
     for source in sources:
         old = json.loads(source.read_text(encoding="utf-8"))
         invocations += old.get("invocations") or [
             {"command": old.get("command"), "seconds": old.get("seconds")}
         ]
+        commits += [c for c in (old.get("source_commit") or "").split(", ") if c and c not in commits]
         for initial, run in old.get("runs", {}).items():
             runs.setdefault(initial, InteractiveResult([], {}))
             selection = {
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "environment": environment(),
             # set when the run uses a clean export of a commit (others' uncommitted edits left out)
-            "source_commit": os.environ.get("ONCOSEG_SOURCE_COMMIT"),
+            "source_commit": os.environ.get("ONCOSEG_SOURCE_COMMIT") or ", ".join(commits) or None,
             "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
             "protocol": (
                 "CVPR 2025 interactive 3D segmentation challenge rules as in oncoseg.evaluate.interactive: "

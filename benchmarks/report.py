@@ -669,8 +669,9 @@ def interactive_section(result: dict) -> str:
         "",
         (
             "Command: `nice .venv/bin/python benchmarks/interactive.py` (source commit "
-            f"`{(result.get('source_commit') or result['environment'].get('git_commit') or '?')[:10]}`, "
-            f"{result['seconds']:.0f} s for the last invocation). {result['protocol']}. Cases: {selection}. "
+            f"`{result.get('source_commit') or result['environment'].get('git_commit') or '?'}`, "
+            f"{result.get('seconds_total', result['seconds']):.0f} s in all). {result['protocol']}. Cases asked "
+            f"for: {selection} (n = targets finished). "
             "Mean Dice after the box and after each click; the bound is the GT box on every slice (no "
             "propagation, no clicks). The TotalSegmentator labels are that model's predictions, not manual."
         ),
