@@ -321,6 +321,12 @@ def test_jobs_and_downloads_refuse_what_does_not_exist(client):
         assert client.get(f"/api/images/{first}/jobs/{job['job_id']}/result/{z}").status_code == 422
     assert client.get(f"/api/images/{other}/download").status_code == 409  # the other image has no result
     assert client.get(f"/api/images/{first}/download").status_code == 200
+    assert client.get(f"/api/images/{first}/jobs/{job['job_id']}/result/2").status_code == 200
+    newer = client.post(f"/api/images/{first}/jobs", json={"z": 3, "box": [4, 4, 20, 20]}).json()
+    engine.worker.call(lambda: None)
+    assert client.get(f"/api/images/{first}/jobs/{newer['job_id']}").json()["state"] == "done"
+    superseded = client.get(f"/api/images/{first}/jobs/{job['job_id']}/result/2")  # its mask is not kept
+    assert superseded.status_code == 409 and "superseded" in superseded.json()["detail"]
     bad = [
         {"action": "delete", "z": 2, "box": [4, 4, 20, 20]},
         {"z": 9, "box": [4, 4, 20, 20]},

@@ -420,3 +420,55 @@ def test_download_gives_a_nifti_on_the_image_grid(tmp_path):
         assert not list((tmp_path / "work" / "downloads").rglob("*.nii.gz"))  # the temporary file is gone
         seg = client.get(f"/api/images/{image_id}/download", params={"format": "seg"})
         assert seg.status_code == 409 and "DICOM" in seg.json()["detail"]  # not a DICOM series
+
+
+class ExcludingBoxBackend(BoxBackend):
+    """BoxBackend that finds nothing when a prompt has as many exclude clicks as include clicks."""
+
+    def decode(self, embedding, prompts, mask_input=None):
+        found = super().decode(embedding, prompts, mask_input)
+        for i, prompt in enumerate(prompts):
+            excluded = sum(not p.positive for p in prompt.points)
+            if excluded and excluded >= len(prompt.points) - excluded:
+                found.masks[i] = False
+        return found
+
+
+def test_clicks_refine_a_slice_result_through_the_core_even_after_an_emptying_click(tmp_path):
+    """The web page sends every click on the slice each time: a prompt that repeats the clicks behind the
+    result and adds one is `Session.refine` (the grown-box rule); one that emptied the result is answered as
+    empty, and the next click still refines the region from before it. A blank slice is refused and keeps the
+    result."""
+    client, engine, image = _volume_client(tmp_path, ExcludingBoxBackend(), slices=4)
+    volume = np.asarray(image.dataobj).copy()
+    volume[:, :, 3] = 7  # slice 3 is blank
+    with client:
+        data = nibabel.Nifti1Image(volume, image.affine).to_bytes()
+        image_id = client.post("/api/images/upload", files={"file": ("ct.nii", data)}).json()["image_id"]
+        url = f"/api/images/{image_id}/segment"
+        first = {"x": 30, "y": 30}
+        exclude = {"x": 31, "y": 31, "positive": False}
+        again = {"x": 50, "y": 29}
+        answer = client.post(url, json={"z": 1, "points": [first]}).json()
+        assert not answer["refined"] and not answer["empty"]
+        assert rle_decode(answer["mask"]).sum() == 49  # the stand-in's 7x7 square round the click
+        emptied = client.post(url, json={"z": 1, "points": [first, exclude]})
+        assert emptied.status_code == 200 and emptied.json()["refined"] and emptied.json()["empty"]
+        assert client.get(f"/api/images/{image_id}/measurements").status_code == 409  # the result is empty
+        opened = engine.store.get(image_id)
+        assert [(p.x, p.y) for p in opened.obj.anchors[1].points] == [(30, 30)]  # the object is kept
+        refined = client.post(url, json={"z": 1, "points": [first, exclude, again]}).json()
+        assert refined["refined"] and not refined["empty"]
+        mask = rle_decode(refined["mask"])
+        # the 7x7 square's extent (27..33) grown to take in (50, 29), plus 4 px: the stand-in paints that box
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        assert (cols[0], cols[-1], rows[0], rows[-1]) == (23, 54, 23, 37)
+        assert [(p.x, p.y) for p in opened.obj.anchors[1].points] == [(30, 30), (31, 31), (50, 29)]
+        assert len(opened.core.objects) == 1 and opened.core.objects[0] is opened.obj
+        other = client.post(url, json={"z": 1, "points": [again]}).json()  # not a continuation: afresh
+        assert not other["refined"] and rle_decode(other["mask"]).sum() == 49
+        assert opened.obj.label == 1 and len(opened.core.objects) == 1  # the old object left the core session
+        blank = client.post(url, json={"z": 3, "box": [4, 4, 30, 30]})
+        assert blank.status_code == 422 and "blank" in blank.json()["detail"]
+        kept = client.get(f"/api/images/{image_id}/measurements").json()
+        assert kept["z"] == 1 and kept["measurements"]["voxel_count"] == 49

@@ -153,6 +153,11 @@ class Engine:
         return time.perf_counter() - start
 
     def close(self) -> None:
+        for (
+            opened
+        ) in self.store.list():  # a running job stops at its next slice instead of holding up the stop
+            for job in list(opened.jobs.values()):
+                job.cancel()
         self.worker.stop()
         self.store.close_all()
         if self.pacs is not None:
@@ -523,6 +528,8 @@ class Engine:
             if any(j.state not in FINISHED for j in opened.jobs.values()):
                 raise ConflictError("a 3D job is already running on this image: cancel it or wait for it")
             self.worker.submit(self._run_job, opened, job, prompt, max_slices)
+            for older in opened.jobs.values():  # one finished result mask kept per image at most
+                older.release()
             opened.jobs[job.id] = job
             finished = [key for key, j in opened.jobs.items() if j.state in FINISHED]
             for key in finished[: max(0, len(opened.jobs) - KEEP_JOBS)]:
@@ -565,7 +572,10 @@ class Engine:
         check_slice(opened.image, z)
         mask = job.view(z, opened.image.shape[-2:])
         if mask is None:
-            raise ConflictError(f"the job was {job.state}: the image's result is unchanged (see its result)")
+            what = (
+                "superseded by a newer job" if job.state == DONE else f"{job.state}: the result is unchanged"
+            )
+            raise ConflictError(f"the job was {what} (see the image's result)")
         return png_bytes(mask_rgba(mask))
 
     # ------------------------------------------------------------------ results

@@ -73,6 +73,11 @@ class Job:
             if self.state == QUEUED:
                 self._finish(CANCELLED)
 
+    def release(self) -> None:
+        """Forget the result mask of a finished job (a newer job on the image supersedes it)."""
+        with self._lock:
+            self.final = None
+
     def start(self) -> bool:
         """Called on the model thread: False when the job was cancelled before it started."""
         with self._lock:
@@ -132,10 +137,11 @@ class Job:
     # ------------------------------------------------------------------ views
     def view(self, z: int, shape: tuple[int, int]) -> np.ndarray | None:
         """The job's mask on slice ``z``: the slices finished so far over the result from before (running), the
-        job's result (done); None when it was cancelled or failed (the image's result is unchanged)."""
+        job's result (done, until a newer job supersedes it); None when it was cancelled or failed (the image's
+        result is unchanged) or superseded."""
         with self._lock:
             if self.state == DONE:
-                return self.final[z]
+                return None if self.final is None else self.final[z]
             if self.state in (CANCELLED, FAILED):
                 return None
             if z in self._finished_slices:
