@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from oncoseg.api import SegmentationResult, segment
+from oncoseg.api import SegmentationResult, refine, segment
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.io import load_image
 from oncoseg.models import Backend, ImageEmbedding, MaskPrediction
@@ -134,6 +134,68 @@ def test_to_dict_is_json_with_only_the_documented_fields(polyp_four):
     assert all(set(o) == OBJECT_KEYS for o in summary["objects"])
     assert "polyp" not in text and "/" not in text  # no file name or path
     assert summary["image"]["shape"] == [529, 617] and summary["image"]["channels"] == 3
+
+
+def test_refining_with_the_original_box_gives_the_saved_png_mask_back(ultrasound, predictor, tmp_path):
+    """A saved one-object PNG (0/255) is label 1 again; a box correction on a 2D image is the box's mask."""
+    result, out = ultrasound
+    box = SAMPLES["breast_ultrasound"]["prompt"]["box"]
+    again = refine(sample_path("breast_ultrasound"), out / "mask.png", box=box, predictor=predictor)
+    np.testing.assert_array_equal(again.labels, result.labels)
+    x0, y0, x1, y1 = box
+    smaller = refine(sample_path("breast_ultrasound"), out / "mask.png", box=(x0, y0, (x0 + x1) // 2, y1),
+                     predictor=predictor, output=tmp_path / "fixed.png")  # fmt: skip
+    assert 0 < smaller.measurements[0].voxel_count < result.measurements[0].voxel_count
+    assert not smaller.labels[:, (x0 + x1) // 2 + 20 :].any()
+    np.testing.assert_array_equal(load_image(tmp_path / "fixed.png").array, smaller.labels * 255)
+
+
+def test_refine_corrects_one_label_and_keeps_the_others(polyp_four, predictor):
+    result, _ = polyp_four
+    labels = np.where(result.labels == 2, 7, result.labels)  # labels 1, 3, 4, 7: numbers are kept
+    fixed = refine(sample_path("polyp"), labels, box="60,20,90,50", label=7, predictor=predictor)
+    for value in (1, 3, 4):
+        np.testing.assert_array_equal(fixed.labels == value, labels == value)
+    assert set(np.unique(fixed.labels)) == {0, 1, 3, 4, 7}
+    assert not np.array_equal(fixed.labels == 7, labels == 7)
+    ys, xs = np.nonzero(fixed.labels == 7)  # the new box's object: x 60..90, y 20..50, give or take 10 pixels
+    assert xs.min() >= 50 and xs.max() <= 100 and ys.min() >= 10 and ys.max() <= 60
+    assert len(xs) < (labels == 7).sum()
+    assert [o["label"] for o in fixed.to_dict()["objects"]] == [1, 3, 4, 7]
+
+
+@pytest.mark.parametrize(
+    "labels, kwargs, words",
+    [
+        ("two", {}, "the mask holds labels 1, 2: say which to correct (--label N)"),
+        ("two", {"label": 3}, "label 3 is not in the mask (labels 1, 2)"),
+        ("none", {}, "the mask holds no object"),
+        ("half", {}, "non-integer values"),
+        ("small", {}, "mask shape (10, 10) does not match the image's (64, 64)"),
+        ("one", {"volume": True}, "needs a volume"),
+        ("one", {"points": ["70,5"]}, "outside the image"),
+    ],
+)
+def test_bad_refine_requests_raise_before_the_model_and_write_nothing(labels, kwargs, words, tmp_path):
+    masks = {"one": np.zeros((64, 64), np.uint8), "small": np.zeros((10, 10), np.uint8)}
+    masks["one"][10:20, 10:20] = 1
+    masks["two"] = masks["one"] + (np.arange(64)[None, :] > 50).astype(np.uint8) * 2
+    masks["none"], masks["half"] = masks["one"] * 0, masks["one"] * 0.5
+    kwargs = {"points": ["15,15"], **kwargs}
+
+    def no_model():
+        raise AssertionError("the model was built before the request was checked")
+
+    with pytest.raises(OncoSegError) as info:
+        refine(
+            np.ones((64, 64), np.float32),
+            masks[labels],
+            predictor=no_model,
+            output=tmp_path / "m.png",
+            **kwargs,
+        )
+    assert words in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- 3D --------------------------------------------------------------------------------------------------------

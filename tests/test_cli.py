@@ -39,6 +39,12 @@ def test_help_lists_commands_and_prompt_options():
     seg = run("segment", "--help")
     assert seg.returncode == 0
     assert all(option in seg.stdout for option in ("--box", "--point", "--3d", "X0,Y0,X1,Y1[,Z]", ":neg"))
+    assert "--object NAME" in seg.stdout and "oncoseg segment ct.nii.gz --3d --object liver" in seg.stdout
+    refine = run("refine", "--help")
+    assert refine.returncode == 0 and "refine" in top.stdout
+    assert all(
+        words in refine.stdout for words in ("--mask MASK", "--label N", "--3d, --no-3d", "never resampled")
+    )
     assert run().returncode == 0  # no command: help
 
 
@@ -104,6 +110,96 @@ def test_segment_3d_propagates_and_reports_volume(tmp_path):
     assert obj["voxel_count"] == int((labels > 0).sum())
     truth = load_image(sample_path("ct_abdomen_liver.nii.gz")).array[CT_Z - 1 : CT_Z + 2] > 0
     assert dice(labels > 0, truth) >= 0.8
+
+
+# -- one object on several slices, and refining a saved mask ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ct_five(tmp_path_factory):
+    """Five slices of the CT sample around its prompt (the prompt on slice 2), the liver segmented from the
+    manifest box with --3d and saved, and the reference liver on those slices."""
+    folder = tmp_path_factory.mktemp("ct5")
+    crop, saved = folder / "ct5.nii.gz", folder / "liver.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(sample_path("ct_abdomen")))[:, :, CT_Z - 2 : CT_Z + 3], str(crop))
+    done = run("segment", crop, "--box", f"{CT_BOX},2", "--3d", "-o", saved, "-q")
+    assert done.returncode == 0, done.stderr
+    truth = load_image(sample_path("ct_abdomen_liver.nii.gz")).array[CT_Z - 2 : CT_Z + 3] > 0
+    return crop, load_image(saved).array, saved, truth
+
+
+def truth_box(truth: np.ndarray, z: int) -> str:
+    ys, xs = np.nonzero(truth[z])
+    return f"{xs.min()},{ys.min()},{xs.max()},{ys.max()},{z}"
+
+
+def test_one_object_on_two_slices_is_corrected_on_the_second(ct_five, tmp_path):
+    crop, before, _, truth = ct_five
+    out = tmp_path / "liver.nii.gz"
+    done = run("segment", crop, "--3d", "--object", "liver", "--box", f"{CT_BOX},2", "--box", truth_box(truth, 4),
+               "-o", out, "--json", "-q")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    objects = json.loads(done.stdout)["objects"]
+    assert len(objects) == 1 and objects[0]["slices"] == [0, 4]
+    after = load_image(out).array
+    assert set(np.unique(after)) == {0, 1}
+    np.testing.assert_array_equal(after[:3], before[:3])  # up to the first annotated slice: the walk from it
+    assert (after[4] != before[4]).sum() > 50  # the second slice's box changed that slice ...
+    assert dice(after[4] > 0, truth[4]) > dice(before[4] > 0, truth[4])  # ... towards the reference
+
+
+def test_refine_changes_a_saved_mask_only_near_the_corrected_slice(ct_five, tmp_path):
+    crop, before, saved, truth = ct_five
+    out = tmp_path / "fixed.nii.gz"
+    done = run("refine", crop, "--mask", saved, "--box", truth_box(truth, 1), "-o", out, "-q")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert (
+        lines[0].startswith("object 1: ")
+        and " mL, RECIST long " in lines[0]
+        and lines[0].endswith("slices 0-4")
+    )
+    assert lines[1] == f"mask written to {out}"
+    after = load_image(out).array
+    changed = [int((after[z] != before[z]).sum()) for z in range(5)]
+    assert changed[1] > 50 and changed[3] == changed[4] == 0, changed
+    assert dice(after[1] > 0, truth[1]) > dice(before[1] > 0, truth[1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nii.gz"]
+
+
+def test_refine_refuses_a_mask_on_another_grid_and_writes_nothing(ct_five, tmp_path):
+    crop, _, saved, _ = ct_five
+    fewer, moved = tmp_path / "fewer.nii.gz", tmp_path / "moved.nii.gz"
+    mask = sitk.ReadImage(str(saved))
+    sitk.WriteImage(mask[:, :, 1:], str(fewer))
+    mask.SetOrigin(tuple(np.add(mask.GetOrigin(), (9.0, 0.0, 0.0))))
+    sitk.WriteImage(mask, str(moved))
+    out = tmp_path / "out"
+    for path, words in ((fewer, "shape (4, 101, 122) vs (5, 101, 122)"), (moved, "origin")):
+        done = run("refine", crop, "--mask", path, "--point", "40,40,2", "-o", out / "fixed.nii.gz")
+        assert done.returncode == 2 and done.stdout == ""
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"oncoseg: error: {path}: mask does not lie on"), lines
+        assert words in lines[0] and "never resampled" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--box", f"{CT_BOX},2", "--object", "liver", "--box", f"{CT_BOX},3"], "before the first --object"),
+        (["--object", "liver", "--box", f"{CT_BOX},2", "--box", f"{CT_BOX},2"], "two boxes for one object"),
+        (
+            ["--object", "liver", "--object", "gtv", "--box", f"{CT_BOX},2"],
+            "no prompt given for object 'liver'",
+        ),
+        (["--object", "liver", "--box", f"{CT_BOX},2", "--point", "40,40,99:neg"], "slice 99 is outside"),
+    ],
+)
+def test_bad_object_groups_exit_2_before_the_model(args, words, tmp_path):
+    done = run("segment", CT, *args, "-o", tmp_path / "m.nii.gz")
+    assert done.returncode == 2 and words in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -41,7 +41,8 @@ from oncoseg.volume import PropagationSettings
 
 @dataclass
 class SegmentationResult:
-    """Masks of one call: ``labels`` holds object ``i`` (in prompt order) as label ``i`` (1-based)."""
+    """Masks of one call: ``labels`` holds object ``i`` (in prompt order) as label ``i`` (1-based), or as label
+    ``numbers[i - 1]`` when given (`refine` keeps a saved mask's label numbers)."""
 
     image: MedicalImage
     labels: np.ndarray
@@ -50,6 +51,12 @@ class SegmentationResult:
     measurements: list[Measurements]
     slices: list[tuple[int, int] | None] = field(default_factory=list)
     predictor: Predictor | None = None
+    numbers: list[int] | None = None
+
+    @property
+    def label_numbers(self) -> list[int]:
+        """The label of each object, in object order."""
+        return list(self.numbers) if self.numbers is not None else list(range(1, len(self.scores) + 1))
 
     @classmethod
     def from_session(cls, session: Session) -> SegmentationResult:
@@ -63,6 +70,7 @@ class SegmentationResult:
             [session.measure(obj) for obj in objects],
             [obj.slice_range if session.image.is_3d else None for obj in objects],
             session.predictor,
+            [obj.label for obj in objects],
         )
 
     @property
@@ -81,7 +89,7 @@ class SegmentationResult:
 
         z = None
         if self.image.is_3d:
-            first = self.labels == 1
+            first = self.labels == self.label_numbers[0]
             z = int(np.argmax(first.sum(axis=(1, 2)))) if first.any() else 0
         labels = self.labels[z] if z is not None else self.labels
         axes = [m.long_axis_endpoints if (m.recist_slice in (None, z)) else None for m in self.measurements]
@@ -96,10 +104,13 @@ class SegmentationResult:
         """JSON-ready summary: image facts, per object prompt, score and measurements (no patient data), and the
         warnings of reading the image."""
         objects = []
-        for i, (prompt, score, m) in enumerate(zip(self.prompts, self.scores, self.measurements), start=1):
-            entry = {"label": i, "score": round(score, 4), "prompt": _prompt_dict(prompt), **m.to_dict()}
-            if self.slices and self.slices[i - 1] is not None:
-                entry["slices"] = list(self.slices[i - 1])
+        extents = self.slices or [None] * len(self.scores)
+        for label, prompt, score, m, extent in zip(
+            self.label_numbers, self.prompts, self.scores, self.measurements, extents
+        ):
+            entry = {"label": label, "score": round(score, 4), "prompt": _prompt_dict(prompt), **m.to_dict()}
+            if extent is not None:
+                entry["slices"] = list(extent)
             objects.append(entry)
         warnings = [str(w) for w in self.image.metadata.get("warnings", [])]
         return {"image": self.image.describe(), "objects": objects, "warnings": warnings}
@@ -132,7 +143,7 @@ class SegmentationResult:
         from oncoseg.dicom import write_rtstruct, write_seg
 
         names = structure_names(names)
-        masks = {names.get(i, f"Object_{i}"): self.labels == i for i in range(1, int(self.labels.max()) + 1)}
+        masks = {names.get(i, f"Object_{i}"): self.labels == i for i in self.label_numbers}
         write = write_rtstruct if kind == "rtstruct" else write_seg
         return write(masks, self.image.source_path, path, outputs=outputs)
 
