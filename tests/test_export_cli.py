@@ -164,3 +164,45 @@ def test_segment_writes_rtstruct_over_a_dicom_series_and_refuses_other_inputs(tm
                            "--output-type", "dicom_seg"))  # fmt: skip
     assert "DICOM series folder" in line
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_objects_on_several_slices_and_their_refinement_as_rtstruct(tmp_path, monkeypatch, capsys):
+    """`segment --object` without --3d: each object on the slices it was annotated on, named by --object in the
+    RTSTRUCT; `refine` of that label map over the series keeps the label numbers. A stand-in model that paints
+    each box keeps this about the CLI, not the model (in-process, no torch)."""
+    require_example()
+    from stand_in_models import BoxBackend
+
+    from oncoseg import cli
+    from oncoseg.dicom import read_rtstruct
+    from oncoseg.predictor import Predictor
+
+    monkeypatch.setattr(cli, "_predictor", lambda args: Predictor(BoxBackend()))
+    labels = tmp_path / "labels.nii.gz"
+    objects = ["--object", "liver", "--box", "100,100,200,200,5", "--box", "120,110,180,190,9",
+               "--object", "tumour", "--box", "300,300,340,350,7"]  # fmt: skip
+    assert cli.main(["segment", str(CT_DICOM), *objects, "-o", str(labels), "-q"]) == 0
+    saved = load_image(labels).array
+    assert [sorted(np.flatnonzero((saved == n).any(axis=(1, 2)))) for n in (1, 2)] == [[5, 9], [7]]
+    assert (saved[9] == 1).sum() == 61 * 81 and (saved[7] == 2).sum() == 41 * 51  # the boxes as painted
+
+    rt = tmp_path / "rt.dcm"
+    assert (
+        cli.main(["segment", str(CT_DICOM), *objects, "-o", str(rt), "--output-type", "rtstruct", "-q"]) == 0
+    )
+    contours = read_rtstruct(rt, CT_DICOM)
+    assert list(contours) == ["Liver", "tumour"]
+    np.testing.assert_array_equal(contours["tumour"], saved == 2)
+
+    capsys.readouterr()
+    fixed = tmp_path / "fixed.dcm"
+    done = cli.main(["refine", str(CT_DICOM), "--mask", str(labels), "--label", "2", "--box", "310,310,330,330,7",
+                     "-o", str(fixed), "--output-type", "rtstruct", "--names", "2=GTV", "--json"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert done == 0, err
+    summary = json.loads(out)
+    assert [o["label"] for o in summary["objects"]] == [1, 2]
+    contours = read_rtstruct(fixed, CT_DICOM)
+    assert list(contours) == ["Object_1", "GTV"]
+    np.testing.assert_array_equal(contours["Object_1"], saved == 1)
+    assert contours["GTV"].sum() == 21 * 21 and contours["GTV"][7, 310:331, 310:331].all()
