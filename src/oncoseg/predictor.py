@@ -2,16 +2,20 @@
 
 The image is normalised once for its modality (one intensity mapping for a whole volume) and each slice's
 embedding is computed on first use and kept in a bounded LRU cache, so repeated clicks on a slice only run the
-light mask decoder.
+light mask decoder. With an `EmbeddingStore` (``embedding_store=``, or ``ONCOSEG_EMBEDDING_CACHE``) embeddings are
+also kept on disk, keyed by the pixels, so another run, the service or napari finds a slice seen before.
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
 
+from oncoseg.embedding_store import EmbeddingStore
+from oncoseg.embedding_store import resolve as resolve_store
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.models import Backend, ImageEmbedding, MaskPrediction, load_backend
@@ -86,10 +90,20 @@ def _nbytes(value) -> int:
 
 
 class Predictor:
-    """Promptable segmentation of one image or volume with a cached embedding per slice."""
+    """Promptable segmentation of one image or volume with a cached embedding per slice.
 
-    def __init__(self, backend: str | Backend = "litemedsam", cache_slices: int = 64, **backend_kwargs):
+    ``embedding_store``: a folder or `EmbeddingStore` keeping embeddings on disk across runs; None (default) uses
+    ``$ONCOSEG_EMBEDDING_CACHE`` when set; False never stores."""
+
+    def __init__(
+        self,
+        backend: str | Backend = "litemedsam",
+        cache_slices: int = 64,
+        embedding_store: EmbeddingStore | str | os.PathLike | bool | None = None,
+        **backend_kwargs,
+    ):
         self.backend = load_backend(backend, **backend_kwargs) if isinstance(backend, str) else backend
+        self.store = resolve_store(embedding_store)
         self.cache_slices = cache_slices
         self._cache: OrderedDict[int | None, ImageEmbedding] = OrderedDict()
         self.image: MedicalImage | None = None
@@ -149,10 +163,23 @@ class Predictor:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        embedding = self.backend.encode(self.slice_pixels(key))
+        embedding = self._encode(self.slice_pixels(key))
         self._cache[key] = embedding
         while len(self._cache) > self.cache_slices:
             self._cache.popitem(last=False)
+        return embedding
+
+    def _encode(self, pixels: np.ndarray) -> ImageEmbedding:
+        """The backend's embedding of ``pixels``: from the on-disk store when it holds them, else encoded (and
+        stored)."""
+        identity = self.backend.embedding_identity() if self.store is not None else None
+        if identity is None:
+            return self.backend.encode(pixels)
+        store_key = self.store.key(pixels, identity)
+        embedding = self.store.load(store_key, original_size=pixels.shape[:2])
+        if embedding is None:
+            embedding = self.backend.encode(pixels)
+            self.store.save(store_key, embedding)
         return embedding
 
     def is_cached(self, z: int | None = None) -> bool:

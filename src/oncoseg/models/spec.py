@@ -27,7 +27,8 @@ class ModelSpec:
     checkpoint. ``checkpoint``: fine-tuned weights on top of the base: a LoRA adapter file, a full state dict or
     a registered name such as ``latest``. ``precision``: auto, fp32, bf16 or fp16 (SAM3 only). ``threads``:
     torch's CPU threads (None keeps torch's default). ``threshold``: SAM3's detection threshold (LiteMedSAM
-    takes one per call).
+    takes one per call). ``embedding_store``: a folder keeping image embeddings on disk across runs
+    (`oncoseg.embedding_store`; None: $ONCOSEG_EMBEDDING_CACHE when set).
     """
 
     backend: str = "litemedsam"
@@ -36,11 +37,12 @@ class ModelSpec:
     precision: str = "auto"
     threads: int | None = None
     threshold: float | None = None
+    embedding_store: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, str) or not self.backend:
             raise ModelError(f"the model backend must be a name such as 'litemedsam', got {self.backend!r}")
-        for name in ("weights", "checkpoint"):
+        for name in ("weights", "checkpoint", "embedding_store"):
             value = getattr(self, name)
             if isinstance(value, Path):
                 object.__setattr__(self, name, str(value))
@@ -161,6 +163,8 @@ class ModelSpec:
         """A `Predictor` on `build_backend`; ``predictor_options`` go to it (e.g. ``cache_slices``)."""
         from oncoseg.predictor import Predictor
 
+        if self.embedding_store is not None:
+            predictor_options.setdefault("embedding_store", self.embedding_store)
         return Predictor(self.build_backend(), **predictor_options)
 
 
