@@ -297,7 +297,6 @@ function showProgress(job) {
 
 async function runJob(body) {
   const imageId = state.image.image_id;
-  const before = { points: state.points.slice(), box: state.box };
   const started = performance.now();
   $("propagate-btn").disabled = true;
   $("job-box").hidden = false;
@@ -332,11 +331,14 @@ async function runJob(body) {
   $("job-box").hidden = true;
   $("propagate-btn").disabled = !state.image.is_3d;
   if (state.image.image_id !== imageId) return;  // another image was opened meanwhile
+  if (job.state === "done" || body.action === "refine") {
+    // the prompts are applied (or, for a correction that failed, dropped: the next click starts clean)
+    state.points = [];
+    state.box = null;
+  }
   if (job.state === "done") {
     const result = job.result;
     state.has3d = true;
-    state.points = [];
-    state.box = null;
     state.sliceScores = result.slice_scores;
     showMeasurements(result, performance.now() - started);
     showSliceScore();
@@ -344,8 +346,6 @@ async function runJob(body) {
     const where = body.action === "refine" ? ` (corrected on slice ${body.z})` : "";
     status(`3D result on slices ${result.slices[0]}–${result.slices[1]}${where}`);
   } else {
-    state.points = before.points;
-    state.box = before.box;
     if (job.state === "cancelled") status("Cancelled: the result is as it was before");
     else status(job.error ? job.error.detail : "the job failed", true);
   }
