@@ -314,6 +314,7 @@ def test_a_correction_on_another_slice_rewalks_up_to_the_next_anchor_only(tmp_pa
             assert after[z].sum() > before[z].sum(), z
         measured = client.get(f"/api/images/{image_id}/measurements").json()
         assert measured["anchors"] == [5, 8] and measured["slices"] == [0, 11]
+        assert measured["slice_scores"] == result["slice_scores"]  # the measurements keep per-slice scores
         # the web page sends every click on the slice: the ones already applied are not added twice
         again = client.post(
             url,

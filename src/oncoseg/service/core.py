@@ -488,12 +488,14 @@ class Engine:
     def _volume_answer(self, opened: OpenImage, obj: SegmentedObject, z: int, start: float) -> dict[str, Any]:
         slices = list(obj.slice_range)
         anchors = sorted(a for a in obj.anchors if a is not None)
-        self._keep_info(opened, {"kind": "volume", "z": z, "slices": slices, "anchors": anchors})
+        scores = {str(k): round(v, 4) for k, v in sorted(obj.slice_scores.items())}
+        info = {"kind": "volume", "z": z, "slices": slices, "anchors": anchors, "slice_scores": scores}
+        self._keep_info(opened, info)
         return {
             "image_id": opened.id,
             "z": z,
             "slices": slices,
-            "slice_scores": {str(k): round(v, 4) for k, v in sorted(obj.slice_scores.items())},
+            "slice_scores": scores,
             "anchors": anchors,
             "refined": False,
             "measurements": self._measure(obj.mask, opened.image),

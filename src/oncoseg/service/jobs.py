@@ -131,8 +131,10 @@ class Job:
                 self._finished_slices[previous] = self._candidates.pop(previous)
             reference = self._finished_slices.get(previous)
             answer = self._answers.pop(z, None)
-            if reference is not None and answer is not None:
-                self._candidates[z] = (keep_touching(answer[0], reference[0]), answer[1])
+        if reference is not None and answer is not None:  # outside the lock: polls never wait for it
+            candidate = (keep_touching(answer[0], reference[0]), answer[1])
+            with self._lock:
+                self._candidates[z] = candidate
 
     # ------------------------------------------------------------------ views
     def view(self, z: int, shape: tuple[int, int]) -> np.ndarray | None:
