@@ -16,6 +16,11 @@ uploaded as a zip. Measured:
   on the same slice and a first click's decoding alone (six candidate boxes): what the first click cannot go
   below. Taken at the same moment as the server's click, so that the per-click ratio server / reference is not
   a matter of the shared machine's load;
+* **3D jobs** (the web page's Propagate 3D): a propagation from the liver box on slice 10 (``--quick``: 2 slices
+  each way; else the whole volume), polled every 0.1 s; a correction (a box) on slice 11 and its re-walk; a
+  whole-volume propagation cancelled once a slice has finished. Reported: the first finished slice, the whole job,
+  the time from the cancel to the job stopping, and the polls' round trip while the model works (polls never
+  wait for the model). Skipped (``"jobs": null``) against a server without jobs;
 * **load**: ``--clients`` concurrent clients, each with its own open copy of the series (opened first, not timed), clicking for
   ``--seconds`` without pause: ``--clicks-per-slice`` clicks (random points) on a random slice, then the next
   slice (so first clicks and cached clicks mix), while a probe polls ``/health`` every 0.25 s and the server's
@@ -240,6 +245,58 @@ def measure_viewed_clicks(url: str, data: bytes, slices: int, think: float) -> d
     }
 
 
+LIVER_BOX = [107, 196, 269, 374]  # the liver on the middle slice (z = 10) of the example CT
+
+
+def measure_jobs(url: str, data: bytes, max_slices: int | None) -> dict | None:
+    """3D jobs as the web page runs them: a propagation from the liver box on slice 10 (``max_slices`` each way),
+    polled every 0.1 s (the poll's round trip while the model works, the first finished slice, the whole job);
+    a correction (a box) on slice 11 with its re-walk; a propagation through the whole volume cancelled once a
+    slice has finished (the time from DELETE to the job reporting it stopped). None when the server has no jobs
+    (an older version)."""
+    polls, jobs = [], {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        image = open_image(client, data)
+        base = f"/api/images/{image['image_id']}/jobs"
+
+        def run(body: dict, cancel_after_first: bool = False) -> dict:
+            start = time.perf_counter()
+            answer = client.post(base, json=body)
+            if answer.status_code in (404, 405):
+                return {}
+            answer.raise_for_status()
+            job, first_slice, cancelled_at = answer.json(), None, None
+            while job["state"] not in ("done", "cancelled", "failed"):
+                time.sleep(0.1)
+                sent = time.perf_counter()
+                job = client.get(f"{base}/{job['job_id']}").json()
+                polls.append(1000 * (time.perf_counter() - sent))
+                if job["slices"] and first_slice is None:
+                    first_slice = 1000 * (time.perf_counter() - start)
+                    if cancel_after_first:
+                        cancelled_at = time.perf_counter()
+                        client.delete(f"{base}/{job['job_id']}").raise_for_status()
+            end = time.perf_counter()
+            return {
+                "state": job["state"],
+                "slices_done": job["done"],
+                "total": job["total"],
+                "first_slice_ms": round(first_slice, 1) if first_slice is not None else None,
+                "job_ms": round(1000 * (end - start), 1),
+                "compute_ms": job["result"]["compute_ms"] if job["result"] else None,
+                "cancel_ms": round(1000 * (end - cancelled_at), 1) if cancelled_at is not None else None,
+            }
+
+        jobs["propagate"] = run({"z": 10, "box": LIVER_BOX, "max_slices": max_slices})
+        if not jobs["propagate"]:
+            client.delete(f"/api/images/{image['image_id']}")
+            return None
+        jobs["correct"] = run({"action": "refine", "z": 11, "box": [107, 196, 200, 374]})
+        jobs["cancel"] = run({"z": 9, "box": LIVER_BOX}, cancel_after_first=True)
+        client.delete(f"/api/images/{image['image_id']}")
+    return {**jobs, "max_slices": max_slices, "poll_ms": percentiles(polls)}
+
+
 def load_test(
     server: Server,
     data: bytes,
@@ -394,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             clicks = measure_clicks(server.url, data, rounds, later, random.Random(args.seed), args.slices)
             clicks.update(measure_viewed_clicks(server.url, data, 5 if quick else 20, args.think))
+            jobs = measure_jobs(server.url, data, 2 if quick else None)
             load = load_test(server, data, clients, seconds, args.budget_mb, args.seed, args.clicks_per_slice)
         finally:
             server.stop()
@@ -412,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         "startup_rss_mb": round(startup_rss_mb, 1),
         **clicks,
         "load": load,
+        "jobs": jobs,
         "targets": {"first_click_p95_ms": 500, "later_click_p95_ms": 60},
     }
     first, later_ms = clicks["first_click_ms"], clicks["later_click_ms"]
@@ -457,6 +516,23 @@ def main(argv: list[str] | None = None) -> int:
         "first click, server compute / in-process (encoder + decoding) right after it: median "
         f"{clicks['first_click_server_over_reference']:.2f}"
     )
+    if jobs is None:
+        print("3D jobs: not offered by this server version")
+    else:
+        for name in ("propagate", "correct", "cancel"):
+            job = jobs[name]
+            print(
+                f"3D job {name}: {job['state']}, {job['slices_done']}/{job['total']} slices, first finished slice "
+                f"after {job['first_slice_ms']} ms, job {job['job_ms']} ms (compute {job['compute_ms']} ms)"
+                + (
+                    f", stopped {job['cancel_ms']} ms after the cancel"
+                    if job["cancel_ms"] is not None
+                    else ""
+                )
+            )
+        print(
+            f"job polls while the model works: p50 {jobs['poll_ms'].get('p50')} ms, max {jobs['poll_ms'].get('max')} ms"
+        )
     print(f"targets met: {result['meets']}")
     print(f"wrote {output}")
     return 0

@@ -33,6 +33,14 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path, shared_data):
     assert load["errors"] == 0 and load["health_failures"] == 0, load
     assert set(load["statuses"]) <= {"200", "429", "503"} and load["statuses"].get("200", 0) >= 1
     assert 0 < load["cache_high_water_mb"] <= load["budget_mb"]
+    jobs = result["jobs"]  # 3D jobs: a propagation to its total, a correction, a cancel that stops the job
+    assert (
+        jobs["propagate"]["state"] == "done"
+        and jobs["propagate"]["slices_done"] == jobs["propagate"]["total"]
+    )
+    assert jobs["propagate"]["first_slice_ms"] <= jobs["propagate"]["job_ms"]
+    assert jobs["correct"]["state"] == "done" and jobs["cancel"]["state"] == "cancelled"
+    assert jobs["cancel"]["slices_done"] < jobs["cancel"]["total"] and jobs["poll_ms"]["n"] >= 1
     assert set(result["meets"]) == {
         "first_click",
         "later_click",
