@@ -153,9 +153,8 @@ class Engine:
         return time.perf_counter() - start
 
     def close(self) -> None:
-        for (
-            opened
-        ) in self.store.list():  # a running job stops at its next slice instead of holding up the stop
+        # a running job stops at its next slice instead of holding up the model thread's stop
+        for opened in self.store.list():
             for job in list(opened.jobs.values()):
                 job.cancel()
         self.worker.stop()
@@ -322,9 +321,8 @@ class Engine:
             except EmptyResultError:
                 if predictor.last is None:  # refused before any model work (blank under the grown box)
                     raise
-                opened.shown_empty = (
-                    True  # the clicks removed everything: the object stays for the next click
-                )
+                # the clicks removed everything: shown empty, the object stays for the next click
+                opened.shown_empty = True
         else:
             self._replace_result(opened, lambda: opened.core.segment(prompt), empty_ok=True)
         self._keep_info(opened, {"kind": "slice", "z": z})
