@@ -114,9 +114,10 @@ def walk(
     tracker: SliceTracker | None = None,
 ) -> dict[int, tuple[np.ndarray, float]]:
     """Follow the 2D mask ``start`` of slice ``z0`` slice by slice in direction ``step`` (+1 or -1), each slice
-    prompted with its neighbour's enlarged box (or answered by ``tracker``, conditioned on ``z0``), until a stop rule fires, the volume ends, ``settings.max_slices``
-    are walked, or slice ``stop_before`` (not included; e.g. a slice the user annotated) is reached. Returns
-    ``{z: (mask, score)}`` of the slices kept. Propagation and 3D correction both walk through here."""
+    prompted with its neighbour's enlarged box (or answered by ``tracker``, conditioned on ``z0``), until a stop
+    rule fires, the volume ends, ``settings.max_slices`` are walked, or slice ``stop_before`` (not included; e.g. a
+    slice the user annotated) is reached. Returns ``{z: (mask, score)}`` of the slices kept. Propagation and 3D
+    correction both walk through here."""
     image = predictor.image
     kept: dict[int, tuple[np.ndarray, float]] = {}
     previous, z = start, z0 + step
