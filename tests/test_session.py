@@ -142,6 +142,24 @@ def test_a_box_beyond_a_short_result_extends_it_and_anchors_are_kept():
     assert 12 in obj.anchors
 
 
+def test_a_correction_ends_where_it_rejoins_the_result_and_keeps_the_slices_beyond():
+    """A correction on a slice walks only as far as it changes the result: where its walk segments a slice as
+    the result already has it, the slices beyond keep what they had (here: a hand-made change on slice 5 that
+    the old rule, re-walking up to the volume's end, would have wiped out)."""
+    truth = _truth()
+    session = _session(truth)
+    obj = session.segment(_box(truth[13], 13), volume=True)
+    np.testing.assert_array_equal(obj.mask, truth)
+    obj.mask[5] = np.zeros_like(obj.mask[5])
+    obj.mask[5, 20:26, 16:24] = True  # stands for anything the walk would answer differently there
+    kept = obj.mask[5].copy()
+    obj.mask[10, 24, 20:24] = False  # a small error on slice 10
+    session.refine(obj, _box(truth[10], 10))
+    np.testing.assert_array_equal(obj.mask[10], truth[10])
+    np.testing.assert_array_equal(obj.mask[9], truth[9])  # reached: the walk agrees with the result here
+    np.testing.assert_array_equal(obj.mask[5], kept)  # beyond the rejoin point: untouched
+
+
 def test_clicks_accumulate_per_slice_and_use_the_current_extent():
     current = np.zeros((40, 40), bool)
     current[10:20, 12:22] = True
@@ -181,13 +199,15 @@ def test_a_cancelled_correction_changes_nothing():
     class Cancelled(Exception):
         pass
 
-    def cancel_after_two(z, seen=[]):  # noqa: B006 - counts calls within this test
+    def cancel_on_the_second_slice(z, seen=[]):  # noqa: B006 - counts calls within this test
         seen.append(z)
-        if len(seen) > 2:
+        if len(seen) > 1:
             raise Cancelled
 
+    obj.mask[12:15, 24, 14:20] = False  # something for the correction to change on the way
+    before = obj.mask.copy()
     with pytest.raises(Cancelled):
-        session.refine(obj, Prompt(points=(Point(20, 24, z=13),)), on_slice=cancel_after_two)
+        session.refine(obj, Prompt(points=(Point(20, 24, z=13),)), on_slice=cancel_on_the_second_slice)
     np.testing.assert_array_equal(obj.mask, before)
     assert obj.slice_scores == scores and obj.anchors == anchors
 

@@ -28,7 +28,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
 from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, validate_prompt
-from oncoseg.volume import PropagationSettings, propagate, walk
+from oncoseg.volume import PropagationSettings, mask_iou, propagate, walk
 
 
 @dataclass(eq=False)  # objects are compared by identity (their masks are arrays)
@@ -215,16 +215,25 @@ class Session:
         return obj
 
     def _rewalk(self, mask, scores, anchors, z0: int, on_slice: Callable[[int], None] | None) -> None:
-        """Walk from slice ``z0`` both ways, replacing ``mask``/``scores`` up to the next of ``anchors``."""
+        """Walk from slice ``z0`` both ways, replacing ``mask``/``scores`` up to the next of ``anchors``. Where the
+        walk comes back to the result being corrected (a slice it segments as before), it ends and the slices
+        beyond keep their masks: a correction changes the slices it reaches, not the parts it agrees with. Where
+        it ends otherwise (a stop rule: the object ended, or leaked), the slices beyond, up to the next anchor,
+        are cleared."""
         settings = self.propagation
+        before = mask.copy()
         min_pixels = max(settings.min_pixels, settings.min_area_ratio * mask[z0].sum())
         others = sorted(a for a in anchors if a is not None and a != z0)
         for step in (1, -1):
             ahead = [a for a in others if (a - z0) * step > 0]
             stop = min(ahead, key=lambda a: abs(a - z0)) if ahead else None
-            kept = walk(self.predictor, mask[z0], z0, step, settings, min_pixels, stop, on_slice)
-            end = stop if stop is not None else (self.image.num_slices if step > 0 else -1)
-            for z in range(z0 + step, end, step):  # the walk's answer is authoritative up to the next anchor
+            kept = walk(
+                self.predictor, mask[z0], z0, step, settings, min_pixels, stop, on_slice, rejoin=before
+            )
+            last = max(kept, key=lambda z: (z - z0) * step) if kept else None
+            rejoined = last is not None and mask_iou(kept[last][0], before[last]) >= settings.rejoin_iou
+            end = last + step if rejoined else stop if stop is not None else (-1 if step < 0 else len(mask))
+            for z in range(z0 + step, end, step):  # the walk's answer is authoritative up to where it ended
                 mask_score = kept.get(z)
                 mask[z] = mask_score[0] if mask_score else False
                 if mask_score:

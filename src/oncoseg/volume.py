@@ -37,6 +37,7 @@ class PropagationSettings:
     min_iou: float = 0.5  # stop when the mask overlaps its neighbour's by less than this IoU ...
     max_growth: float = 1.5  # ... or grows to more than this many times its neighbour's area (leaking)
     max_slices: int | None = None  # limit the walk in each direction
+    rejoin_iou: float = 0.9  # a correction's walk ends where it agrees with the result it corrects this well
     tracker: bool = True  # follow the object with the backend's own tracker when it has one (SAM3)
 
 
@@ -112,12 +113,15 @@ def walk(
     stop_before: int | None = None,
     on_slice: Callable[[int], None] | None = None,
     tracker: SliceTracker | None = None,
+    rejoin: np.ndarray | None = None,
 ) -> dict[int, tuple[np.ndarray, float]]:
     """Follow the 2D mask ``start`` of slice ``z0`` slice by slice in direction ``step`` (+1 or -1), each slice
     prompted with its neighbour's enlarged box (or answered by ``tracker``, conditioned on ``z0``), until a stop
     rule fires, the volume ends, ``settings.max_slices`` are walked, or slice ``stop_before`` (not included; e.g. a
-    slice the user annotated) is reached. Returns ``{z: (mask, score)}`` of the slices kept. Propagation and 3D
-    correction both walk through here."""
+    slice the user annotated) is reached. With ``rejoin`` (the ``[z, y, x]`` result being corrected) the walk
+    also ends on the first slice whose mask agrees with it (IoU >= ``settings.rejoin_iou``): from there on the
+    correction changes nothing. Returns ``{z: (mask, score)}`` of the slices kept. Propagation and 3D correction
+    both walk through here."""
     image = predictor.image
     kept: dict[int, tuple[np.ndarray, float]] = {}
     previous, z = start, z0 + step
@@ -142,5 +146,13 @@ def walk(
         if area > settings.max_growth * previous.sum():
             break
         kept[z] = (mask, score)
+        if rejoin is not None and rejoin[z].any() and mask_iou(mask, rejoin[z]) >= settings.rejoin_iou:
+            break
         previous, z = mask, z + step
     return kept
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (0 when both are empty)."""
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
