@@ -654,3 +654,24 @@ def test_two_process_ddp_gloo_trains_sam3_lora_identically(folder, tmp_path):
     starts = [line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("START")]
     assert len(prints) == 2 and prints[0] == prints[1]  # gradients were averaged: the same weights everywhere
     assert starts[0] == starts[1] != prints[0]  # ... and they did train
+
+
+def test_embeddings_from_the_store_give_the_same_sam3_masks(predictor, tmp_path):
+    """SAM3 through the on-disk embedding store: a second predictor reads every slice instead of running the
+    backbone and gets the same tracker masks (box prompt) and volume; the key names SAM3's weights and dtype."""
+    from oncoseg.predictor import Predictor
+    from oncoseg.volume import propagate
+
+    backend = predictor.backend
+    identity = backend.embedding_identity()
+    assert identity.startswith("sam3/v1/float32/112/") and identity == backend.embedding_identity()
+    image = MedicalImage.from_array(np.random.default_rng(4).random((4, 40, 36)).astype(np.float32))
+    prompt = Prompt(box=Box(6, 8, 28, 30, z=1))
+    fresh = Predictor(backend, embedding_store=tmp_path)
+    fresh.set_image(image)
+    first, flat = propagate(fresh, prompt), fresh.predict(prompt).masks
+    stored = Predictor(backend, embedding_store=tmp_path)
+    stored.set_image(image)
+    second = propagate(stored, prompt)
+    assert stored.store.writes == 0 and stored.store.hits >= 1
+    assert np.array_equal(first.mask, second.mask) and np.array_equal(flat, stored.predict(prompt).masks)

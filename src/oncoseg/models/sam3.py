@@ -364,10 +364,8 @@ class Sam3Backend(Backend):
         if self._identity is None:
             digest = weights_digest(self.model.detector_model.vision_encoder.backbone)
             dtype = str(self.dtype).replace("torch.", "")
-            self._identity = (
-                f"{self.name}/v{self.embedding_version}/{dtype}/{self.size}/{tuple(self.mean)}/{tuple(self.std)}/"
-                f"{digest}"
-            )
+            frame = f"{self.size}/{tuple(self.mean)}/{tuple(self.std)}"
+            self._identity = f"{self.name}/v{self.embedding_version}/{dtype}/{frame}/{digest}"
         return self._identity
 
     # -- image → embedding ----------------------------------------------------------------------------------
