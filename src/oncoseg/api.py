@@ -321,8 +321,9 @@ def refine(
     Each slice's correction is a `Session.refine` of the object added from the mask (`Session.add`): the slice is
     segmented again from the clicks and the object's current extent there (a box replaces it). On a 3D object
     (``volume``, default: the object spans several slices) the walk then starts again from that slice in both
-    directions; going outwards, the saved slices are replaced up to the first one where the walk agrees with
-    them again (Dice >= 0.9) or finds nothing, and kept from there on. Outputs as in
+    directions, as `Session.refine` walks: up to the first slice it segments as the mask has it (IoU >= 0.9;
+    the slices beyond keep their masks), and where a stop rule ends it (the object ended, or leaked) the slices
+    beyond are cleared. Outputs as in
     `segment`: all or none, checked before the model is loaded."""
     session = Session(_as_image(image, modality), predictor or _model_spec(backend, None, None), modality=modality,
                       propagation=propagation)  # fmt: skip
@@ -336,35 +337,9 @@ def refine(
     if walk and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
     for prompt in corrections:
-        saved, saved_scores = obj.mask, obj.slice_scores
         session.refine(obj, prompt, repropagate=walk, on_slice=on_slice)
-        if walk:
-            _keep_saved_beyond_walk(obj, saved, saved_scores, prompt.z)
     return SegmentationResult.from_session(session).write(output, overlay, json_path, output_type=output_type,
                                                           names=names)  # fmt: skip
-
-
-AGREEMENT = 0.9  # Dice between a re-walked slice and the saved one from which the saved mask is kept
-
-
-def _keep_saved_beyond_walk(obj, saved: np.ndarray, saved_scores: dict, z0: int) -> None:
-    """Going outwards from the corrected slice ``z0``, keep the re-walked slices up to the first that agrees with
-    the ``saved`` mask again or where the walk found nothing (it stopped), and the saved slices from there on."""
-    mask, scores = obj.mask.copy(), dict(obj.slice_scores)
-    for step in (1, -1):
-        ahead = range(z0 + step, mask.shape[0] if step > 0 else -1, step)
-        end = next((z for z in ahead if not mask[z].any() or _dice(mask[z], saved[z]) >= AGREEMENT), None)
-        for z in [] if end is None else range(end, ahead.stop, step):
-            mask[z] = saved[z]
-            scores.pop(z, None)
-            if z in saved_scores:
-                scores[z] = saved_scores[z]
-    obj.mask, obj.slice_scores = mask, scores
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def load_labels(mask: str | Path | np.ndarray, image: MedicalImage) -> np.ndarray:

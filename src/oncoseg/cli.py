@@ -57,8 +57,9 @@ corrections (pixel coordinates as for `oncoseg segment`; on a volume each names 
 Prompts on several slices are applied slice by slice, the slice of the first box (else point) first.
 
 On a volume, when the object spans several slices (or with --3d), the walk starts again from each corrected
-slice in both directions: going outwards, the saved slices are replaced up to the first one where the walk
-agrees with them again (Dice >= 0.9) and kept from there on. With --no-3d only the corrected slices change.
+slice in both directions, up to the first slice it segments as the mask has it (IoU >= 0.9): the slices beyond
+keep their masks. Where the walk stops instead (the object ended or leaked), the slices beyond are cleared.
+With --no-3d only the corrected slices change.
 The mask's other labels are kept as they are. MASK must lie on INPUT's grid: it is never resampled.
 
 examples:
