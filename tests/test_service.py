@@ -80,7 +80,9 @@ def test_openapi_documents_the_routes(api):
     spec = api.get("/openapi.json").json()
     for path in ["/api/images", "/api/images/upload", "/api/images/{image_id}/segment",
                  "/api/images/{image_id}/propagate", "/api/images/{image_id}/measurements",
-                 "/api/images/{image_id}/store", "/infer/{model}", "/info/", "/health"]:  # fmt: skip
+                 "/api/images/{image_id}/store", "/infer/{model}", "/info/", "/health",
+                 "/api/images/{image_id}/jobs", "/api/images/{image_id}/jobs/{job_id}",
+                 "/api/images/{image_id}/jobs/{job_id}/result/{z}", "/api/images/{image_id}/download"]:  # fmt: skip
         assert path in spec["paths"], path
 
 
