@@ -13,7 +13,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, Point, Prompt
-from oncoseg.session import Session, combine_clicks
+from oncoseg.session import Session, box_without, combine_clicks
 
 
 def _truth() -> np.ndarray:
@@ -32,6 +32,7 @@ class OracleBackend(Backend):
 
     def __init__(self, truth: np.ndarray, leak: dict[int, np.ndarray] | None = None):
         self.truth, self.leak, self.slices = truth, leak or {}, {}
+        self.ignore_exclusions = False
 
     def encode(self, image):
         z = self.slices[np.asarray(image).tobytes()]
@@ -52,7 +53,7 @@ class OracleBackend(Backend):
                 mask = mask & inside
             yy, xx = np.mgrid[:h, :w]
             for p in prompt.points:
-                if not p.positive:
+                if not p.positive and not self.ignore_exclusions:
                     mask = mask & ((xx - p.x) ** 2 + (yy - p.y) ** 2 > 25)
             out.append(mask)
         return MaskPrediction(np.array(out), np.full(len(prompts), 0.9, np.float32))
@@ -227,3 +228,40 @@ def test_objects_added_from_masks_and_labels_never_reused():
     assert set(np.unique(session.labels())) == {0, 1, 3, 4}
     with pytest.raises(OncoSegError, match="does not match"):
         session.add(np.zeros((3, 3), bool))
+
+
+def test_box_without_moves_the_nearest_side_past_the_click():
+    box = Box(10, 10, 50, 30, z=2)
+    assert box_without(box, Point(46, 20, positive=False)) == Box(10, 10, 44, 30, z=2)
+    assert box_without(box, Point(30, 12, positive=False)) == Box(10, 14, 50, 30, z=2)
+    assert box_without(box, Point(60, 20, positive=False)) is None  # outside: nothing to leave out
+    assert box_without(Box(10, 10, 13, 13), Point(11, 11, positive=False)) is None  # too little would remain
+
+
+def test_an_exclude_click_inside_the_extent_is_honoured_by_a_smaller_box():
+    """A model that ignores exclude clicks (as a box-trained SAM mostly does) still loses the excluded part:
+    the correction tries the extent with its side moved past the click."""
+    truth = _truth()
+    leak = {z: np.zeros((48, 48), bool) for z in range(20)}
+    for region in leak.values():
+        region[20:28, 28:34] = True
+    session = _session(truth, leak)
+    session.predictor.backend.ignore_exclusions = True
+    obj = session.segment(_box(truth[10] | leak[10], 10))
+    assert obj.mask[10, 24, 32]
+    session.refine(obj, Prompt(points=(Point(32, 24, positive=False, z=10),)))
+    assert not obj.mask[10, 24, 32] and obj.mask[10, 24, 20]
+
+
+def test_a_mask_added_from_a_file_keeps_its_slices_beyond_a_walk_that_stops():
+    truth = _truth()
+    session = _session(truth)
+    painted = truth.copy()
+    painted[16:19, 22:27, 18:23] = True  # the user's own slices beyond where the model would stop
+    obj = session.add(painted, "painted", label=7)
+    assert obj.label == 7 and obj.volume and obj.from_mask
+    with pytest.raises(PromptError, match="label 7"):
+        session.add(truth, label=7)
+    session.refine(obj, _box(truth[12], 12))
+    np.testing.assert_array_equal(obj.mask[16:19], painted[16:19])  # a model result would be cleared here
+    assert not session.add(truth[None, 10].repeat(20, axis=0) & (np.arange(20) == 3)[:, None, None]).volume

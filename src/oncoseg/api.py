@@ -379,8 +379,7 @@ def _object_to_correct(session: Session, labels: np.ndarray, label: int | None):
     if label not in present:
         raise OncoSegError(f"label {label} is not in the mask (labels {', '.join(map(str, present))})")
     for value in present:
-        added = session.add(labels == value)
-        added.label = value  # Session.add numbers objects 1, 2, ...: the saved map's labels are kept
+        session.add(labels == value, label=value)  # the saved map's label numbers are kept
     return next(o for o in session.objects if o.label == label)
 
 

@@ -1,8 +1,8 @@
 """`evaluate`: run a backend over a dataset split with a prompt protocol and score every case.
 
 2D datasets: one prompt per picture and target. 3D datasets, in two modes: ``propagate`` (one prompt on the
-slice where the target is largest, then `oncoseg.volume.propagate`) and ``per_slice`` (a prompt on every slice
-that holds the target: an upper bound for propagation). Metrics per case (`oncoseg.evaluate.metrics`) in mm
+slice where the target is largest, followed through the volume by `oncoseg.session.Session.segment`) and
+``per_slice`` (a prompt on every slice that holds the target: an upper bound for propagation). Metrics per case (`oncoseg.evaluate.metrics`) in mm
 for volumes, in pixels for plain pictures.
 
     >>> from oncoseg.evaluate import evaluate
@@ -27,7 +27,7 @@ from oncoseg.evaluate.protocols import Protocol, parse_protocol
 from oncoseg.evaluate.results import EMPTY_TRUTH, ResultStore, save_prediction
 from oncoseg.models.spec import ModelSpec
 from oncoseg.predictor import Predictor
-from oncoseg.volume import PropagationSettings, propagate
+from oncoseg.session import Session
 
 MODES_3D = ("propagate", "per_slice")
 
@@ -208,7 +208,9 @@ def _predict(
         return prediction, None, ""
     start = int(np.argmax(truth.sum(axis=(1, 2))))
     try:
-        result = propagate(predictor, protocol.prompt(truth[start], *keys, z=start), PropagationSettings())
+        found = Session(predictor.image, predictor).segment(
+            protocol.prompt(truth[start], *keys, z=start), volume=True
+        )
     except EmptyResultError:
         return np.zeros_like(truth), start, "empty prediction on the prompted slice"
-    return result.mask, start, ""
+    return found.mask, start, ""
