@@ -73,53 +73,6 @@ outside the image); no output file is written unless the whole run succeeds.
 """
 
 
-EPILOG_EVALUATE = """\
-examples:
-  oncoseg evaluate kvasir-seg                          # Kvasir-SEG test split, ground-truth boxes
-  oncoseg evaluate busi --split all --protocol box:jitter=0.1
-  oncoseg evaluate msd-hippocampus --modes propagate --limit 20 -o runs/hippo
-  oncoseg evaluate kvasir-seg --checkpoint finetuned.pth -o runs/kvasir-ft
-  oncoseg evaluate kvasir-seg --devices 2              # two processes (Lightning DDP)
-
-Metrics per case: Dice, IoU, normalised surface Dice at --tolerance, HD95 (mm for volumes, pixels for
-pictures; HD95 is undefined, and counted as such, when exactly one of prediction and truth is empty).
-"""
-
-
-EPILOG_EXPORT = """\
-examples:
-  oncoseg export rtstruct liver.nii.gz kidneys.nii.gz --reference ct_dicom/ -o contours.dcm \\
-      --names Liver,Kidneys
-  oncoseg export seg labels.nii.gz --reference ct_dicom/ -o seg.dcm --names 1=Liver,2=Kidney_L,3=Kidney_R
-  oncoseg export rtstruct seg.nii.gz --reference ct_dicom/ -o rt.dcm --names label_map.json:total
-  oncoseg export nifti manual_contours.dcm --reference ct_dicom/ -o truth.nii.gz   # + truth.json (names)
-  oncoseg export nifti seg.dcm --reference ct_dicom/ -o masks/                     # one .nii.gz per structure
-
-A label map gives one structure per label; a binary (0/1) mask one structure named by --names or its file
-stem. Names become AAPM TG-263 names where known (kidney_left -> Kidney_L). RTSTRUCT contours: one closed
-planar contour per boundary and slice (holes are separate contours, filled even-odd); SEG: binary, one segment
-per structure. Check outputs with `dciodvfy FILE` (dicom3tools).
-"""
-
-
-EPILOG_TRAIN = """\
-example CONFIG (relative paths are taken from the config file's folder):
-  name: brain-lora
-  output: runs/brain-lora
-  seed: 0
-  batch_size: 4
-  lora: {r: 16, alpha: 32, dropout: 0.1, unfreeze: [mask_decoder]}
-  phases:
-    - name: brain                # registered as checkpoint "brain" and "latest"
-      datasets: [msd-hippocampus]
-      epochs: 3                  # omit for the paper's calibration by dataset size
-
-then: oncoseg evaluate msd-hippocampus --checkpoint brain
-Other keys: lr, weight_decay, accumulate, patience, precision (auto|32-true|bf16-mixed|16-mixed),
-accelerator, devices, num_nodes, max_steps_per_epoch, loggers [csv, tensorboard, wandb], data_root.
-"""
-
-
 WEIGHTS_HELP = (
     "SAM3 only: the folder of the facebook/sam3 download (Hugging Face layout; default $ONCOSEG_SAM3_WEIGHTS). "
     "The weights are gated: request access on huggingface.co/facebook/sam3 first (see docs/sam3.md)"
@@ -129,6 +82,10 @@ CHECKPOINT_HELP = "fine-tuned weights: a LoRA adapter file, a full state dict, o
 
 # commands whose parser and code live in their own package: each module has add_parser(commands) and run(args)
 SUBCOMMAND_MODULES = {
+    "evaluate": "oncoseg.evaluate.cli",
+    "train": "oncoseg.train.cli",
+    "export": "oncoseg.dicom.cli",
+    "serve": "oncoseg.service.cli",
     "contour": "oncoseg.contour.cli",
     "assistant": "oncoseg.assistant.cli",
     "napari": "oncoseg.napari_plugin.cli",
@@ -210,102 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--root", help="folder holding the datasets")
     datasets.add_argument("--json", action="store_true", help="print JSON")
 
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="score the model on a labelled dataset split (Dice, IoU, NSD, HD95) and write a report",
-        description="Run the model over a dataset split with prompts made from the ground truth, score every "
-        "case and write cases.csv, summary.json and report.md/.html (box plots, best/median/worst overlays) to "
-        "--out. Interrupted runs resume: cases already in --out are skipped.",
-        epilog=EPILOG_EVALUATE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    evaluate.add_argument(
-        "dataset", help="registry name, e.g. kvasir-seg, busi, msd-hippocampus (see `oncoseg datasets`)"
-    )
-    evaluate.add_argument(
-        "--split", default="test", choices=("train", "val", "test", "all"), help="fixed split (default: test)"
-    )
-    evaluate.add_argument(
-        "--protocol",
-        default="box",
-        metavar="P",
-        help="box, box:jitter=0.1, points, points:3 or text (default: box)",
-    )
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of jittered boxes and random points")
-    evaluate.add_argument(
-        "--modes",
-        default="propagate,per_slice",
-        help="3D datasets: propagate and/or per_slice (default: both)",
-    )
-    evaluate.add_argument(
-        "--tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D pictures); default 2"
-    )
-    evaluate.add_argument("--limit", type=int, help="at most N cases, evenly spread over the split")
-    evaluate.add_argument(
-        "--data", help="data root (default: $ONCOSEG_DATA, else shared/data beside the repository)"
-    )
-    evaluate.add_argument("-o", "--out", help="output folder (default: eval-output/DATASET-SPLIT-PROTOCOL)")
-    evaluate.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
-    add_model_options(evaluate, precisions=("auto", "fp32", "bf16"))
-    evaluate.add_argument(
-        "--devices", type=int, default=1, help="processes per machine through Lightning DDP (default 1)"
-    )
-    evaluate.add_argument("--num-nodes", type=int, default=1, help="machines for Lightning DDP (default 1)")
-    evaluate.add_argument(
-        "--accelerator", default="cpu", help="Lightning accelerator for --devices > 1 (cpu, gpu, auto)"
-    )
-    evaluate.add_argument("--no-report", action="store_true", help="skip report.md/report.html")
-    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-    train = commands.add_parser(
-        "train",
-        help="fine-tune the model with LoRA in phases described by a YAML file",
-        description="Fine-tune LiteMedSAM with LoRA (r=16, alpha=32, dropout 0.1 on the image encoder's attention; "
-        "mask decoder trained) over the phases of CONFIG, with Lightning. Finished phases are skipped, an "
-        "interrupted phase resumes from its last.ckpt, and each finished phase registers its adapter under its "
-        "name and as 'latest' for --checkpoint NAME.",
-        epilog=EPILOG_TRAIN,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    train.add_argument("config", help="YAML file: name, output, phases (see the example below)")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-    export = commands.add_parser(
-        "export",
-        help="convert masks to DICOM-RT Structure Set / DICOM SEG over a DICOM series, or back to NIfTI",
-        description="rtstruct|seg: write MASK files (NIfTI/NRRD/MHA label maps or binary masks on the grid of the "
-        "--reference series) as one RTSTRUCT or SEG file. nifti: read an RTSTRUCT or SEG file (e.g. manual "
-        "contours) back onto the --reference series as NIfTI. Masks are never resampled: one that does not fit "
-        "the series (shape, spacing, origin, orientation) is refused.",
-        epilog=EPILOG_EXPORT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    export.add_argument("format", choices=("rtstruct", "seg", "nifti"), help="what to write")
-    export.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="mask files (rtstruct, seg) or one RTSTRUCT/SEG file"
-    )
-    export.add_argument("--reference", required=True, metavar="DICOM_DIR", help="the source CT/MR series")
-    export.add_argument(
-        "-o", "--output", required=True, help="output file (.dcm; nifti: .nii.gz, or a folder: one mask each)"
-    )
-    export.add_argument(
-        "--names",
-        metavar="SPEC",
-        help="structure names: 1=Liver,2=Kidney_L | Liver,Spleen (in order) | labels.json[:KEY]",
-    )
-    export.add_argument("--description", help="series description of the DICOM output")
-    export.add_argument(
-        "--allow-empty", action="store_true", help="write structures without voxels as ROIs without contours"
-    )
-
-    demo = commands.add_parser(
-        "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
-    )
-    demo.add_argument(
-        "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
-    )
-    add_serve_parser(commands)
-    for module in SUBCOMMAND_MODULES.values():
+    for name, module in SUBCOMMAND_MODULES.items():
+        if name == "serve":  # `oncoseg --help` lists demo between export and serve
+            demo = commands.add_parser(
+                "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
+            )
+            demo.add_argument(
+                "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
+            )
         importlib.import_module(module).add_parser(commands)
     return parser
 
@@ -413,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {
             "segment": run_segment, "refine": run_refine, "info": run_info, "datasets": run_datasets,
-            "evaluate": run_evaluate, "train": run_train, "demo": run_demo, "export": run_export, "serve": run_serve,
+            "demo": run_demo,
         }  # fmt: skip
         if args.command in SUBCOMMAND_MODULES:
             return importlib.import_module(SUBCOMMAND_MODULES[args.command]).run(args)
@@ -472,85 +341,6 @@ def run_datasets(args: argparse.Namespace) -> int:
     rows = datasets_table(Path(args.root) if args.root else None)
     print(json.dumps(rows, indent=2, default=str) if args.json else format_datasets_table(rows))
     return 0
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from oncoseg.evaluate.protocols import parse_protocol
-    from oncoseg.evaluate.runner import EvaluationConfig, evaluate
-
-    protocol = parse_protocol(args.protocol, seed=args.seed)
-    if getattr(args, "weights", None):  # SAM3's folder, also for DDP worker processes
-        from oncoseg.models.sam3 import WEIGHTS_ENV
-
-        os.environ[WEIGHTS_ENV] = str(Path(args.weights).expanduser().resolve())
-    config = EvaluationConfig(
-        dataset=args.dataset,
-        split=None if args.split == "all" else args.split,
-        protocol=protocol,
-        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
-        tolerance=args.tolerance,
-        backend=args.backend,
-        checkpoint=args.checkpoint,
-        precision=args.precision,
-        limit=args.limit,
-        data_root=args.data,
-    )
-    protocol_name = args.protocol.replace(":", "-").replace("=", "")
-    out = Path(args.out or f"eval-output/{args.dataset}-{args.split}-{protocol_name}")
-    if args.devices * args.num_nodes > 1:
-        from oncoseg.evaluate.distributed import evaluate_distributed
-
-        summary = evaluate_distributed(
-            config, out, args.devices, args.num_nodes, args.accelerator, args.overwrite, not args.quiet
-        )
-        if summary is None:  # a worker process: process 0 reports
-            return 0
-    else:
-        summary = evaluate(
-            config.dataset, out, config.split, protocol, overwrite=args.overwrite, progress=not args.quiet,
-            **{k: v for k, v in vars(config).items() if k not in ("dataset", "split", "protocol")},
-        )  # fmt: skip
-    print(format_summary(summary))
-    print(f"\nper-case results: {out / 'cases.csv'}")
-    if not args.no_report:
-        from oncoseg.evaluate.report import write_report
-
-        _markdown, html = write_report(out)
-        print(f"report: {html}")
-    return 0
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from oncoseg.train.phases import load_config, train
-
-    config = load_config(args.config)
-    for record in train(config, progress=not args.quiet):
-        if "adapter" in record:
-            dice = record.get("best_val_dice")
-            print(
-                f"phase {record['phase']}: best validation Dice "
-                f"{'–' if dice is None else f'{dice:.3f}'}, adapter {record['adapter']}"
-            )
-    return 0
-
-
-def format_summary(summary: dict) -> str:
-    """The summary groups as a plain table (what `oncoseg evaluate` prints)."""
-    run = summary["run"]
-    lines = [f"{run['dataset']} ({run['split'] or 'all'} split), prompt: {run['prompt']}"]
-    lines.append(
-        f"{'mode':<10} {'target':<14} {'category':<12} {'n':>4}  {'Dice mean ± sd':<16} {'NSD':>6} {'HD95':>8}"
-    )
-    for group in summary["groups"]:
-        dice, nsd, hd95 = group["dice"], group["nsd"], group["hd95"]
-        text = f"{dice['mean']:.3f} ± {dice['sd']:.3f}" if dice["n"] else "–"
-        lines.append(
-            f"{group['mode']:<10} {group['target']:<14} {group['category']:<12} {dice['n']:>4}  {text:<16} "
-            f"{nsd.get('mean', float('nan')):>6.3f} {hd95.get('median', float('nan')):>8.2f}"
-        )
-    if summary.get("paper_dice") is not None:
-        lines.append(f"paper (its own prompts): Dice {summary['paper_dice']:.3f}")
-    return "\n".join(lines)
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -652,46 +442,6 @@ def print_summary(summary: dict, output: str, overlay: str | None) -> None:
     print(f"mask written to {output}" + (f", overlay to {overlay}" if overlay else ""))
 
 
-class _StderrWarnings(logging.Handler):
-    """Warnings of the DICOM writers/readers as ``oncoseg: warning: ...`` lines on the current stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"oncoseg: warning: {record.getMessage()}", file=sys.stderr)
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from oncoseg.dicom import load_reference, standard_name, write_rtstruct, write_seg
-    from oncoseg.dicom.export import check_nifti_output, export_nifti, masks_from_files, parse_names
-    from oncoseg.dicom.reference import check_text
-    from oncoseg.io.write import check_output_path
-
-    dicom_log = logging.getLogger("oncoseg.dicom")
-    if not any(isinstance(h, _StderrWarnings) for h in dicom_log.handlers):
-        dicom_log.addHandler(_StderrWarnings(logging.WARNING))
-    if args.format == "nifti":  # checks of the request before the series is read
-        if len(args.inputs) != 1:
-            raise OncoSegError("export nifti reads one RTSTRUCT or SEG file at a time")
-        check_nifti_output(args.output)
-    else:
-        check_output_path(args.output, "DICOM output (e.g. rt.dcm)")
-        if args.description is not None:
-            check_text(args.description, "LO", "series description")
-        names = parse_names(args.names)
-    reference = load_reference(args.reference)
-    print_warnings(reference.image)
-    if args.format == "nifti":
-        for path in export_nifti(args.inputs[0], reference, args.output):
-            print(f"written {path}")
-        return 0
-    masks = masks_from_files(args.inputs, reference, names)
-    options = {"series_description": args.description} if args.description else {}
-    write = write_rtstruct if args.format == "rtstruct" else write_seg
-    write(masks, reference, args.output, allow_empty=args.allow_empty, **options)
-    written = ", ".join(standard_name(name) for name in masks)
-    print(f"{args.format.upper()} with {len(masks)} structure(s) written to {args.output}: {written}")
-    return 0
-
-
 def _predictor(args: argparse.Namespace):
     """The predictor of --backend, --weights, --checkpoint, --precision and --threshold (`ModelSpec`)."""
     from oncoseg.models.spec import ModelSpec
@@ -712,112 +462,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
     demo(args.output, show)
     print(f"masks, overlays and results.json written to {Path(args.output)}/")
-    return 0
-
-
-EPILOG_SERVE = """\
-examples:
-  oncoseg serve                                   # http://127.0.0.1:8765/ : web page, API, /docs
-  oncoseg serve --pacs http://127.0.0.1:8042      # open series from Orthanc (DICOMweb), store SEG/RTSTRUCT back
-  ONCOSEG_TOKEN=... oncoseg serve --host 0.0.0.0  # beyond loopback only with a bearer token
-
-The web page: pick a series (or upload a file), scroll slices, left click = include, right click = exclude,
-drag = box; "Propagate 3D" follows the object through the volume; "Save to PACS" stores DICOM SEG/RTSTRUCT.
-API: POST /api/images (series UID) or /api/images/upload, then /api/images/ID/segment, /propagate,
-/measurements, /store (OpenAPI at /docs). 3D Slicer and OHIF MONAI Label plugins: point them at the
-service URL (models "oncoseg" and "oncoseg_slice"; with a token, log in with the token as password).
-Model work runs one request at a time; when --max-queue requests wait, more get HTTP 503 (retry later).
-Uploads are checked from their headers against the limits before decoding (docs/security.md).
-"""
-
-
-def add_serve_parser(commands) -> None:
-    serve = commands.add_parser(
-        "serve",
-        help="run the interactive service (web page, REST API, MONAI Label-compatible routes)",
-        description="Serve interactive segmentation over HTTP: a web page, a REST API (OpenAPI at /docs) and the "
-        "subset of MONAI Label's API that 3D Slicer and OHIF use. Binds 127.0.0.1 unless given a token.",
-        epilog=EPILOG_SERVE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
-    serve.add_argument(
-        "--token-file",
-        help="file holding the bearer token (or set ONCOSEG_TOKEN); required to listen beyond loopback",
-    )
-    serve.add_argument("--pacs", help="Orthanc/DICOMweb base URL, e.g. http://127.0.0.1:8042")
-    serve.add_argument("--dicomweb", help="DICOMweb root if not PACS/dicom-web")
-    serve.add_argument(
-        "--pacs-user", help="PACS user for HTTP basic auth (password from ONCOSEG_PACS_PASSWORD)"
-    )
-    serve.add_argument(
-        "--memory-budget-mb",
-        type=float,
-        default=2048,
-        help="memory for open images and embeddings (default 2048)",
-    )
-    serve.add_argument("--max-upload-mb", type=float, default=512, help="largest request body (default 512)")
-    serve.add_argument("--max-queue", type=int, default=8, help="model requests allowed to wait (default 8)")
-    serve.add_argument(
-        "--max-image-voxels",
-        type=int,
-        help="largest image an upload may declare, checked from its header before decoding "
-        "(default: memory budget / 8 bytes, 268M voxels at 2048 MB)",
-    )
-    serve.add_argument(
-        "--max-concurrent-uploads",
-        type=int,
-        default=2,
-        help="uploads decoded at once; more get 503 (default 2)",
-    )
-    serve.add_argument(
-        "--allowed-host",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="a further Host name to answer to without a token (loopback names always; repeatable)",
-    )
-    serve.add_argument(
-        "--workdir", help="folder for uploads, downloads and the datastore (default: a temp folder)"
-    )
-    serve.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    serve.add_argument("--no-warmup", action="store_true", help="skip the model warm-up at start")
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    from oncoseg.service.security import check_bind
-
-    token = os.environ.get("ONCOSEG_TOKEN") or None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise OncoSegError(f"{args.token_file}: cannot read the token file ({error.strerror})") from None
-    check_bind(args.host, token)  # before loading the model
-
-    from oncoseg.service.app import serve
-    from oncoseg.service.core import ServiceConfig
-
-    pacs_auth = (args.pacs_user, os.environ.get("ONCOSEG_PACS_PASSWORD", "")) if args.pacs_user else None
-    config = ServiceConfig(
-        host=args.host,
-        port=args.port,
-        token=token,
-        pacs_url=args.pacs,
-        dicomweb_url=args.dicomweb,
-        pacs_auth=pacs_auth,
-        memory_budget_mb=args.memory_budget_mb,
-        max_upload_mb=args.max_upload_mb,
-        max_queue=args.max_queue,
-        max_image_voxels=args.max_image_voxels,
-        max_concurrent_uploads=args.max_concurrent_uploads,
-        allowed_hosts=tuple(args.allowed_host),
-        workdir=args.workdir,
-        checkpoint=args.checkpoint,
-        warmup=not args.no_warmup,
-    )
-    serve(config)
     return 0
 
 

@@ -9,16 +9,72 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from oncoseg.dicom.reference import DicomExportError, ReferenceSeries, load_reference
+from oncoseg.errors import OncoSegError
 from oncoseg.image import MedicalImage
 
 log = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+FORMATS = ("rtstruct", "seg", "nifti")
+
+
+@dataclass
+class Exported:
+    """What `export` wrote: the files, and for rtstruct/seg the structures' names as written (TG-263)."""
+
+    paths: list[Path]
+    structures: list[str] = field(default_factory=list)
+
+
+def export(
+    kind: str,
+    inputs: Sequence[str | Path],
+    reference: str | Path,
+    output: str | Path,
+    *,
+    names: str | None = None,
+    description: str | None = None,
+    allow_empty: bool = False,
+    on_reference: Callable[[ReferenceSeries], None] | None = None,
+) -> Exported:
+    """``oncoseg export``: ``rtstruct``/``seg`` write the mask files ``inputs`` (named by ``names``, a
+    `parse_names` spec) as one DICOM file over the ``reference`` series; ``nifti`` reads one RTSTRUCT/SEG file
+    back onto it (`export_nifti`). The request (output path, description, names) is checked before the series
+    is read; ``on_reference(series)`` is called once it is (e.g. to show the warnings of reading it)."""
+    from oncoseg.dicom.reference import check_text
+    from oncoseg.dicom.rtstruct import write_rtstruct
+    from oncoseg.dicom.seg import write_seg
+    from oncoseg.dicom.tg263 import standard_name
+    from oncoseg.io.write import check_output_path
+
+    if kind not in FORMATS:
+        raise OncoSegError(f"export format must be one of {', '.join(FORMATS)}, not {kind!r}")
+    if kind == "nifti":
+        if len(inputs) != 1:
+            raise OncoSegError("export nifti reads one RTSTRUCT or SEG file at a time")
+        check_nifti_output(output)
+    else:
+        check_output_path(output, "DICOM output (e.g. rt.dcm)")
+        if description is not None:
+            check_text(description, "LO", "series description")
+        labels = parse_names(names)
+    series = load_reference(reference)
+    if on_reference is not None:
+        on_reference(series)
+    if kind == "nifti":
+        return Exported(export_nifti(inputs[0], series, output))
+    masks = masks_from_files(list(inputs), series, labels)
+    options = {"series_description": description} if description else {}
+    write = write_rtstruct if kind == "rtstruct" else write_seg
+    write(masks, series, output, allow_empty=allow_empty, **options)
+    return Exported([Path(output)], [standard_name(name) for name in masks])
 
 
 def parse_names(spec: str | None) -> dict[int, str]:

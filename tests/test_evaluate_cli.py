@@ -1,0 +1,85 @@
+"""`oncoseg evaluate` as a thin shell: the default output folder and the single-process/DDP choice live in
+`oncoseg.evaluate.run_evaluation`; ``--protocol interactive`` runs `oncoseg.evaluate.interactive` and writes
+``interactive.json``. A stand-in model (paints the prompt's box) keeps these about the command, not the model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stand_in_models import BoxBackend
+
+from oncoseg.cli import main
+from oncoseg.evaluate import default_output_folder
+from oncoseg.models.spec import ModelSpec
+from oncoseg.predictor import Predictor
+
+
+def test_default_output_folder_names_dataset_split_and_protocol():
+    assert default_output_folder("busi", "all", "box:jitter=0.1") == Path(
+        "eval-output/busi-all-box-jitter0.1"
+    )
+    assert default_output_folder("kvasir-seg", None, "points:3") == Path(
+        "eval-output/kvasir-seg-all-points-3"
+    )
+
+
+def test_more_than_one_process_goes_through_ddp_with_the_weights_in_the_environment(
+    tmp_path, monkeypatch, capsys
+):
+    from oncoseg.evaluate import distributed
+    from oncoseg.models.sam3 import WEIGHTS_ENV
+
+    monkeypatch.setenv(WEIGHTS_ENV, "unset")  # restored after the test
+    calls = []
+    monkeypatch.setattr(
+        distributed, "evaluate_distributed", lambda *args: calls.append(args)
+    )  # a worker: None
+    code = main(["evaluate", "busi", "--devices", "2", "--weights", str(tmp_path), "--split", "all", "-q"])
+    assert code == 0 and capsys.readouterr().out == ""  # a worker process prints nothing
+    config, out, devices, nodes, accelerator, overwrite, progress = calls[0]
+    assert (config.dataset, config.split, str(out)) == ("busi", None, "eval-output/busi-all-box")
+    assert (devices, nodes, accelerator, overwrite, progress) == (2, 1, "cpu", False, False)
+    import os
+
+    assert os.environ[WEIGHTS_ENV] == str(tmp_path.resolve())
+
+
+def test_interactive_protocol_prints_the_curve_and_writes_interactive_json(
+    shared_data, tmp_path, monkeypatch, capsys
+):
+    specs = []
+
+    def build(self, **_options):
+        specs.append(self)
+        return Predictor(BoxBackend())
+
+    monkeypatch.setattr(ModelSpec, "build_predictor", build)
+    code = main(["evaluate", "msd-hippocampus", "--protocol", "interactive", "--limit", "1", "--clicks", "1",
+                 "--data", str(shared_data), "-o", str(tmp_path), "--precision", "fp32"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert specs[0].backend == "litemedsam" and specs[0].precision == "fp32"
+    document = json.loads((tmp_path / "interactive.json").read_text(encoding="utf-8"))
+    assert document["settings"]["clicks"] == 1 and document["settings"]["initial"] == "box2d"
+    assert document["dataset"] == "msd-hippocampus" and document["split"] == "test"
+    [case] = document["cases"]
+    assert case["target"] == "whole" and len(case["dice"]) == 2 and 0 < case["dice"][0] <= 1
+    lines = captured.out.splitlines()
+    assert lines[0] == "msd-hippocampus (test split), interactive: box2d + 1 click(s)"
+    row = next(line for line in lines if line.startswith("msd-hippocampus/whole"))
+    assert f"{case['dice'][0]:.3f} {case['dice'][1]:.3f}" in row
+    assert lines[-1] == f"per-case results: {tmp_path / 'interactive.json'}"
+    assert f"{case['case_id']}/whole: Dice" in captured.err  # the progress line of the target
+
+
+def test_interactive_protocol_refuses_pictures_and_ddp_in_one_line(shared_data, tmp_path, capsys):
+    for arguments, words in (
+        (["kvasir-seg"], "2D dataset"),
+        (["msd-hippocampus", "--devices", "2"], "one process"),
+    ):
+        code = main(["evaluate", *arguments, "--protocol", "interactive", "--data", str(shared_data),
+                     "-o", str(tmp_path / "out"), "-q"])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "out" / "interactive.json").exists()
