@@ -10,8 +10,8 @@ For each volume, with LiteMedSAM (``--precision``, default auto):
 
 Each figure is the median over ``--repeats`` runs of ``set_image`` + ``embedding(z)`` for every slice (the
 store's weight digest, computed once per backend, is reported apart). Warm-run embeddings are checked to be
-bit-identical to fresh ones. Volumes: the bundled 30-slice abdominal CT (``oncoseg.samples``) and the
-TotalSegmentator example CT from ``../shared/data``.
+bit-identical to fresh ones. Volume: the bundled 30-slice abdominal CT (``oncoseg.samples``); ``--example`` adds
+the TotalSegmentator example CT from ``../shared/data`` (the same 30 × 101 × 122 scan in its original file).
 
 Writes ``benchmarks/results/embedding_store.json`` and prints a Markdown table.
 Run: ``PYTHONPATH=src python benchmarks/embedding_store.py [--repeats N] [--threads N]``.
@@ -20,7 +20,9 @@ Run: ``PYTHONPATH=src python benchmarks/embedding_store.py [--repeats N] [--thre
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +38,11 @@ from oncoseg.predictor import Predictor
 from oncoseg.samples import sample_path
 
 
-def volumes(data: Path) -> list[tuple[str, Path]]:
+def volumes(data: Path, example: bool) -> list[tuple[str, Path]]:
     found = [("bundled CT sample (ct_abdomen)", sample_path("ct_abdomen"))]
-    example = data / "totalsegmentator-example" / "example_ct_sm.nii.gz"
-    if example.is_file():
-        found.append(("TotalSegmentator example CT", example))
+    path = data / "totalsegmentator-example" / "example_ct_sm.nii.gz"
+    if example and path.is_file():
+        found.append(("TotalSegmentator example CT", path))
     return found
 
 
@@ -60,6 +62,7 @@ def run(backend: LiteMedSAMBackend, image, repeats: int) -> dict:
         seconds, features = encode_all(Predictor(backend, cache, embedding_store=False), image)
         plain.append(seconds)
         fresh = fresh if fresh is not None else features
+    print(f"no store: {[round(s, 2) for s in plain]} s", file=sys.stderr, flush=True)
     cold, warm, identical, store_bytes = [], [], True, 0
     for _ in range(repeats):
         with tempfile.TemporaryDirectory(prefix="oncoseg-store-") as folder:
@@ -69,6 +72,7 @@ def run(backend: LiteMedSAMBackend, image, repeats: int) -> dict:
             reader = EmbeddingStore(folder)
             seconds, features = encode_all(Predictor(backend, cache, embedding_store=reader), image)
             warm.append(seconds)
+            print(f"store: cold {cold[-1]:.2f} s, warm {seconds:.2f} s", file=sys.stderr, flush=True)
             assert reader.hits == slices and reader.writes == 0, (reader.hits, reader.writes)
             identical &= all(torch.equal(a, b) for a, b in zip(fresh, features, strict=True))
             store_bytes = store.nbytes
@@ -94,7 +98,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--example", action="store_true", help="also the TotalSegmentator example CT")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -104,7 +109,7 @@ def main() -> None:
     backend.embedding_identity()
     digest_s = time.perf_counter() - began
     rows, results = [], {}
-    for name, path in volumes(args.data):
+    for name, path in volumes(args.data, args.example):
         image = load_image(path, modality="ct")
         backend.encode(np.zeros((64, 64, 3), np.float32))  # warm-up
         result = run(backend, image, args.repeats)
@@ -125,6 +130,8 @@ def main() -> None:
             "benchmark": "embedding_store",
             "backend": backend.describe(),
             "repeats": args.repeats,
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+            "cpu_count": os.cpu_count(),
             "weight_digest_s": round(digest_s, 3),
             "volumes": results,
             "environment": environment(),
