@@ -20,6 +20,7 @@ const state = {
   sliceScores: null,  // per-slice scores of the 3D result {z: score}
   job: null,          // id of the 3D job running (propagation or correction)
   jobDrawn: new Set(),  // slices whose finished mask of the running job is drawn
+  cancelPending: false,  // Cancel was pressed before the job's id came back
   busy: false,
   sliceRequest: 0,
 };
@@ -299,8 +300,11 @@ async function runJob(body) {
   const imageId = state.image.image_id;
   const started = performance.now();
   $("propagate-btn").disabled = true;
+  $("job-progress").value = 0;
+  $("job-label").textContent = "starting…";  // not the last job's count
   $("job-box").hidden = false;
   $("cancel-btn").disabled = false;
+  state.cancelPending = false;
   status(body.action === "refine" ? `Correcting slice ${body.z} and propagating again…` : "Propagating through the volume…");
   let job = null;
   try {
@@ -311,6 +315,7 @@ async function runJob(body) {
     })).json();
     state.job = job.job_id;
     state.jobDrawn = new Set();
+    if (state.cancelPending) await api(`/api/images/${imageId}/jobs/${job.job_id}`, { method: "DELETE" });
     for (;;) {
       showProgress(job);
       // the mask fills in as slices finish: redraw the slice on screen once the job has finished it
@@ -368,9 +373,9 @@ async function showResultOverlay() {
 }
 
 async function cancelJob() {
-  if (!state.job) return;
   $("cancel-btn").disabled = true;
   status("Cancelling…");
+  if (!state.job) { state.cancelPending = true; return; }  // the job is being started: cancelled once it is
   try {
     await api(`/api/images/${state.image.image_id}/jobs/${state.job}`, { method: "DELETE" });
   } catch (error) { status(error.message, true); }
