@@ -327,7 +327,10 @@ class Engine:
             self._replace_result(opened, lambda: opened.core.segment(prompt), empty_ok=True)
         self._keep_info(opened, {"kind": "slice", "z": z})
         mask = self._slice_of(opened, z)
-        score = float(predictor.last[1].scores[0])
+        if opened.shown_empty:  # the model's (last) answer, empty
+            score = float(predictor.last[1].scores[0])
+        else:  # the score of the mask the core kept (a correction may try several boxes)
+            score = float(opened.obj.slice_scores[z])
         opened.result_info["score"] = score
         answer = {
             "image_id": opened.id,

@@ -108,8 +108,12 @@ class Job:
         with self._lock:
             self._seen.add(z)
             self.done = len(self._seen)
-            if z == self.z and z not in self._finished_slices:
-                if mask.any():  # the start slice is kept as the model gave it
+            if z == self.z:
+                # the start slice as the model gave it; a correction with exclude clicks tries several boxes
+                # there and keeps the best-scoring mask that honours the clicks: shown here is the best-scoring
+                # one (the job's result, once done, is the core's choice)
+                kept = self._finished_slices.get(z)
+                if mask.any() and (kept is None or score > kept[1]):
                     self._finished_slices[z] = (mask, score)
             else:
                 self._answers[z] = (mask, score)
