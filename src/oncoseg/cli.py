@@ -81,6 +81,8 @@ CHECKPOINT_HELP = "fine-tuned weights: a LoRA adapter file, a full state dict, o
 
 
 # commands whose parser and code live in their own package: each module has add_parser(commands) and run(args)
+# and may use this module's shared option helpers (add_model_options, CHECKPOINT_HELP, print_warnings); they are
+# loaded by name (importlib), so this module never imports them and there is no import cycle
 SUBCOMMAND_MODULES = {
     "evaluate": "oncoseg.evaluate.cli",
     "train": "oncoseg.train.cli",
