@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from stand_in_models import BoxBackend
 
+from oncoseg.errors import EmptyResultError
 from oncoseg.evaluate.interactive import (
     Box3D,
     CaseResult,
@@ -25,6 +26,7 @@ from oncoseg.evaluate.interactive import (
 from oncoseg.image import MedicalImage
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
+from oncoseg.session import Session
 
 SHAPE = (20, 48, 48)
 
@@ -47,14 +49,14 @@ def _leak() -> dict[int, np.ndarray]:
 
 class Oracle(Backend):
     """The truth and the leak inside the prompt's box (everywhere for clicks alone); an exclude click removes
-    the leak within 6 pixels of it (never the truth). ``empty_box``: box-only prompts find nothing. ``empty_exclude``: a prompt with
-    an exclude click finds nothing. Slices are told apart by their pixels (``slices``: bytes -> z)."""
+    the leak within 6 pixels of it (never the truth). ``empty_box``: box-only prompts find nothing. Slices are
+    told apart by their pixels (``slices``: bytes -> z)."""
 
     name = "oracle"
 
-    def __init__(self, truth, leak=None, empty_box=False, empty_exclude=False):
+    def __init__(self, truth, leak=None, empty_box=False):
         self.truth, self.leak, self.slices = truth, leak or {}, {}
-        self.empty_box, self.empty_exclude = empty_box, empty_exclude
+        self.empty_box = empty_box
 
     def encode(self, image):
         z = self.slices[np.asarray(image).tobytes()]
@@ -76,7 +78,7 @@ class Oracle(Backend):
                 b = prompt.box
                 inside = (xx >= int(b.x0)) & (xx <= int(b.x1)) & (yy >= int(b.y0)) & (yy <= int(b.y1))
                 mask = mask & inside
-            if (self.empty_box and not prompt.points) or (self.empty_exclude and excludes):
+            if self.empty_box and not prompt.points:
                 mask = np.zeros((h, w), bool)
             masks.append(mask)
         return MaskPrediction(np.array(masks), np.full(len(prompts), 0.9, np.float32))
@@ -178,12 +180,16 @@ def test_an_empty_first_result_scores_zero_and_the_first_click_starts_the_object
     assert result.bound_dice == 0.0  # the bound uses boxes only, which this model answers with nothing
 
 
-def test_a_click_that_empties_the_slice_is_recorded_and_the_prediction_kept():
+def test_a_click_that_empties_the_slice_is_recorded_and_the_prediction_kept(monkeypatch):
+    def refuse(self, obj, prompt, **options):  # what Session.refine raises when the click empties the slice
+        raise EmptyResultError(f"the correction removed object {obj.label} from this slice")
+
+    monkeypatch.setattr(Session, "refine", refuse)
     case = _case()
-    predictor = _oracle_predictor(case, leak=_leak(), empty_exclude=True)
+    predictor = _oracle_predictor(case, leak=_leak())
     result = run_case(predictor, case, clicks=2, bound=False)
-    assert all("EmptyResultError" in c.note for c in result.clicks)
-    assert result.dice[0] == result.dice[1] == result.dice[2] and result.bound_dice is None
+    assert all("EmptyResultError" in c.note for c in result.clicks) and not result.clicks[0].positive
+    assert result.dice[0] == result.dice[1] == result.dice[2] < 1.0 and result.bound_dice is None
 
 
 def test_box3d_bounds_the_walk_and_the_masks_by_the_targets_box():
