@@ -21,7 +21,7 @@ SAMPLES = list_samples()
 IMAGE_KEYS = {"shape", "channels", "spacing_mm", "origin_mm", "orientation", "modality", "dtype"}
 OBJECT_KEYS = {
     "label", "score", "prompt", "volume_ml", "area_mm2", "voxel_count", "recist_long_mm", "recist_short_mm",
-    "recist_slice", "long_axis_endpoints", "bbox", "bbox_mm", "centroid_mm", "max_3d_diameter_mm",
+    "recist_slice", "long_axis_endpoints", "bbox", "bbox_mm", "centroid_mm", "max_3d_diameter_mm", "quality",
 }  # fmt: skip
 
 
@@ -132,6 +132,7 @@ def test_to_dict_is_json_with_only_the_documented_fields(polyp_four):
     assert set(summary) == {"image", "objects", "warnings"} and summary["warnings"] == []
     assert set(summary["image"]) == IMAGE_KEYS
     assert all(set(o) == OBJECT_KEYS for o in summary["objects"])
+    assert all(set(o["quality"]) == {"estimate", "review", "reasons"} for o in summary["objects"])
     assert "polyp" not in text and "/" not in text  # no file name or path
     assert summary["image"]["shape"] == [529, 617] and summary["image"]["channels"] == 3
 

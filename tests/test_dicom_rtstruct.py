@@ -253,3 +253,18 @@ def test_tg263_table_names_aliases_and_colours():
         assert len(color) == 3 and all(0 <= c <= 255 for c in color)
         assert default_color(name) == color  # stable
     assert default_color("kidney_left") == default_color("Kidney_L")
+
+
+def test_notes_such_as_the_quality_flag_go_into_the_roi_description(tmp_path, small_series):
+    mask = np.zeros((4, 24, 32), bool)
+    mask[1:3, 4:12, 4:12] = True
+    note = "REVIEW (quality 0.42: walk stopped while the object was still large)"
+    path = write_rtstruct({"Liver": mask, "GTV": mask.copy()}, small_series, tmp_path / "rt.dcm",
+                          notes={"Liver": note})  # fmt: skip
+    rois = {roi.ROIName: roi for roi in pydicom.dcmread(path).StructureSetROISequence}
+    assert rois["Liver"].ROIDescription.endswith(note) and "REVIEW" not in rois["GTV"].get(
+        "ROIDescription", ""
+    )
+    with pytest.raises(DicomExportError, match="structure note"):
+        write_rtstruct({"Liver": mask}, small_series, tmp_path / "bad.dcm", notes={"Liver": "a\x07b"})
+    assert not (tmp_path / "bad.dcm").exists()

@@ -125,3 +125,15 @@ def test_single_and_empty_segments_with_allow_empty(tmp_path):
         assert set(back) == set(masks)
         for name, mask in masks.items():
             np.testing.assert_array_equal(back[name], mask)
+
+
+def test_notes_such_as_the_quality_flag_become_segment_descriptions(tmp_path):
+    frames = np.zeros((4, 24, 32), np.uint16)
+    folder = write_series(tmp_path / "small", frames, (1, 0, 0), (0, 1, 0), pixel_spacing=(0.8, 0.7))
+    mask = np.zeros((4, 24, 32), bool)
+    mask[1:3, 4:12, 4:12] = True
+    path = write_seg({"Liver": mask, "GTV": mask.copy()}, folder, tmp_path / "seg.dcm",
+                     notes={"Liver": "REVIEW (quality 0.42)"})  # fmt: skip
+    segments = {s.SegmentLabel: s for s in pydicom.dcmread(path).SegmentSequence}
+    assert segments["Liver"].SegmentDescription == "REVIEW (quality 0.42)"
+    assert "SegmentDescription" not in segments["GTV"]

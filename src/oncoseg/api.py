@@ -35,6 +35,7 @@ from oncoseg.prompts import (
     build_prompts,
     validate_prompt,
 )
+from oncoseg.quality import Quality
 from oncoseg.session import Session
 from oncoseg.volume import PropagationSettings
 
@@ -52,6 +53,7 @@ class SegmentationResult:
     slices: list[tuple[int, int] | None] = field(default_factory=list)
     predictor: Predictor | None = None
     numbers: list[int] | None = None
+    qualities: list[Quality] = field(default_factory=list)  # per object: estimate and review flag
 
     @property
     def label_numbers(self) -> list[int]:
@@ -71,6 +73,7 @@ class SegmentationResult:
             [obj.slice_range if session.image.is_3d else None for obj in objects],
             session.predictor,
             [obj.label for obj in objects],
+            [obj.quality for obj in objects],
         )
 
     @property
@@ -112,6 +115,8 @@ class SegmentationResult:
             if extent is not None:
                 entry["slices"] = list(extent)
             objects.append(entry)
+        for entry, quality in zip(objects, self.qualities, strict=False):
+            entry["quality"] = quality.to_dict()
         warnings = [str(w) for w in self.image.metadata.get("warnings", [])]
         return {"image": self.image.describe(), "objects": objects, "warnings": warnings}
 
@@ -144,8 +149,9 @@ class SegmentationResult:
 
         names = structure_names(names)
         masks = {names.get(i, f"Object_{i}"): self.labels == i for i in self.label_numbers}
+        notes = {name: q.describe() for name, q in zip(masks, self.qualities, strict=False)}
         write = write_rtstruct if kind == "rtstruct" else write_seg
-        return write(masks, self.image.source_path, path, outputs=outputs)
+        return write(masks, self.image.source_path, path, outputs=outputs, notes=notes)
 
     def save_json(self, path: str | Path, outputs: OutputFiles | None = None) -> Path:
         if outputs is None:

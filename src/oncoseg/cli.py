@@ -434,12 +434,20 @@ def size(obj: dict, digits: int = 2) -> str:
     return f"{obj['area_mm2']:.{digits - 1}f} mm²"
 
 
+def describe_quality(quality: dict) -> str:
+    """ "quality 0.91", or "REVIEW (quality 0.42: reasons)" for a result that is likely wrong."""
+    from oncoseg.quality import Quality
+
+    return Quality(quality["estimate"], quality["review"], tuple(quality["reasons"])).describe()
+
+
 def print_summary(summary: dict, output: str, overlay: str | None) -> None:
     for obj in summary["objects"]:
         where = f", slices {obj['slices'][0]}-{obj['slices'][1]}" if obj.get("slices") else ""
         print(
             f"object {obj['label']}: {size(obj)}, RECIST long {obj['recist_long_mm']:.1f} mm, "
             f"short {obj['recist_short_mm']:.1f} mm, score {obj['score']:.2f}{where}"
+            + (f", {describe_quality(obj['quality'])}" if obj.get("quality") else "")
         )
     print(f"mask written to {output}" + (f", overlay to {overlay}" if overlay else ""))
 

@@ -28,6 +28,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
 from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, box_from_mask, validate_prompt
+from oncoseg.quality import Quality, assess
 from oncoseg.volume import PropagationSettings, mask_iou, propagate, walk
 
 
@@ -48,6 +49,11 @@ class SegmentedObject:
     def score(self) -> float:
         """Mean of the per-slice scores."""
         return float(np.mean(list(self.slice_scores.values()))) if self.slice_scores else 0.0
+
+    @property
+    def quality(self) -> Quality:
+        """How far to trust this result: an estimate and a review flag (`oncoseg.quality`)."""
+        return assess(self.mask, self.slice_scores, self.volume)
 
     @property
     def slice_range(self) -> tuple[int, int] | None:

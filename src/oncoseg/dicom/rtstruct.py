@@ -55,12 +55,14 @@ def write_rtstruct(
     series_description: str = "Onco-Seg contours",
     allow_empty: bool = False,
     outputs: OutputFiles | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``masks`` (name → bool array in ``load_image(reference)``'s layout) as an RTSTRUCT file.
 
     Names are turned into TG-263 names (`standard_name`); ``colors`` (keyed by given or TG-263 name) override
     the default colours. An empty mask is refused unless ``allow_empty`` (then its ROI has no contours). With
-    ``outputs`` the file is part of that transaction (see `oncoseg.io.write.OutputFiles`).
+    ``outputs`` the file is part of that transaction (see `oncoseg.io.write.OutputFiles`). ``notes`` (keyed by
+    given name) are added to each ROI's description, e.g. the result's quality estimate and review flag.
     """
     path = check_output_path(path, "DICOM output")  # before any work
     check_text(series_description, "LO", "series description")
@@ -69,12 +71,15 @@ def write_rtstruct(
     for name in checked:
         check_text(name, "LO", "structure name")
     given = {standard_name(name): name for name in masks}
+    notes = {
+        standard_name(name): check_text(note, "ST", "structure note") for name, note in (notes or {}).items()
+    }
     colors = dict(colors or {})
     ds = _structure_set(ref, series_description)
     roi_seq, contour_seq, obs_seq = Sequence(), Sequence(), Sequence()
     for number, (name, mask) in enumerate(checked.items(), start=1):
         color = colors.get(name, colors.get(given[name])) or default_color(name)
-        roi_seq.append(_roi(number, name, ref))
+        roi_seq.append(_roi(number, name, ref, notes.get(name)))
         contour_seq.append(_roi_contours(number, _color(color, name), mask, ref))
         obs_seq.append(_observation(number, name))
     ds.StructureSetROISequence = roi_seq
@@ -157,14 +162,15 @@ def _image_ref(ref: ReferenceSeries, k: int) -> Dataset:
     return item
 
 
-def _roi(number: int, name: str, ref: ReferenceSeries) -> Dataset:
+def _roi(number: int, name: str, ref: ReferenceSeries, note: str | None = None) -> Dataset:
     roi = Dataset()
     roi.ROINumber = number
     roi.ReferencedFrameOfReferenceUID = ref.frame_of_reference_uid
     roi.ROIName = name
     entry = lookup(name)
-    if entry is not None:
-        roi.ROIDescription = entry.description
+    described = "; ".join(text for text in (entry.description if entry else None, note) if text)
+    if described:
+        roi.ROIDescription = described
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     roi.ROIGenerationDescription = f"Onco-Seg {software_version()}"
     return roi

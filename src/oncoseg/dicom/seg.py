@@ -64,9 +64,11 @@ def write_seg(
     series_description: str = "Onco-Seg segmentation",
     allow_empty: bool = False,
     outputs: OutputFiles | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``masks`` (name → bool array in ``load_image(reference)``'s layout) as a binary DICOM SEG file;
-    with ``outputs`` as part of that transaction (see `oncoseg.io.write.OutputFiles`)."""
+    with ``outputs`` as part of that transaction (see `oncoseg.io.write.OutputFiles`). ``notes`` (by name, at
+    most 64 characters) become each segment's SegmentDescription, e.g. the quality estimate and review flag."""
     hd = require("highdicom", "highdicom")
 
     path = check_output_path(path, "DICOM output")  # before any work
@@ -78,7 +80,10 @@ def write_seg(
     algorithm = hd.AlgorithmIdentificationSequence(
         name="Onco-Seg", version=software_version(), family=codes.cid7162.ArtificialIntelligence
     )
-    descriptions = [_segment(number, name, algorithm) for number, name in enumerate(names, start=1)]
+    notes = {name: check_text(note, "LO", "segment note") for name, note in (notes or {}).items()}
+    descriptions = [
+        _segment(number, name, algorithm, notes.get(name)) for number, name in enumerate(names, start=1)
+    ]
     try:
         seg = hd.seg.Segmentation(
             source_images=ref.headers,
@@ -107,7 +112,7 @@ def write_seg(
     return outputs.write(path, seg.save_as)
 
 
-def _segment(number: int, name: str, algorithm):
+def _segment(number: int, name: str, algorithm, note: str | None = None):
     hd = require("highdicom", "highdicom")
 
     entry = lookup(name)
@@ -126,6 +131,8 @@ def _segment(number: int, name: str, algorithm):
         algorithm_identification=algorithm,
         display_color=hd.color.CIELabColor.from_rgb(*default_color(name)),
     )
+    if note:
+        description.SegmentDescription = note
     side = {"_L": codes.SCT.Left, "_R": codes.SCT.Right}.get(name[-2:]) if entry else None
     if side is not None:
         modifier = hd.sr.CodedConcept(side.value, side.scheme_designator, side.meaning)

@@ -1,0 +1,186 @@
+"""Fit and measure the quality estimate and "review" flag of `oncoseg.quality`.
+
+For results of the default model on real labelled data it records the features `oncoseg.quality.features` reads
+and the Dice against the ground truth; a result is "bad" when its Dice is below 0.7. The logistic model is fitted
+on train splits only (Kvasir-SEG and BUSI train pictures with a ground-truth box and with one click; MSD
+Hippocampus train volumes, box on the largest slice, propagated), and its review threshold set to flag 10 % of
+the good train results. On the test splits (and on the BraTS samples, which have no train split) it reports how
+well the estimate separates bad results from good ones (AUROC) and the share of bad results flagged.
+
+    .venv/bin/python benchmarks/confidence.py                 # fit + measure, writes results/confidence.json
+    .venv/bin/python benchmarks/confidence.py --limit 20      # fewer cases per split
+
+Prints the coefficients to paste into oncoseg/quality.py, and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_OUT, environment, markdown_table, spread, write_json
+
+from oncoseg.data.adapters import open_dataset
+from oncoseg.errors import EmptyResultError
+from oncoseg.evaluate.protocols import Protocol
+from oncoseg.models.spec import ModelSpec
+from oncoseg.quality import FEATURES, features
+from oncoseg.session import Session
+
+BAD_BELOW = 0.7
+FALSE_ALARM = 0.10
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1))
+
+
+def collect(dataset: str, split: str | None, limit: int, predictor, progress) -> list[dict]:
+    """One row per result: group, features, Dice."""
+    cases = spread(open_dataset(dataset).cases(split), limit)
+    rows = []
+    for i, case in enumerate(cases):
+        image, truths = case.load()
+        for target, truth in truths.items():
+            truth = truth.astype(bool)
+            if not truth.any() or (dataset == "msd-hippocampus" and target != "whole"):
+                continue
+            session = Session(image, predictor)
+            if image.is_3d:
+                z = int(np.argmax(truth.sum(axis=(1, 2))))
+                prompts = {"box3d": (Protocol("box").prompt(truth[z], z=z), True)}
+            else:
+                prompts = {
+                    "box": (Protocol("box").prompt(truth), False),
+                    "click": (Protocol("points", seed=0).prompt(truth, case.case_id, target), False),
+                }
+            for kind, (prompt, volume) in prompts.items():
+                try:
+                    obj = session.segment(prompt, volume=volume)
+                    values, score = features(obj.mask, obj.slice_scores, volume), dice(obj.mask, truth)
+                except EmptyResultError:
+                    continue  # nothing shown, nothing to flag
+                rows.append(
+                    {
+                        "group": f"{dataset}/{target}/{kind}",
+                        "split": split or "all",
+                        "case": case.case_id,
+                        "features": [round(float(v), 5) for v in values],
+                        "dice": round(score, 4),
+                    }
+                )
+        progress(f"{dataset} {split}: {i + 1}/{len(cases)}")
+    return rows
+
+
+def auroc(bad_probability: np.ndarray, bad: np.ndarray) -> float | None:
+    """Probability that a random bad result gets a higher value than a random good one (ties count half)."""
+    if bad.all() or not bad.any():
+        return None
+    pos, neg = bad_probability[bad], bad_probability[~bad]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--limit", type=int, default=60, help="cases per split and dataset (2D); a third for 3D"
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    from sklearn.linear_model import LogisticRegression
+
+    started = time.perf_counter()
+    predictor = ModelSpec(threads=args.threads).build_predictor()
+
+    def progress(text: str) -> None:
+        print(f"\r{text:60s}", end="", file=sys.stderr, flush=True)
+
+    train, test = [], []
+    for dataset, limit in (
+        ("kvasir-seg", args.limit),
+        ("busi", args.limit),
+        ("msd-hippocampus", args.limit // 3),
+    ):
+        train += collect(dataset, "train", limit, predictor, progress)
+        test += collect(dataset, "test", limit, predictor, progress)
+    test += collect("brats2015", None, 10, predictor, progress)
+    print(file=sys.stderr)
+
+    x_train = np.array([r["features"] for r in train])
+    y_train = np.array([r["dice"] < BAD_BELOW for r in train])
+    mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    model = LogisticRegression(C=1.0).fit((x_train - mean) / scale, y_train)
+    weights, bias = model.coef_[0], float(model.intercept_[0])
+
+    def p_bad(rows):
+        x = np.array([r["features"] for r in rows])
+        return 1 / (1 + np.exp(-(bias + ((x - mean) / scale) @ weights)))
+
+    good_train = np.sort(p_bad(train)[~y_train])
+    review_at = float(good_train[int(np.ceil((1 - FALSE_ALARM) * len(good_train))) - 1]) + 1e-9
+    rows_out, groups = [], sorted({r["group"] for r in test})
+    for group in [*groups, "all test"]:
+        rows = [r for r in test if group in ("all test", r["group"])]
+        probability, bad = p_bad(rows), np.array([r["dice"] < BAD_BELOW for r in rows])
+        score_only = 1 - np.array([r["features"][0] for r in rows])
+        flagged = probability >= review_at
+        rows_out.append(
+            {
+                "group": group,
+                "n": len(rows),
+                "bad": int(bad.sum()),
+                "auroc": auroc(probability, bad),
+                "auroc_model_score_only": auroc(score_only, bad),
+                "bad_flagged": float(flagged[bad].mean()) if bad.any() else None,
+                "good_flagged": float(flagged[~bad].mean()) if (~bad).any() else None,
+            }
+        )
+    result = {
+        "command": "python benchmarks/confidence.py " + " ".join(argv or sys.argv[1:]),
+        "environment": environment(),
+        "bad_below": BAD_BELOW,
+        "false_alarm_target": FALSE_ALARM,
+        "features": list(FEATURES),
+        "fit": {
+            "mean": mean.round(5).tolist(),
+            "scale": scale.round(5).tolist(),
+            "weights": weights.round(4).tolist(),
+            "bias": round(bias, 4),
+            "review_at": round(review_at, 4),
+            "train_results": len(train),
+            "train_bad": int(y_train.sum()),
+        },
+        "test": rows_out,
+        "rows": {"train": train, "test": test},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    path = write_json(result, args.output, "confidence")
+
+    def fmt(v):
+        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    print(markdown_table(
+        ["test group", "n", "bad (Dice < 0.7)", "AUROC", "AUROC of the model score alone", "bad flagged",
+         "good flagged"],
+        [[r["group"], r["n"], r["bad"], fmt(r["auroc"]), fmt(r["auroc_model_score_only"]), fmt(r["bad_flagged"]),
+          fmt(r["good_flagged"])] for r in rows_out],
+    ))  # fmt: skip
+    print(
+        f"\nfit: MEAN={result['fit']['mean']}\nSCALE={result['fit']['scale']}\nWEIGHTS={result['fit']['weights']}"
+    )
+    print(f"BIAS={result['fit']['bias']} REVIEW_AT={result['fit']['review_at']}\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""How far to trust a result: a quality estimate for every segmented object, and a "review" flag when it is
+likely wrong (Dice below 0.7 against what an expert would draw).
+
+The estimate is a logistic model over a few facts every result has, whatever the prompt or model: the model's
+own score (SAM's predicted IoU; the mean and the lowest over the slices of a volume), how much of the mask lies in
+its largest connected piece, how much of it touches the image border, and for a volume how open its ends are (a
+walk that stopped while the object was still large on its last slice) and how abruptly it changes between
+neighbouring slices. The weights and the review threshold come from `benchmarks/confidence.py`, fitted on train
+splits only (the review threshold flags 10 % of the good train results) and measured on test splits: see
+docs/results.md, "Confidence". A number is shown with its flag; a flagged result is not hidden.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+FEATURES = ("score_mean", "score_min", "largest_piece", "border", "open_end", "slice_jump", "is_volume")
+
+# fitted by benchmarks/confidence.py (logistic regression on standardised features; see that script's JSON)
+MEAN = np.array([0.85, 0.8, 0.97, 0.02, 0.05, 0.1, 0.3])
+SCALE = np.array([0.08, 0.12, 0.06, 0.08, 0.12, 0.15, 0.46])
+WEIGHTS = np.array([-1.0, -0.5, -0.5, 0.3, 0.6, 0.5, 0.5])
+BIAS = -1.5
+REVIEW_AT = 0.5  # flag when the estimated probability of a bad result is at least this
+
+
+@dataclass(frozen=True)
+class Quality:
+    """``estimate``: the probability that the result is good (Dice >= 0.7), 0-1. ``review``: likely wrong, look
+    before using its numbers. ``reasons``: what lowered the estimate, in words."""
+
+    estimate: float
+    review: bool
+    reasons: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"estimate": round(self.estimate, 3), "review": self.review, "reasons": list(self.reasons)}
+
+    def describe(self) -> str:
+        """One line for people: "quality 0.91" or "REVIEW (quality 0.42: walk stopped while large)"."""
+        text = f"quality {self.estimate:.2f}"
+        if not self.review:
+            return text
+        return f"REVIEW ({text}{': ' + ', '.join(self.reasons) if self.reasons else ''})"
+
+
+def features(mask: np.ndarray, slice_scores: dict, volume: bool) -> np.ndarray:
+    """The facts the estimate reads (in the order of `FEATURES`) from a boolean mask (``[z, y, x]`` or
+    ``[y, x]``) and the model's score per slice."""
+    scores = np.array([float(s) for s in slice_scores.values()] or [0.0])
+    mask = np.asarray(mask, dtype=bool)
+    total = max(int(mask.sum()), 1)
+    labels, count = ndimage.label(mask)
+    largest = np.bincount(labels.ravel())[1:].max() / total if count else 0.0
+    edges = np.zeros_like(mask)
+    edges[..., 0, :] = edges[..., -1, :] = edges[..., :, 0] = edges[..., :, -1] = True
+    border = np.count_nonzero(mask & edges) / total
+    open_end, slice_jump = 0.0, 0.0
+    if mask.ndim == 3 and volume:
+        areas = mask.sum(axis=(1, 2)).astype(float)
+        zs = np.flatnonzero(areas)
+        if len(zs):
+            peak = areas.max()
+            ends = [
+                z for z in (zs[0], zs[-1]) if 0 < z < mask.shape[0] - 1
+            ]  # an end at the scan's edge is closed
+            open_end = max((areas[z] / peak for z in ends), default=0.0)
+            jumps = [
+                1.0 - np.count_nonzero(mask[a] & mask[b]) / max(np.count_nonzero(mask[a] | mask[b]), 1)
+                for a, b in itertools.pairwise(zs)
+                if b == a + 1
+            ]
+            slice_jump = float(np.percentile(jumps, 90)) if jumps else 0.0
+    return np.array(
+        [scores.mean(), scores.min(), largest, border, open_end, slice_jump, float(mask.ndim == 3 and volume)]
+    )
+
+
+def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
+    """The quality of one result (see the module docstring)."""
+    values = features(mask, slice_scores, volume)
+    z = (values - MEAN) / SCALE
+    p_bad = float(1.0 / (1.0 + np.exp(-(BIAS + WEIGHTS @ z))))
+    review = p_bad >= REVIEW_AT
+    reasons = []
+    if review:
+        pushes = WEIGHTS * z  # what pushed towards "bad", largest first
+        words = {
+            "score_mean": "low model score",
+            "score_min": "a slice with a low model score",
+            "largest_piece": "in several pieces",
+            "border": "runs into the image border",
+            "open_end": "walk stopped while the object was still large",
+            "slice_jump": "changes abruptly between slices",
+            "is_volume": "3D propagation",
+        }
+        reasons = [words[FEATURES[i]] for i in np.argsort(-pushes) if pushes[i] > 0.5][:2]
+    return Quality(1.0 - p_bad, review, tuple(reasons))

@@ -1,0 +1,56 @@
+"""The quality estimate and review flag every result carries (oncoseg.quality), and where users see them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from oncoseg.quality import FEATURES, Quality, assess, features
+
+
+def _ball(shape=(20, 48, 48), top=15) -> np.ndarray:
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    body = ((xx - 24) ** 2 + (yy - 24) ** 2) <= (10 - 0.2 * (zz - 10) ** 2) ** 2
+    return body & (zz >= 4) & (zz <= top)
+
+
+def test_features_read_what_they_say():
+    closed = _ball()
+    scores = {z: 0.9 for z in range(4, 16)}
+    values = dict(zip(FEATURES, features(closed, scores, volume=True), strict=True))
+    assert values["score_mean"] == values["score_min"] == 0.9
+    assert values["largest_piece"] == 1.0 and values["border"] == 0.0 and values["is_volume"] == 1.0
+    assert values["open_end"] < 0.5  # the ball narrows towards its ends
+    cut = _ball(top=10)  # a walk that stopped on the ball's widest slice
+    assert features(cut, scores, volume=True)[FEATURES.index("open_end")] > 0.9
+    two = closed.copy()
+    two[8:12, 0:4, 0:4] = True  # a second, separate piece touching the border
+    values = dict(zip(FEATURES, features(two, scores, volume=True), strict=True))
+    assert values["largest_piece"] < 1.0 and values["border"] > 0.0
+
+
+def test_the_flag_follows_the_facts_and_says_why():
+    good = assess(_ball(), {z: 0.95 for z in range(4, 16)}, volume=True)
+    bad = assess(_ball(top=10), {z: 0.4 for z in range(4, 11)}, volume=True)
+    assert isinstance(good, Quality) and 0.0 <= bad.estimate < good.estimate <= 1.0
+    assert not good.review and bad.review and bad.reasons
+    assert bad.describe().startswith("REVIEW (quality") and good.describe() == f"quality {good.estimate:.2f}"
+    assert json.loads(json.dumps(bad.to_dict()))["review"] is True
+
+
+def test_every_session_object_carries_its_quality_into_the_json():
+    from stand_in_models import BoxBackend
+
+    from oncoseg.api import SegmentationResult
+    from oncoseg.image import MedicalImage
+    from oncoseg.predictor import Predictor
+    from oncoseg.prompts import Box, Prompt
+    from oncoseg.session import Session
+
+    image = MedicalImage.from_array(np.random.default_rng(0).random((64, 64)).astype(np.float32))
+    session = Session(image, Predictor(BoxBackend()))
+    obj = session.segment(Prompt(box=Box(10, 10, 30, 30)))
+    assert obj.quality == assess(obj.mask, obj.slice_scores, False)
+    summary = SegmentationResult.from_session(session).to_dict()
+    assert summary["objects"][0]["quality"]["estimate"] == round(obj.quality.estimate, 3)
