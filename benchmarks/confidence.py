@@ -9,6 +9,7 @@ well the estimate separates bad results from good ones (AUROC) and the share of 
 
     .venv/bin/python benchmarks/confidence.py                 # fit + measure, writes results/confidence.json
     .venv/bin/python benchmarks/confidence.py --limit 20      # fewer cases per split
+    .venv/bin/python benchmarks/confidence.py --rows benchmarks/results/confidence.json   # refit, no model
 
 Prints the coefficients to paste into oncoseg/quality.py, and a table.
 """
@@ -16,6 +17,7 @@ Prints the coefficients to paste into oncoseg/quality.py, and a table.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from oncoseg.data.adapters import open_dataset
 from oncoseg.errors import EmptyResultError
 from oncoseg.evaluate.protocols import Protocol
 from oncoseg.models.spec import ModelSpec
-from oncoseg.quality import FEATURES, features
+from oncoseg.quality import FEATURES, features, standardised
 from oncoseg.session import Session
 
 BAD_BELOW = 0.7
@@ -53,7 +55,7 @@ def collect(dataset: str, split: str | None, limit: int, predictor, progress) ->
             session = Session(image, predictor)
             if image.is_3d:
                 z = int(np.argmax(truth.sum(axis=(1, 2))))
-                prompts = {"box3d": (Protocol("box").prompt(truth[z], z=z), True)}
+                prompts = {"box+propagate": (Protocol("box").prompt(truth[z], z=z), True)}
             else:
                 prompts = {
                     "box": (Protocol("box").prompt(truth), False),
@@ -78,6 +80,22 @@ def collect(dataset: str, split: str | None, limit: int, predictor, progress) ->
     return rows
 
 
+def collect_all(limit: int, threads: int | None) -> tuple[list[dict], list[dict]]:
+    """Train and test results of the default model (see the module docstring)."""
+    predictor = ModelSpec(threads=threads).build_predictor()
+
+    def progress(text: str) -> None:
+        print(f"\r{text:60s}", end="", file=sys.stderr, flush=True)
+
+    train, test = [], []
+    for dataset, n in (("kvasir-seg", limit), ("busi", limit), ("msd-hippocampus", limit // 3)):
+        train += collect(dataset, "train", n, predictor, progress)
+        test += collect(dataset, "test", n, predictor, progress)
+    test += collect("brats2015", None, 10, predictor, progress)
+    print(file=sys.stderr)
+    return train, test
+
+
 def auroc(bad_probability: np.ndarray, bad: np.ndarray) -> float | None:
     """Probability that a random bad result gets a higher value than a random good one (ties count half)."""
     if bad.all() or not bad.any():
@@ -96,35 +114,28 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--output", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--rows", type=Path, help="refit from the results stored in this JSON (no model run)")
     args = parser.parse_args(argv)
     from sklearn.linear_model import LogisticRegression
 
     started = time.perf_counter()
-    predictor = ModelSpec(threads=args.threads).build_predictor()
-
-    def progress(text: str) -> None:
-        print(f"\r{text:60s}", end="", file=sys.stderr, flush=True)
-
-    train, test = [], []
-    for dataset, limit in (
-        ("kvasir-seg", args.limit),
-        ("busi", args.limit),
-        ("msd-hippocampus", args.limit // 3),
-    ):
-        train += collect(dataset, "train", limit, predictor, progress)
-        test += collect(dataset, "test", limit, predictor, progress)
-    test += collect("brats2015", None, 10, predictor, progress)
-    print(file=sys.stderr)
+    rows_command = None
+    if args.rows:
+        stored = json.loads(args.rows.read_text())
+        train, test = stored["rows"]["train"], stored["rows"]["test"]
+        rows_command = stored.get("rows_command") or stored.get("command")
+    else:
+        train, test = collect_all(args.limit, args.threads)
 
     x_train = np.array([r["features"] for r in train])
     y_train = np.array([r["dice"] < BAD_BELOW for r in train])
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
-    model = LogisticRegression(C=1.0).fit((x_train - mean) / scale, y_train)
+    model = LogisticRegression(C=1.0).fit(standardised(x_train, mean, scale), y_train)
     weights, bias = model.coef_[0], float(model.intercept_[0])
 
     def p_bad(rows):
         x = np.array([r["features"] for r in rows])
-        return 1 / (1 + np.exp(-(bias + ((x - mean) / scale) @ weights)))
+        return 1 / (1 + np.exp(-(bias + standardised(x, mean, scale) @ weights)))
 
     good_train = np.sort(p_bad(train)[~y_train])
     review_at = float(good_train[int(np.ceil((1 - FALSE_ALARM) * len(good_train))) - 1]) + 1e-9
@@ -147,6 +158,7 @@ def main(argv=None) -> int:
         )
     result = {
         "command": "python benchmarks/confidence.py " + " ".join(argv or sys.argv[1:]),
+        "rows_command": rows_command,  # the run that produced the stored results, when refitted from them
         "environment": environment(),
         "bad_below": BAD_BELOW,
         "false_alarm_target": FALSE_ALARM,

@@ -54,3 +54,17 @@ def test_every_session_object_carries_its_quality_into_the_json():
     assert obj.quality == assess(obj.mask, obj.slice_scores, False)
     summary = SegmentationResult.from_session(session).to_dict()
     assert summary["objects"][0]["quality"]["estimate"] == round(obj.quality.estimate, 3)
+
+
+def test_the_shipped_weights_are_the_ones_the_benchmark_fitted_and_the_flag_is_bounded():
+    from pathlib import Path
+
+    from oncoseg import quality
+
+    fit = json.loads((Path(__file__).parents[1] / "benchmarks/results/confidence.json").read_text())["fit"]
+    np.testing.assert_allclose(quality.MEAN, fit["mean"])
+    np.testing.assert_allclose(quality.SCALE, fit["scale"])
+    np.testing.assert_allclose(quality.WEIGHTS, fit["weights"])
+    assert (quality.BIAS, quality.REVIEW_AT) == (fit["bias"], fit["review_at"])
+    # a fact rarely seen in training (a mask on the border) counts as unusual, not as a hundred times so
+    assert quality.standardised(quality.MEAN + 100 * quality.SCALE).max() == 3.0
