@@ -106,5 +106,5 @@ def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
             "slice_jump": "changes abruptly between slices",
             "is_volume": "3D propagation",
         }
-        reasons = [words[FEATURES[i]] for i in np.argsort(-pushes) if pushes[i] > 0.5][:2]
+        reasons = [words[FEATURES[i]] for i in np.argsort(-pushes) if pushes[i] > 0.5][:3]
     return Quality(1.0 - p_bad, review, tuple(reasons))
