@@ -306,6 +306,12 @@ def test_a_correction_on_another_slice_rewalks_up_to_the_next_anchor_only(tmp_pa
         assert job["done"] == job["total"] == 6  # slice 8, then 9-11 and 7-6
         result = job["result"]
         assert result["refined"] and result["anchors"] == [5, 8] and result["refined_slice"] == 8
+        obj = engine.store.get(image_id).obj
+        assert result["quality"] == obj.quality.to_dict() and set(result["quality"]) == {
+            "estimate",
+            "review",
+            "reasons",
+        }  # the 3D answer carries the object's quality estimate and review flag
         assert set(result["slice_scores"]) == {str(z) for z in range(12)}
         after = _result(client, image_id, 12)
         np.testing.assert_array_equal(after[:6], before[:6])  # up to and including the anchor: unchanged
@@ -453,8 +459,10 @@ def test_clicks_refine_a_slice_result_through_the_core_even_after_an_emptying_cl
         answer = client.post(url, json={"z": 1, "points": [first]}).json()
         assert not answer["refined"] and not answer["empty"]
         assert rle_decode(answer["mask"]).sum() == 49  # the stand-in's 7x7 square round the click
+        assert 0.0 <= answer["quality"]["estimate"] <= 1.0 and isinstance(answer["quality"]["review"], bool)
         emptied = client.post(url, json={"z": 1, "points": [first, exclude]})
         assert emptied.status_code == 200 and emptied.json()["refined"] and emptied.json()["empty"]
+        assert emptied.json()["quality"] is None  # nothing shown, nothing to rate
         assert client.get(f"/api/images/{image_id}/measurements").status_code == 409  # the result is empty
         opened = engine.store.get(image_id)
         assert [(p.x, p.y) for p in opened.obj.anchors[1].points] == [(30, 30)]  # the object is kept

@@ -137,6 +137,8 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser, tmp_pa
     assert response.value.status == 200
     wait_until(page, "document.querySelector('td[data-field=area]').textContent.includes('mm²')")
     assert "mm" in page.text_content("td[data-field=long]") and page.text_content("#latency").endswith(" ms")
+    quality = page.text_content("td[data-field=quality]")  # the result's quality estimate, or REVIEW and why
+    assert quality.startswith(("REVIEW 0.", "0.", "1.0")), quality
     # a pixel of the returned mask away from the click marker: grey before, tinted red now
     mask = rle_decode(response.value.json()["mask"])
     ys, xs = np.nonzero(mask)
@@ -183,6 +185,7 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser, tmp_pa
     wait_until(page, "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000)
     assert page.text_content("td[data-field=volume]").endswith(" mL")
     assert page.text_content("td[data-field=slices]") == "9–11"
+    assert page.text_content("td[data-field=quality]").startswith("REVIEW 0.")  # propagated volumes: flagged
     assert jobs[0] == {"action": "propagate", "z": 10, "points": prompts[1]["points"], "box": prompts[-1]["box"],
                        "max_slices": 1}  # fmt: skip
     assert page.text_content("#job-label") == "3 / 3 slices" and page.is_hidden("#job-box")

@@ -341,6 +341,7 @@ class Engine:
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, opened.image, slice_only=True),
+            "quality": quality_of(opened.obj) if mask.any() else None,
             "warnings": list(opened.image.metadata.get("warnings", [])),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
@@ -500,6 +501,7 @@ class Engine:
             "anchors": anchors,
             "refined": False,
             "measurements": self._measure(obj.mask, opened.image),
+            "quality": quality_of(obj),
             "warnings": list(opened.image.metadata.get("warnings", [])),
             "compute_ms": round(1000 * (time.perf_counter() - start), 1),
         }
@@ -689,6 +691,11 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+def quality_of(obj: SegmentedObject | None) -> dict[str, Any] | None:
+    """The result's quality estimate and review flag (`oncoseg.quality`) for JSON, None without a result."""
+    return None if obj is None else obj.quality.to_dict()
+
+
 def check_slice(image: MedicalImage, z: int | None) -> None:
     """Raise PromptError unless ``z`` names a slice of ``image`` (0-based; 0 or None for a 2D image)."""
     if image.is_3d and (z is None or not 0 <= z < image.num_slices):

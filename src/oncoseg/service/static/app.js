@@ -232,6 +232,9 @@ function showMeasurements(answer, latencyMs) {
   const m = answer.measurements;
   const set = (field, text) => { document.querySelector(`td[data-field="${field}"]`).textContent = text; };
   set("score", answer.score !== undefined ? answer.score.toFixed(3) : "–");
+  const q = answer.quality;
+  set("quality", q ? (q.review ? `REVIEW ${q.estimate.toFixed(2)}: ${q.reasons.join(", ")}` : q.estimate.toFixed(2)) : "–");
+  document.querySelector('td[data-field="quality"]').classList.toggle("review", Boolean(q && q.review));
   set("area", m && m.area_mm2 != null ? `${m.area_mm2.toFixed(0)} mm²` : "–");
   set("volume", m && m.volume_ml != null ? `${m.volume_ml.toFixed(1)} mL` : "–");
   set("long", m ? `${m.recist_long_mm.toFixed(1)} mm` : "–");
