@@ -328,8 +328,8 @@ def refine(
     segmented again from the clicks and the object's current extent there (a box replaces it). On a 3D object
     (``volume``, default: the object spans several slices) the walk then starts again from that slice in both
     directions, as `Session.refine` walks: up to the first slice it segments as the mask has it (IoU >= 0.9;
-    the slices beyond keep their masks), and where a stop rule ends it (the object ended, or leaked) the slices
-    beyond are cleared. Outputs as in
+    the slices beyond keep their masks), and where a stop rule ends it (the object ended, or leaked) the saved
+    mask's slices beyond are kept too (an object added from a mask, `Session.add`). Outputs as in
     `segment`: all or none, checked before the model is loaded."""
     session = Session(_as_image(image, modality), predictor or _model_spec(backend, None, None), modality=modality,
                       propagation=propagation)  # fmt: skip

@@ -58,7 +58,8 @@ Prompts on several slices are applied slice by slice, the slice of the first box
 
 On a volume, when the object spans several slices (or with --3d), the walk starts again from each corrected
 slice in both directions, up to the first slice it segments as the mask has it (IoU >= 0.9): the slices beyond
-keep their masks. Where the walk stops instead (the object ended or leaked), the slices beyond are cleared.
+keep their masks. Where the walk stops instead (the object ended or leaked), the saved mask's slices beyond it
+are kept as they are.
 With --no-3d only the corrected slices change.
 The mask's other labels are kept as they are. MASK must lie on INPUT's grid: it is never resampled.
 

@@ -9,8 +9,8 @@ other shells.
 It owns prompt checking (once, before any model work), the model (built from a `ModelSpec`-like value or a
 given `Predictor`, with its per-slice embedding cache) and the labelled result: `SegmentedObject` per object,
 with its per-slice scores and the slices a user annotated ("anchors"). A correction on any slice of a 3D object
-re-segments that slice and walks outwards from it again up to the next anchor: the 3D correction loop exists
-here once, for every shell.
+re-segments that slice and walks outwards from it again, up to the next anchor or to where it rejoins the
+result (a slice it segments as before): the 3D correction loop exists here once, for every shell.
 """
 
 from __future__ import annotations
@@ -195,7 +195,8 @@ class Session:
         """Correct ``obj`` on the prompt's slice: include/exclude clicks are added to the clicks already given
         there and decoded with the object's current extent on that slice as the box (a box replaces it). The
         slice becomes an anchor; for a 3D object (``repropagate``, default: whether it was propagated) the walk
-        starts again from it in both directions, replacing the slices up to the next anchor."""
+        starts again from it in both directions, replacing the slices up to the next anchor or up to where it
+        rejoins the result (see `_rewalk`). Exclude clicks are honoured with boxes that leave them out."""
         z = prompt.z if self.image.is_3d else None
         if self.image.is_3d and z is None:
             raise PromptError(

@@ -76,7 +76,8 @@ class JobIn(PropagateIn):
         "propagate",
         description="propagate: a new 3D result from the prompt on slice z; refine: correct the 3D result on "
         "slice z (include/exclude clicks are added to those given there, a box replaces them) and walk the "
-        "volume again from it, up to the next corrected slice",
+        "volume again from it, up to the next corrected slice or the first slice it segments as the result has "
+        "it (IoU >= 0.9), beyond which the result is kept",
     )
 
 

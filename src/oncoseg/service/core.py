@@ -472,7 +472,8 @@ class Engine:
     ) -> dict[str, Any]:
         """Model thread: correct the 3D result on slice ``z`` (`Session.refine`): clicks are added to those
         already given there (the ones the request repeats are not added twice), a box replaces them; the slice
-        is segmented again and the volume walked again from it up to the next corrected slice. An error or a
+        is segmented again and the volume walked again from it up to the next corrected slice, or up to the
+        first slice it segments as the result has it (the rest is kept: `Session.refine`). An error or a
         cancel (raised by ``on_slice``) changes nothing."""
         obj = require_volume_result(opened)
         start = time.perf_counter()
