@@ -106,8 +106,10 @@ def test_box_segment_propagate_commit_measure_export(ct_viewer, tmp_path):
     print(f"segment slice: {message}; Dice {slice_dice:.3f}")
     assert slice_dice > 0.85 and not current[np.arange(current.shape[0]) != Z].any()
 
+    assert ", quality 0." in message or ", REVIEW (quality 0." in message  # the result's quality estimate
     controller.max_slices = 1
-    controller.run(controller.propagate())
+    message = controller.run(controller.propagate())
+    assert message.startswith(f"propagated over slices {Z - 1}-{Z + 1}, ") and "quality 0." in message
     current = np.asarray(viewer.layers[CURRENT].data) > 0
     slices = np.nonzero(current.any(axis=(1, 2)))[0].tolist()
     assert slices == [Z - 1, Z, Z + 1]
@@ -183,9 +185,9 @@ def test_a_click_on_another_slice_corrects_the_3d_object_up_to_its_anchor(ct_vie
     walks = []
     real_walk = oncoseg.session.walk
 
-    def counting_walk(predictor, start, z0, step, *args):
+    def counting_walk(predictor, start, z0, step, *args, **kwargs):
         walks.append((z0, step, args[2] if len(args) > 2 else None))
-        return real_walk(predictor, start, z0, step, *args)
+        return real_walk(predictor, start, z0, step, *args, **kwargs)
 
     monkeypatch.setattr(oncoseg.session, "walk", counting_walk)
     z1 = Z + 2

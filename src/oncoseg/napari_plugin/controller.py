@@ -561,10 +561,18 @@ class Controller:
             self._show(opened)
             where = f" on slice {z}" if z is not None else ""
             if walks:
-                first, last = next(obj for obj, _ in fixes if obj.volume).slice_range
-                return f"corrected{where} and re-propagated: slices {first}-{last}: Shift-C commits"
+                walked = next(obj for obj, _ in fixes if obj.volume)
+                first, last = walked.slice_range
+                return (
+                    f"corrected{where} and re-propagated: slices {first}-{last}, {walked.quality.describe()}: "
+                    "Shift-C commits"
+                )
             scores = [obj.slice_scores.get(z, obj.score) for obj in objects]
-            return f"{len(objects)} object(s){where}, score {float(np.mean(scores)):.2f}: Shift-C commits"
+            worst = min((obj.quality for obj in objects), key=lambda q: q.estimate)
+            return (
+                f"{len(objects)} object(s){where}, score {float(np.mean(scores)):.2f}, {worst.describe()}: "
+                "Shift-C commits"
+            )
 
         return Job("correct and re-propagate" if walks else "segment slice", total, work, finish)
 
@@ -601,7 +609,10 @@ class Controller:
             opened.current = [obj]
             self._show(opened)
             first, last = obj.slice_range
-            return f"propagated over slices {first}-{last}: Shift-C commits, Shift-S on a slice corrects"
+            return (
+                f"propagated over slices {first}-{last}, {obj.quality.describe()}: Shift-C commits, Shift-S on a "
+                "slice corrects"
+            )
 
         return Job("propagate 3D", total, work, finish)
 
