@@ -745,12 +745,6 @@ def require_volume_result(opened: OpenImage) -> SegmentedObject:
     return obj
 
 
-def bounding_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """``(x0, y0, x1, y1)`` pixel extent of a non-empty 2D mask."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return float(cols[0]), float(rows[0]), float(cols[-1]), float(rows[-1])
-
-
 def default_window(image: MedicalImage) -> str:
     return DEFAULT_CT_PRESET if image.modality == "ct" and image.channels == 1 else "auto"
 
