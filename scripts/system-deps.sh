@@ -1,9 +1,9 @@
 #!/bin/sh
 # Debian packages the tests need: a real PACS (Orthanc + DICOMweb), the DICOM validator (dciodvfy),
-# dcmtk (storescu/dcmdump), headless Chromium for the web page and Xvfb + xcb libraries for napari.
+# dcmtk (storescu/dcmdump), plastimatch (an independent RTSTRUCT reader), headless Chromium for the web page and Xvfb + xcb libraries for napari.
 # Idempotent: installs only what is missing; does nothing (with a note) when not root or not on Debian.
 set -e
-PACKAGES="orthanc orthanc-dicomweb dicom3tools dcmtk chromium xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-cursor0 libgl1 libegl1 libfontconfig1 libdbus-1-3"
+PACKAGES="orthanc orthanc-dicomweb dicom3tools dcmtk plastimatch chromium xvfb libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxkbcommon-x11-0 libxcb-cursor0 libgl1 libegl1 libfontconfig1 libdbus-1-3"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
