@@ -14,7 +14,13 @@ from typing import Any
 
 from oncoseg.errors import OncoSegError
 from oncoseg.evaluate.results import ResultStore
-from oncoseg.evaluate.runner import EvaluationConfig, evaluate_case, make_predictor, select_cases
+from oncoseg.evaluate.runner import (
+    EvaluationConfig,
+    evaluate_case,
+    load_recorded,
+    make_predictor,
+    select_cases,
+)
 
 
 def _lightning():
@@ -48,8 +54,11 @@ def evaluate_distributed(
     from oncoseg.data import open_dataset
 
     opened = open_dataset(config.dataset, config.data_root)
-    cases = select_cases(opened, config.split, config.limit)
-    store = ResultStore(out, config.run_record(opened), overwrite=overwrite and is_launcher_process())
+    recorded = load_recorded(config, opened)
+    cases = select_cases(opened, config.split, config.limit, recorded)
+    store = ResultStore(
+        out, config.run_record(opened, recorded), overwrite=overwrite and is_launcher_process()
+    )
     done = store.finished()
     todo = [case for case in cases if case.case_id not in done]
 
@@ -71,7 +80,7 @@ def evaluate_distributed(
         def predict_step(self, batch: list[int], batch_idx: int) -> None:
             for index in batch:
                 case = todo[index]
-                rows = evaluate_case(self.predictor, case, config, opened.info.dim, store)
+                rows = evaluate_case(self.predictor, case, config, opened.info.dim, store, recorded)
                 store.record(case.case_id, rows, rank=self.global_rank)
 
     if todo:

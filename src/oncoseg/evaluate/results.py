@@ -2,12 +2,14 @@
 
 An output folder holds:
 
-``run.json``        what was evaluated (dataset, split, protocol, backend, …); a resumed run must match it
+``run.json``        what was evaluated (dataset, split, protocol, modes run, backend, …); a resumed run must
+                    match it
 ``cases.jsonl``     the append-only log: one line per finished case with its rows (resuming skips these cases;
                     a half-written last line from an interrupted run is ignored). Distributed runs write one log
-                    per process (``cases.rank1.jsonl`` …)
+                    per process (``cases.rank1.jsonl`` …). Each row holds its exact prompt (``prompt``: the
+                    record of `oncoseg.evaluate.protocols.Protocol.record`; format in docs/evaluation.md)
 ``masks/``          each predicted mask, bit-packed (``load_prediction``)
-``cases.csv``       one row per case × target × mode (written at the end)
+``cases.csv``       one row per case × target × mode (written at the end); ``prompt`` is the record as JSON
 ``summary.json``    mean ± sd, median per dataset / target / category / mode, beside the paper's number
 """
 
@@ -31,6 +33,7 @@ from oncoseg.io import atomic_write_path
 COLUMNS = (
     "dataset", "case_id", "patient_id", "category", "target", "mode", "prompt_slice",
     "dice", "iou", "nsd", "hd95", "pred_voxels", "true_voxels", "units", "seconds", "mask_file", "note",
+    "prompt",
 )  # fmt: skip
 METRICS = ("dice", "iou", "nsd", "hd95")
 EMPTY_TRUTH = "empty ground truth"  # the note of a row whose target is absent (not scored)
@@ -112,7 +115,7 @@ class ResultStore:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**row, "prompt": _prompt_text(row.get("prompt"))} for row in rows)
         with atomic_write_path(self.folder / "cases.csv") as temporary:
             Path(temporary).write_text(buffer.getvalue(), encoding="utf-8")
         summary = {"run": self.run, "paper_dice": paper_dice, "groups": summarise(rows)}
@@ -130,7 +133,13 @@ def read_rows(folder: str | Path) -> list[dict[str, Any]]:
     for row in rows:
         for key in (*METRICS, "pred_voxels", "true_voxels", "seconds"):
             row[key] = float(row[key]) if row.get(key) not in (None, "") else math.nan
+        row["prompt"] = json.loads(row["prompt"]) if row.get("prompt") else None
     return rows
+
+
+def _prompt_text(record: dict[str, Any] | None) -> str:
+    """A prompt record as one line of JSON for ``cases.csv`` (empty when the row had no prompt)."""
+    return "" if record is None else json.dumps(record, separators=(",", ":"), default=_plain)
 
 
 def describe(values: list[float]) -> dict[str, Any]:
