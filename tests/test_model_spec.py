@@ -255,3 +255,17 @@ def test_a_checkpoint_that_fits_neither_way_is_one_line_with_counts(base_model, 
         ModelSpec(checkpoint=str(garbage)).build_backend()
     with pytest.raises(ModelError, match="is a folder"):
         ModelSpec(checkpoint=str(tmp_path)).build_backend()
+
+
+def test_base_weights_that_do_not_fit_are_one_line(base_model, tmp_path):
+    """``--weights`` (litemedsam.build_model) with a state dict whose names carry a training prefix: one line with
+    counts and the prefix, never torch's list of every missing key."""
+    state = {f"model.{name}": value for name, value in base_model.state_dict().items()}
+    path = tmp_path / "prefixed.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(ModelError) as caught:
+        ModelSpec(weights=str(path)).build_backend()
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert f"expected {len(state)} tensors, found {len(state)} ({len(state)} missing" in message
+    assert "extra 'model.' prefix" in message

@@ -92,14 +92,26 @@ def build_model(checkpoint: str | Path | None = None) -> torch.nn.Module:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ModelError(f"cannot read model weights {path.name}: {type(error).__name__}") from None
+    from oncoseg.models.state_dicts import is_training_checkpoint, mismatch, training_checkpoint_message
+
+    if is_training_checkpoint(state):
+        raise ModelError("weights " + training_checkpoint_message(path, "a full LiteMedSAM state dict"))
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     model = build_lite_medsam()
+    expected = model.state_dict()
+    problem = mismatch(expected, state) if isinstance(state, dict) else f"found {type(state).__name__}"
+    if problem:  # one line with counts, not torch's list of every key
+        found = len(state) if isinstance(state, dict) else 0
+        raise ModelError(
+            f"weights {path.name} do not fit LiteMedSAM: expected {len(expected)} tensors, found {found} ({problem})"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
-        raise ModelError(f"weights {path.name} do not fit LiteMedSAM: {first}") from None
+        raise ModelError(
+            f"weights {path.name} do not fit LiteMedSAM: {str(error).splitlines()[0][:200]}"
+        ) from None
     return model.eval()
 
 

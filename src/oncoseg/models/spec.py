@@ -171,9 +171,11 @@ class ModelSpec:
 # -- checkpoint files -------------------------------------------------------------------------------------------
 def read_checkpoint(path: Path) -> tuple[str, dict | None]:
     """``("adapter", None)`` for an Onco-Seg LoRA adapter file, ``("state", tensors)`` for anything else torch or
-    safetensors can read (the tensors unwrapped from a ``model``/``state_dict`` entry)."""
+    safetensors can read (the tensors unwrapped from a ``model``/``state_dict`` entry). A training checkpoint
+    (``oncoseg train``'s ``last.ckpt``) raises ModelError naming the adapter to use instead."""
     import torch
 
+    from oncoseg.models.state_dicts import is_training_checkpoint, training_checkpoint_message
     from oncoseg.train.lora import FORMAT
 
     path = Path(path)
@@ -195,6 +197,10 @@ def read_checkpoint(path: Path) -> tuple[str, dict | None]:
         ) from None
     if isinstance(blob, dict) and blob.get("format") == FORMAT:
         return "adapter", None
+    if is_training_checkpoint(blob):
+        raise ModelError(
+            "checkpoint " + training_checkpoint_message(path, "a LoRA adapter or a full state dict")
+        )
     if isinstance(blob, dict):
         for key in _STATE_KEYS:
             if isinstance(blob.get(key), dict):
@@ -220,6 +226,8 @@ def load_checkpoint(model, path: Path, model_name: str) -> str:
         return "adapter"
     import torch
 
+    from oncoseg.models.state_dicts import mismatch
+
     expected = model.state_dict()
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         found = type(state).__name__ if not isinstance(state, dict) else "a mapping with non-tensor values"
@@ -227,23 +235,11 @@ def load_checkpoint(model, path: Path, model_name: str) -> str:
             f"checkpoint {path.name} fits {model_name} neither as a LoRA adapter nor as a full state dict: "
             f"expected {len(expected)} named tensors, found {found}"
         )
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shaped = sorted(
-        k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
-    if missing or unexpected or shaped:
-        example = (
-            f"missing {missing[0]}"
-            if missing
-            else f"unexpected {unexpected[0]}"
-            if unexpected
-            else f"{shaped[0]} is {tuple(state[shaped[0]].shape)}, expected {tuple(expected[shaped[0]].shape)}"
-        )
+    problem = mismatch(expected, state)
+    if problem:
         raise ModelError(
             f"checkpoint {path.name} fits {model_name} neither as a LoRA adapter nor as a full state dict: "
-            f"expected {len(expected)} tensors of {model_name}, found {len(state)} ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(shaped)} differently shaped; e.g. {example})"
+            f"expected {len(expected)} tensors of {model_name}, found {len(state)} ({problem})"
         )
     model.load_state_dict(state, strict=True)
     model.eval()
