@@ -148,7 +148,7 @@ def format_summary(summary: dict) -> str:
             f"{nsd.get('mean', float('nan')):>6.3f} {hd95.get('median', float('nan')):>8.2f}"
         )
     if summary.get("paper_dice") is not None:
-        lines.append(f"paper (its own prompts): Dice {summary['paper_dice']:.3f}")
+        lines.append(f"paper (preprint Table 7, prompts not stated): Dice {summary['paper_dice']:.3f}")
     return "\n".join(lines)
 
 

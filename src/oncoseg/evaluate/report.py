@@ -1,6 +1,6 @@
 """Reports on evaluations: `write_report` turns one `oncoseg evaluate` folder into ``report.md`` and a
 self-contained ``report.html`` (summary table, box plots, the best / median / worst cases drawn over their
-images); `results_table` gathers several folders into one Markdown table for ``docs/results.md``.
+images, with the prompt each case got); `results_table` gathers several folders into one Markdown table for ``docs/results.md``.
 
     >>> from oncoseg.evaluate.report import results_table, write_report
     >>> markdown, page = write_report("runs/kvasir")
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from oncoseg.data import get_info, open_dataset
@@ -35,12 +35,24 @@ FIGURES = "report_files"
 THUMBNAIL = 320  # case pictures: pixels on the longer side
 PREDICTION = np.array((30, 144, 255), np.float32)  # filled
 TRUTH = np.array((255, 215, 0), np.float32)  # outlined
+BOX = (255, 0, 255)  # the box prompt, outlined
+INCLUDE, EXCLUDE = (0, 200, 0), (230, 0, 0)  # clicks
 UNDEFINED = (
     "n counts the cases with a non-empty ground truth. HD95 is undefined when exactly one of prediction and "
     "truth is empty: such cases are counted, not averaged."
 )
 LEGEND = (
-    "Filled blue: the prediction. Yellow outline: the ground truth. Volumes: the slice where it is largest."
+    "Filled blue: the prediction. Yellow outline: the ground truth. Magenta rectangle: the box prompt; dots: "
+    "the clicks, numbered in order (green include, red exclude). Volumes: the prompted slice (propagation), "
+    "else the slice where the ground truth is largest. Captions give the prompt in image pixels (x, y)."
+)
+PAPER_PROMPTS = "prompts not stated"
+PAPER_NOTE = (
+    "Paper Dice: the Onco-Seg preprint's Table 7 (its SAM3 + LoRA model). The preprint does not state which "
+    "prompts (box, points or text) produced these numbers, nor on which images beyond a count (BUSI: 647 "
+    "images, every benign and malignant one, not a test split); its pipeline makes prompts from the masks for "
+    "training (its section 2.5). The rows above use the prompt named at the top, so the two are not like for "
+    "like."
 )
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem; }
@@ -83,6 +95,7 @@ def write_report(folder: str | Path, max_strip: int = 3) -> tuple[Path, Path]:
         ("h2", "Summary"),
         ("table", summary_table(summary, run)),
         ("p", UNDEFINED),
+        *([("p", PAPER_NOTE)] if paper is not None else []),
         ("h2", "Distributions"),
         ("figure", (box_plots(rows, run, paper, figures / "metrics.png"), caption)),
     ]
@@ -100,7 +113,7 @@ def write_report(folder: str | Path, max_strip: int = 3) -> tuple[Path, Path]:
 def results_table(folders: Iterable[str | Path]) -> str:
     """One Markdown table over several evaluation folders: a line per summary group."""
     header = ["Dataset", "Target", "Category", "Mode", "n", "Dice mean ± sd", "Dice median", "NSD",
-              "HD95 median", "Paper Dice", "Prompt"]  # fmt: skip
+              "HD95 median", f"Paper Dice ({PAPER_PROMPTS})", "Prompt"]  # fmt: skip
     lines = []
     for folder in folders:
         run, summary = _load(Path(folder))
@@ -136,7 +149,7 @@ def summary_table(summary: dict[str, Any], run: dict[str, Any]) -> tuple[list[st
         if paper is not None:
             row.append(_number(paper) if group["category"] == "all" else "")
         rows.append(row)
-    return header + (["Paper Dice"] if paper is not None else []), rows
+    return header + ([f"Paper Dice ({PAPER_PROMPTS})"] if paper is not None else []), rows
 
 
 def box_plots(
@@ -168,7 +181,7 @@ def box_plots(
         axes.set_title(title)
         axes.grid(axis="y", alpha=0.3)
         if metric == "dice" and paper is not None:
-            axes.axhline(paper, linestyle="--", color="tab:red", label=f"paper {paper:.3f}")
+            axes.axhline(paper, linestyle="--", color="tab:red", label=f"paper {paper:.3f} ({PAPER_PROMPTS})")
             axes.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     with atomic_write_path(path) as temporary:
@@ -203,21 +216,25 @@ def case_strips(
         return [("p", f"No case pictures: the data of this evaluation can no longer be read ({exc}).")]
     blocks: list[Block] = [("p", LEGEND)]
     for (target, mode), chosen in picks.items():
-        strip = [
-            (pictures[_key(row)], f"{name}: {row['case_id']}, Dice {_number(row['dice'])}")
-            for name, row in chosen
-        ]
+        strip = []
+        for name, row in chosen:
+            path, words = pictures[_key(row)]
+            strip.append((path, f"{name}: {row['case_id']}, Dice {_number(row['dice'])}; {words}"))
         blocks += [("h3", f"{target}, {mode}"), ("strip", strip)]
     return blocks
 
 
-def render_case(pixels: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -> Image.Image:
+def render_case(
+    pixels: np.ndarray, prediction: np.ndarray, truth: np.ndarray, prompt: dict[str, Any] | None = None
+) -> Image.Image:
     """The picture of one case, ``THUMBNAIL`` pixels on its longer side: the prediction filled, the ground
-    truth outlined. ``pixels`` in [0, 1], ``[(z,) y, x]`` or with 3 channels last; volumes show the slice
-    where the ground truth is largest."""
+    truth outlined, the ``prompt`` record's box and clicks drawn on top. ``pixels`` in [0, 1], ``[(z,) y, x]``
+    or with 3 channels last; volumes show `shown_slice`."""
+    entries = (prompt or {}).get("prompts") or []
     if truth.ndim == 3:
-        z = int(np.argmax(truth.sum(axis=(1, 2))))
+        z = shown_slice(truth, prompt)
         pixels, prediction, truth = pixels[z], prediction[z], truth[z]
+        entries = [entry for entry in entries if entry.get("slice") == z]
     scale = THUMBNAIL / max(truth.shape)
     size = (max(1, round(truth.shape[1] * scale)), max(1, round(truth.shape[0] * scale)))
     rgb = pixels if pixels.ndim == 3 else np.repeat(pixels[..., None], 3, axis=2)
@@ -226,7 +243,61 @@ def render_case(pixels: np.ndarray, prediction: np.ndarray, truth: np.ndarray) -
     predicted, true = _resize_mask(prediction, size), _resize_mask(truth, size)
     canvas[predicted] = 0.55 * canvas[predicted] + 0.45 * PREDICTION
     canvas[true & ~ndimage.binary_erosion(true, iterations=2)] = TRUTH
-    return Image.fromarray(canvas.astype(np.uint8))
+    picture = Image.fromarray(canvas.astype(np.uint8))
+    sx, sy = size[0] / truth.shape[1], size[1] / truth.shape[0]
+    for entry in entries:
+        _draw_prompt(picture, entry, sx, sy)
+    return picture
+
+
+def shown_slice(truth: np.ndarray, prompt: dict[str, Any] | None = None) -> int:
+    """The slice a volume's picture shows: the prompt's own when it has a single slice (propagation), else the
+    slice where the ground truth is largest."""
+    slices = {entry.get("slice") for entry in (prompt or {}).get("prompts") or []}
+    if len(slices) == 1 and isinstance(z := slices.pop(), int) and 0 <= z < truth.shape[0]:
+        return z
+    return int(np.argmax(truth.sum(axis=(1, 2))))
+
+
+def _draw_prompt(picture: Image.Image, entry: dict[str, Any], sx: float, sy: float) -> None:
+    """One record entry's box (inclusive pixel corners) and numbered clicks, scaled by ``sx``, ``sy``."""
+    draw = ImageDraw.Draw(picture)
+    if entry.get("box"):
+        x0, y0, x1, y1 = entry["box"]
+        draw.rectangle((x0 * sx, y0 * sy, (x1 + 1) * sx - 1, (y1 + 1) * sy - 1), outline=BOX, width=2)
+    points = entry.get("points") or []
+    for number, (x, y, label) in enumerate(points, start=1):
+        cx, cy = (x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5
+        draw.ellipse(
+            (cx - 4, cy - 4, cx + 4, cy + 4), fill=INCLUDE if label else EXCLUDE, outline=(255, 255, 255)
+        )
+        if len(points) > 1:
+            draw.text((cx + 6, cy - 6), str(number), fill=(255, 255, 255))
+
+
+def prompt_words(prompt: dict[str, Any] | None, truth: np.ndarray) -> str:
+    """The prompt of a case in words for its caption (image pixels; the shown slice of a volume)."""
+    if prompt is None:
+        return "no prompt recorded"
+    if prompt.get("text"):
+        return f"text prompt {prompt['text']!r}"
+    entries = prompt.get("prompts") or []
+    prefix = ""
+    if truth.ndim == 3:
+        z = shown_slice(truth, prompt)
+        prefix = (
+            f"slice {z}: " if len(entries) == 1 else f"a prompt on each of {len(entries)} slices; slice {z}: "
+        )
+        entries = [entry for entry in entries if entry.get("slice") == z]
+    parts = []
+    for entry in entries:
+        if entry.get("box"):
+            x0, y0, x1, y1 = entry["box"]
+            parts.append(f"box x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}")
+        clicks = [f"{'+' if label else '−'}({x:.0f}, {y:.0f})" for x, y, label in entry.get("points") or []]
+        if clicks:
+            parts.append("clicks " + " ".join(clicks))
+    return prefix + ("; ".join(parts) or "no prompt on this slice")
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -248,8 +319,10 @@ def _load(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return documents[0], documents[1]
 
 
-def _draw_cases(folder: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -> dict[tuple, Path]:
-    """Draw each row's case (each case read once); ``_key(row)`` → PNG path."""
+def _draw_cases(
+    folder: Path, run: dict[str, Any], rows: list[dict[str, Any]]
+) -> dict[tuple, tuple[Path, str]]:
+    """Draw each row's case (each case read once); ``_key(row)`` → (PNG path, the prompt in words)."""
     from oncoseg.predictor import normalise_image  # imports torch: only when pictures are drawn
 
     dataset = open_dataset(run["dataset"], run["data_root"])
@@ -263,8 +336,13 @@ def _draw_cases(folder: Path, run: dict[str, Any], rows: list[dict[str, Any]]) -
         pixels = normalise_image(image, case.modality)
         for row in case_rows:
             path = folder / FIGURES / ("case_" + "__".join(safe_name(part) for part in _key(row)) + ".png")
-            prediction = load_prediction(folder / row["mask_file"])
-            pictures[_key(row)] = save_overlay(render_case(pixels, prediction, truths[row["target"]]), path)
+            prediction, truth, prompt = (
+                load_prediction(folder / row["mask_file"]),
+                truths[row["target"]],
+                row.get("prompt"),
+            )
+            picture = save_overlay(render_case(pixels, prediction, truth, prompt), path)
+            pictures[_key(row)] = (picture, prompt_words(prompt, truth))
     return pictures
 
 
