@@ -4,7 +4,8 @@
 >>> summary = evaluate("kvasir-seg", "runs/kvasir", split="test", protocol="box")
 
 `run_evaluation` is what ``oncoseg evaluate`` calls: it names the output folder, points SAM3 at its weights and
-runs in one process or over Lightning DDP; `run_interactive_evaluation` runs the interactive protocol
+runs in one process or over Lightning DDP (``prompts=`` runs recorded prompts instead of a protocol; `replay`
+re-runs a folder); `run_interactive_evaluation` runs the interactive protocol
 (`oncoseg.evaluate.interactive`) on a dataset and writes ``interactive.json``.
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "default_output_folder",
     "evaluate",
     "evaluate_distributed",
+    "replay",
     "run_evaluation",
     "run_interactive_evaluation",
     "write_report",
@@ -27,7 +29,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:  # the runner imports torch: load it only when asked for
-    if name in ("evaluate", "EvaluationConfig"):
+    if name in ("evaluate", "EvaluationConfig", "replay"):
         from oncoseg.evaluate import runner
 
         return getattr(runner, name)
@@ -73,7 +75,8 @@ def run_evaluation(
     """Evaluate ``dataset`` with ``protocol`` (``box``, ``box:jitter=0.1``, ``points:3``, ``text``) in one process,
     or over ``devices × num_nodes`` Lightning DDP processes when that is more than one. ``split`` ``"all"`` (or
     None) takes every case; ``out`` defaults to `default_output_folder`; ``options`` are the other
-    `EvaluationConfig` fields (modes, tolerance, backend, checkpoint, precision, limit, data_root). Returns the
+    `EvaluationConfig` fields (modes, tolerance, backend, checkpoint, precision, limit, data_root, prompts: a
+    file or folder of recorded prompts used instead of ``protocol``). Returns the
     summary (None in DDP worker processes: process 0 reports) and the output folder."""
     from oncoseg.evaluate.protocols import parse_protocol
     from oncoseg.evaluate.runner import EvaluationConfig, evaluate
@@ -82,7 +85,11 @@ def run_evaluation(
     use_sam3_weights(weights)
     split = None if split == "all" else split
     config = EvaluationConfig(dataset=dataset, split=split, protocol=parsed, **options)
-    out = Path(out) if out else default_output_folder(dataset, split, protocol)
+    out = (
+        Path(out)
+        if out
+        else default_output_folder(dataset, split, "recorded" if options.get("prompts") else protocol)
+    )
     if devices * num_nodes > 1:
         from oncoseg.evaluate.distributed import evaluate_distributed
 

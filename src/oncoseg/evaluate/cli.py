@@ -17,12 +17,16 @@ examples:
   oncoseg evaluate kvasir-seg --checkpoint finetuned.pth -o runs/kvasir-ft
   oncoseg evaluate kvasir-seg --devices 2              # two processes (Lightning DDP)
   oncoseg evaluate msd-hippocampus --protocol interactive --clicks 5 --limit 5   # box + 5 clicks, 3D datasets
+  oncoseg evaluate --replay runs/busi -o runs/busi-again   # the same cases, prompts and model settings again
+  oncoseg evaluate busi --prompts runs/busi/cases.jsonl --checkpoint ft.pth   # another model, the same prompts
 
 Metrics per case: Dice, IoU, normalised surface Dice at --tolerance, HD95 (mm for volumes, pixels for
 pictures; HD95 is undefined, and counted as such, when exactly one of prediction and truth is empty).
 --protocol interactive (3D datasets; the CVPR 2025 interactive challenge's rules, see
 oncoseg.evaluate.interactive): a GT box, then --clicks simulated corrective clicks; Dice and NSD after every
 step and the area under the Dice-per-click curve, written to OUT/interactive.json (no resume, no report).
+Every row of cases.jsonl/cases.csv holds its exact prompt (boxes, clicks in order, text, slice; the format is in
+docs/evaluation.md); --prompts runs from such a file (an earlier run's or another tool's) instead of --protocol.
 """
 
 
@@ -37,7 +41,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_argument(
-        "dataset", help="registry name, e.g. kvasir-seg, busi, msd-hippocampus (see `oncoseg datasets`)"
+        "dataset",
+        nargs="?",
+        help="registry name, e.g. kvasir-seg, busi, msd-hippocampus (see `oncoseg datasets`); "
+        "not needed with --replay",
     )
     evaluate.add_argument(
         "--split", default="test", choices=("train", "val", "test", "all"), help="fixed split (default: test)"
@@ -49,6 +56,18 @@ def add_parser(commands) -> argparse.ArgumentParser:
         help="box, box:jitter=0.1, points, points:3, text or interactive (default: box)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of jittered boxes and random points")
+    evaluate.add_argument(
+        "--prompts",
+        metavar="PATH",
+        help="use the prompts recorded in PATH (an evaluation folder, its cases.jsonl or cases.csv, or another "
+        "tool's file in that format) instead of --protocol: only the cases, targets and modes it names",
+    )
+    evaluate.add_argument(
+        "--replay",
+        metavar="RUN_DIR",
+        help="run the evaluation in RUN_DIR again (its dataset, split, modes, model settings and recorded "
+        "prompts; --data may point to the data elsewhere); output to --out (default: RUN_DIR-replay)",
+    )
     evaluate.add_argument(
         "--modes",
         default="propagate,per_slice",
@@ -89,6 +108,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.replay:
+        return run_replay(args)
+    if not args.dataset:
+        raise OncoSegError("give a dataset (see `oncoseg datasets`), or --replay RUN_DIR")
+    if args.prompts and args.protocol.strip().lower() != "box":
+        raise OncoSegError("--prompts replaces --protocol: give one of them")
     if args.protocol.strip().lower() == "interactive":
         return run_interactive(args)
     from oncoseg.evaluate import run_evaluation
@@ -98,10 +123,36 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, progress=not args.quiet, devices=args.devices, num_nodes=args.num_nodes,
         accelerator=args.accelerator, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         tolerance=args.tolerance, backend=args.backend, checkpoint=args.checkpoint, precision=args.precision,
-        limit=args.limit, data_root=args.data,
+        limit=args.limit, data_root=args.data, prompts=args.prompts,
     )  # fmt: skip
     if summary is None:  # a DDP worker process: process 0 reports
         return 0
+    return report(summary, out, args)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """``--replay RUN_DIR``: that folder's settings and prompts again (one process)."""
+    import json
+    from pathlib import Path
+
+    from oncoseg.evaluate.runner import replay
+
+    source = Path(args.replay)
+    run_file = source / "run.json"
+    if not run_file.is_file():
+        raise OncoSegError(f"no run.json in {source}: --replay needs the folder of an `oncoseg evaluate` run")
+    recorded = json.loads(run_file.read_text(encoding="utf-8")).get("dataset")
+    if args.dataset and args.dataset != recorded:
+        raise OncoSegError(f"{source} evaluated {recorded}, not {args.dataset}: leave the dataset out")
+    if args.devices * args.num_nodes > 1:
+        raise OncoSegError("--replay runs in one process: leave out --devices/--num-nodes")
+    out = Path(args.out) if args.out else source.with_name(source.name + "-replay")
+    summary = replay(source, out, overwrite=args.overwrite, progress=not args.quiet, data_root=args.data)
+    return report(summary, out, args)
+
+
+def report(summary: dict, out, args: argparse.Namespace) -> int:
+    """Print the summary and write the report (unless --no-report)."""
     print(format_summary(summary))
     print(f"\nper-case results: {out / 'cases.csv'}")
     if not args.no_report:

@@ -110,6 +110,12 @@ def select_cases(
         )
     if recorded is not None:
         named = recorded.case_ids()
+        unknown = sorted(named - {case.case_id for case in dataset.cases()})
+        if unknown:
+            raise OncoSegError(
+                f"{recorded.source} names {len(unknown)} case(s) that {dataset.info.name} in {dataset.folder} "
+                f"does not have (first: {unknown[0]!r})"
+            )
         outside = sorted(named - {case.case_id for case in cases})
         if outside:
             raise OncoSegError(
