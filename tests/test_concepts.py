@@ -305,3 +305,43 @@ def test_text_on_a_volume_joins_slices_into_3d_objects(shared_data):
     assert found.any(axis=(1, 2)).sum() >= 3  # found on most of the slices, joined into few 3D objects
     assert len(result.scores) <= 3
     assert _dice(found, truth[middle - 2 : middle + 3]) > HIPPOCAMPUS_DICE_BAR
+
+
+# ---------------------------------------------------------------------------------------------- modality gate
+def test_modality_conflict_refuses_known_and_flags_guessed_modalities():
+    from oncoseg.concepts.vocabulary import get_concept, modality_conflict
+
+    polyp = get_concept("polyp")
+    assert modality_conflict(polyp, None) is None  # nothing known: nothing to say
+    assert modality_conflict(polyp, "colonoscopy", "argument") is None  # an alias of endoscopy
+    with pytest.raises(ConceptError, match=r"endoscopy images only, and this image is cxr \(given\)"):
+        modality_conflict(polyp, "cxr", "argument")
+    with pytest.raises(ConceptError, match="DICOM header"):
+        modality_conflict(get_concept("liver"), "MR", "dicom")
+    reason = modality_conflict(get_concept("breast lesion"), "cxr", "guessed")
+    assert reason and "guessed" in reason and "ultrasound" in reason
+
+
+def test_text_prompt_on_a_chest_xray_is_refused_before_any_model_work(tmp_path):
+    """The reported case: --text polyp with --modality cxr returned 3 'polyps' at 0.935 covering the lungs."""
+    from oncoseg.api import segment
+
+    out = tmp_path / "m.png"
+    with pytest.raises(ConceptError, match="cannot be in it"):
+        segment(samples.sample_path("polyp"), text="polyp", modality="cxr", output=out)
+    assert not out.exists()
+
+
+def test_answer_on_a_guessed_conflicting_modality_is_flagged_for_review():
+    from oncoseg.api import segment
+    from oncoseg.io import load_image
+
+    image = load_image(samples.sample_path("polyp"))
+    image.metadata["modality_source"] = "guessed"
+    image.modality = "ultrasound"  # as if the guess had gone wrong: the concept still answers, flagged
+    result = segment(image, text="polyp")
+    assert result.qualities and all(q.review for q in result.qualities)
+    assert "guessed from the pixels" in result.qualities[0].reasons[0]
+    assert result.to_dict()["objects"][0]["quality"]["review"] is True
+    plain = segment(samples.sample_path("polyp"), text="polyp")  # its own modality: the usual estimate
+    assert not any("guessed" in r for q in plain.qualities for r in q.reasons)

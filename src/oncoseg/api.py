@@ -35,7 +35,7 @@ from oncoseg.prompts import (
     build_prompts,
     validate_prompt,
 )
-from oncoseg.quality import Quality
+from oncoseg.quality import Quality, text_quality
 from oncoseg.session import Session
 from oncoseg.volume import PropagationSettings
 
@@ -424,8 +424,10 @@ def _segment_concept(
         raise OncoSegError(
             f"the {predictor.backend.name} backend has no text or exemplar prompts (use --backend sam3)"
         )
-    if text is not None:
-        predictor.backend.check_text(text)  # e.g. a concept outside the vocabulary: before any model work
+    doubt = None  # a reason to flag every answer for review (a concept whose modality was only guessed)
+    if text is not None:  # a concept outside the vocabulary or the image's modality: before any model work
+        source = "argument" if modality else image.metadata.get("modality_source")
+        doubt = predictor.backend.check_text(text, modality or image.modality, source)
     what = repr(text) if text is not None else "the exemplars"
     if volume:
         blank = [k for k in range(image.num_slices) if predictor.blank_reason(prompt, k) is not None]
@@ -463,8 +465,11 @@ def _segment_concept(
     if labels.max() < 256:
         labels = labels.astype(np.uint8)
     measurements = [measure(labels == i, image.spacing) for i in range(1, len(scores) + 1)]
+    qualities = [
+        text_quality(labels == i, score, volume and image.is_3d, doubt) for i, score in enumerate(scores, 1)
+    ]
     result = SegmentationResult(
-        image, labels, [prompt] * len(scores), scores, measurements, slices, predictor
+        image, labels, [prompt] * len(scores), scores, measurements, slices, predictor, qualities=qualities
     )
     return result.write(**outputs)
 

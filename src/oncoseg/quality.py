@@ -108,3 +108,23 @@ def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
         }
         reasons = [words[FEATURES[i]] for i in np.argsort(-pushes) if pushes[i] > 0.5][:3]
     return Quality(1.0 - p_bad, review, tuple(reasons))
+
+
+def with_doubts(quality: Quality, doubts) -> Quality:
+    """``quality`` flagged for review, ``doubts`` (reasons known apart from the mask, e.g. a concept whose
+    modality was only guessed) first among its reasons; unchanged without doubts."""
+    doubts = tuple(d for d in doubts if d)
+    if not doubts:
+        return quality
+    return Quality(quality.estimate, True, (*doubts, *quality.reasons))
+
+
+def text_quality(mask: np.ndarray, score: float, volume: bool, doubt: str | None = None) -> Quality:
+    """The quality of one instance a text prompt found: `assess` with the instance's detection score as the
+    model's score, and ``doubt`` (see `with_doubts`)."""
+    mask = np.asarray(mask, dtype=bool)
+    if volume and mask.ndim == 3:
+        slice_scores = {int(z): float(score) for z in np.flatnonzero(mask.any(axis=(1, 2)))}
+    else:
+        slice_scores = {0: float(score)}
+    return with_doubts(assess(mask, slice_scores, volume), [doubt])

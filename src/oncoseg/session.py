@@ -28,7 +28,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.measure import Measurements, measure
 from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
 from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, box_from_mask, validate_prompt
-from oncoseg.quality import Quality, assess
+from oncoseg.quality import Quality, assess, with_doubts
 from oncoseg.volume import PropagationSettings, mask_iou, propagate, walk
 
 
@@ -44,6 +44,8 @@ class SegmentedObject:
     anchors: dict[int | None, Prompt] = field(default_factory=dict)
     volume: bool = False  # followed through the volume (True) or one slice only
     from_mask: bool = False  # added from a mask made elsewhere (no model behind its slices)
+    # reasons to review it known apart from the mask (`oncoseg.quality.with_doubts`)
+    doubts: tuple[str, ...] = ()
 
     @property
     def score(self) -> float:
@@ -53,7 +55,7 @@ class SegmentedObject:
     @property
     def quality(self) -> Quality:
         """How far to trust this result: an estimate and a review flag (`oncoseg.quality`)."""
-        return assess(self.mask, self.slice_scores, self.volume)
+        return with_doubts(assess(self.mask, self.slice_scores, self.volume), self.doubts)
 
     @property
     def slice_range(self) -> tuple[int, int] | None:
@@ -293,13 +295,15 @@ class Session:
         *,
         label: int | None = None,
         volume: bool | None = None,
+        doubts: tuple[str, ...] = (),
     ) -> SegmentedObject:
         """An object from a mask made elsewhere (painted by hand, read from a file, a text prompt's instance).
 
         ``label``: its number (default: the next free one; a number in use is refused). ``volume``: whether a
         correction re-walks it through the volume (default: when it spans more than one slice). Its slices have
         no model behind them, so a correction's walk that ends by a stop rule leaves the slices beyond as they
-        are (a model's own result is cleared there: what lay beyond was the walk's, now disowned)."""
+        are (a model's own result is cleared there: what lay beyond was the walk's, now disowned). ``doubts``: reasons
+        to review it known apart from the mask (they flag its quality)."""
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != self.image.shape:
             raise OncoSegError(f"mask shape {mask.shape} does not match the image's {self.image.shape}")
@@ -313,7 +317,15 @@ class Session:
         if volume is None:
             volume = len(slices) > 1
         scores = {int(z) if z is not None else None: score for z in slices}
-        obj = SegmentedObject(label, name or f"object {label}", mask, scores, volume=volume, from_mask=True)
+        obj = SegmentedObject(
+            label,
+            name or f"object {label}",
+            mask,
+            scores,
+            volume=volume,
+            from_mask=True,
+            doubts=tuple(doubts),
+        )
         self.objects.append(obj)
         return obj
 

@@ -202,6 +202,34 @@ def scores(text: str) -> dict[str, float]:
     return best
 
 
+# where a modality's value comes from: said by the user or the file header (known), or guessed from the pixels
+KNOWN_SOURCES = ("argument", "dicom")
+
+
+def modality_conflict(concept: Concept, modality: str | None, source: str | None = None) -> str | None:
+    """Why ``concept`` cannot be on an image of ``modality``, or None when it can or the modality is unknown.
+
+    The concept head learnt each concept from one modality only, and off it it answers confidently and wrongly
+    (a "polyp" at score 0.94 on a chest X-ray). When the modality is known (``source`` "argument" or "dicom") a
+    conflict raises `ConceptError`; when it was only guessed from the pixels the reason is returned, for the
+    result's review flag.
+    """
+    if not modality:
+        return None
+    from oncoseg.modality import canonical_modality
+
+    modality = canonical_modality(modality)
+    if modality == concept.modality:
+        return None
+    reason = f"{concept.name!r} is learnt from {concept.modality} images only, and this image is {modality}"
+    if source in KNOWN_SOURCES:
+        said = "given" if source == "argument" else "from its DICOM header"
+        raise ConceptError(
+            f"{reason} ({said}): the concept cannot be in it; give the right modality if that one is wrong"
+        )
+    return f"{reason} (guessed from the pixels)"
+
+
 def match(text: str, threshold: float | None = None) -> tuple[Concept, float]:
     """The concept nearest to ``text`` and its score; `ConceptError` if none reaches ``threshold`` (default:
     the matcher's own, `THRESHOLDS`)."""

@@ -90,8 +90,12 @@ class Backend(ABC):
         on-disk `oncoseg.embedding_store`; None (the default) keeps this backend's embeddings out of it."""
         return None
 
-    def check_text(self, text: str) -> None:
-        """Raise a clear error for a text prompt this backend cannot answer (before any model work)."""
+    def check_text(
+        self, text: str, modality: str | None = None, modality_source: str | None = None
+    ) -> str | None:
+        """Raise a clear error for a text prompt this backend cannot answer on an image of ``modality`` (before
+        any model work); return a reason to flag the answer for review, or None."""
+        return None
 
     def detect(
         self,

@@ -472,10 +472,15 @@ class LiteMedSAMBackend(Backend):
             masks=(full > 0).cpu().numpy(), scores=scores, logits=logits[:, 0].cpu().numpy()
         )
 
-    def check_text(self, text: str) -> None:
-        from oncoseg.concepts.vocabulary import match
+    def check_text(
+        self, text: str, modality: str | None = None, modality_source: str | None = None
+    ) -> str | None:
+        """A concept outside the head's vocabulary fails here, listing the known ones; so does a concept on an
+        image of a modality it cannot be in (`oncoseg.concepts.vocabulary.modality_conflict`)."""
+        from oncoseg.concepts.vocabulary import match, modality_conflict
 
-        match(text)  # a concept outside the head's vocabulary fails here, listing the known ones
+        concept, _ = match(text)
+        return modality_conflict(concept, modality, modality_source)
 
     def detect(
         self,

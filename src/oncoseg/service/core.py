@@ -389,8 +389,13 @@ class Engine:
             raise PromptError("a text prompt finds every instance by itself: send it without points or box")
         if not self.backend.supports_text:
             raise PromptError(f"the {self.backend.name} backend has no text prompts")
-        self.backend.check_text(text)  # e.g. a concept outside the model's vocabulary, with the known ones
+        self._text_doubt(opened, text)  # a concept outside the vocabulary or the image's modality fails here
         return self.check_prompt(opened, Prompt(text=text), z)
+
+    def _text_doubt(self, opened: OpenImage, text: str) -> str | None:
+        """`Backend.check_text` on the opened image's modality: a reason to review the answer, or None."""
+        image = opened.image
+        return self.backend.check_text(text, image.modality, image.metadata.get("modality_source"))
 
     def segment_text(
         self, opened: OpenImage, text: str, z: int | None, overlay: bool = True, outlines: bool = True
@@ -414,7 +419,10 @@ class Engine:
         else:
             whole = mask.copy()
         self._replace_result(
-            opened, lambda: opened.core.add(whole, name=text, score=scores[0] if scores else 0.0)
+            opened,
+            lambda: opened.core.add(
+                whole, name=text, score=scores[0] if scores else 0.0, doubts=(self._text_doubt(opened, text),)
+            ),
         )
         if not mask.any():
             opened.core.remove(opened.obj)
@@ -432,6 +440,7 @@ class Engine:
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, image, slice_only=True),
+            "quality": quality_of(opened.obj) if mask.any() else None,
             "warnings": list(image.metadata.get("warnings", [])),
         }
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
@@ -600,7 +609,7 @@ class Engine:
         if not mask.any():
             return None
         spacing = image.spacing[:2] if slice_only or mask.ndim == 2 else image.spacing
-        return measure(mask, spacing).to_dict()
+        return measure(mask, spacing, unit=image.spacing_unit).to_dict()  # px keys for a picture without mm
 
     def download(self, opened: OpenImage, fmt: str = "nifti", name: str = "Lesion") -> tuple[Path, str]:
         """The result as a file in a new temporary folder (the caller deletes the folder once it is sent):
