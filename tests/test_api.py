@@ -18,11 +18,20 @@ from oncoseg.samples import list_samples, sample_path
 from oncoseg.volume import PropagationSettings
 
 SAMPLES = list_samples()
-IMAGE_KEYS = {"shape", "channels", "spacing_mm", "origin_mm", "orientation", "modality", "dtype"}
+IMAGE_KEYS = {
+    "shape", "channels", "spacing_mm", "spacing_unit", "origin_mm", "orientation", "modality", "modality_source",
+    "dtype",
+}  # fmt: skip
 OBJECT_KEYS = {
     "label", "score", "prompt", "volume_ml", "area_mm2", "voxel_count", "recist_long_mm", "recist_short_mm",
     "recist_slice", "long_axis_endpoints", "bbox", "bbox_mm", "centroid_mm", "max_3d_diameter_mm", "quality",
+    "unit",
 }  # fmt: skip
+# a picture without a physical pixel size: the same fields, named in pixels
+PX_OBJECT_KEYS = {
+    key.replace("_mm2", "_px2").replace("_mm", "_px").replace("volume_ml", "volume_px3")
+    for key in OBJECT_KEYS
+}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,7 +72,9 @@ def test_2d_result_has_one_label_its_area_and_matches_the_reference(ultrasound):
     assert set(np.unique(result.labels)) == {0, 1}
     assert dice(result.labels == 1, reference("breast_ultrasound")) >= 0.85
     m = result.measurements[0]
-    assert m.volume_ml is None and m.area_mm2 > 0 and m.area_mm2 == m.voxel_count * 1.0  # PNG pixels are 1 mm
+    assert m.unit == "px" and m.volume_ml is None and m.area_mm2 == m.voxel_count  # a PNG has no pixel size
+    entry = result.to_dict()["objects"][0]
+    assert entry["unit"] == "px" and entry["area_px2"] == m.voxel_count and "area_mm2" not in entry
     assert m.voxel_count == int((result.labels == 1).sum())
     assert np.isfinite(result.scores[0]) and result.slices == [None]
 
@@ -125,13 +136,49 @@ def test_several_boxes_give_labels_in_prompt_order(polyp_four, tmp_path):
     np.testing.assert_array_equal(load_image(tmp_path / "labels.png").array, result.labels)
 
 
+def test_one_click_per_object_gives_one_label_each_as_the_cli_objects_do(predictor):
+    """objects=[{...}, ...] is the API's --object: two single clicks are two objects, while the same two clicks
+    as points= are one object."""
+    polyp = (286, 288)  # the middle of the polyp
+    result = segment(
+        sample_path("polyp"),
+        objects=[{"points": [polyp]}, {"name": "mucosa", "points": (80, 40)}, {"box": "520,20,560,60"}],
+        predictor=predictor,
+    )
+    assert set(np.unique(result.labels)) == {0, 1, 2, 3}
+    assert dice(result.labels == 1, reference("polyp")) >= 0.85
+    assert result.labels[40, 80] == 2 and (result.labels[20:61, 520:561] == 3).any()
+    assert [o["prompt"] for o in result.to_dict()["objects"]] == [
+        {"points": [[286.0, 288.0, 1]]},
+        {"points": [[80.0, 40.0, 1]]},
+        {"box": [520.0, 20.0, 560.0, 60.0]},
+    ]
+    together = segment(sample_path("polyp"), points=[polyp, (80, 40)], predictor=predictor)
+    assert set(np.unique(together.labels)) == {0, 1}  # points= are clicks on one object
+    with pytest.raises(PromptError, match="unknown object key"):
+        segment(sample_path("polyp"), objects=[{"point": polyp}], predictor=predictor)
+
+
+def test_spacing_gives_a_picture_millimetres_and_a_volume_refuses_it(predictor):
+    box = SAMPLES["polyp"]["prompt"]["box"]
+    result = segment(sample_path("polyp"), box=box, spacing=(0.5, 0.25), predictor=predictor)
+    m = result.measurements[0]
+    assert m.unit == "mm" and m.area_mm2 == pytest.approx(m.voxel_count * 0.125)
+    entry = result.to_dict()["objects"][0]
+    assert entry["unit"] == "mm" and entry["area_mm2"] == pytest.approx(m.voxel_count * 0.125, abs=0.01)
+    assert "mm²" in m.text() and " mm" in m.text()
+    with pytest.raises(OncoSegError, match="has its own spacing"):
+        segment(sample_path("ct_abdomen"), box=[14, 16, 80, 76, 24], spacing="1,1,1", predictor=predictor)
+
+
 def test_to_dict_is_json_with_only_the_documented_fields(polyp_four):
     result, _ = polyp_four
     summary = result.to_dict()
     text = json.dumps(summary)
     assert set(summary) == {"image", "objects", "warnings"} and summary["warnings"] == []
     assert set(summary["image"]) == IMAGE_KEYS
-    assert all(set(o) == OBJECT_KEYS for o in summary["objects"])
+    assert all(set(o) == PX_OBJECT_KEYS for o in summary["objects"])
+    assert summary["image"]["spacing_unit"] == "px" and summary["image"]["modality_source"] == "guessed"
     assert all(set(o["quality"]) == {"estimate", "review", "reasons"} for o in summary["objects"])
     assert "polyp" not in text and "/" not in text  # no file name or path
     assert summary["image"]["shape"] == [529, 617] and summary["image"]["channels"] == 3
@@ -230,8 +277,12 @@ def test_3d_propagation_covers_several_slices_and_measures_volume(ct):
     truth = reference("ct_abdomen")
     assert dice(result.labels[covered] > 0, truth[covered]) >= 0.85
     m = result.measurements[0]
-    assert m.area_mm2 is None and m.volume_ml > 0
+    assert m.area_mm2 is None and m.volume_ml > 0 and m.unit == "mm"
     assert m.volume_ml == pytest.approx(m.voxel_count * 27 / 1000)  # 3 mm voxels
+    assert set(result.to_dict()["objects"][0]) == {
+        *OBJECT_KEYS,
+        "slices",
+    }  # a NIfTI has a physical voxel size: mm
     assert result.to_dict()["objects"][0]["slices"] == [z - 1, z + 1]
 
 

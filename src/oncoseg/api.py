@@ -20,7 +20,7 @@ from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
 from oncoseg.io import check_mask_path, load_image, save_mask
 from oncoseg.io.write import OutputFiles, check_distinct, check_output_path
-from oncoseg.measure import Measurements, measure
+from oncoseg.measure import Measurements, measure_image
 from oncoseg.models.spec import ModelSpec
 from oncoseg.predictor import Predictor, blank_error
 from oncoseg.prompts import (
@@ -28,6 +28,7 @@ from oncoseg.prompts import (
     Box,
     BoxLike,
     ObjectPrompts,
+    Point,
     PointLike,
     Prompt,
     _as_box,
@@ -38,6 +39,9 @@ from oncoseg.prompts import (
 from oncoseg.quality import Quality, text_quality
 from oncoseg.session import Session
 from oncoseg.volume import PropagationSettings
+
+ObjectLike = ObjectPrompts | Mapping[str, Any]  # one object's prompts (see `as_object`)
+OBJECT_KEYS = ("name", "box", "boxes", "points")
 
 
 @dataclass
@@ -69,7 +73,7 @@ class SegmentationResult:
             session.labels(),
             [obj.prompt for obj in objects],
             [obj.score for obj in objects],
-            [session.measure(obj) for obj in objects],
+            [measure_image(obj.mask, session.image) for obj in objects],  # in mm, or px for a picture
             [obj.slice_range if session.image.is_3d else None for obj in objects],
             session.predictor,
             [obj.label for obj in objects],
@@ -237,8 +241,9 @@ def segment(
     box: BoxLike | Sequence[BoxLike] | None = None,
     points: Sequence[PointLike] = (),
     *,
-    objects: Sequence[ObjectPrompts] = (),
+    objects: Sequence[ObjectLike] = (),
     modality: str | None = None,
+    spacing: tuple[float, ...] | str | None = None,
     volume: bool = False,
     backend: str = "litemedsam",
     predictor: Predictor | Callable[[], Predictor] | None = None,
@@ -257,15 +262,22 @@ def segment(
 ) -> SegmentationResult:
     """Segment ``image`` from boxes and/or points and measure each object.
 
-    ``box`` is one box or a list of boxes (one object each); boxes and points are pixel coordinates, with the
-    slice index as last box value / third point value for volumes. ``objects`` instead gives objects annotated
-    on several slices (`oncoseg.prompts.build_object`): the first slice's prompt starts the object, each further
-    one corrects it there (`Session.refine`). ``volume=True`` propagates each object through the volume;
+    ``box`` is one box or a list of boxes (one object each); ``points`` are clicks on one object (with the
+    box, when there is one box). Boxes and points are pixel coordinates, with the slice index as last box
+    value / third point value for volumes. ``objects`` gives one prompt set per object instead, as the CLI's
+    ``--object NAME --box ... --point ...`` does: each a mapping ``{"name": ..., "box": box or boxes,
+    "points": [...]}`` (any key may be left out) or an `ObjectPrompts` (`oncoseg.prompts.build_object`), e.g.
+    ``objects=[{"points": [(120, 80)]}, {"points": [(300, 200), (310, 190)]}]`` for two objects by clicks.
+    An object's prompts may lie on several slices: the first slice's prompt starts it, each further one
+    corrects it there (`Session.refine`). ``volume=True`` propagates each object through the volume;
     otherwise only the prompted slices are segmented. ``predictor``: a `Predictor`, or a function returning one
     (called after every check). Outputs (``output_type`` nifti, or dicom_seg/rtstruct with ``names`` over the
     DICOM series the image came from) are written only when everything succeeded, all or none (an empty result
     raises ``EmptyResultError`` and writes nothing); a prompt on pixels that hold no information (constant, or
     NaN only) finds nothing.
+
+    Measurements are in mm, or in pixels (``unit`` "px") for a picture without a physical pixel size (PNG,
+    JPEG, an array) unless ``spacing`` (mm, ``(x, y)`` or "X,Y") gives one.
 
     Concept prompts: ``text`` ("polyp": the default model knows the concepts `oncoseg concepts` lists, SAM3 any
     text) and/or ``exemplars`` (SAM3: boxes around examples) find every instance, one label each; on a volume
@@ -273,7 +285,7 @@ def segment(
     the SAM3 folder, ``threshold`` the confidence an instance needs.
     """
     outputs = {"output": output, "overlay": overlay, "json_path": json_path, "output_type": output_type}
-    image = _as_image(image, modality)
+    image = _as_image(image, modality, spacing)
     if volume and not image.is_3d:
         raise OncoSegError("--3d needs a volume, but this image is 2D")
     model = predictor or _model_spec(backend, weights, threshold)  # built after the checks
@@ -284,7 +296,9 @@ def segment(
                                 {**outputs, "names": names})  # fmt: skip
     if objects and (box is not None or points):
         raise PromptError("give the prompts either as objects or as boxes/points, not both")
-    objects = list(objects) or [ObjectPrompts((p,)) for p in build_prompts(_box_list(box), points)]
+    objects = [as_object(o) for o in objects] or [
+        ObjectPrompts((p,)) for p in build_prompts(_box_list(box), points)
+    ]
     # the prompts first, then the outputs, then blank pixels: all before the model is loaded
     for obj in objects:
         for i, prompt in enumerate(obj.prompts):
@@ -310,6 +324,7 @@ def refine(
     label: int | None = None,
     volume: bool | None = None,
     modality: str | None = None,
+    spacing: tuple[float, ...] | str | None = None,
     backend: str = "litemedsam",
     predictor: Predictor | Callable[[], Predictor] | None = None,
     propagation: PropagationSettings | None = None,
@@ -329,9 +344,9 @@ def refine(
     (``volume``, default: the object spans several slices) the walk then starts again from that slice in both
     directions, as `Session.refine` walks: up to the first slice it segments as the mask has it (IoU >= 0.9;
     the slices beyond keep their masks), and where a stop rule ends it (the object ended, or leaked) the saved
-    mask's slices beyond are kept too (an object added from a mask, `Session.add`). Outputs as in
-    `segment`: all or none, checked before the model is loaded."""
-    session = Session(_as_image(image, modality), predictor or _model_spec(backend, None, None), modality=modality,
+    mask's slices beyond are kept too (an object added from a mask, `Session.add`). Outputs and ``spacing`` as
+    in `segment`: all or none, checked before the model is loaded."""
+    session = Session(_as_image(image, modality, spacing), predictor or _model_spec(backend, None, None), modality=modality,
                       propagation=propagation)  # fmt: skip
     image = session.image
     obj = _object_to_correct(session, load_labels(mask, image), label)
@@ -464,7 +479,7 @@ def _segment_concept(
         )
     if labels.max() < 256:
         labels = labels.astype(np.uint8)
-    measurements = [measure(labels == i, image.spacing) for i in range(1, len(scores) + 1)]
+    measurements = [measure_image(labels == i, image) for i in range(1, len(scores) + 1)]
     qualities = [
         text_quality(labels == i, score, volume and image.is_3d, doubt) for i, score in enumerate(scores, 1)
     ]
@@ -490,6 +505,29 @@ def _box_list(box: BoxLike | Sequence[BoxLike] | None) -> list[BoxLike]:
     return [] if box is None else ([box] if _is_single_box(box) else list(box))
 
 
-def _as_image(image: str | Path | MedicalImage | np.ndarray, modality: str | None) -> MedicalImage:
-    """A file, DICOM folder or array as a `MedicalImage` (a `MedicalImage` as it is)."""
-    return image if isinstance(image, MedicalImage) else Session.open(image, None, modality=modality).image
+def _as_image(
+    image: str | Path | MedicalImage | np.ndarray, modality: str | None, spacing=None
+) -> MedicalImage:
+    """A file, DICOM folder or array as a `MedicalImage` (a `MedicalImage` as it is), with ``spacing`` (mm) for
+    a picture without a physical pixel size."""
+    if isinstance(image, (str, Path)):
+        return load_image(image, modality=modality, spacing=spacing)
+    image = image if isinstance(image, MedicalImage) else Session.open(image, None, modality=modality).image
+    return image if spacing is None else image.with_spacing(spacing)
+
+
+def as_object(value: ObjectLike) -> ObjectPrompts:
+    """One object's prompts: an `ObjectPrompts` as it is, or a mapping ``{"name", "box" (one box or a list),
+    "points"}`` (what the CLI's ``--object NAME --box ... --point ...`` gives)."""
+    if isinstance(value, ObjectPrompts):
+        return value
+    if not isinstance(value, Mapping):
+        raise PromptError(f"an object is a mapping with {', '.join(OBJECT_KEYS)}, not {type(value).__name__}")
+    unknown = sorted(set(value) - set(OBJECT_KEYS))
+    if unknown:
+        raise PromptError(f"unknown object key(s) {', '.join(unknown)}: expected {', '.join(OBJECT_KEYS)}")
+    boxes = _box_list(value.get("box")) + _box_list(value.get("boxes"))
+    points = value.get("points") or ()
+    if isinstance(points, (str, Point)) or (len(points) in (2, 3) and all(np.isscalar(v) for v in points)):
+        points = [points]  # one click
+    return build_object(boxes, points, value.get("name"))

@@ -25,14 +25,22 @@ prompts (pixel coordinates; x = column, y = row, z = slice index of a volume, co
                              model knows the concepts `oncoseg concepts` lists, --backend sam3 any text
   --exemplar X0,Y0,X1,Y1[,Z] a box around one example: every similar instance (--backend sam3; with --text too)
 
-one object on several slices: --object NAME, then its boxes/points on any slices (at most one box per slice).
-  The slice of its first box (without a box: of its first point) starts the object; each further slice's
+one prompt set per object: --object [NAME], then its boxes/points (the API's objects=[{"name": NAME,
+  "box": ..., "points": [...]}, ...]). Repeat --object for more objects (labels in that order), e.g. one click
+  per object: --object --point 120,80 --object --point 300,200. NAME is also the structure name of
+  dicom_seg/rtstruct outputs. Without --object, every --box is an object of its own and the points go with
+  the one box (or form one object). An object's prompts may lie on several slices (at most one box per slice):
+  the slice of its first box (without a box: of its first point) starts the object; each further slice's
   prompt corrects it there, as `oncoseg refine` does: that slice becomes an anchor and, with --3d, the walk
-  between anchors is done again. Repeat --object for more objects (labels in that order); NAME is also the
-  structure name of dicom_seg/rtstruct outputs. Without --object, every --box is an object of its own.
+  between anchors is done again.
+
+units: millimetres (mL, mm²) for images with a physical voxel size (NIfTI, NRRD, MHA, DICOM); pixels (px², px)
+  for pictures (PNG, JPEG, TIFF, BMP) unless --spacing gives their pixel size in mm.
 
 examples:
   oncoseg segment polyp.jpg --box 120,80,300,260 -o polyp_mask.png --overlay polyp_overlay.png
+  oncoseg segment polyp.jpg --object --point 200,170 --object --point 420,300 -o two_polyps.png
+  oncoseg segment scan.png --box 120,80,300,260 --spacing 0.1,0.1 -o lesion.png
   oncoseg segment ct.nii.gz --box 14,16,80,76,24 --3d -o liver.nii.gz --json
   oncoseg segment ct.nii.gz --3d --object liver --box 14,16,80,76,24 --box 20,22,70,64,12 \\
       --object tumour --box 40,30,52,44,20 -o organs.nii.gz
@@ -78,6 +86,10 @@ WEIGHTS_HELP = (
     "SAM3 only: the folder of the facebook/sam3 download (Hugging Face layout; default $ONCOSEG_SAM3_WEIGHTS). "
     "The weights are gated: request access on huggingface.co/facebook/sam3 first (see docs/sam3.md)"
 )
+SPACING_HELP = (
+    "pixel size in mm of a picture without one (PNG/JPEG/TIFF/BMP; one value for square pixels): measurements "
+    "are then in mm instead of pixels"
+)
 CHECKPOINT_HELP = "fine-tuned weights: a LoRA adapter file, a full state dict, or a name from `oncoseg train`"
 
 
@@ -114,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_prompt_options(seg, "prompt")
     seg.add_argument(
-        "--object", action=StartObject, metavar="NAME", help="the prompts after it are one object"
+        "--object",
+        action=StartObject,
+        nargs="?",
+        metavar="NAME",
+        help="the prompts after it are one object (NAME optional)",
     )
     seg.add_argument(
         "--3d", dest="volume", action="store_true", help="propagate through the volume from the prompt"
@@ -158,16 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="show shape, spacing, orientation and modality of an image")
     info.add_argument("input", help="image file or DICOM series folder")
+    info.add_argument("--spacing", metavar="X,Y", help=SPACING_HELP)
     info.add_argument("--json", action="store_true", help="print JSON")
 
     datasets = commands.add_parser(
         "datasets",
         help="list the datasets Onco-Seg knows and which are found locally",
         description="List the benchmark datasets (the paper's and ours), their modality, target and layout, "
-        "and whether they are found under the data root (--root, else $ONCOSEG_DATA, else shared/data beside "
-        "the repository).",
+        "and whether they are found under the data root (--root, else $ONCOSEG_DATA, else the folder saved by "
+        "--set-root, else shared/data beside the repository).",
     )
     datasets.add_argument("--root", help="folder holding the datasets")
+    datasets.add_argument(
+        "--set-root", metavar="DIR", help="save DIR as the data root for every later command (user setting)"
+    )
     datasets.add_argument("--json", action="store_true", help="print JSON")
 
     for name, module in SUBCOMMAND_MODULES.items():
@@ -190,6 +210,7 @@ def add_prompt_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--modality", choices=MODALITIES, help="intensity normalisation (default: from DICOM or file)"
     )
+    parser.add_argument("--spacing", metavar="X,Y", help=SPACING_HELP)
 
 
 def add_model_options(parser: argparse.ArgumentParser, precisions=("auto", "fp32", "bf16", "fp16")) -> None:
@@ -318,10 +339,9 @@ def quiet_library_warnings() -> None:
 def run_info(args: argparse.Namespace) -> int:
     from oncoseg.io import load_image
 
-    image = load_image(args.input)
+    image = load_image(args.input, spacing=args.spacing)
     print_warnings(image)
     facts = image.describe()
-    facts["modality_source"] = image.metadata.get("modality_source")
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -329,8 +349,9 @@ def run_info(args: argparse.Namespace) -> int:
     print(
         f"shape       {' x '.join(map(str, facts['shape']))}  ({axes}), {image.channels} channel(s), {facts['dtype']}"
     )
+    unit = "px  (no physical pixel size: --spacing gives one)" if image.spacing_unit == "px" else "mm"
     print(
-        f"spacing     {' x '.join(f'{s:g}' for s in image.spacing)} mm  (x, y{', z' if image.is_3d else ''})"
+        f"spacing     {' x '.join(f'{s:g}' for s in image.spacing)} {unit}  (x, y{', z' if image.is_3d else ''})"
     )
     if image.is_3d:
         print(f"orientation {facts['orientation']} on disk, read as LPS")
@@ -340,8 +361,16 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_datasets(args: argparse.Namespace) -> int:
     from oncoseg.data import datasets_table, format_datasets_table
+    from oncoseg.data.registry import ROOT_HELP, data_root, root_source, save_data_root
 
-    rows = datasets_table(Path(args.root) if args.root else None)
+    if args.set_root:
+        saved = save_data_root(args.set_root)
+        print(f"data root set to {saved} (saved in {root_source(None, saved=True)})", file=sys.stderr)
+    root = data_root(args.root)
+    if not root.is_dir():
+        print(f"oncoseg: warning: data root {root} ({root_source(args.root)}) does not exist: {ROOT_HELP}",
+              file=sys.stderr)  # fmt: skip
+    rows = datasets_table(root)
     print(json.dumps(rows, indent=2, default=str) if args.json else format_datasets_table(rows))
     return 0
 
@@ -378,7 +407,7 @@ def read_input(args: argparse.Namespace):
     """INPUT read with --modality; the warnings of reading it printed."""
     from oncoseg.io import load_image
 
-    image = load_image(args.input, modality=args.modality)
+    image = load_image(args.input, modality=args.modality, spacing=args.spacing)
     print_warnings(image)
     return image
 
@@ -429,10 +458,21 @@ def print_warnings(image) -> None:
 
 
 def size(obj: dict, digits: int = 2) -> str:
-    """An object's volume (mL, ``digits`` decimals) or, for a 2D image, its area (mm², one decimal fewer)."""
-    if obj.get("volume_ml") is not None:
-        return f"{obj['volume_ml']:.{digits}f} mL"
-    return f"{obj['area_mm2']:.{digits - 1}f} mm²"
+    """An object's volume (mL, ``digits`` decimals) or, for a 2D image, its area (mm², one decimal fewer); in
+    px³/px² for a picture without a physical pixel size (`oncoseg.measure.size_text`)."""
+    from oncoseg.measure import size_text
+
+    return size_text(obj, digits)
+
+
+def modality_note(image: dict) -> str | None:
+    """A line saying the modality was guessed (None when it was given or read from DICOM)."""
+    if image.get("modality_source") != "guessed":
+        return None
+    return (
+        f"modality {image['modality']} is a guess from the file (it sets the intensity normalisation): "
+        "give --modality if it is wrong"
+    )
 
 
 def describe_quality(quality: dict) -> str:
@@ -443,13 +483,19 @@ def describe_quality(quality: dict) -> str:
 
 
 def print_summary(summary: dict, output: str, overlay: str | None) -> None:
+    note = modality_note(summary.get("image", {}))
+    if note:
+        print(note)
     for obj in summary["objects"]:
         where = f", slices {obj['slices'][0]}-{obj['slices'][1]}" if obj.get("slices") else ""
+        unit = obj.get("unit", "mm")
         print(
-            f"object {obj['label']}: {size(obj)}, RECIST long {obj['recist_long_mm']:.1f} mm, "
-            f"short {obj['recist_short_mm']:.1f} mm, score {obj['score']:.2f}{where}"
+            f"object {obj['label']}: {size(obj)}, RECIST long {obj[f'recist_long_{unit}']:.1f} {unit}, "
+            f"short {obj[f'recist_short_{unit}']:.1f} {unit}, score {obj['score']:.2f}{where}"
             + (f", {describe_quality(obj['quality'])}" if obj.get("quality") else "")
         )
+    if any(obj.get("unit") == "px" for obj in summary["objects"]):
+        print("sizes in pixels: the picture has no physical pixel size (--spacing X,Y in mm gives one)")
     print(f"mask written to {output}" + (f", overlay to {overlay}" if overlay else ""))
 
 
@@ -463,12 +509,13 @@ def _predictor(args: argparse.Namespace):
 def run_demo(args: argparse.Namespace) -> int:
     """Segment every bundled sample with its suggested prompt; 3D samples by propagation."""
     from oncoseg.demo import run_demo as demo
+    from oncoseg.measure import recist_text
 
     def show(name: str, sample: dict, entry: dict) -> None:
         obj = entry["objects"][0]
         print(
-            f"{name:18s} {sample['target']:14s} {size(obj, 1):>10s}  RECIST {obj['recist_long_mm']:.1f} x "
-            f"{obj['recist_short_mm']:.1f} mm  Dice vs reference {entry['dice_vs_reference']:.3f}"
+            f"{name:18s} {sample['target']:14s} {size(obj, 1):>10s}  RECIST {recist_text(obj)}  "
+            f"Dice vs reference {entry['dice_vs_reference']:.3f}"
         )
 
     demo(args.output, show)

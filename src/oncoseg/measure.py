@@ -8,6 +8,9 @@ anisotropic spacing is handled exactly and a line of ``n`` voxels of size ``s`` 
 * **Long axis** (RECIST 1.1): on every axial slice, the longest distance between two points of the lesion
   (the largest distance between two hull vertices); the slice with the longest one is the RECIST slice
   (ties: larger area, then lower ``z``).
+* **Units**: millimetres for an image with a physical pixel size; for a picture without one (``spacing_unit``
+  "px", see `oncoseg.image`) the same numbers are pixels: `Measurements.unit` says which, and `to_dict` names
+  its keys by it (``recist_long_px``, ``area_px2``, ``volume_px3``).
 * **Short axis**: on that same slice, the lesion's width perpendicular to the long axis, i.e. the extent
   (max − min) of the hull vertices projected onto the direction perpendicular to the long axis. This is the
   calliper width a reader measures at right angles to the long axis.
@@ -34,6 +37,8 @@ class Measurements:
 
     ``centroid_mm`` is the mean voxel index times the spacing (array order): a position relative to the
     centre of voxel 0, not a patient-frame coordinate (it ignores origin and direction).
+    ``unit`` is "mm", or "px" for an image without a physical pixel size: then every ``_mm`` value is in
+    pixels, ``area_mm2`` in px² and ``volume_ml`` in thousands of voxels (use `to_dict` or `text`).
     ``long_axis_endpoints`` are two ``(x, y)`` points in voxel coordinates of the RECIST slice, where pixel
     centres are integers (they lie on pixel corners, e.g. ``(-0.5, 3.5)``).
     """
@@ -49,10 +54,12 @@ class Measurements:
     bbox_mm: tuple[float, ...]
     centroid_mm: tuple[float, ...]
     max_3d_diameter_mm: float | None
+    unit: str = "mm"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready values, rounded (mm to 0.01, ml to 0.001)."""
-        return {
+        """Plain JSON-ready values, rounded (mm to 0.01, ml to 0.001), and ``unit``. In pixels (``unit`` "px")
+        the keys say so: ``area_px2``, ``volume_px3``, ``recist_long_px``, ``bbox_px``, ..."""
+        values = {
             "volume_ml": None if self.volume_ml is None else round(self.volume_ml, 3),
             "area_mm2": None if self.area_mm2 is None else round(self.area_mm2, 2),
             "voxel_count": self.voxel_count,
@@ -67,10 +74,48 @@ class Measurements:
                 None if self.max_3d_diameter_mm is None else round(self.max_3d_diameter_mm, 2)
             ),
         }
+        if self.unit == "px":
+            volume = values.pop("volume_ml")
+            values = {key.replace("_mm2", "_px2").replace("_mm", "_px"): v for key, v in values.items()}
+            values = {"volume_px3": None if volume is None else self.voxel_count, **values}
+        return {**values, "unit": self.unit}
+
+    def text(self) -> str:
+        """ "12.34 mL, RECIST 31.2 x 20.5 mm", "1234 mm², ..." or, in pixels, "44107 px², RECIST 434.9 x 120.3 px"."""
+        return f"{size_text(self.to_dict())}, RECIST {recist_text(self.to_dict())}"
 
 
-def measure(mask: np.ndarray, spacing: tuple[float, ...], label: int | None = None) -> Measurements:
-    """Measure ``mask`` (``[z, y, x]`` or ``[y, x]``) with ``spacing`` in SimpleITK ``(x, y[, z])`` order, mm.
+def size_text(values: dict[str, Any], digits: int = 2) -> str:
+    """The volume (mL, ``digits`` decimals) or area (mm², one decimal fewer) of a `Measurements.to_dict`; in
+    pixels the voxel count (px³) or area (px², no decimals)."""
+    if values.get("unit") == "px":
+        return (
+            f"{values['volume_px3']} px³"
+            if values.get("volume_px3") is not None
+            else f"{values['area_px2']:.0f} px²"
+        )
+    if values.get("volume_ml") is not None:
+        return f"{values['volume_ml']:.{digits}f} mL"
+    return f"{values['area_mm2']:.{max(digits - 1, 0)}f} mm²"
+
+
+def recist_text(values: dict[str, Any], long_only: bool = False) -> str:
+    """ "31.2 x 20.5 mm" (long x short axis of a `Measurements.to_dict`), "434.9 x 120.3 px" in pixels."""
+    unit = values.get("unit", "mm")
+    long, short = values[f"recist_long_{unit}"], values[f"recist_short_{unit}"]
+    return f"{long:.1f} {unit}" if long_only else f"{long:.1f} x {short:.1f} {unit}"
+
+
+def measure_image(mask: np.ndarray, image, label: int | None = None) -> Measurements:
+    """`measure` ``mask`` on ``image``'s grid, in its units (mm, or px for a picture without a pixel size)."""
+    return measure(mask, image.spacing, label, unit=image.spacing_unit)
+
+
+def measure(
+    mask: np.ndarray, spacing: tuple[float, ...], label: int | None = None, *, unit: str = "mm"
+) -> Measurements:
+    """Measure ``mask`` (``[z, y, x]`` or ``[y, x]``) with ``spacing`` in SimpleITK ``(x, y[, z])`` order, in
+    ``unit`` ("mm", or "px" for an image without a physical pixel size: `measure_image` picks it).
 
     Foreground is ``mask > 0``, or ``mask == label`` when ``label`` is given. Diameters follow the
     definitions in this module's docstring (a 2D mask is one axial slice). Only the bounding box of the
@@ -82,6 +127,8 @@ def measure(mask: np.ndarray, spacing: tuple[float, ...], label: int | None = No
     mask = np.asarray(mask)
     if mask.ndim not in (2, 3):
         raise OncoSegError(f"mask must be 2D [y,x] or 3D [z,y,x], got shape {mask.shape}")
+    if unit not in ("mm", "px"):
+        raise OncoSegError(f"unit must be 'mm' or 'px', not {unit!r}")
     if len(spacing) != mask.ndim or not all(float(s) > 0 for s in spacing):
         raise OncoSegError(f"spacing {tuple(spacing)} must be {mask.ndim} positive values in (x,y[,z]) order")
     fg = mask > 0 if label is None else mask == label
@@ -138,6 +185,7 @@ def measure(mask: np.ndarray, spacing: tuple[float, ...], label: int | None = No
         bbox_mm=extent_mm,
         centroid_mm=centroid_mm,
         max_3d_diameter_mm=_max_3d_diameter(hulls, sz, lo[0]) if is_3d else None,
+        unit=unit,
     )
 
 

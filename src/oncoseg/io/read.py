@@ -19,7 +19,7 @@ from PIL import Image
 
 from oncoseg.errors import ImageReadError, ImageTooLargeError, OncoSegError
 from oncoseg.image import MedicalImage
-from oncoseg.io.dicom_checks import check_positions, check_spacing, read_series_headers
+from oncoseg.io.dicom_checks import NO_SPACING, check_positions, check_spacing, read_series_headers
 from oncoseg.io.headers import (
     check_nifti_complete,
     check_nifti_header,
@@ -70,7 +70,11 @@ def suffix_of(path: Path, known: Iterable[str]) -> str | None:
 
 
 def load_image(
-    path: str | os.PathLike, modality: str | None = None, *, limits: ReadLimits | None = None
+    path: str | os.PathLike,
+    modality: str | None = None,
+    *,
+    limits: ReadLimits | None = None,
+    spacing: tuple[float, ...] | str | None = None,
 ) -> MedicalImage:
     """Load an image file or a DICOM series folder; volumes come back reoriented to LPS.
 
@@ -79,6 +83,10 @@ def load_image(
     ``limits`` (default `ReadLimits()`) bounds the declared size and whether a header may name another file;
     a file over them raises `ImageTooLargeError`. Damaged input raises `ImageReadError` in one line;
     ``metadata["warnings"]`` lists what was tolerated (e.g. skipped unreadable DICOM files).
+
+    Pictures (PNG/JPEG/TIFF/BMP) and DICOM images without PixelSpacing have no physical pixel size: they come
+    back with spacing 1 and ``spacing_unit`` "px" (measured in pixels), unless ``spacing`` (mm, ``(x, y)`` or
+    "X,Y") gives one; ``spacing`` is refused for an image that has its own.
     """
     path = Path(path)
     limits = limits or DEFAULT_LIMITS
@@ -109,6 +117,10 @@ def load_image(
         log.debug("reading %s failed", path.name, exc_info=True)
         raise ImageReadError(f"{path.name}: cannot be read ({type(exc).__name__}; corrupt file?)") from exc
 
+    if NO_SPACING in image.metadata.get("warnings", []):
+        image.metadata["spacing_unit"] = "px"
+    if spacing is not None:
+        image = image.with_spacing(spacing)
     warnings = image.metadata.setdefault("warnings", [])
     for warning in warnings:
         log.warning("%s", warning)
@@ -135,16 +147,25 @@ def _read_any(path: Path, limits: ReadLimits) -> MedicalImage:
     raise ImageReadError(f"{path.name}: unknown file type (expected {known} or a DICOM folder)")
 
 
+RADIOGRAPH_SIDE = 1500  # px: a greyscale picture this large is guessed to be a radiograph
+
+
 def guess_modality(path: str | os.PathLike, image: MedicalImage) -> str:
     """Best guess of the modality when neither the caller nor a DICOM tag names it.
 
-    * Photo formats (PNG, JPEG, TIFF, BMP): colour → "endoscopy" (e.g. Kvasir), greyscale → "ultrasound"
-      (e.g. BUSI). A greyscale photo could equally be an X-ray or a CT slice: pass the modality then.
+    * Photo formats (PNG, JPEG, TIFF, BMP): colour → "endoscopy" (e.g. Kvasir). Greyscale → "xray" when it
+      has more than 8 bits per pixel or a side of `RADIOGRAPH_SIDE` pixels or more (radiographs; ultrasound
+      stills are 8-bit and smaller: all 687 BUSI images, at most 1048 px wide, stay "ultrasound"), else
+      "ultrasound". A small 8-bit greyscale picture could equally be an X-ray or a CT slice: the guess is
+      marked (``metadata["modality_source"]`` "guessed", shown by the CLI): pass the modality then.
     * Everything else (NIfTI, NRRD, MetaImage, DICOM with an unknown Modality tag): "ct" when the intensities
       look like Hounsfield units (integer-valued, minimum ≤ -500 and maximum ≥ 300), otherwise "mri".
     """
     if suffix_of(Path(path), PHOTO_FORMATS):
-        return "endoscopy" if image.channels >= 3 else "ultrasound"
+        if image.channels >= 3:
+            return "endoscopy"
+        deep = image.array.dtype.itemsize > 1
+        return "xray" if deep or max(image.shape) >= RADIOGRAPH_SIDE else "ultrasound"
     return "ct" if _looks_like_hounsfield(image.array) else "mri"
 
 
@@ -219,7 +240,7 @@ def _read_photo(path: Path, limits: ReadLimits) -> MedicalImage:
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
         raise ImageReadError(f"{path.name}: cannot be read as {fmt} (corrupt or truncated file?)") from exc
     array = array.astype(array.dtype.newbyteorder("="), copy=False)
-    image = MedicalImage.from_array(array, channels=3 if array.ndim == 3 else 1)
+    image = MedicalImage.from_array(array, channels=3 if array.ndim == 3 else 1)  # no physical size: px
     image.source_path = str(path)
     image.metadata["format"] = fmt
     return image

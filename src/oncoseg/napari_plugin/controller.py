@@ -102,11 +102,22 @@ class ObjectRow:
     long_mm: float
     short_mm: float
     slice: int | None
+    unit: str = "mm"  # "px": a picture without a physical pixel size (then volume_ml is in 1000 voxels)
 
     def text(self) -> str:
-        size = f"{self.volume_ml:7.2f} mL" if self.volume_ml is not None else f"{self.area_mm2:7.0f} mm²"
+        if self.unit == "px":
+            size = (
+                f"{self.volume_ml * 1000:7.0f} px³"
+                if self.volume_ml is not None
+                else f"{self.area_mm2:7.0f} px²"
+            )
+        else:
+            size = f"{self.volume_ml:7.2f} mL" if self.volume_ml is not None else f"{self.area_mm2:7.0f} mm²"
         where = f" z{self.slice}" if self.slice is not None else ""
-        return f"{self.label:>2} {self.name[:12]:<12} {size}  RECIST {self.long_mm:.1f} x {self.short_mm:.1f} mm{where}"
+        return (
+            f"{self.label:>2} {self.name[:12]:<12} {size}  RECIST {self.long_mm:.1f} x {self.short_mm:.1f} "
+            f"{self.unit}{where}"
+        )
 
 
 @dataclass
@@ -773,15 +784,16 @@ class Controller:
         opened = self._opened()
         session = opened.session
         rows = []
+        unit = session.image.spacing_unit  # mm, or px for a picture without a physical pixel size
         for obj in self._read_objects(opened):
             m = session.measure(obj)
             rows.append(ObjectRow(obj.label, obj.name, m.volume_ml, m.area_mm2, m.recist_long_mm,
-                                  m.recist_short_mm, m.recist_slice))  # fmt: skip
+                                  m.recist_short_mm, m.recist_slice, unit))  # fmt: skip
         current = np.asarray(self.viewer.layers[CURRENT].data)
         if current.shape == session.image.shape and current.any():
             m = session.measure(SegmentedObject(0, "current", current > 0))
             rows.append(ObjectRow(0, "current", m.volume_ml, m.area_mm2, m.recist_long_mm, m.recist_short_mm,
-                                  m.recist_slice))  # fmt: skip
+                                  m.recist_slice, unit))  # fmt: skip
         return rows
 
     def measurement_text(self) -> str:

@@ -288,7 +288,8 @@ class OncoSegWidget(QWidget):
             self._fill_windows()
             shape = " x ".join(map(str, image.shape))
             spacing = " x ".join(f"{s:g}" for s in image.spacing_zyx)
-            self._say(f"{name}: {shape} voxels of {spacing} mm; draw a box or click, then Shift-S")
+            unit = image.spacing_unit  # px: a picture without a physical pixel size
+            self._say(f"{name}: {shape} voxels of {spacing} {unit}; draw a box or click, then Shift-S")
 
         self._safely(choose)
 

@@ -235,10 +235,12 @@ function showMeasurements(answer, latencyMs) {
   const q = answer.quality;
   set("quality", q ? (q.review ? `REVIEW ${q.estimate.toFixed(2)}: ${q.reasons.join(", ")}` : q.estimate.toFixed(2)) : "–");
   document.querySelector('td[data-field="quality"]').classList.toggle("review", Boolean(q && q.review));
-  set("area", m && m.area_mm2 != null ? `${m.area_mm2.toFixed(0)} mm²` : "–");
-  set("volume", m && m.volume_ml != null ? `${m.volume_ml.toFixed(1)} mL` : "–");
-  set("long", m ? `${m.recist_long_mm.toFixed(1)} mm` : "–");
-  set("short", m ? `${m.recist_short_mm.toFixed(1)} mm` : "–");
+  const u = m && m.unit === "px" ? "px" : "mm";  // a picture without a physical pixel size: pixels
+  set("area", m && m[`area_${u}2`] != null ? `${m[`area_${u}2`].toFixed(0)} ${u}²` : "–");
+  set("volume", m && m.volume_ml != null ? `${m.volume_ml.toFixed(1)} mL`
+    : m && m.volume_px3 != null ? `${m.volume_px3} px³` : "–");
+  set("long", m ? `${m[`recist_long_${u}`].toFixed(1)} ${u}` : "–");
+  set("short", m ? `${m[`recist_short_${u}`].toFixed(1)} ${u}` : "–");
   set("slices", answer.slices ? `${answer.slices[0]}–${answer.slices[1]}` : "–");
   $("latency").textContent = `${latencyMs.toFixed(0)} ms`;
 }
