@@ -101,6 +101,8 @@ def test_result_names_grid_and_report(result, series, example):
     for name, reason in info["not_drawn"].items():
         assert name == "Spleen" and "no voxels" in reason
     assert "Dataset991_OncoSegTiny" in result.model and "folds 0" in result.model
+    assert set(info["confidence"]) == set(result.masks)
+    assert all(0.0 < c <= 1.0 for c in info["confidence"].values())
 
 
 def test_rtstruct_from_the_result(result, example, tmp_path):
@@ -132,6 +134,7 @@ def test_label_map_organs_and_several_model_folders(series, model, tmp_path):
     )
     assert set(both.masks) == {"Liver", "Stomach", "VB_T12"}
     assert np.array_equal(both.masks["Stomach"], both.masks["Liver"])  # same network, label 1 in both
+    assert both.info["confidence"]["Stomach"] == both.info["confidence"]["Liver"]
     assert both.info["label_sources"]["VB_T12"] == ["Dataset991_OncoSegTiny:vertebrae_T12"]
     assert both.info["not_drawn"]["Kidney_L"] == "no label of the nnU-Net model(s) maps to it"
     assert both.info["unmapped_labels"] == {}  # rib_left_7 skipped on purpose by the map

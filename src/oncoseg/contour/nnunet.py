@@ -270,8 +270,9 @@ def contour_nnunet(
 
     ``organs``: TG-263 names or aliases to keep (default: every label that has a name). ``label_map``: a dict
     or JSON file, label value or name → structure name (null skips it). ``mirroring``: nnU-Net's test-time
-    mirroring where the model allows it. Returns a `ContourResult` whose ``info`` lists the labels with no
-    name (``unmapped_labels``, with the volume found) and every organ not drawn with its reason.
+    mirroring where the model allows it. Returns a `ContourResult` whose ``info`` holds each organ's
+    ``confidence`` (mean softmax probability of its voxels on the network's grid), the labels with no name
+    (``unmapped_labels``, with the volume found) and every organ not drawn with its reason (``not_drawn``).
     """
     from oncoseg.contour.pipeline import ContourResult
     from oncoseg.io import load_image
@@ -299,12 +300,15 @@ def contour_nnunet(
     masks: dict[str, np.ndarray] = {}
     sources: dict[str, list[str]] = {}
     unmapped: dict[str, float] = {}
+    votes: dict[str, list[tuple[float, int]]] = {}
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
     flips = _flips(orientation)
     array = np.ascontiguousarray(image.array[flips], dtype=np.float32)[None]
     for index, model in enumerate(opened):
         t = time.perf_counter()
-        segmentation = _predict(model, array, image.spacing_zyx, mirroring, step_size, threads, progress)
+        segmentation, scores = _predict(
+            model, array, image.spacing_zyx, mirroring, step_size, threads, progress
+        )
         segmentation = segmentation[flips]
         timings[f"nnunet_{index}" if len(opened) > 1 else "nnunet"] = time.perf_counter() - t
         mapping = map_labels(model.labels, label_map)
@@ -318,6 +322,8 @@ def contour_nnunet(
             mask = segmentation == value
             masks[name] = masks[name] | mask if name in masks else mask
             sources.setdefault(name, []).append(f"{model.dataset}:{model.labels[value]}")
+            if value in scores:
+                votes.setdefault(name, []).append(scores[value])
 
     not_drawn: dict[str, str] = {}
     for name in list(masks):
@@ -337,6 +343,11 @@ def contour_nnunet(
             "step_size": step_size,
         },
         "label_sources": sources,
+        "confidence": {
+            n: round(sum(p * c for p, c in votes[n]) / sum(c for _, c in votes[n]), 3)
+            for n in masks
+            if votes.get(n)
+        },
         "unmapped_labels": unmapped,
         "not_drawn": not_drawn,
     }
@@ -361,21 +372,54 @@ def _predict(
     step_size: float,
     threads: int,
     progress: bool,
-) -> np.ndarray:
-    """nnU-Net's own prediction of ``array`` (``[1, z, y, x]`` in the model's orientation): a label array."""
+) -> tuple[np.ndarray, dict[int, tuple[float, int]]]:
+    """nnU-Net's own prediction of ``array`` (``[1, z, y, x]`` in the model's orientation): the label array,
+    and per label value (mean winning softmax probability, voxels) on the network's grid.
+
+    The steps of ``nnUNetPredictor.predict_single_npy_array`` (preprocess, sliding window, resample back),
+    called one by one to read the class probabilities on the way and to keep torch on ``threads`` threads.
+    """
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
+    threads = max(1, int(threads))
+    torch.set_num_threads(threads)
     try:
         with _quiet():
-            predictor = _predictor(model, mirroring, step_size, progress)
-            segmentation = predictor.predict_single_npy_array(
-                array, {"spacing": [float(s) for s in spacing_zyx]}
+            from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+            from nnunetv2.inference.export_prediction import (
+                convert_predicted_logits_to_segmentation_with_correct_shape as to_segmentation,
             )
+
+            predictor = _predictor(model, mirroring, step_size, progress)
+            properties = {"spacing": [float(s) for s in spacing_zyx]}
+            plans, configuration = predictor.plans_manager, predictor.configuration_manager
+            cases = PreprocessAdapterFromNpy(
+                [array], None, [properties], None, plans, predictor.dataset_json, configuration, 1
+            )
+            case = next(cases)
+            logits = predictor.predict_logits_from_preprocessed_data(case["data"]).cpu()
+            confidence = _confidence(logits)
+            segmentation = to_segmentation(
+                logits, plans, configuration, predictor.label_manager, case["data_properties"],
+                return_probabilities=False, num_threads_torch=threads,
+            )  # fmt: skip
     finally:
         torch.set_num_threads(previous)
-    return np.asarray(segmentation)
+    return np.asarray(segmentation), confidence
+
+
+def _confidence(logits) -> dict[int, tuple[float, int]]:
+    """Per class: the mean softmax probability of the voxels it wins, and how many it wins (chunked over z)."""
+    import torch
+
+    classes = logits.shape[0]
+    sums, counts = torch.zeros(classes, dtype=torch.float64), torch.zeros(classes, dtype=torch.float64)
+    for chunk in torch.split(logits, 8, dim=1):
+        top, winner = torch.softmax(chunk.float(), dim=0).max(dim=0)
+        sums += torch.bincount(winner.flatten(), weights=top.flatten().double(), minlength=classes)
+        counts += torch.bincount(winner.flatten(), minlength=classes).double()
+    return {v: (float(sums[v] / counts[v]), int(counts[v])) for v in range(1, classes) if counts[v] > 0}
 
 
 def _predictor(model: NnUNetModel, mirroring: bool, step_size: float, progress: bool):
