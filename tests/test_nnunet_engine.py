@@ -221,6 +221,8 @@ def test_input_and_option_errors(model, series, tmp_path):
         contour_nnunet(mr, model)
     with pytest.raises(OncoSegError, match="orientation 'XYZ'"):
         contour_nnunet(series, model, orientation="xyz")
+    with pytest.raises(OncoSegError, match="unknown organ 'Livr'"):
+        contour_nnunet(series, model, ["Livr"])
     with pytest.raises(OncoSegError, match="label map names 'livre'"):
         contour_nnunet(series, model, label_map={"livre": "Liver"})
     (tmp_path / "bad.json").write_text("[1, 2]")

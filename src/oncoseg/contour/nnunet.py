@@ -294,7 +294,7 @@ def contour_nnunet(
         raise ShapeError(f"the nnU-Net engine needs a single-channel 3D CT; got shape {image.array.shape}")
     if image.modality not in (None, "ct"):
         raise OncoSegError(f"the nnU-Net engine contours CT, but this image looks like {image.modality}")
-    wanted = _wanted(organs)
+    wanted = _wanted(organs, [map_labels(m.labels, label_map) for m in opened])
     timings["load"] = time.perf_counter() - start
 
     masks: dict[str, np.ndarray] = {}
@@ -358,10 +358,21 @@ def contour_nnunet(
     return ContourResult(image, masks, {}, methods, {}, timings, "", f"nnU-Net v2: {described}", info)
 
 
-def _wanted(organs: Sequence[str] | None) -> set[str] | None:
+def _wanted(organs: Sequence[str] | None, mappings: Sequence[LabelMapping]) -> list[str] | None:
+    """The structure names asked for; a name neither in the TG-263 table nor given by the label map is refused."""
     if not organs:
         return None
-    return {standard_name(o) for o in organs}
+    given = {name for m in mappings for name in m.names.values()}
+    wanted: list[str] = []
+    for organ in organs:
+        name = standard_name(organ)
+        if lookup(organ) is None and name not in given:
+            raise OncoSegError(
+                f"unknown organ {organ!r}: not in the TG-263 table, and no label is mapped to it"
+            )
+        if name not in wanted:
+            wanted.append(name)
+    return wanted
 
 
 def _predict(
