@@ -1,4 +1,5 @@
-"""`oncoseg evaluate`: prompt protocols, the resumable result store, the runner on real data, CLI and DDP."""
+"""`oncoseg evaluate`: prompt protocols and their records, the resumable result store, the runner on real data
+(recorded prompts replayed to the same Dice), CLI and DDP."""
 
 import csv
 import json
@@ -12,9 +13,22 @@ import pytest
 
 from oncoseg.cli import main
 from oncoseg.errors import OncoSegError
-from oncoseg.evaluate.protocols import Protocol, parse_protocol
-from oncoseg.evaluate.results import ResultStore, load_prediction, save_prediction, summarise
-from oncoseg.evaluate.runner import evaluate
+from oncoseg.evaluate.protocols import Protocol, entry_prompt, parse_protocol, prompt_entry
+from oncoseg.evaluate.results import ResultStore, load_prediction, read_rows, save_prediction, summarise
+from oncoseg.evaluate.runner import EvaluationConfig, evaluate, make_predictor, replay
+from oncoseg.prompts import Point, Prompt
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The machine's cores are shared: the model runs on one thread here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # -- protocols ------------------------------------------------------------------------------------
 
@@ -59,6 +73,40 @@ def test_text_protocol_prompts_with_the_targets_concept_name():
     assert Protocol.text_for("msd-hippocampus", "Anterior") is None  # no concept: not scored with text
     with pytest.raises(OncoSegError, match="no prompt from a mask"):
         Protocol("text").prompt(square(), "c", "t")
+
+
+def test_prompt_records_hold_the_exact_prompts_and_refuse_malformed_ones():
+    volume = np.zeros((6, 64, 64), bool)
+    volume[1:4] = square()
+    volume[2, 10:12, 10:12] = True  # slice 2 is the largest
+    protocol = Protocol("box", jitter=0.2, seed=5)
+    propagate = protocol.record(volume, "propagate", "c", "t")
+    assert propagate["kind"] == "box" and propagate["jitter"] == 0.2 and propagate["seed"] == 5
+    (entry,) = propagate["prompts"]
+    assert entry["slice"] == 2 and entry["points"] == []
+    assert entry_prompt(entry, "here") == protocol.prompt(
+        volume[2], "c", "t", z=2
+    )  # the same box as the run's
+    per_slice = protocol.record(volume, "per_slice", "c", "t")
+    assert [e["slice"] for e in per_slice["prompts"]] == [1, 2, 3]
+    assert protocol.record(np.zeros((64, 64), bool), "2d", "c", "t") is None  # nothing to prompt
+    assert Protocol("text").record(volume, "propagate", "c", "t", "hippocampus") == {
+        "kind": "text", "text": "hippocampus", "prompts": []
+    }  # fmt: skip
+
+    clicks = Prompt(points=(Point(3.0, 4.0, True), Point(5.5, 6.0, False), Point(1.0, 2.0, True)))
+    assert prompt_entry(clicks)["points"] == [[3.0, 4.0, 1], [5.5, 6.0, 0], [1.0, 2.0, 1]]  # order and sign
+    assert entry_prompt(prompt_entry(clicks), "here") == clicks
+    for bad, words in (
+        ({"box": [1, 2, 3]}, "4 numbers"),
+        ({"points": [[1, 2, 2]]}, "label 1 or 0"),
+        ({"slice": -1, "box": [0, 0, 5, 5]}, "slice"),
+        ({"slice": None, "points": []}, "a box or at least one point"),
+        ([1, 2, 3, 4], "an object"),
+    ):
+        with pytest.raises(OncoSegError, match=words) as caught:
+            entry_prompt(bad, "file.jsonl: case 'a'")
+        assert "\n" not in str(caught.value) and "case 'a'" in str(caught.value)
 
 
 # -- result store -----------------------------------------------------------------------------------
@@ -133,8 +181,69 @@ def test_evaluate_kvasir_scores_real_cases_and_resumes(shared_data, tmp_path):
     assert again["groups"] == summary["groups"]
 
 
+def outcomes(rows):
+    """Each row's case, target, mode, exact Dice (None when undefined) and prompt record."""
+    return [
+        (r["case_id"], r["target"], r["mode"], None if np.isnan(r["dice"]) else r["dice"], r["prompt"])
+        for r in rows
+    ]
+
+
+def test_replaying_recorded_prompts_gives_the_same_dice_on_every_case(shared_data, tmp_path):
+    """Kvasir-SEG with jittered boxes: the boxes are in the per-case files, and a replay from them (a new model
+    instance) reproduces each case's Dice exactly."""
+    run = tmp_path / "run"
+    evaluate("kvasir-seg", run, split="test", protocol=Protocol("box", jitter=0.1, seed=3), limit=2, data_root=shared_data,
+             progress=False)  # fmt: skip
+    assert json.loads((run / "run.json").read_text(encoding="utf-8"))["modes"] == ["2d"]  # only what ran
+    rows = read_rows(run)
+    logged = [
+        row for line in (run / "cases.jsonl").read_text().splitlines() for row in json.loads(line)["rows"]
+    ]
+    assert [row["prompt"] for row in logged] == [row["prompt"] for row in rows]  # JSONL and CSV agree
+    for row in rows:
+        record = row["prompt"]
+        assert (record["kind"], record["jitter"], record["seed"]) == ("box", 0.1, 3)
+        (entry,) = record["prompts"]
+        h, w = record["image_shape"]
+        x0, y0, x1, y1 = entry["box"]
+        assert entry["slice"] is None and 0 <= x0 < x1 <= w - 1 and 0 <= y0 < y1 <= h - 1
+        assert not all(float(v).is_integer() for v in entry["box"])  # jittered: not the tight box
+
+    again = replay(run, tmp_path / "again", progress=False)
+    replayed = read_rows(tmp_path / "again")
+    assert outcomes(replayed) == outcomes(rows)
+    assert (
+        again["run"]["protocol"] == {"kind": "recorded"} and "GT box, jitter ±0.1" in again["run"]["prompt"]
+    )
+    for row in rows:
+        np.testing.assert_array_equal(
+            load_prediction(run / row["mask_file"]), load_prediction(tmp_path / "again" / row["mask_file"])
+        )
+
+
+def test_cli_replays_busi_clicks_from_cases_csv(shared_data, tmp_path, capsys):
+    """Three clicks per BUSI lesion, read back from cases.csv by `--prompts`: the same clicks in the same order,
+    the same Dice."""
+    run = tmp_path / "run"
+    common = ["--split", "test", "--limit", "2", "--data", str(shared_data), "-q", "--no-report"]
+    assert main(["evaluate", "busi", "--protocol", "points:3", "-o", str(run), *common]) == 0
+    assert (
+        main(["evaluate", "busi", "--prompts", str(run / "cases.csv"), "-o", str(tmp_path / "b"), *common])
+        == 0
+    )
+    first, second = read_rows(run), read_rows(tmp_path / "b")
+    scored = [row for row in first if row["prompt"] is not None]
+    assert scored and all(len(row["prompt"]["prompts"][0]["points"]) == 3 for row in scored)
+    assert all(label == 1 for row in scored for _, _, label in row["prompt"]["prompts"][0]["points"])
+    assert outcomes(second) == outcomes(first)
+    assert "recorded prompts from" in capsys.readouterr().out
+
+
 def test_evaluate_hippocampus_in_both_3d_modes(shared_data, tmp_path):
-    evaluate("msd-hippocampus", tmp_path, split="test", limit=1, data_root=shared_data, progress=False)
+    predictor = make_predictor(EvaluationConfig("msd-hippocampus"))
+    evaluate("msd-hippocampus", tmp_path, split="test", limit=1, data_root=shared_data, progress=False,
+             predictor=predictor)  # fmt: skip
     rows = read_csv(tmp_path / "cases.csv")
     assert {r["mode"] for r in rows} == {"propagate", "per_slice"}
     assert {r["units"] for r in rows} == {"mm"}
@@ -145,6 +254,17 @@ def test_evaluate_hippocampus_in_both_3d_modes(shared_data, tmp_path):
     assert all(r["prompt_slice"] != "" for r in rows if r["mode"] == "propagate")
     mask = load_prediction(tmp_path / rows[0]["mask_file"])
     assert mask.ndim == 3
+    for row in read_rows(tmp_path):
+        predicted = np.flatnonzero(load_prediction(tmp_path / row["mask_file"]).any(axis=(1, 2)))
+        slices = [entry["slice"] for entry in row["prompt"]["prompts"]]
+        assert len(row["prompt"]["image_shape"]) == 3 and row["prompt"]["orientation"]
+        if row["mode"] == "propagate":
+            assert slices == [int(row["prompt_slice"])]  # one box, on the prompted slice
+        else:  # a box on every slice that holds the target: the prediction lies only there
+            assert len(slices) > 1 and set(predicted.tolist()) <= set(slices)
+
+    replay(tmp_path, tmp_path / "again", progress=False, predictor=predictor)  # embeddings cached: quick
+    assert outcomes(read_rows(tmp_path / "again")) == outcomes(read_rows(tmp_path))
 
 
 # -- the command ------------------------------------------------------------------------------------------------
