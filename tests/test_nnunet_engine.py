@@ -19,7 +19,14 @@ import SimpleITK as sitk
 import torch
 from nnunet_tiny import build_tiny_model
 
-from oncoseg.contour.nnunet import contour_nnunet, map_labels, open_model, read_label_map, require_nnunet
+from oncoseg.contour.nnunet import (
+    contour_nnunet,
+    label_table,
+    map_labels,
+    open_model,
+    read_label_map,
+    require_nnunet,
+)
 from oncoseg.dicom.tg263 import lookup
 from oncoseg.errors import ModelError, OncoSegError, ShapeError
 from oncoseg.image import MedicalImage
@@ -164,6 +171,16 @@ def test_totalsegmentator_label_names_resolve_to_tg263(example):
     assert len(set(mapping.names.values())) == len(mapping.names)  # no two classes merged into one name
     assert len(mapping.names) >= 45
     assert "vertebrae_L1" in mapping.unmapped.values() and "rib_left_1" in mapping.unmapped.values()
+
+
+def test_label_table_shows_what_each_label_becomes(model):
+    rows = label_table(model, {"vertebrae_T12": "VB_T12", "spleen": None})
+    assert [(r["value"], r["label"], r["name"], r["status"]) for r in rows] == [
+        (1, "liver", "Liver", "TG-263 table"),
+        (2, "spleen", None, "skipped by label map"),
+        (3, "vertebrae_T12", "VB_T12", "label map"),
+    ]
+    assert label_table(model)[2]["status"] == "unmapped"
 
 
 def test_model_folder_errors(model, tmp_path):

@@ -224,6 +224,31 @@ def map_labels(labels: dict[int, str], label_map: dict[str, str | None] | None =
     return mapping
 
 
+def label_table(
+    models: str | Path | Sequence[str | Path],
+    label_map: dict[str, str | None] | str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """One row per label of the model folder(s): value, the model's name, the structure name it becomes (or
+    None) and how (``TG-263 table``, ``label map``, ``unmapped``, ``skipped by label map``); no weights loaded."""
+    paths = [models] if isinstance(models, (str, Path)) else list(models)
+    opened = [open_model(p) for p in paths]
+    if isinstance(label_map, (str, Path)):
+        label_map = read_label_map(label_map)
+    check_label_map(label_map, opened)
+    rows = []
+    for model in opened:
+        mapping = map_labels(model.labels, label_map)
+        for value, label in model.labels.items():
+            mapped = str(value) in (label_map or {}) or label in (label_map or {})
+            if value in mapping.names:
+                status = "label map" if mapped else "TG-263 table"
+            else:
+                status = "skipped by label map" if value in mapping.skipped else "unmapped"
+            row = {"model": model.dataset, "value": value, "label": label, "name": mapping.names.get(value)}
+            rows.append({**row, "status": status})
+    return rows
+
+
 def check_label_map(label_map: dict[str, str | None] | None, models: Sequence[NnUNetModel]) -> None:
     """Refuse label-map keys that name no label of the models (a typo would silently do nothing)."""
     if not label_map:
