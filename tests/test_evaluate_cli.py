@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -83,3 +84,48 @@ def test_interactive_protocol_refuses_pictures_and_ddp_in_one_line(shared_data, 
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and words in err, err
     assert not (tmp_path / "out" / "interactive.json").exists()
+
+
+def test_prompts_from_another_tools_jsonl_are_used_as_given(shared_data, tmp_path, monkeypatch, capsys):
+    """A file written by someone else's script (one row per line, the documented record) prompts exactly these
+    cases: the stand-in model paints the given box, so the prediction is that box."""
+    monkeypatch.setattr(ModelSpec, "build_predictor", lambda self, **_options: Predictor(BoxBackend()))
+    record = {"prompts": [{"slice": None, "box": [10, 20, 50, 60], "points": [[30, 40, 1], [12, 22, 0]]}]}
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(
+        json.dumps({"case_id": "benign (1)", "target": "lesion", "mode": "2d", "prompt": record}) + "\n"
+    )
+    out = tmp_path / "out"
+    code = main(["evaluate", "busi", "--split", "all", "--prompts", str(prompts), "--data", str(shared_data),
+                 "-o", str(out), "-q", "--no-report"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    with open(out / "cases.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["case_id"] == "benign (1)" and float(row["pred_voxels"]) == 41 * 41
+    assert json.loads(row["prompt"]) == record  # recorded as given, clicks in their order
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert run["protocol"] == {"kind": "recorded"} and run["prompts"] == str(prompts.resolve())
+    assert run["modes"] == ["2d"]
+
+
+def test_replay_and_prompt_refusals_are_one_line_and_write_nothing(shared_data, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    unknown = tmp_path / "unknown.jsonl"
+    unknown.write_text(json.dumps({"case_id": "nope", "target": "lesion", "prompt": None}) + "\n")
+    bad_box = tmp_path / "bad.jsonl"
+    bad_box.write_text(
+        json.dumps({"case_id": "benign (1)", "target": "lesion", "prompt": {"prompts": [{"box": [1, 2]}]}})
+        + "\n"
+    )
+    for arguments, words in (
+        ([], "give a dataset"),
+        (["busi", "--prompts", str(unknown), "--protocol", "points"], "--prompts replaces --protocol"),
+        (["--replay", str(tmp_path / "empty")], "no run.json"),
+        (["busi", "--split", "all", "--prompts", str(unknown)], "does not have (first: 'nope')"),
+        (["busi", "--split", "all", "--prompts", str(bad_box)], "box must be 4 numbers"),
+        (["busi", "--prompts", str(tmp_path / "missing.jsonl")], "no prompts at"),
+    ):
+        code = main(["evaluate", *arguments, "--data", str(shared_data), "-o", str(tmp_path / "out"), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "out").exists()
