@@ -197,6 +197,10 @@ def test_model_folder_errors(model, tmp_path):
         shutil.copytree(model, two / f"nnUNetTrainer__nnUNetPlans__{config}")
     with pytest.raises(ModelError, match="holds several trained models"):
         open_model(two)
+    with pytest.raises(ModelError, match="is a file: --model takes the nnU-Net model folder"):
+        open_model(model / "fold_0" / "checkpoint_final.pth")
+    shutil.copytree(model / "fold_0", two / "nnUNetTrainer__nnUNetPlans__2d" / "fold_1")
+    assert open_model(two / "nnUNetTrainer__nnUNetPlans__2d").folds == [0, 1]  # every fold, as nnU-Net does
     broken = two / "nnUNetTrainer__nnUNetPlans__2d"
     (broken / "plans.json").write_text("{not json")
     with pytest.raises(ModelError, match="plans.json cannot be read"):

@@ -63,6 +63,7 @@ class NnUNetModel:
             "folds": self.folds,
             "checkpoint": self.checkpoint,
             "input_channel": self.channel,
+            "image_reader_writer": self.reader,
             "labels": {str(v): n for v, n in self.labels.items()},
         }
 
@@ -71,11 +72,11 @@ class NnUNetModel:
 class LabelMapping:
     """Which model label becomes which TG-263 structure."""
 
-    names: dict[int, str] = field(default_factory=dict)  # value → TG-263 (or label-map) name
-    unmapped: dict[int, str] = field(default_factory=dict)  # value → model label name with no structure name
-    skipped: dict[int, str] = field(
-        default_factory=dict
-    )  # value → model label name the label map set to null
+    # value → TG-263 (or label-map) name; value → label name with no structure name; value → label name the
+    # label map set to null
+    names: dict[int, str] = field(default_factory=dict)
+    unmapped: dict[int, str] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
 
 
 def require_nnunet() -> None:
@@ -139,8 +140,10 @@ def open_model(
 
 
 def _model_folder(path: Path) -> Path:
-    if not path.is_dir():
+    if not path.exists():
         raise ModelError(f"nnU-Net model folder {path} does not exist")
+    if not path.is_dir():
+        raise ModelError(f"{path.name} is a file: --model takes the nnU-Net model folder, not a checkpoint")
     if (path / "dataset.json").is_file() and (path / "plans.json").is_file():
         return path
     inner = sorted(p for p in path.iterdir() if p.is_dir() and (p / "plans.json").is_file())
