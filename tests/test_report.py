@@ -17,7 +17,18 @@ from scipy import ndimage
 from oncoseg.data import open_dataset
 from oncoseg.errors import OncoSegError
 from oncoseg.evaluate.metrics import score
-from oncoseg.evaluate.report import TRUTH, pick_cases, render_case, results_table, write_report
+from oncoseg.evaluate.protocols import Protocol
+from oncoseg.evaluate.report import (
+    BOX,
+    EXCLUDE,
+    INCLUDE,
+    TRUTH,
+    pick_cases,
+    render_case,
+    results_table,
+    shown_slice,
+    write_report,
+)
 from oncoseg.evaluate.results import ResultStore, read_rows, save_prediction
 
 pytest.importorskip("matplotlib")
@@ -53,6 +64,7 @@ def build_folder(folder: Path, name: str, root: Path, cases: dict[str, int], mod
                     "dataset": name, "case_id": case_id, "patient_id": case.patient_id,
                     "category": case.category or "", "target": target, "mode": mode,
                     "units": "mm" if image.is_3d else "px",
+                    "prompt": Protocol("box").record(truth, mode, case_id, target),
                 }  # fmt: skip
                 if not truth.any():
                     rows.append(
@@ -135,6 +147,7 @@ def test_report_files_html_and_markdown(kvasir):
     assert all(base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n" for src in page.images)
     assert "http" not in (folder / "report.html").read_text(encoding="utf-8")
     assert "Kvasir-SEG" in page.text and expected in page.text and "0.714" in page.text
+    assert "Paper Dice (prompts not stated)" in page.text and "does not state which prompts" in page.text
 
     markdown = (folder / "report.md").read_text(encoding="utf-8")
     assert expected in markdown and "GT box" in markdown and "4 cases" in markdown
@@ -153,6 +166,9 @@ def test_strip_shows_best_median_and_worst(kvasir):
     assert f"best: {ids[1]}, Dice 1.000" in markdown
     assert f"worst: {ids[2]}, Dice {by_dice[-1]['dice']:.3f}" in markdown
     assert f"median: {by_dice[2]['case_id']}" in markdown  # 4 cases: ranks 1, 3 and 4
+    x0, y0, x1, y1 = by_dice[-1]["prompt"]["prompts"][0]["box"]  # the worst case's caption names its box
+    assert f"Dice {by_dice[-1]['dice']:.3f}; box x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}" in markdown
+    assert "Magenta rectangle: the box prompt" in markdown
     assert [name for name, _ in pick_cases(rows, 3)] == ["best", "median", "worst"]
     assert [row["case_id"] for _, row in pick_cases(rows, 1)] == [ids[1]]
 
@@ -165,6 +181,8 @@ def test_volume_report(hippocampus):
     for group in summary["groups"]:
         assert f"### {group['target']}, {group['mode']}" in markdown
         assert f"{group['dice']['mean']:.3f} ± {group['dice']['sd']:.3f}" in markdown
+    assert re.search(r"Dice \d\.\d{3}; slice \d+: box x \d+–\d+, y \d+–\d+", markdown)  # propagate
+    assert re.search(r"Dice \d\.\d{3}; a prompt on each of \d+ slices; slice \d+: box x \d+", markdown)
     images = markdown_images(hippocampus / "report.md")
     assert len(images) == 1 + 6 * 2 and all(image.is_file() for image in images)  # 2 cases per strip
     assert len(parse(hippocampus / "report.html").images) == len(images)
@@ -198,6 +216,7 @@ def test_results_table_has_a_line_per_group(kvasir, hippocampus):
     table = results_table([kvasir[0], hippocampus])
     lines = table.splitlines()
     assert lines[0].startswith("| Dataset | Target |") and set(lines[1]) <= {"|", "-", " "}
+    assert "| Paper Dice (prompts not stated) |" in lines[0]
     assert len(lines) == 2 + 1 + 6
     assert lines[2].startswith("| Kvasir-SEG | polyp | all | 2d | 4 |") and "| 0.714 | GT box |" in lines[2]
     assert all(line.startswith("| MSD Task04 Hippocampus |") and " mm" in line for line in lines[3:])
@@ -212,6 +231,31 @@ def test_render_case_draws_prediction_and_outline():
     assert picture.shape == (213, 320, 3)
     colours = {tuple(int(c) for c in pixel) for pixel in picture.reshape(-1, 3)}
     assert tuple(TRUTH.astype(int)) in colours and (127, 127, 127) in colours and len(colours) == 3
+
+
+def test_render_case_draws_the_box_and_the_clicks_where_they_were():
+    truth = np.zeros((40, 60), bool)
+    truth[10:30, 10:30] = True
+    prompt = {
+        "prompts": [{"slice": None, "box": [5.0, 5.0, 40.0, 35.0], "points": [[20, 20, 1], [50, 8, 0]]}]
+    }
+    picture = np.asarray(render_case(np.full((40, 60), 0.5), truth.copy(), truth, prompt))
+    scale = 320 / 60
+    assert tuple(picture[round(20 * scale), round(5 * scale)]) == BOX  # the box's left side
+    assert tuple(picture[round(20.5 * scale), round(20.5 * scale)]) == INCLUDE  # click 1
+    assert tuple(picture[round(8.5 * scale), round(50.5 * scale)]) == EXCLUDE  # click 2
+    plain = np.asarray(render_case(np.full((40, 60), 0.5), truth.copy(), truth))
+    assert not (plain == np.array(BOX)).all(axis=2).any()  # without a prompt nothing is drawn
+
+
+def test_a_volume_shows_the_prompted_slice():
+    truth = np.zeros((5, 8, 8), bool)
+    truth[1:4, 2:6, 2:6] = True
+    truth[2, 0, 0] = True  # slice 2 is the largest
+    assert shown_slice(truth) == 2
+    assert shown_slice(truth, {"prompts": [{"slice": 3, "box": [2, 2, 5, 5], "points": []}]}) == 3
+    per_slice = {"prompts": [{"slice": z, "box": [2, 2, 5, 5], "points": []} for z in (1, 2, 3)]}
+    assert shown_slice(truth, per_slice) == 2
 
 
 def test_missing_matplotlib_is_one_clear_error(kvasir, monkeypatch):
