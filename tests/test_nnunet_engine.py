@@ -92,6 +92,25 @@ def test_engine_equals_nnunet_own_file_based_prediction(result, series, model, e
     assert not np.array_equal(liver, liver[:, :, ::-1]) and not np.array_equal(liver, liver[:, ::-1, :])
 
 
+def test_engine_equals_nnunet_on_a_nifti_file(model, example, tmp_path):
+    """The training patient's canonical NIfTI, given to both as the file itself."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(example / "example_ct_sm.nii.gz", tmp_path / "in" / "case_0000.nii.gz")
+    predictor = nnUNetPredictor(
+        perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False
+    )
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=None)
+    predictor.predict_from_files_sequential(
+        [[str(tmp_path / "in" / "case_0000.nii.gz")]], [str(tmp_path / "c")]
+    )
+    own = load_image(tmp_path / "c.nii.gz").array
+    result = contour_nnunet(example / "example_ct_sm.nii.gz", model)
+    assert np.array_equal(result.masks["Liver"], own == 1)
+    assert _dice(result.masks["Liver"], load_image(example / "example_seg.nii.gz").array == 5) > 0.5
+
+
 def test_result_names_grid_and_report(result, series, example):
     assert all(lookup(name) is not None and lookup(name).name == name for name in result.masks)
     assert all(m.shape == series.shape for m in result.masks.values())
