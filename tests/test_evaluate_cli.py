@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from stand_in_models import BoxBackend
@@ -14,6 +16,8 @@ from oncoseg.cli import main
 from oncoseg.evaluate import default_output_folder
 from oncoseg.models.spec import ModelSpec
 from oncoseg.predictor import Predictor
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
 
 
 def test_default_output_folder_names_dataset_split_and_protocol():
@@ -106,6 +110,15 @@ def test_prompts_from_another_tools_jsonl_are_used_as_given(shared_data, tmp_pat
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert run["protocol"] == {"kind": "recorded"} and run["prompts"] == str(prompts.resolve())
     assert run["modes"] == ["2d"]
+
+    # the reading script of docs/evaluation.md, as printed there, on this folder
+    script = DOCS.read_text(encoding="utf-8").split("```python\n")[1].split("```")[0]
+    assert script.count("\n") <= 12
+    reader = tmp_path / "read_cases.py"
+    reader.write_text(script.replace('"runs/kvasir-jitter"', repr(str(out))), encoding="utf-8")
+    printed = subprocess.run([sys.executable, str(reader)], capture_output=True, encoding="utf-8", check=True)
+    assert printed.stdout.split() == ["benign", "(1)", "lesion", "2d", row["dice"], "None", "[10,", "20,",
+                                          "50,", "60]", "[[30,", "40,", "1],", "[12,", "22,", "0]]"]  # fmt: skip
 
 
 def test_replay_and_prompt_refusals_are_one_line_and_write_nothing(shared_data, tmp_path, capsys):
