@@ -64,7 +64,8 @@ def accuracy_section(result: dict) -> str:
         ),
         "",
         table(
-            ["dataset", "method", "n", "Dice mean ± sd", "median", "paper (its own prompts)", "prompt"], rows
+            ["dataset", "method", "n", "Dice mean ± sd", "median", "paper (prompts not stated)", "prompt"],
+            rows,
         ),
         "",
         "Protocols:",
@@ -158,7 +159,8 @@ def paper_table_section(result: dict) -> str:
             "`benchmarks/results/eval/*/report.html` (not committed: regenerate with the command)."
         ),
         (
-            "The preprint's numbers come from its own prompts and fine-tuned models; ours use the ground-truth box "
+            "The preprint's numbers come from its fine-tuned models with prompts it does not state; ours use the "
+            "ground-truth box "
             "(tight bounding box of the target, no jitter). NSD at 2 mm for volumes and 2 px for pictures; HD95 median."
         ),
         "",
@@ -466,7 +468,7 @@ def concepts_section(result: dict) -> str:
                 "empty → empty",
                 "instance F1 @0.5",
                 "Dice with GT box",
-                "paper Dice",
+                "paper Dice (prompts not stated)",
             ],
             rows,
         ),
