@@ -171,7 +171,7 @@ def save_overlay(picture: Image.Image, path: str | Path, outputs: OutputFiles | 
 
 
 def mask_to_polygons(
-    mask: np.ndarray, order: Literal["rc", "xy"] = "rc", tolerance: float = 0.0
+    mask: np.ndarray, order: Literal["rc", "xy"] = "rc", tolerance: float = 0.0, inset: float = 0.0
 ) -> list[np.ndarray]:
     """Closed polygons ``(n, 2)`` (last point not repeated) around every boundary of a 2D mask: the outer edge
     of each island and the edge of each hole, in pixel coordinates (pixel centres are integers).
@@ -181,9 +181,17 @@ def mask_to_polygons(
     half-pixel lattice by marching squares at level 0.5, collinear vertices dropped; filling the polygons with
     the even-odd rule gives back exactly the mask's pixels); above 0 the outline is simplified by
     Douglas-Peucker (`simplify_polyline`) to within ``tolerance`` pixels, and polygons of under 3 points are
-    kept (exact outlines always have 3 or more)."""
+    kept (exact outlines always have 3 or more).
+
+    ``inset`` (0 <= inset < 0.5 pixel): every vertex, which lies midway between an inside and an outside pixel
+    centre, is moved this far toward the inside centre. Point-in-polygon of pixel centres still gives back the
+    mask exactly, and so does rounding the vertices to the nearest pixel and filling the polygon with its
+    edges included (what rt-utils and OpenCV's ``fillPoly`` do); with 0, such readers draw a mask grown by up
+    to a pixel ring. The RTSTRUCT writer uses it (docs/dicom.md, "Contour convention")."""
     if order not in ("rc", "xy"):
         raise ValueError(f"order must be 'rc' or 'xy', not {order!r}")
+    if not 0.0 <= inset < 0.5:
+        raise ValueError(f"inset must be at least 0 and below 0.5 pixel, not {inset!r}")
     mask = np.asarray(mask)
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -194,6 +202,8 @@ def mask_to_polygons(
     offset = np.array([rows[0] - 1.0, cols[0] - 1.0])  # the padding closes contours that touch the border
     polygons = []
     for line in find_contours(crop, 0.5):  # closed lines: the last point repeats the first
+        if inset > 0:
+            line = _toward_inside(line, crop, inset)
         if tolerance > 0:
             points = simplify_polyline(line, tolerance)[:-1]
         else:
@@ -203,6 +213,20 @@ def mask_to_polygons(
         points = points + offset
         polygons.append(points[:, ::-1] if order == "xy" else points)
     return polygons
+
+
+def _toward_inside(line: np.ndarray, mask: np.ndarray, inset: float) -> np.ndarray:
+    """Marching-squares vertices (each midway between two neighbouring pixel centres, one in, one out) moved
+    ``inset`` pixel toward the centre that is in the mask."""
+    # a vertex between rows r and r + 1 has a half-integer row (else it lies between two columns)
+    on_row_edge = line[:, 0] % 1.0 != 0.0
+    low = np.floor(line).astype(np.int64)
+    rows, cols = low[:, 0], low[:, 1]
+    step = np.where(mask[rows, cols] > 0.5, -inset, inset)  # toward the lower neighbour when it is inside
+    moved = line.copy()
+    moved[on_row_edge, 0] += step[on_row_edge]
+    moved[~on_row_edge, 1] += step[~on_row_edge]
+    return moved
 
 
 def _drop_collinear(points: np.ndarray) -> np.ndarray:

@@ -38,6 +38,9 @@ RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
 MANUFACTURER = "Onco-Seg"
 CONTOUR_DATA = 0x30060050
+# Contour vertices sit this many pixels inside the half-pixel boundary (see `oncoseg.render.mask_to_polygons`
+# and docs/dicom.md, "Contour convention"): point-in-polygon readers and rounding readers both get the mask back.
+CONTOUR_INSET = 0.1
 
 # Copied from the source so the structure set files under the same patient and study.
 _PATIENT_STUDY = (
@@ -184,7 +187,8 @@ def _roi_contours(number: int, color: list[int], mask: np.ndarray, ref: Referenc
     frames = ref.to_frames(mask)
     for k in np.flatnonzero(frames.reshape(len(frames), -1).any(axis=1)):
         require("skimage.measure", "scikit-image")  # one clear line if the DICOM extra is missing
-        for polygon in mask_to_polygons(frames[k], order="rc"):  # (row, column), as pixel_to_patient takes
+        # (row, column), as pixel_to_patient takes
+        for polygon in mask_to_polygons(frames[k], order="rc", inset=CONTOUR_INSET):
             points = ref.pixel_to_patient(int(k), polygon)
             contour = Dataset()
             contour.ContourImageSequence = Sequence([_image_ref(ref, int(k))])
