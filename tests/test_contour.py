@@ -20,9 +20,9 @@ from oncoseg.contour.refine import RefineSettings, refine_priors
 from oncoseg.errors import OncoSegError
 from oncoseg.io import load_image
 
-ORGANS = ["Liver", "Spleen", "Aorta", "SpinalCord"]
+ORGANS = ["Liver", "Spleen", "A_Aorta", "SpinalCord"]
 # TotalSegmentator label values of these organs in example_seg_dicom.nii.gz
-REFERENCE_LABELS = {"Liver": 5, "Spleen": 1, "Aorta": 52, "SpinalCord": 79}
+REFERENCE_LABELS = {"Liver": 5, "Spleen": 1, "A_Aorta": 52, "SpinalCord": 79}
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +100,11 @@ def test_registration_recovers_a_known_shift(atlas):
 def test_synthetic_deformation_is_undone(atlas):
     """Sanity check (b) of docs/contour.md: a known smooth deformation of the atlas itself is recovered."""
     patient, truth = synthetic_patient(atlas, seed=1)
-    result = contour(patient, ["Liver", "Spleen", "Kidney_L", "Aorta"], atlas=atlas, refine=False)
+    result = contour(patient, ["Liver", "Spleen", "Kidney_L", "A_Aorta"], atlas=atlas, refine=False)
     scores = dice_per_organ(result.masks, truth)
     # affine alone, for comparison: the deformable stage must help
     affine = contour(
-        patient, ["Liver", "Spleen", "Kidney_L", "Aorta"], atlas=atlas, refine=False, deformable=False
+        patient, ["Liver", "Spleen", "Kidney_L", "A_Aorta"], atlas=atlas, refine=False, deformable=False
     )
     affine_scores = dice_per_organ(affine.masks, truth)
     assert min(scores.values()) > 0.85, scores

@@ -80,7 +80,7 @@ def test_structure_set_refers_to_series_and_sets_names_colours_generator(example
     assert [i.ReferencedSOPInstanceUID for i in series.ContourImageSequence] == reference.sop_instance_uids
 
     names = {roi.ROINumber: roi.ROIName for roi in ds.StructureSetROISequence}
-    assert {"Liver", "Spleen", "SpinalCord", "Aorta", "Stomach"} <= set(names.values())
+    assert {"Liver", "Spleen", "SpinalCord", "A_Aorta", "Stomach"} <= set(names.values())
     assert "liver" not in names.values()
     offsets = reference.slice_offsets()
     sop_index = {uid: k for k, uid in enumerate(reference.sop_instance_uids)}
@@ -253,6 +253,31 @@ def test_tg263_table_names_aliases_and_colours():
         assert len(color) == 3 and all(0 <= c <= 255 for c in color)
         assert default_color(name) == color  # stable
     assert default_color("kidney_left") == default_color("Kidney_L")
+
+
+def tg263_primary_names() -> set[str]:
+    """The AAPM TG-263 primary names (anatomic structures), from tests/data/tg263_primary_names.csv (source in
+    its header)."""
+    import csv
+    from pathlib import Path
+
+    lines = (
+        (Path(__file__).parent / "data" / "tg263_primary_names.csv").read_text(encoding="utf-8").splitlines()
+    )
+    return {row["primary_name"] for row in csv.DictReader(line for line in lines if not line.startswith("#"))}
+
+
+def test_every_name_in_the_shipped_table_is_a_tg263_primary_name():
+    from oncoseg.dicom.seg import _SNOMED
+
+    primary = tg263_primary_names()
+    assert len(primary) > 600 and {"A_Aorta", "V_Venacava_I", "Liver", "Kidney_L"} <= primary
+    assert [s.name for s in STRUCTURES if s.name not in primary] == []
+    assert set(_SNOMED) <= {s.name for s in STRUCTURES}  # the SEG's codes follow the table's names
+    # the names Onco-Seg used before still find their TG-263 entry
+    assert [standard_name(old) for old in ("Aorta", "VenaCava_I", "VenaCava_S", "Mandible")] == [
+        "A_Aorta", "V_Venacava_I", "V_Venacava_S", "Bone_Mandible"
+    ]  # fmt: skip
 
 
 def test_notes_such_as_the_quality_flag_go_into_the_roi_description(tmp_path, small_series):

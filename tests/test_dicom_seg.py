@@ -44,7 +44,7 @@ def test_segments_carry_tg263_labels_colours_codes_and_algorithm(example):
     assert ds.FrameOfReferenceUID == reference.frame_of_reference_uid
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == reference.series_instance_uid
     segments = {s.SegmentLabel: s for s in ds.SegmentSequence}
-    assert {"Liver", "Spleen", "SpinalCord", "Aorta"} <= set(segments)
+    assert {"Liver", "Spleen", "SpinalCord", "A_Aorta"} <= set(segments)
     liver = segments["Liver"]
     assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SNOMED CT liver
     assert liver.SegmentAlgorithmType == "AUTOMATIC" and liver.SegmentAlgorithmName == "Onco-Seg"

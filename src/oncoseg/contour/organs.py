@@ -46,7 +46,7 @@ TOTALSEGMENTATOR_LAYOUT = {
 MODEL_REFINED = frozenset(
     {
         "Liver", "Kidney_L", "Kidney_R", "Heart", "Gallbladder", "Bladder",
-        "Lung_L", "Lung_R", "Lungs", "Brain", "Aorta", "Femur_Head_L", "Femur_Head_R", "Femur_L", "Femur_R",
+        "Lung_L", "Lung_R", "Lungs", "Brain", "A_Aorta", "Femur_Head_L", "Femur_Head_R", "Femur_L", "Femur_R",
     }
 )  # fmt: skip
 

@@ -4,6 +4,10 @@
 whitespace → ``_``, at most 64 characters, the DICOM limit of an ROI name). `default_color(name)` is the table's
 colour for known structures and a stable colour derived from the name otherwise. The table holds the common
 thoracic, abdominal, pelvic and head-and-neck organs at risk; check it against your clinic's own list.
+
+Every name is a TG-263 primary name (AAPM Report 263, Mayo et al. 2018): tests/test_dicom_rtstruct.py checks the
+whole table against the report's list of primary names, kept in tests/data/tg263_primary_names.csv with its
+source. Older Onco-Seg names (``Aorta``, ``VenaCava_I``, ``Mandible``) still resolve as aliases.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ STRUCTURES: tuple[Structure, ...] = (
     _s("Lung_RLL", "right lower lobe", (30, 100, 190), "lung_lower_lobe_right"),
     _s("Esophagus", "oesophagus", (255, 170, 90), "esophagus", "oesophagus"),
     _s("Trachea", "trachea", (140, 255, 255), "trachea"),
-    _s("Aorta", "aorta", (220, 20, 60), "aorta"),
-    _s("VenaCava_S", "superior vena cava", (30, 60, 200), "superior_vena_cava", "svc"),
-    _s("VenaCava_I", "inferior vena cava", (20, 40, 170), "inferior_vena_cava", "ivc"),
+    _s("A_Aorta", "aorta", (220, 20, 60), "aorta"),
+    _s("V_Venacava_S", "superior vena cava", (30, 60, 200), "superior_vena_cava", "svc", "venacava_s"),
+    _s("V_Venacava_I", "inferior vena cava", (20, 40, 170), "inferior_vena_cava", "ivc", "venacava_i"),
     _s("V_Pulmonary", "pulmonary veins", (80, 80, 220), "pulmonary_vein", "pulmonary veins"),
     _s("A_Brachiocephls", "brachiocephalic trunk", (200, 40, 90), "brachiocephalic_trunk"),
     _s("A_Carotid_L", "left common carotid artery", (230, 60, 60), "common_carotid_artery_left"),
@@ -51,7 +55,6 @@ STRUCTURES: tuple[Structure, ...] = (
     _s("BrachialPlex_R", "right brachial plexus", (235, 210, 0), "brachial_plexus_right"),
     _s("Breast_L", "left breast", (255, 180, 200), "breast_left"),
     _s("Breast_R", "right breast", (235, 160, 180), "breast_right"),
-    _s("Sternum", "sternum", (240, 240, 200), "sternum"),
     _s("SpinalCord", "spinal cord", (255, 255, 0), "spinal_cord", "spinal cord", "cord"),
     _s("SpinalCanal", "spinal canal", (230, 230, 60), "spinal_canal"),
     # abdomen
@@ -96,7 +99,7 @@ STRUCTURES: tuple[Structure, ...] = (
     _s("Glnd_Submand_R", "right submandibular gland", (0, 180, 180), "submandibular_gland_right"),
     _s("Glnd_Thyroid", "thyroid gland", (128, 0, 255), "thyroid_gland", "thyroid"),
     _s("Larynx", "larynx", (0, 255, 200), "larynx"),
-    _s("Mandible", "mandible", (220, 220, 220), "mandible"),
+    _s("Bone_Mandible", "mandible", (220, 220, 220), "mandible"),
     _s("Cavity_Oral", "oral cavity", (255, 150, 150), "oral_cavity", "oral cavity"),
     _s("Eye_L", "left eye", (0, 255, 0), "eye_left", "left eye", "globe_left"),
     _s("Eye_R", "right eye", (0, 230, 0), "eye_right", "right eye", "globe_right"),
