@@ -52,8 +52,8 @@ def resample_isotropic(image: sitk.Image, spacing: float, default: float = -1024
     old_spacing = np.array(image.GetSpacing())
     size = np.array(image.GetSize())
     new_size = [max(2, round(float(n))) for n in size * old_spacing / spacing]
-    sigma = [max(0.0, (spacing - s) / 2.0) for s in old_spacing]
-    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) > 0 else image
+    sigma = [max(0.01, (spacing - s) / 2.0) for s in old_spacing]  # ITK refuses a zero sigma
+    smoothed = sitk.SmoothingRecursiveGaussian(image, sigma) if max(sigma) > 0.01 else image
     return sitk.Resample(
         smoothed,
         new_size,
