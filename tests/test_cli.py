@@ -3,6 +3,7 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,11 @@ def test_help_lists_commands_and_prompt_options():
     seg = run("segment", "--help")
     assert seg.returncode == 0
     assert all(option in seg.stdout for option in ("--box", "--point", "--3d", "X0,Y0,X1,Y1[,Z]", ":neg"))
-    assert "--object NAME" in seg.stdout and "oncoseg segment ct.nii.gz --3d --object liver" in seg.stdout
+    assert (
+        "--object [NAME]" in seg.stdout
+        and "--spacing X,Y" in seg.stdout
+        and "oncoseg segment ct.nii.gz --3d --object liver" in seg.stdout
+    )
     refine = run("refine", "--help")
     assert refine.returncode == 0 and "refine" in top.stdout
     assert all(
@@ -59,6 +64,11 @@ def test_info_prints_shape_spacing_and_orientation():
     assert lines["spacing"].endswith("mm  (x, y, z)")
     facts = json.loads(run("info", sample_path("polyp"), "--json").stdout)
     assert facts["shape"] == [529, 617] and facts["channels"] == 3 and facts["modality"] == "endoscopy"
+    assert facts["spacing_unit"] == "px" and facts["modality_source"] == "guessed"
+    lines = {line.split()[0]: line for line in run("info", sample_path("polyp")).stdout.splitlines()}
+    assert lines["spacing"].startswith("spacing     1 x 1 px") and "mm" not in lines["spacing"]
+    given = json.loads(run("info", sample_path("polyp"), "--spacing", "0.2", "--json").stdout)
+    assert given["spacing_unit"] == "mm" and given["spacing_mm"] == [0.2, 0.2]
 
 
 def test_segment_2d_prints_json_and_writes_mask_and_overlay(tmp_path):
@@ -69,7 +79,8 @@ def test_segment_2d_prints_json_and_writes_mask_and_overlay(tmp_path):
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     obj = summary["objects"][0]
-    assert obj["area_mm2"] > 0 and obj["volume_ml"] is None and summary["output"] == str(mask)
+    assert obj["area_px2"] > 0 and obj["volume_px3"] is None and summary["output"] == str(mask)
+    assert obj["unit"] == "px" and not any(key.endswith(("_mm", "_mm2")) for key in obj)  # a JPEG: pixels
     written = load_image(mask).array > 0
     assert obj["voxel_count"] == int(written.sum())
     assert dice(written, load_image(sample_path("polyp_mask.png")).array > 0) >= 0.85
@@ -93,6 +104,36 @@ def test_summary_table_names_size_diameters_and_files(capsys):
         "object 2: 2.50 mL, RECIST long 20.0 mm, short 10.0 mm, score 0.80, slices 3-9",
         "mask written to m.nii.gz, overlay to o.png",
     ]
+
+
+def test_summary_of_a_picture_is_in_pixels_and_says_a_guessed_modality(capsys):
+    summary = {
+        "image": {"modality": "ultrasound", "modality_source": "guessed", "shape": [487, 349]},
+        "objects": [
+            {"label": 1, "volume_px3": None, "area_px2": 44107, "recist_long_px": 257.74, "recist_short_px": 237.1,
+             "score": 0.93, "unit": "px"},
+        ],
+    }  # fmt: skip
+    print_summary(summary, "m.png", None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("modality ultrasound is a guess") and "--modality" in lines[0]
+    assert lines[1] == "object 1: 44107 px², RECIST long 257.7 px, short 237.1 px, score 0.93"
+    assert "--spacing" in lines[2] and not any("mm" in line for line in lines[:2])
+
+
+def test_one_click_per_object_and_spacing_on_the_command_line(tmp_path):
+    done = run("segment", POLYP, "--spacing", "0.5,0.25", "--object", "--point", "286,288", "--object", "mucosa",
+               "--point", "80,40", "-o", tmp_path / "m.png", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    objects = json.loads(done.stdout)["objects"]
+    assert [o["label"] for o in objects] == [1, 2] and [o["unit"] for o in objects] == ["mm", "mm"]
+    assert objects[0]["area_mm2"] == pytest.approx(objects[0]["voxel_count"] * 0.125, abs=0.01)
+    labels = load_image(tmp_path / "m.png").array
+    assert labels[288, 286] == 1 and labels[40, 80] == 2
+    refused = run(
+        "segment", CT, "--box", f"{CT_BOX},{CT_Z}", "--spacing", "1,1,1", "-o", tmp_path / "c.nii.gz"
+    )
+    assert refused.returncode == 2 and "has its own spacing" in refused.stderr
 
 
 def test_segment_3d_propagates_and_reports_volume(tmp_path):
@@ -271,6 +312,34 @@ def test_datasets_lists_the_registry_and_what_is_found(shared_data):
     assert rows["kvasir-seg"]["found"] and rows["kvasir-seg"]["n_cases"] == 1000
     assert rows["busi"]["paper_dice"] == 0.752
     assert not rows["isic2018"]["found"]
+
+
+def test_datasets_finds_the_data_from_any_folder_and_set_root_saves_it(shared_data, tmp_path):
+    """From a temporary current folder: the default root beside the repository, then a root saved with
+    --set-root (in $XDG_CONFIG_HOME), then a missing one named with how to set it."""
+    env = {k: v for k, v in os.environ.items() if k != "ONCOSEG_DATA"}
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+
+    def datasets(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ONCOSEG), "datasets", "--json", *args], check=False, capture_output=True,
+                              encoding="utf-8", timeout=120, cwd=tmp_path, env=env)  # fmt: skip
+
+    found = {row["name"]: row["found"] for row in json.loads(datasets().stdout)}
+    assert found["kvasir-seg"] and found["busi"]  # the repository's neighbour, not ./shared/data
+    mine = tmp_path / "mine"
+    (mine / "kvasir-seg").mkdir(parents=True)
+    saved = datasets("--set-root", str(mine))
+    assert saved.returncode == 0 and f"data root set to {mine}" in saved.stderr
+    rows = {row["name"]: row for row in json.loads(datasets().stdout)}
+    assert rows["kvasir-seg"]["path"].startswith(str(mine)) and not rows["busi"]["found"]
+    env["ONCOSEG_DATA"] = str(tmp_path / "nowhere")
+    missing = datasets()
+    assert missing.returncode == 0 and missing.stderr.count("\n") == 1
+    assert "nowhere (from $ONCOSEG_DATA) does not exist: set it with `oncoseg datasets --set-root DIR`" in (
+        missing.stderr
+    )
+    bad = datasets("--set-root", str(tmp_path / "absent"))
+    assert bad.returncode == 2 and "no such folder" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 def test_library_warnings_are_one_line_without_uids(capsys):

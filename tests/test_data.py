@@ -33,6 +33,7 @@ from oncoseg.data import (
     paper_benchmarks,
 )
 from oncoseg.data.adapters import LAYOUTS
+from oncoseg.data.registry import ROOT_HELP, config_path, root_source, save_data_root
 from oncoseg.data.splits import SPLIT_DIR, committed_split, hash_order
 from oncoseg.errors import OncoSegError
 from oncoseg.modality import MODALITIES
@@ -564,6 +565,7 @@ def test_registry_only_split_follows_the_rule(tmp_path):
 
 def test_data_root_comes_from_argument_then_environment_then_cwd(tmp_path, monkeypatch):
     make_isic2018(tmp_path)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # no saved setting
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
     assert data_root() == tmp_path and len(open_dataset("isic2018")) == 2
     assert data_root(tmp_path / "x") == tmp_path / "x"
@@ -574,6 +576,31 @@ def test_data_root_comes_from_argument_then_environment_then_cwd(tmp_path, monke
     assert data_root() == REPO.parent / "shared" / "data"
     with pytest.raises(OncoSegError, match=r"^isic2018: data root .*nowhere does not exist \(pass root or "):
         open_dataset("isic2018", tmp_path / "nowhere")
+
+
+def test_a_saved_data_root_is_found_from_any_folder_and_the_environment_still_wins(tmp_path, monkeypatch):
+    data, elsewhere = tmp_path / "my data", tmp_path / "elsewhere"
+    make_isic2018(data)
+    elsewhere.mkdir()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.chdir(elsewhere)
+    assert root_source() == "the default beside the repository"
+    assert save_data_root(data) == data and config_path() == tmp_path / "config" / "oncoseg" / "config.json"
+    assert data_root() == data and len(open_dataset("isic2018")) == 2  # from a folder with no data near it
+    assert root_source().startswith("the setting in ")
+    monkeypatch.setenv(ENV_VAR, str(elsewhere))
+    assert data_root() == elsewhere and root_source() == f"from ${ENV_VAR}"
+    with pytest.raises(OncoSegError, match=r"^--set-root .*nowhere: no such folder$"):
+        save_data_root(tmp_path / "nowhere")
+    assert json.loads(config_path().read_text(encoding="utf-8")) == {"data_root": str(data)}  # kept as it was
+    config_path().write_text("{not json", encoding="utf-8")
+    monkeypatch.delenv(ENV_VAR)
+    with pytest.raises(
+        OncoSegError, match=r"config.json: cannot be read as Onco-Seg settings .*fix or delete it$"
+    ):
+        data_root()
+    assert "--set-root DIR" in ROOT_HELP and ENV_VAR in ROOT_HELP
 
 
 # --- incomplete folders ------------------------------------------------------------------------------------

@@ -466,8 +466,9 @@ def size(obj: dict, digits: int = 2) -> str:
 
 
 def modality_note(image: dict) -> str | None:
-    """A line saying the modality was guessed (None when it was given or read from DICOM)."""
-    if image.get("modality_source") != "guessed":
+    """A line saying a picture's modality was guessed (None when it was given or read from DICOM; a volume's
+    guess, CT from Hounsfield units or else MRI, is not repeated on every run)."""
+    if image.get("modality_source") != "guessed" or len(image.get("shape", ())) != 2:
         return None
     return (
         f"modality {image['modality']} is a guess from the file (it sets the intensity normalisation): "

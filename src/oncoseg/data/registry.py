@@ -6,12 +6,15 @@ next to CVC-ClinicDB and the datasets kept in ``../shared/data`` for tests. Read
 
 Where the data is (`data_root`, the one place that decides it for datasets, evaluation, training and the
 contour atlas): the ``root`` a caller passes (``--root``/``--data``), else the folder in the environment
-variable ``ONCOSEG_DATA``, else ``shared/data`` beside the source checkout (``<repository>/../shared/data``,
-found from this file, so the current folder does not matter).
+variable ``ONCOSEG_DATA``, else the user setting saved by ``oncoseg datasets --set-root DIR`` (``data_root`` in
+``$XDG_CONFIG_HOME/oncoseg/config.json``, default ``~/.config/oncoseg/config.json``), else ``shared/data``
+beside the source checkout (``<repository>/../shared/data``, found from this file). The current folder never
+matters.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +27,74 @@ REPOSITORY = Path(__file__).resolve().parents[3]  # src/oncoseg/data/registry.py
 DEFAULT_DATA_ROOT = REPOSITORY.parent / "shared" / "data"
 
 
+ROOT_HELP = (
+    f"set it with `oncoseg datasets --set-root DIR` (saved for every later command) or the environment variable "
+    f"{ENV_VAR}=DIR, or pass --root/--data DIR"
+)
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else ``$ONCOSEG_DATA``, else `DEFAULT_DATA_ROOT` (beside the repository, not the current
-    folder). The folder may not exist: readers say so in one line."""
+    """``root``, else ``$ONCOSEG_DATA``, else the saved user setting (`save_data_root`), else
+    `DEFAULT_DATA_ROOT` (beside the repository; never the current folder). The folder may not exist: readers
+    say so in one line (`ROOT_HELP` says how to set it)."""
     if root is not None:
         return Path(root).expanduser()
     env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else DEFAULT_DATA_ROOT
+    if env:
+        return Path(env).expanduser()
+    return saved_data_root() or DEFAULT_DATA_ROOT
+
+
+def root_source(root: str | os.PathLike | None = None, saved: bool = False) -> str:
+    """Where `data_root` (``root``) comes from, in words; with ``saved``: the settings file."""
+    if saved:
+        return str(config_path())
+    if root is not None:
+        return "given"
+    if os.environ.get(ENV_VAR):
+        return f"from ${ENV_VAR}"
+    if saved_data_root() is not None:
+        return f"the setting in {config_path()}"
+    return "the default beside the repository"
+
+
+def config_path() -> Path:
+    """The user settings file: ``$XDG_CONFIG_HOME/oncoseg/config.json`` (default ``~/.config/oncoseg/...``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base).expanduser() / "oncoseg" / "config.json"
+
+
+def saved_data_root() -> Path | None:
+    """The data root saved by `save_data_root`, or None; an unreadable settings file is a one-line error."""
+    path = config_path()
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("data_root")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise OncoSegError(
+            f"{path}: cannot be read as Onco-Seg settings ({type(exc).__name__}): fix or delete it"
+        )
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def save_data_root(folder: str | os.PathLike) -> Path:
+    """Save ``folder`` (an existing folder, stored as an absolute path) as the data root in the user settings
+    (other settings in the file are kept). Returns the folder."""
+    from oncoseg.io.write import atomic_write_path
+
+    folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise OncoSegError(f"--set-root {folder}: no such folder")
+    path = config_path()
+    settings = {}
+    if path.is_file():
+        saved_data_root()  # a damaged file is reported, not overwritten
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write_path(path) as temporary:
+        temporary.write_text(json.dumps({**settings, "data_root": str(folder)}, indent=2), encoding="utf-8")
+    return folder
 
 
 MSD = "Antonelli M. et al., The Medical Segmentation Decathlon, Nature Communications 13:4128 (2022)"
