@@ -250,6 +250,63 @@ def test_kvasir_jpeg_is_rgb_and_busi_png_is_grey():
     assert busi.origin == (0.0, 0.0) and busi.source_orientation is None
 
 
+def test_greyscale_pictures_are_guessed_radiographs_when_deep_or_large_else_ultrasound(tmp_path):
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 4096, (300, 250), dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(rng.integers(0, 256, (1600, 1300), dtype=np.uint8)).save(tmp_path / "large.png")
+    Image.fromarray(rng.integers(0, 256, (400, 500), dtype=np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "colour.png")
+    guesses = {name: load_image(tmp_path / f"{name}.png") for name in ("deep", "large", "small", "colour")}
+    assert {name: image.modality for name, image in guesses.items()} == {
+        "deep": "xray", "large": "xray", "small": "ultrasound", "colour": "endoscopy",
+    }  # fmt: skip
+    assert all(image.describe()["modality_source"] == "guessed" for image in guesses.values())
+
+
+@needs_data
+def test_busi_ultrasound_pictures_stay_guessed_as_ultrasound():
+    pictures = sorted(p for p in (DATA / "busi").glob("*/*.png") if "_mask" not in p.name)
+    assert len(pictures) == 687
+    assert {load_image(p).modality for p in pictures[::7]} == {"ultrasound"}  # every 7th: 99 pictures
+
+
+def test_pictures_and_arrays_measure_in_pixels_unless_a_spacing_is_given(tmp_path):
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(tmp_path / "p.png")
+    picture = load_image(tmp_path / "p.png")
+    assert picture.spacing == (1.0, 1.0) and picture.spacing_unit == "px"
+    assert picture.with_array(np.zeros((30, 40), np.uint8)).spacing_unit == "px"  # a mask keeps it
+    given = load_image(tmp_path / "p.png", spacing="0.2,0.3")
+    assert (
+        given.spacing == (0.2, 0.3)
+        and given.spacing_unit == "mm"
+        and given.describe()["spacing_unit"] == "mm"
+    )
+    assert load_image(tmp_path / "p.png", spacing=0.5).spacing == (0.5, 0.5)  # one value: square pixels
+    for bad in ("0,1", "a,b", "1,2,3", "nan"):
+        with pytest.raises(OncoSegError, match="expected X,Y .*pixel size in mm"):
+            load_image(tmp_path / "p.png", spacing=bad)
+    sitk.WriteImage(synthetic_volume(), str(tmp_path / "v.nii.gz"))
+    volume = load_image(tmp_path / "v.nii.gz")
+    assert volume.spacing_unit == "mm"
+    with pytest.raises(OncoSegError, match="has its own spacing"):
+        load_image(tmp_path / "v.nii.gz", spacing="1,1,1")
+    assert MedicalImage.from_array(np.zeros((4, 5))).spacing_unit == "px"
+    assert MedicalImage.from_array(np.zeros((4, 5)), spacing=(0.7, 0.7)).spacing_unit == "mm"
+
+
+def test_dicom_without_pixel_spacing_is_in_pixels(tmp_path):
+    ct = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    (tmp_path / "with").mkdir()
+    ct.save_as(tmp_path / "with" / "ct.dcm")
+    del ct.PixelSpacing
+    (tmp_path / "without").mkdir()
+    ct.save_as(tmp_path / "without" / "ct.dcm")
+    assert load_image(tmp_path / "with").spacing_unit == "mm"
+    bare = load_image(tmp_path / "without")
+    assert bare.spacing_unit == "px" and bare.spacing == (1.0, 1.0)
+    assert load_image(tmp_path / "without", spacing="0.5").spacing_unit == "mm"
+
+
 def test_16_bit_png_keeps_values_and_rgba_drops_alpha(tmp_path):
     deep = np.array([[0, 1000, 65535], [3, 40000, 7]], dtype=np.uint16)
     Image.fromarray(deep).save(tmp_path / "deep.png")

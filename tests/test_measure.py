@@ -230,3 +230,27 @@ def test_oncoseg_measure_is_the_function_as_the_readme_says():
     )
     assert done.returncode == 0, done.stderr
     assert float(done.stdout) == 4.0
+
+
+def test_pixels_are_reported_as_pixels_never_millimetres():
+    """An image without a physical pixel size (`MedicalImage.spacing_unit` "px") is measured in pixels: the
+    same numbers, with keys and text that say px."""
+    from oncoseg.image import MedicalImage
+    from oncoseg.measure import measure_image, recist_text, size_text
+
+    mask = np.zeros((20, 30), bool)
+    mask[5:9, 2:12] = True  # 4 x 10 pixels
+    picture = MedicalImage.from_array(mask.astype(np.uint8))
+    px = measure_image(mask, picture)
+    mm = measure(mask, (1.0, 1.0))
+    assert px.unit == "px" and mm.unit == "mm" and px.recist_long_mm == mm.recist_long_mm
+    values = px.to_dict()
+    assert values["unit"] == "px" and values["area_px2"] == 40 and values["volume_px3"] is None
+    assert values["recist_long_px"] == pytest.approx(np.hypot(10, 4), abs=0.01)
+    assert not any("mm" in key or key == "volume_ml" for key in values)
+    assert px.text() == f"40 px², RECIST {np.hypot(10, 4):.1f} x {recist_text(values).split(' x ')[1]}"
+    assert "mm" not in px.text() and size_text(mm.to_dict()) == "40.0 mm²" and mm.to_dict()["unit"] == "mm"
+    volume = measure(np.ones((2, 3, 4), bool), (1.0, 1.0, 1.0), unit="px").to_dict()
+    assert volume["volume_px3"] == 24 and size_text(volume) == "24 px³" and "max_3d_diameter_px" in volume
+    with pytest.raises(OncoSegError, match="unit must be"):
+        measure(mask, (1.0, 1.0), unit="inch")
