@@ -1,8 +1,10 @@
 """`oncoseg train`: config checks, a real (tiny) LoRA run on real data with chaining and named checkpoints,
 resume after a real kill, and DDP over 2 CPU processes ending with identical weights."""
 
+import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +58,12 @@ def test_config_errors_are_one_clear_line(tmp_path):
     bad.write_text("name: x\noutput: out\nphases: []\n", encoding="utf-8")
     with pytest.raises(OncoSegError, match="no phases"):
         load_config(bad)
+    bad.write_text(
+        "name: x\noutput: out\ncheckpoint_every_steps: 0\nphases: [{name: a, datasets: [busi]}]\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(OncoSegError, match="checkpoint_every_steps must be a positive whole number, not 0"):
+        load_config(bad)
     bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(OncoSegError, match="not valid YAML"):
         load_config(bad)
@@ -105,6 +113,16 @@ def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, h
     assert main(["train", str(config), "-q"]) == 0
     assert time.perf_counter() - began < 30
 
+    # The training checkpoint given where model weights are expected: one line naming the adapter to use.
+    picture = next((shared_data / "kvasir-seg" / "images").glob("*.jpg"))
+    code = main(["segment", str(picture), "--box", "10,10,100,100", "--checkpoint", str(first / "last.ckpt"),
+                 "-o", str(tmp_path / "mask.png")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "mask.png").exists()
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and len(errors[0]) < 400, errors
+    assert "expected a LoRA adapter or a full state dict, found a training checkpoint" in errors[0]
+    assert str(first / "adapter.safetensors") in errors[0]
+
     # The named checkpoint works where users meet it.
     out = tmp_path / "eval"
     code = main(["evaluate", "msd-hippocampus", "--limit", "1", "--modes", "per_slice", "--checkpoint", "latest",
@@ -151,13 +169,51 @@ def test_damaged_or_foreign_checkpoints_are_refused(shared_data, tmp_path, home,
     torch.save({"state_dict": {"model.something": torch.zeros(3)}}, phase / "last.ckpt")
     assert main(["train", str(config), "-q"]) == 2
     assert "another model or LoRA setting" in capsys.readouterr().err
-    assert main(["evaluate", "kvasir-seg", "--checkpoint", "no-such-name", "-q"]) == 2
+    out = tmp_path / "eval"  # not the default folder, which an earlier evaluation may hold
+    assert main(["evaluate", "kvasir-seg", "--checkpoint", "no-such-name", "-q", "-o", str(out)]) == 2
     assert "no checkpoint file or name" in capsys.readouterr().err
 
 
-def _run(config: Path, env: dict, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "oncoseg.cli", "train", str(config), "-q"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", **kwargs)  # fmt: skip
+class _Keys:
+    """A dataset of sample keys, to see which samples a loader hands out."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, key):
+        return key
+
+
+def test_loader_resumes_after_the_batches_it_handed_out():
+    from oncoseg.train.phases import EpochSampler
+    from oncoseg.train.resume import ResumableLoader
+
+    def loader():
+        return ResumableLoader(_Keys(), batch_size=3, sampler=EpochSampler(10, seed=1), collate_fn=list)
+
+    first = loader()
+    first.sampler.set_epoch(2)
+    whole = [key for batch in first for key in batch]
+    assert sorted(index for _, index in whole) == list(range(10)) and {e for e, _ in whole} == {2}
+    iterator = iter(first)
+    next(iterator), next(iterator)
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches": 2}
+
+    again = loader()
+    again.load_state_dict(state)
+    again.sampler.set_epoch(2)
+    assert [key for batch in again for key in batch] == whole[6:]  # the rest of epoch 3, once
+    assert [key for batch in again for key in batch] == whole
+    other = loader()
+    other.load_state_dict(state)
+    other.sampler.set_epoch(3)  # the checkpoint's epoch was finished: the next one is whole
+    assert len([key for batch in other for key in batch]) == 10
+
+
+def _run(config: Path, env: dict, *options: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "oncoseg.cli", "train", str(config), *(options or ["-q"])],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8")  # fmt: skip
 
 
 @pytest.mark.slow
@@ -208,3 +264,80 @@ def test_ddp_with_two_processes_ends_with_identical_weights(shared_data, tmp_pat
     assert [p.name for p in ranks] == ["weights.rank0.sha256", "weights.rank1.sha256"]
     assert ranks[0].read_text(encoding="utf-8") == ranks[1].read_text(encoding="utf-8")
     assert (phase / "adapter.safetensors").exists()
+
+
+def _metrics(phase: Path) -> list[dict[str, str]]:
+    with (phase / "logs" / "version_0" / "metrics.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+PROGRESS = re.compile(
+    r"step (\d+)/6  loss \d+\.\d{3}  val_dice (-|\d\.\d{3})  \d+\.\d samples/s  ETA (\d+[hms]\S*|-)"
+)
+
+
+def test_killed_mid_epoch_resumes_with_the_same_samples_and_losses(shared_data, tmp_path):
+    """A run killed right after its first step checkpoint (mid-epoch) and run again logs the same per-step losses,
+    validation and epoch means as an uninterrupted run, in one log; done.json counts both processes; piped
+    output gets the plain progress line."""
+    env = {
+        **os.environ,
+        "ONCOSEG_HOME": str(tmp_path / "home"),
+        "PYTHONWARNINGS": "ignore",
+        "OMP_NUM_THREADS": "1",
+    }
+    keys = {"checkpoint_every_steps": 2, "loggers": "[csv, tensorboard]"}
+    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
+    runs = {}
+    for folder in (straight_dir, killed_dir):
+        folder.mkdir()
+        text = TINY.format(output=folder / "run", data=shared_data, epochs=2, steps=3).replace(
+            "loggers: [csv]\n", ""
+        )
+        text = text.replace("phases:", "".join(f"{k}: {v}\n" for k, v in keys.items()) + "phases:")
+        runs[folder] = folder / "train.yaml"
+        runs[folder].write_text(text + "    samples_per_epoch: 6\n", encoding="utf-8")
+
+    reference = _run(runs[straight_dir], env)
+    process = _run(runs[killed_dir], env)
+    phase = killed_dir / "run" / "01-first"
+    checkpoint = phase / "last.ckpt"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None and not checkpoint.exists():
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed: " + process.stderr.read()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (phase / "done.json").exists()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 2}]
+    assert state["global_step"] == 2  # written after batch 2 of epoch 1's 3: a mid-epoch checkpoint
+
+    resumed = _run(runs[killed_dir], env, "--progress-every", "0")
+    out, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-2000:]
+    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-2000:]
+
+    # The same losses step by step, the same validation and epoch means, in one log per run.
+    straight_phase = straight_dir / "run" / "01-first"
+    assert _metrics(phase) == _metrics(straight_phase)
+    assert len([row for row in _metrics(phase) if row["train_loss_step"]]) == 6
+    for logs in ("logs", "tensorboard"):
+        assert [p.name for p in (phase / logs).iterdir()] == ["version_0"]
+    fingerprint = (phase / "weights.rank0.sha256").read_text(encoding="utf-8")
+    assert fingerprint == (straight_phase / "weights.rank0.sha256").read_text(encoding="utf-8")
+
+    # Time: both processes are counted.
+    record = json.loads((phase / "done.json").read_text(encoding="utf-8"))
+    processes = json.loads((phase / "time.json").read_text(encoding="utf-8"))["processes"]
+    assert record["processes"] == len(processes) == 2
+    assert record["seconds"] == pytest.approx(sum(p["seconds"] for p in processes), abs=0.2)
+    assert processes[0]["seconds"] > 0
+
+    # Piped output: the resume is announced, then one progress line per step (0 s interval) from step 3 on.
+    lines = out.splitlines()
+    assert "phase first: resuming from last.ckpt at step 2 (epoch 1, after batch 2 of 3)" in lines
+    progress = [PROGRESS.fullmatch(line) for line in lines if line.startswith("step ")]
+    assert all(progress), lines
+    assert [int(m.group(1)) for m in progress] == [3, 4, 5, 6]
+    assert progress[0].group(2) == "-" and progress[-1].group(2) != "-"  # val Dice once validated

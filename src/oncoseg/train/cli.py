@@ -19,7 +19,8 @@ example CONFIG (relative paths are taken from the config file's folder):
 
 then: oncoseg evaluate msd-hippocampus --checkpoint brain
 Other keys: lr, weight_decay, accumulate, patience, precision (auto|32-true|bf16-mixed|16-mixed),
-accelerator, devices, num_nodes, max_steps_per_epoch, loggers [csv, tensorboard, wandb], data_root.
+accelerator, devices, num_nodes, max_steps_per_epoch, loggers [csv, tensorboard, wandb], data_root,
+checkpoint_every_steps (last.ckpt every N optimizer steps), checkpoint_every_minutes (default 10).
 """
 
 
@@ -28,22 +29,41 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "train",
         help="fine-tune the model with LoRA in phases described by a YAML file",
         description="Fine-tune LiteMedSAM with LoRA (r=16, alpha=32, dropout 0.1 on the image encoder's attention; "
-        "mask decoder trained) over the phases of CONFIG, with Lightning. Finished phases are skipped, an "
-        "interrupted phase resumes from its last.ckpt, and each finished phase registers its adapter under its "
-        "name and as 'latest' for --checkpoint NAME.",
+        "mask decoder trained) over the phases of CONFIG, with Lightning. Finished phases are skipped; a phase "
+        "writes last.ckpt every epoch and every 10 minutes (checkpoint_every_minutes / checkpoint_every_steps), "
+        "and an interrupted phase resumes from it where it stopped, mid-epoch too: run the same command again. "
+        "Each finished phase registers its adapter under its name and as 'latest' for --checkpoint NAME.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", help="YAML file: name, output, phases (see the example below)")
-    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    train.add_argument("-q", "--quiet", action="store_true", help="no progress bar or progress line")
+    train.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="when the output is not a terminal (nohup, SLURM, a pipe), print a progress line (step, loss, "
+        "val Dice, samples/s, ETA) every SECONDS (default 30; 0: every step)",
+    )
     return train
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     from oncoseg.train.phases import load_config, train
 
     config = load_config(args.config)
-    for record in train(config, progress=not args.quiet):
+    for record in train(config, progress=not args.quiet, progress_seconds=args.progress_every):
         if "adapter" in record:
             dice = record.get("best_val_dice")
             print(

@@ -3,7 +3,8 @@ Dice + Focal loss, validation Dice/IoU, AdamW with cosine warm restarts (the pap
 from the epoch number at each epoch's start, the same schedule as torch's CosineAnnealingWarmRestarts).
 
 Each training batch seeds torch from the run's seed, the epoch and the batch number, so a step replayed after a crash draws
-the same dropout masks as in the uninterrupted run (the samples are fixed by seed and epoch: see ``phases``).
+the same dropout masks as in the uninterrupted run (the samples are fixed by seed and epoch: see ``phases``). The
+epoch's mean training loss is kept in the checkpoint, so an epoch resumed in its middle logs the same mean.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class SegmentationModule(lightning.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.restart_epochs, self.restart_mult = restart_epochs, restart_mult
         self.seed = seed
+        self.epoch_loss = [0.0, 0]  # this epoch's sum of loss × samples and samples: saved in checkpoints
 
     def forward(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         return box_forward(self.model, image, box)
@@ -95,10 +97,24 @@ class SegmentationModule(lightning.LightningModule):
         torch.manual_seed(hash((self.seed, self.current_epoch, batch_index, self.global_rank)) % 2**63)
 
     def on_train_epoch_start(self) -> None:
+        # not called when a run resumes mid-epoch: the optimizer's saved state has the rate, and epoch_loss
+        # comes from the checkpoint (on_load_checkpoint)
         rate = self.learning_rate(self.current_epoch)
         for group in self.trainer.optimizers[0].param_groups:
             group["lr"] = rate
-        self.log("lr", rate, on_step=False, on_epoch=True)
+        self.epoch_loss = [0.0, 0]
+
+    def on_train_epoch_end(self) -> None:
+        total, count = self.epoch_loss
+        if count:
+            self.log("train_loss_epoch", total / count, on_step=False, on_epoch=True)
+        self.log("lr", self.learning_rate(self.current_epoch), on_step=False, on_epoch=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["oncoseg_epoch_loss"] = list(self.epoch_loss)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.epoch_loss = list(checkpoint.get("oncoseg_epoch_loss", [0.0, 0]))
 
     def predictions(self, batch: dict[str, Any]) -> list[torch.Tensor]:
         """The model's mask logits at the target's size: one tensor, or several for models with several heads
@@ -111,7 +127,10 @@ class SegmentationModule(lightning.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         heads = self.predictions(batch)
         loss = sum(self.loss(logits.float(), batch["mask"], batch["modality"]) for logits in heads)
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["box"]))
+        size = len(batch["box"])
+        self.log("train_loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        # the epoch's mean is kept here rather than by Lightning, whose running mean a resumed epoch would lose
+        self.epoch_loss = [self.epoch_loss[0] + float(loss.detach()) * size, self.epoch_loss[1] + size]
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_index: int) -> None:

@@ -12,9 +12,12 @@ phases:
     epochs: null                 # null: the paper's calibration by training-set size
 ```
 
-A new phase starts from the previous phase's adapter (weights only: a fresh optimizer and scheduler). An
-interrupted phase resumes from its ``last.ckpt`` with its full state (weights, optimizer, scheduler, epoch);
-each epoch's random draws depend only on (seed, epoch), so the resumed run ends where an uninterrupted one would.
+A new phase starts from the previous phase's adapter (weights only: a fresh optimizer and scheduler). A phase
+writes ``last.ckpt`` at the end of every epoch and, within an epoch, every ``checkpoint_every_steps`` optimizer
+steps or else every ``checkpoint_every_minutes`` (10). An interrupted phase resumes from its ``last.ckpt`` with its
+full state (weights, optimizer, epoch, place in the epoch: `oncoseg.train.resume`); each epoch's random draws
+depend only on (seed, epoch), so the resumed run sees the same samples and losses as an uninterrupted one. Its
+logs continue in one ``logs/version_0`` (and one TensorBoard folder); ``time.json`` adds up every process's time.
 A finished phase keeps ``last.ckpt``, ``adapter.safetensors`` (its best validation Dice) and ``done.json``.
 """
 
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,10 +101,18 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
     wandb_offline: bool = True
     num_workers: int = 0
+    checkpoint_every_steps: int | None = None  # last.ckpt every N optimizer steps within an epoch
+    checkpoint_every_minutes: float = 10.0  # ... or, without checkpoint_every_steps, every M minutes
 
     def __post_init__(self) -> None:
         if not self.phases:
             raise OncoSegError("the training config has no phases")
+        steps = self.checkpoint_every_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise OncoSegError(f"checkpoint_every_steps must be a positive whole number, not {steps!r}")
+        minutes = self.checkpoint_every_minutes
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
+            raise OncoSegError(f"checkpoint_every_minutes must be a positive number, not {minutes!r}")
         unknown = set(self.loggers) - set(LOGGERS)
         if unknown:
             raise OncoSegError(f"unknown logger(s) {', '.join(sorted(unknown))}: use {', '.join(LOGGERS)}")
@@ -173,9 +183,15 @@ class EpochSampler:
 
     def __init__(self, length: int, seed: int) -> None:
         self.length, self.seed, self.epoch = length, seed, 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, done: int) -> None:
+        """Make the next pass, if it is over ``epoch``, skip this process's first ``done`` samples (a run
+        resumed in the middle of an epoch); a pass over another epoch is whole."""
+        self._resume = (int(epoch), int(done))
 
     @staticmethod
     def _rank_world() -> tuple[int, int]:
@@ -193,7 +209,11 @@ class EpochSampler:
         rank, world = self._rank_world()
         order = np.random.default_rng([self.seed, self.epoch, 17]).permutation(self.length)
         order = np.resize(order, len(self) * world)  # equal shares: wrap around to pad
-        return iter([(self.epoch, int(index)) for index in order[rank::world]])
+        mine = order[rank::world]
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            mine = mine[resume[1] :]
+        return iter([(self.epoch, int(index)) for index in mine])
 
 
 class _EpochSamples:
@@ -215,8 +235,12 @@ def phase_folder(config: TrainConfig, index: int) -> Path:
     return Path(config.output) / f"{index + 1:02d}-{config.phases[index].name}"
 
 
-def train(config: TrainConfig | str | Path, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every phase of ``config`` in order (finished phases are skipped); returns each phase's record."""
+def train(
+    config: TrainConfig | str | Path, progress: bool = True, progress_seconds: float = 30.0
+) -> list[dict[str, Any]]:
+    """Run every phase of ``config`` in order (finished phases are skipped); returns each phase's record.
+    ``progress``: a progress bar on a terminal, else a progress line every ``progress_seconds``
+    (`oncoseg.train.progress`); False shows neither."""
     if not isinstance(config, TrainConfig):
         config = load_config(config)
     records, previous_adapter = [], None
@@ -230,7 +254,7 @@ def train(config: TrainConfig | str | Path, progress: bool = True) -> list[dict[
 
             record = run_concept_phase(config, phase, folder, progress)
         else:
-            record = run_phase(config, phase, folder, previous_adapter, progress)
+            record = run_phase(config, phase, folder, previous_adapter, progress, progress_seconds)
         records.append(record)
         if phase.type == "lora":
             previous_adapter = folder / "adapter.safetensors"
@@ -249,14 +273,19 @@ def _cases(config: TrainConfig, phase: PhaseConfig, split: str, datasets: list[s
     return cases
 
 
-def _loggers(config: TrainConfig, phase: PhaseConfig, folder: Path) -> list:
+def _loggers(config: TrainConfig, phase: PhaseConfig, folder: Path, keep_before: int | None) -> list:
+    """The phase's loggers, each writing one log across resumes (``version_0``); ``keep_before``: None for a
+    fresh phase, else the step a resumed run logs first (later entries of a killed process are dropped)."""
     from lightning.pytorch import loggers
+
+    from oncoseg.train.resume import ResumableCSVLogger
 
     chosen = []
     if "csv" in config.loggers:
-        chosen.append(loggers.CSVLogger(folder, name="logs"))
+        chosen.append(ResumableCSVLogger(folder, name="logs", keep_before=keep_before))
     if "tensorboard" in config.loggers:
-        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard"))
+        purge = {} if keep_before is None else {"purge_step": keep_before}
+        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard", version=0, **purge))
     if "wandb" in config.loggers:
         try:
             import wandb  # noqa: F401
@@ -291,8 +320,9 @@ def weights_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def check_resumable(path: Path, module) -> None:
-    """Refuse a damaged checkpoint, or one written for another model or LoRA setting, with one clear line."""
+def check_resumable(path: Path, module) -> dict[str, Any]:
+    """The checkpoint at ``path``; a damaged one, or one written for another model or LoRA setting, is refused
+    with one clear line."""
     import torch
 
     try:
@@ -302,31 +332,48 @@ def check_resumable(path: Path, module) -> None:
         raise OncoSegError(
             f"cannot resume: {path} is damaged ({type(error).__name__}); delete it to restart the phase"
         ) from None
+    from oncoseg.models.state_dicts import mismatch
+
     expected = module.state_dict()
-    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
-    wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (missing or unexpected or wrong)[0]
+    problem = mismatch(expected, weights) if isinstance(weights, dict) else f"found {type(weights).__name__}"
+    if problem:
         raise OncoSegError(
-            f"cannot resume: {path} was written for another model or LoRA setting ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(wrong)} differently shaped tensors, e.g. {detail}); "
-            "delete it or use another output folder"
+            f"cannot resume: {path} was written for another model or LoRA setting: expected {len(expected)} "
+            f"tensors, found {len(weights) if isinstance(weights, dict) else 0} ({problem}); delete it or use "
+            "another output folder"
         )
+    return state
 
 
 def run_phase(
-    config: TrainConfig, phase: PhaseConfig, folder: Path, start_adapter: Path | None, progress: bool = True
+    config: TrainConfig,
+    phase: PhaseConfig,
+    folder: Path,
+    start_adapter: Path | None,
+    progress: bool = True,
+    progress_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """Train one phase in ``folder`` (resuming from its ``last.ckpt`` if there is one)."""
+    import sys
+
     import lightning
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from torch.utils.data import DataLoader
 
     from oncoseg.models.litemedsam import build_model
     from oncoseg.train.checkpoints import register
     from oncoseg.train.lora import LoraSettings, apply_lora, describe, load_adapter, save_adapter
     from oncoseg.train.module import SegmentationModule
+    from oncoseg.train.progress import ProgressLine
+    from oncoseg.train.resume import (
+        AtomicCheckpointIO,
+        ClockNotes,
+        ResumableLoader,
+        RunClock,
+        StepCheckpoint,
+        log_step,
+        remove_stale_temporaries,
+    )
     from oncoseg.train.samples import (
         MixedSamples,
         SampleSettings,
@@ -335,8 +382,8 @@ def run_phase(
         validation_samples,
     )
 
-    began = time.perf_counter()
     folder.mkdir(parents=True, exist_ok=True)
+    clock = RunClock(folder)
     lightning.seed_everything(config.seed, workers=True, verbose=False)
     if config.backend == "sam3":
         from oncoseg.models.sam3 import training_model
@@ -368,13 +415,31 @@ def run_phase(
 
     module = SegmentationModule(model, lr=config.lr, weight_decay=config.weight_decay, seed=config.seed)
     module.train()  # LoRA dropout on (frozen BatchNorm keeps its statistics: see oncoseg.train.lora)
-    train_loader = DataLoader(
+    train_loader = ResumableLoader(
         _EpochSamples(samples), batch_size=config.batch_size, sampler=EpochSampler(len(samples), config.seed),
         collate_fn=collate_samples, num_workers=config.num_workers,
     )  # fmt: skip
-    val_loader = DataLoader(validation, batch_size=config.batch_size, collate_fn=collate_samples)
-    best = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_dice", mode="max", save_last=True)
+    val_loader = torch.utils.data.DataLoader(
+        validation, batch_size=config.batch_size, collate_fn=collate_samples
+    )
+    resume = folder / "last.ckpt"
+    checkpoint = check_resumable(resume, module) if resume.exists() else None
+    best = ModelCheckpoint(
+        dirpath=folder,
+        filename="best",
+        monitor="val_dice",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    steps = StepCheckpoint(resume, config.checkpoint_every_steps, config.checkpoint_every_minutes)
+    callbacks = [best, steps, EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)]
+    callbacks.append(ClockNotes(clock, every=max(progress_seconds, 1.0)))
+    bar = progress and sys.stdout.isatty()
     multi = config.devices * config.num_nodes > 1
+    if progress and not bar:
+        world = config.devices * config.num_nodes
+        callbacks.append(ProgressLine(progress_seconds, config.batch_size * config.accumulate * world))
     trainer = lightning.Trainer(
         max_epochs=epochs,
         accelerator=config.accelerator,
@@ -384,22 +449,26 @@ def run_phase(
         precision=trainer_precision(config.precision, config.accelerator, config.backend),
         accumulate_grad_batches=config.accumulate,
         limit_train_batches=config.max_steps_per_epoch or 1.0,
-        callbacks=[best, EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)],
-        logger=_loggers(config, phase, folder),
-        enable_progress_bar=progress,
+        callbacks=callbacks,
+        logger=_loggers(config, phase, folder, None if checkpoint is None else log_step(checkpoint)),
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=bar,
         enable_model_summary=False,
         log_every_n_steps=1,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # EpochSampler shards by rank itself
     )
-    resume = folder / "last.ckpt"
-    if resume.exists():
-        check_resumable(resume, module)
+    clock.writer = trainer.is_global_zero
     if trainer.is_global_zero:
-        print(f"phase {phase.name}: {describe(model)}; {len(samples)} samples/epoch, {epochs} epochs")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if resume.exists() else None)
+        remove_stale_temporaries(folder)
+        print(
+            f"phase {phase.name}: {describe(model)}; {len(samples)} samples/epoch, {epochs} epochs",
+            flush=True,
+        )
+        if checkpoint is not None:
+            print(f"phase {phase.name}: {_resuming(checkpoint, train_loader, config)}", flush=True)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(resume) if checkpoint is not None else None)
     _finish_wandb(trainer)
-    seconds = time.perf_counter() - began
     # Every process notes a fingerprint of its trainable weights: after DDP they must all be the same.
     (folder / f"weights.rank{trainer.global_rank}.sha256").write_text(
         weights_fingerprint(model) + "\n", encoding="utf-8"
@@ -414,6 +483,7 @@ def run_phase(
         save_adapter(model, adapter, extra={"phase": phase.name, "best_val_dice": best_dice})
         for old in folder.glob("best*.ckpt"):
             old.unlink()
+        clock.note()
         record.update(
             adapter=str(adapter),
             epochs=epochs,
@@ -421,7 +491,8 @@ def run_phase(
             best_val_dice=best_dice,
             train_cases=len(train_cases),
             samples_per_epoch=len(samples),
-            seconds=round(seconds, 1),
+            seconds=round(clock.total, 1),  # every process that worked on the phase (time.json)
+            processes=len(clock.processes),
             datasets=phase.datasets,
             replay=phase.replay,
         )
@@ -430,3 +501,17 @@ def run_phase(
         register("latest", adapter, run=config.name, phase=phase.name, best_val_dice=best_dice)
         (folder / "done.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def _resuming(checkpoint: dict[str, Any], loader, config: TrainConfig) -> str:
+    """ "resuming from last.ckpt at step 6 (epoch 2, after batch 3 of 8)" for the log."""
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    states = (fit_loop.get("state_dict") or {}).get("combined_loader") or [{}]
+    batches = int(states[0].get("batches", 0))
+    per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
+    epoch = int(checkpoint.get("epoch", 0))
+    if batches >= per_epoch:
+        where = f"start of epoch {epoch + 2}"
+    else:
+        where = f"epoch {epoch + 1}, after batch {batches} of {per_epoch}"
+    return f"resuming from last.ckpt at step {checkpoint.get('global_step', 0)} ({where})"
