@@ -7,9 +7,11 @@ geometry and sanity, not as ground truth.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -21,6 +23,8 @@ from oncoseg.errors import OncoSegError
 from oncoseg.io import load_image
 
 ORGANS = ["Liver", "Spleen", "A_Aorta", "SpinalCord"]
+# organs the atlas has that the registration places outside the example series' 40 mm slab (none in its labels)
+OUTSIDE = ["Lung_RLL", "Gallbladder"]
 # TotalSegmentator label values of these organs in example_seg_dicom.nii.gz
 REFERENCE_LABELS = {"Liver": 5, "Spleen": 1, "A_Aorta": 52, "SpinalCord": 79}
 
@@ -38,7 +42,7 @@ def atlas(example):
 @pytest.fixture(scope="module")
 def series_result(example, atlas):
     """Atlas-only contours of the example DICOM series (another patient than the atlas)."""
-    return contour(example / "example_ct_dicom", ORGANS, atlas=atlas, refine=False)
+    return contour(example / "example_ct_dicom", ORGANS + OUTSIDE, atlas=atlas, refine=False)
 
 
 def test_organ_table_lists_tg263_names_and_what_the_atlas_supports(atlas):
@@ -173,12 +177,35 @@ def test_outputs_label_map_json_and_rtstruct(series_result, example, tmp_path):
         assert dice(labels == value, series_result.masks[name]) > 0.95  # overlaps resolved, little lost
     assert sidecar["organs"]["Liver"]["method"] == "atlas only"
     assert sidecar["organs"]["Liver"]["volume_ml"] > 100
+    _check_confidence_and_omissions(sidecar, series_result)
 
     rt = series_result.save(tmp_path / "oars.dcm", "rtstruct")
     back = read_rtstruct(rt, example / "example_ct_dicom")
-    assert set(back) == set(ORGANS)
+    assert set(back) == set(ORGANS)  # organs not drawn are not in the RTSTRUCT either...
     for name in ORGANS:
         assert dice(back[name], series_result.masks[name]) > 0.9, name
+    rt_sidecar = json.loads(sidecar_path(rt).read_text(encoding="utf-8"))  # ...but listed in its sidecar
+    assert sidecar_path(rt).name == "oars.json" and rt_sidecar["not_drawn"] == sidecar["not_drawn"]
+    # each ROI's description carries the organ's confidence, with REVIEW when flagged
+    descriptions = {roi.ROIName: roi.ROIDescription for roi in pydicom.dcmread(rt).StructureSetROISequence}
+    for name in ORGANS:
+        confidence = series_result.evidence[name].confidence
+        assert f"Onco-Seg confidence {confidence.estimate:.2f}" in descriptions[name]
+        assert ("REVIEW" in descriptions[name]) == confidence.review
+
+
+def _check_confidence_and_omissions(sidecar: dict, result) -> None:
+    """Organs outside the scan are listed with their reason, never drawn; drawn organs carry a confidence."""
+    assert set(sidecar["not_drawn"]) == set(OUTSIDE) == set(result.omitted)
+    assert all("outside the scan" in reason for reason in sidecar["not_drawn"].values())
+    assert set(sidecar["organs"]) == set(ORGANS) == set(result.masks)
+    for row in sidecar["organs"].values():
+        confidence = row["confidence"]
+        assert 0.0 < confidence["estimate"] <= 1.0 and confidence["review"] == (confidence["estimate"] < 0.5)
+        assert "atlas only, not checked by the model" in confidence["reasons"] or not confidence["review"]
+    estimates = {name: sidecar["organs"][name]["confidence"]["estimate"] for name in sidecar["review_first"]}
+    assert list(estimates) == sorted(estimates, key=estimates.get)  # least confident first
+    assert set(estimates) == {n for n, row in sidecar["organs"].items() if row["confidence"]["review"]}
 
 
 def test_cli_contour(example, tmp_path, capsys):
@@ -202,6 +229,15 @@ def test_cli_contour(example, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "Liver" in printed and "Spleen" in printed and out.exists() and sidecar_path(out).exists()
+
+    # every organ asked for and not drawn is named with its reason; the organs to review come first
+    code = main(["contour", str(example / "example_ct_dicom"), "--organs", "liver,spinal_cord,gallbladder",
+                 "--no-refine", "-q", "-o", str(out)])  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "REVIEW FIRST (lowest confidence first):" and lines[1].split()[0] == "SpinalCord"
+    not_drawn = lines.index("NOT DRAWN (1):")
+    assert lines[not_drawn + 1].split()[0] == "Gallbladder" and "outside the scan" in lines[not_drawn + 1]
 
     # rtstruct needs a DICOM series; unknown organs are named; nothing is written on failure
     bad = tmp_path / "bad.dcm"
@@ -249,6 +285,11 @@ def test_default_path_on_the_example_series(example, atlas):
     result = contour(example / "example_ct_dicom", atlas=atlas)
     reference = load_image(example / "example_seg_dicom.nii.gz").array
     assert result.methods["Liver"] == "atlas + model" and result.refinement["Liver"].refined > 10
+    # the kidneys are not in this slab (its labels have none): the model disagrees with their registered priors
+    assert {"Kidney_L", "Kidney_R"} <= set(result.omitted) and not {"Kidney_L", "Kidney_R"} & set(
+        result.masks
+    )
+    assert all("weak evidence" in result.omitted[n] for n in ("Kidney_L", "Kidney_R")), result.omitted
     liver = dice(result.masks["Liver"], reference == 5)
     assert liver > 0.75, liver
     assert "refine" in result.timings
@@ -262,3 +303,56 @@ def test_warp_labels_with_identity_keeps_labels(atlas):
     identity = sitk.Transform(3, sitk.sitkIdentity)
     warped = warp_labels(atlas.labels, identity, atlas.image)
     assert np.array_equal(warped, atlas.labels.array)
+
+
+def test_coverage_is_the_share_of_each_atlas_organ_inside_the_scan(atlas):
+    """The atlas onto itself (identity): every organ is wholly inside; onto its own lower half: the share of
+    each organ's voxels in those slices (within the 4 mm grid's rounding)."""
+    from oncoseg.contour import coverage
+
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    values = {
+        name: [v for v, n in atlas.names.items() if n == name] for name in ("Liver", "Spleen", "Kidney_L")
+    }
+    assert all(
+        abs(share - 1.0) < 1e-9 for share in coverage(atlas.labels, values, identity, atlas.image).values()
+    )
+    half = atlas.image.shape[0] // 2
+    lower = dataclasses.replace(atlas.image, array=atlas.image.array[:half])  # the first half of the slices
+    shares = coverage(atlas.labels, values, identity, lower)
+    for name, share in shares.items():
+        mask = atlas.mask(name)
+        expected = mask[:half].sum() / mask.sum()
+        assert abs(share - expected) < 0.1, (name, share, expected)
+    assert 0.0 < min(shares.values()) < 1.0
+
+
+def test_weigh_draws_omits_and_explains():
+    """The decision rules of oncoseg.contour.evidence on small masks (no registration, no model)."""
+    from oncoseg.contour import weigh
+    from oncoseg.contour.refine import OrganRefinement
+
+    prior = np.zeros((4, 40, 40), bool)
+    prior[:, 5:35, 5:35] = True  # 3600 voxels of 1 mm^3 = 3.6 mL ... scaled by voxel_ml below
+    voxel_ml = 0.05  # 180 mL
+    drawn = weigh("Liver", prior, prior, voxel_ml, 0.9)
+    assert drawn.omitted is None and not drawn.confidence.review
+    assert drawn.confidence.reasons == ("atlas only, not checked by the model",)
+    assert "outside the scan" in weigh("Liver", prior & False, prior & False, voxel_ml, 0.0).omitted
+    assert "2% of the registered" in weigh("Liver", prior, prior, voxel_ml, 0.02).omitted
+    tiny = np.zeros_like(prior)
+    tiny[0, :2, :2] = True
+    assert "only 0.2 mL" in weigh("Pancreas", tiny, tiny, voxel_ml, 0.5).omitted
+    # the model found something else in the boxes: weak evidence, not drawn
+    other = np.zeros_like(prior)
+    other[:, 20:40, 20:40] = True
+    refinement = OrganRefinement(slices=4, refined=4, kept_prior=0, mean_score=0.9)
+    assert "model disagrees" in weigh("Kidney_L", prior, other, voxel_ml, 0.9, refinement).omitted
+    refinement = OrganRefinement(slices=4, refined=1, kept_prior=3, mean_score=0.9)
+    assert "only 25% of its slices" in weigh("Kidney_L", prior, prior, voxel_ml, 0.9, refinement).omitted
+    # model and atlas agree: more confidence than the atlas alone; a low score and a small share lower it
+    refinement = OrganRefinement(slices=4, refined=4, kept_prior=0, mean_score=0.95)
+    agreed = weigh("Liver", prior, prior, voxel_ml, 0.9, refinement).confidence
+    assert agreed.estimate > drawn.confidence.estimate
+    doubtful = weigh("Liver", prior, prior, voxel_ml, 0.15, OrganRefinement(4, 4, 0, 0.2)).confidence
+    assert doubtful.review and any("model score 0.20" in r for r in doubtful.reasons)

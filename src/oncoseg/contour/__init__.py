@@ -4,6 +4,7 @@
 
     result = contour("ct_dicom_folder/")          # every organ the default atlas has
     result.save("oars.nii.gz")                     # label map + oars.json
+    result.omitted                                 # organs asked for and not drawn → why
 
 Names are imported on first use, so ``oncoseg --help`` does not load SimpleITK or the model.
 """
@@ -16,6 +17,7 @@ _EXPORTS = {
     "MODEL_REFINED": "organs", "Atlas": "organs", "load_atlas": "organs", "organ_names": "organs",
     "organ_table": "organs", "resolve_organs": "organs",
     "OUTPUT_TYPES": "pipeline", "ContourResult": "pipeline", "contour": "pipeline", "sidecar_path": "pipeline",
+    "confidence_text": "pipeline", "OrganEvidence": "evidence", "coverage": "evidence", "weigh": "evidence",
     "RefineSettings": "refine", "refine_priors": "refine",
     "Registration": "registration", "register": "registration", "warp_labels": "registration",
 }  # fmt: skip
@@ -25,9 +27,12 @@ __all__ = [
     "OUTPUT_TYPES",
     "Atlas",
     "ContourResult",
+    "OrganEvidence",
     "RefineSettings",
     "Registration",
+    "confidence_text",
     "contour",
+    "coverage",
     "load_atlas",
     "organ_names",
     "organ_table",
@@ -36,6 +41,7 @@ __all__ = [
     "resolve_organs",
     "sidecar_path",
     "warp_labels",
+    "weigh",
 ]
 
 

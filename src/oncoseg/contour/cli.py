@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from oncoseg.errors import OncoSegError
@@ -18,7 +19,10 @@ examples:
 
 How it works: the atlas CT is registered to the CT (rigid/affine, then deformable), its labels are carried
 over, and compact organs are refined slice by slice by the model (a box from the carried label). Organs the
-model does not refine keep the registered atlas label. The default atlas is TotalSegmentator's example
+model does not refine keep the registered atlas label. An organ outside the scan, or one the model disagrees
+with, is not drawn: the report and the JSON sidecar list it with the reason. Each organ drawn has a heuristic
+confidence (in the report, the sidecar and the RTSTRUCT's ROI description); the lowest come first under
+REVIEW FIRST. The default atlas is TotalSegmentator's example
 (from $ONCOSEG_DATA, else shared/data beside the repository): a demonstration atlas of ONE patient whose labels
 are another tool's predictions. Contours from it are starting points for review, not clinical contours (see docs/contour.md).
 An atlas folder holds atlas.json: {"image": "ct.nii.gz", "labels": "labels.nii.gz", "names": {"1": "liver"}}.
@@ -70,7 +74,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oncoseg.contour import contour, load_atlas, organ_table
+    from oncoseg.contour import contour, load_atlas, organ_table, sidecar_path
 
     if args.list:
         try:
@@ -104,13 +108,39 @@ def run(args: argparse.Namespace) -> int:
         registration_spacing=args.registration_spacing,
         progress=not args.quiet,
     )
+    if not args.quiet:
+        print(f"writing {args.output} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
     path = result.save(args.output, args.output_type)
+    written = time.perf_counter() - started
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{'organ':<17} {'volume mL':>10} {'atlas mL':>10}  method")
-    for name, row in summary["organs"].items():
-        print(f"{name:<17} {row['volume_ml']:>10.1f} {row['atlas_volume_ml']:>10.1f}  {row['method']}")
-    print(f"wrote {path} in {summary['timings_s']['total']:.1f} s")
+    print_report(summary)
+    print(f"wrote {path} and {sidecar_path(path).name} in {summary['timings_s']['total'] + written:.1f} s")
     return 0
+
+
+def print_report(summary: dict) -> None:
+    """The console report: organs to review first, every organ drawn, every organ asked for and not drawn."""
+    organs = summary["organs"]
+    if summary.get("review_first"):
+        print("REVIEW FIRST (lowest confidence first):")
+        for name in summary["review_first"]:
+            confidence = organs[name]["confidence"]
+            print(f"  {name:<17} {confidence['estimate']:.2f}  {', '.join(confidence['reasons'])}")
+    print(f"{'organ':<17} {'volume mL':>10} {'atlas mL':>10} {'confidence':>10}  method")
+    for name, row in organs.items():
+        confidence = row.get("confidence")
+        shown = "" if not confidence else f"{confidence['estimate']:.2f}{'*' if confidence['review'] else ''}"
+        print(
+            f"{name:<17} {row['volume_ml']:>10.1f} {row['atlas_volume_ml']:>10.1f} {shown:>10}  {row['method']}"
+        )
+    if summary.get("not_drawn"):
+        print(f"NOT DRAWN ({len(summary['not_drawn'])}):")
+        for name, reason in summary["not_drawn"].items():
+            print(f"  {name:<17} {reason}")
+    print(
+        "confidence: a heuristic order of review, not a calibrated probability (* = review; docs/contour.md)"
+    )

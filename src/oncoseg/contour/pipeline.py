@@ -1,10 +1,13 @@
-"""Whole-CT organ-at-risk contouring: atlas registration → carried-over labels → per-slice model refinement.
+"""Whole-CT organ-at-risk contouring: atlas registration → carried-over labels → per-slice model refinement →
+what is drawn and how far to trust it (`oncoseg.contour.evidence`).
 
 from oncoseg.contour import contour
 
 result = contour("ct_dicom_folder/", organs=["Liver", "Spleen", "kidney_left"])
 result.save("oars.nii.gz")                      # label map + oars.json (TG-263 names, colours, report)
-result.save("oars.dcm", output_type="rtstruct")  # DICOM-RT Structure Set over the input series
+result.save("oars.dcm", output_type="rtstruct")  # DICOM-RT Structure Set over the input series (+ oars.json)
+result.omitted                                   # organs asked for and not drawn, with the reason
+result.evidence["Liver"].confidence              # oncoseg.quality.Quality: estimate, review, reasons
 """
 
 from __future__ import annotations
@@ -19,30 +22,51 @@ from typing import Any
 import numpy as np
 
 from oncoseg import __version__
+from oncoseg.contour.evidence import OrganEvidence, coverage, weigh
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas, resolve_organs
 from oncoseg.contour.refine import OrganRefinement, RefineSettings, refine_priors
 from oncoseg.contour.registration import register, warp_labels
 from oncoseg.dicom.tg263 import default_color
 from oncoseg.errors import OncoSegError
 from oncoseg.image import MedicalImage
-from oncoseg.io.write import atomic_write_path, save_mask
+from oncoseg.io.write import OutputFiles, atomic_write_path, save_mask
 
 OUTPUT_TYPES = ("nifti", "rtstruct")
 
 
 @dataclass
 class ContourResult:
-    """Masks (TG-263 name → bool ``[z, y, x]`` on the input's grid) and how each was made."""
+    """Masks of the organs drawn (TG-263 name → bool ``[z, y, x]`` on the input's grid), how each was made and
+    what speaks for it (``evidence``: confidence, or the reason an organ asked for is not drawn)."""
 
     image: MedicalImage
-    masks: dict[str, np.ndarray]
-    priors: dict[str, np.ndarray]  # the registered atlas labels before refinement
+    masks: dict[str, np.ndarray]  # the organs drawn
+    priors: dict[str, np.ndarray]  # the registered atlas labels before refinement, every organ asked for
     methods: dict[str, str]  # "atlas + model" or "atlas only"
     refinement: dict[str, OrganRefinement]
     timings: dict[str, float]
     atlas: str = ""
     model: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, OrganEvidence] = field(default_factory=dict)  # every organ asked for
+
+    @property
+    def omitted(self) -> dict[str, str]:
+        """Organs asked for and not drawn → the reason."""
+        return {name: e.omitted for name, e in self.evidence.items() if e.omitted}
+
+    def review_first(self) -> list[str]:
+        """Drawn organs whose confidence is flagged for review, least confident first."""
+        flagged = [
+            (e.confidence.estimate, n)
+            for n, e in self.evidence.items()
+            if e.confidence and e.confidence.review
+        ]
+        return [name for _, name in sorted(flagged)]
+
+    def notes(self) -> dict[str, str]:
+        """One line per drawn organ for the DICOM ROI description: its confidence and review flag."""
+        return {name: confidence_text(self.evidence[name]) for name in self.masks if name in self.evidence}
 
     def label_map(self) -> tuple[np.ndarray, dict[int, str]]:
         """One uint8 label per voxel (1..N in organ order); where organs overlap the smaller one wins."""
@@ -65,9 +89,16 @@ class ContourResult:
             }
             if name in self.refinement:
                 row["refinement"] = asdict(self.refinement[name])
+            if name in self.evidence:
+                row["evidence"] = self.evidence[name].to_dict()
+                confidence = self.evidence[name].confidence
+                row["confidence"] = confidence.to_dict() if confidence else None
             organs[name] = row
         return {
             "organs": organs,
+            "review_first": self.review_first(),
+            "not_drawn": self.omitted,
+            "not_drawn_evidence": {n: e.to_dict() for n, e in self.evidence.items() if e.omitted},
             "atlas": self.atlas,
             "model": self.model,
             "oncoseg_version": __version__,
@@ -76,8 +107,9 @@ class ContourResult:
         }
 
     def save(self, path: str | Path, output_type: str = "nifti", reference: str | Path | None = None) -> Path:
-        """Write a NIfTI/NRRD/MHA label map with a JSON sidecar, or an RTSTRUCT over ``reference`` (the DICOM
-        series folder; default: the folder the image was read from)."""
+        """Write a NIfTI/NRRD/MHA label map, or an RTSTRUCT over ``reference`` (the DICOM series folder; default:
+        the folder the image was read from; each ROI's description carries its confidence), each with a JSON
+        sidecar (`sidecar_path`: volumes, confidence, review-first list, organs not drawn and why)."""
         path = Path(path)
         if output_type == "rtstruct":
             from oncoseg.dicom import write_rtstruct
@@ -87,9 +119,20 @@ class ContourResult:
                 raise OncoSegError("--output-type rtstruct needs a DICOM series folder as input")
             masks = {name: mask for name, mask in self.masks.items() if mask.any()}
             if not masks:
-                raise OncoSegError("no organ was found in this CT: nothing to write")
+                reasons = "; ".join(f"{n}: {r}" for n, r in self.omitted.items())
+                raise OncoSegError(
+                    "no organ was found in this CT: nothing to write" + (f" ({reasons})" if reasons else "")
+                )
             colors = {name: default_color(name) for name in masks}
-            return write_rtstruct(masks, reference, path, colors=colors, series_description="Onco-Seg OARs")
+            notes = {name: note for name, note in self.notes().items() if name in masks}
+            with OutputFiles() as outputs:
+                write_rtstruct(
+                    masks, reference, path, colors=colors, series_description="Onco-Seg OARs", notes=notes,
+                    outputs=outputs,
+                )  # fmt: skip
+                payload = json.dumps(self.summary(), indent=2)
+                outputs.write(sidecar_path(path), lambda tmp: tmp.write_text(payload, encoding="utf-8"))
+            return path
         if output_type != "nifti":
             raise OncoSegError(f"unknown output type {output_type!r}; use one of {', '.join(OUTPUT_TYPES)}")
         labels, names = self.label_map()
@@ -102,10 +145,10 @@ class ContourResult:
 
 
 def sidecar_path(path: str | Path) -> Path:
-    """``oars.nii.gz`` → ``oars.json``."""
+    """``oars.nii.gz`` → ``oars.json`` (also for ``.dcm``)."""
     path = Path(path)
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -156,22 +199,40 @@ def contour(
     timings["load"] = time.perf_counter() - start
 
     t = time.perf_counter()
-    registration = register(image, atlas.image, spacing=registration_spacing, deformable=deformable)
+    stages = _progress(3 if deformable else 2, "registration", "stage") if progress else None
+    registration = register(
+        image,
+        atlas.image,
+        spacing=registration_spacing,
+        deformable=deformable,
+        on_stage=(lambda name: stages.set_postfix_str(name, refresh=False) or stages.update(1))
+        if stages
+        else None,
+    )
     warped = warp_labels(atlas.labels, registration, image)
-    priors = {name: np.isin(warped, [v for v, n in atlas.names.items() if n == name]) for name in chosen}
+    values = {name: [v for v, n in atlas.names.items() if n == name] for name in chosen}
+    priors = {name: np.isin(warped, values[name]) for name in chosen}
+    inside = coverage(atlas.labels, values, registration.transform, image)
+    if stages:
+        stages.close()
     timings["registration"] = time.perf_counter() - t
     timings.update({f"registration_{k}": v for k, v in registration.timings.items()})
 
+    voxel_ml = float(np.prod(image.spacing)) / 1000.0
+    # organs outside the scan are decided before the model runs (it would only waste time on them)
+    evidence = {name: weigh(name, priors[name], priors[name], voxel_ml, inside[name]) for name in chosen}
     methods = {name: "atlas only" for name in chosen}
     masks, refinement, model = dict(priors), {}, ""
-    to_refine = {name: priors[name] for name in chosen if name in MODEL_REFINED and priors[name].any()}
+    to_refine = {
+        name: priors[name] for name in chosen if name in MODEL_REFINED and not evidence[name].omitted
+    }
     if refine and to_refine:
         t = time.perf_counter()
         predictor = predictor or make_predictor(backend, checkpoint)
         predictor.set_image(image, modality="ct")
         model = predictor.backend.name
         slices = int(np.any(np.stack([p.any(axis=(1, 2)) for p in to_refine.values()]), axis=0).sum())
-        bar = _progress(slices, "refining slices") if progress else None
+        bar = _progress(slices, "refinement", "slice") if progress else None
         refined, refinement = refine_priors(
             predictor,
             to_refine,
@@ -183,13 +244,28 @@ def contour(
             bar.close()
         masks.update(refined)
         methods.update({name: "atlas + model" for name in refined})
+        for name in refined:
+            evidence[name] = weigh(name, priors[name], masks[name], voxel_ml, inside[name], refinement[name])
         timings["refine"] = time.perf_counter() - t
+    masks = {name: mask for name, mask in masks.items() if not evidence[name].omitted}
     timings["total"] = time.perf_counter() - start
     info = {"registration_spacing_mm": registration_spacing, "deformable": deformable, "refine": refine}
-    return ContourResult(image, masks, priors, methods, refinement, timings, atlas.source, model, info)
+    return ContourResult(
+        image, masks, priors, methods, refinement, timings, atlas.source, model, info, evidence=evidence
+    )
 
 
-def _progress(total: int, desc: str):
+def confidence_text(evidence: OrganEvidence) -> str:
+    """ "Onco-Seg confidence 0.68 (heuristic)" or "REVIEW: Onco-Seg confidence 0.42 (heuristic: reasons)"."""
+    confidence = evidence.confidence
+    if confidence is None:
+        return ""
+    reasons = f": {', '.join(confidence.reasons)}" if confidence.reasons else ""
+    text = f"Onco-Seg confidence {confidence.estimate:.2f} (heuristic{reasons if confidence.review else ''})"
+    return f"REVIEW: {text}" if confidence.review else text
+
+
+def _progress(total: int, desc: str, unit: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="slice", leave=False)
+    return tqdm(total=total, desc=desc, unit=unit, leave=True)
