@@ -13,7 +13,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, Point, Prompt
-from oncoseg.session import Session, box_without, combine_clicks
+from oncoseg.session import Session, box_without, combine_clicks, monotone
 
 
 def _truth() -> np.ndarray:
@@ -265,3 +265,66 @@ def test_a_mask_added_from_a_file_keeps_its_slices_beyond_a_walk_that_stops():
     session.refine(obj, _box(truth[12], 12))
     np.testing.assert_array_equal(obj.mask[16:19], painted[16:19])  # a model result would be cleared here
     assert not session.add(truth[None, 10].repeat(20, axis=0) & (np.arange(20) == 3)[:, None, None]).volume
+
+
+def test_clicks_alone_only_add_or_only_take_away():
+    """A second include click never loses the first click's region (the web page's report: a second include
+    click made the mask smaller); an exclude click never adds; a box or mixed clicks replace the slice."""
+    current = np.zeros((30, 30), bool)
+    current[5:15, 5:15] = True
+    new = np.zeros((30, 30), bool)
+    new[10:25, 10:25] = True  # moved: half of the current region is gone from it
+    include = Prompt(points=(Point(20, 20),))
+    assert (monotone(new, current, include) == (new | current)).all()
+    exclude = Prompt(points=(Point(6, 6, positive=False),))
+    assert (monotone(new, current, exclude) == (new & current)).all()
+    mixed = Prompt(points=(Point(20, 20), Point(6, 6, positive=False)))
+    assert monotone(new, current, mixed) is new
+    assert monotone(new, current, Prompt(box=Box(0, 0, 29, 29), points=(Point(20, 20),))) is new
+    assert monotone(new, np.zeros_like(current), include) is new
+
+
+def test_an_include_click_on_another_slice_keeps_what_was_there():
+    truth = _truth()
+    session = _session(truth)
+    obj = session.segment(_box(truth[10], 10), volume=False)
+    before = obj.mask[10].copy()
+    ys, xs = np.nonzero(truth[10])
+    session.refine(obj, Prompt(points=(Point(float(xs[0]), float(ys[0]), z=10),)))
+    assert (obj.mask[10] >= before).all()
+
+
+def test_a_click_offers_the_other_sizes_and_choose_swaps_them():
+    """LiteMedSAM on the bundled polyp: one click's answer comes with masks of other sizes that also hold the
+    click; 'smaller' and 'larger' step through them, and back."""
+    from PIL import Image
+
+    from oncoseg.samples import sample_path
+
+    truth = np.asarray(Image.open(sample_path("polyp_mask.png")).convert("L")) > 127
+    ys, xs = np.nonzero(truth)
+    session = Session.open(sample_path("polyp"))
+    obj = session.segment(Prompt(points=(Point(float(xs.mean()), float(ys.mean())),)))
+    sizes = [int(m.sum()) for m, _ in obj.alternatives[None]]
+    assert sizes and sizes == sorted(sizes) and all(s != obj.mask.sum() for s in sizes)
+    first = obj.mask.copy()
+    if min(sizes) < first.sum():
+        session.choose(obj, "smaller")
+        assert obj.mask.sum() < first.sum()
+        session.choose(obj, "larger")
+        assert (obj.mask == first).all()  # the mask it replaced was kept as an alternative
+    with pytest.raises(OncoSegError, match="no larger answer"):
+        while True:
+            session.choose(obj, "larger")
+    with pytest.raises(PromptError):
+        session.choose(obj, "bigger")
+
+
+def test_choose_on_a_volume_walks_again_from_the_slice():
+    truth = _truth()
+    session = _session(truth)
+    obj = session.segment(_box(truth[10], 10), volume=True)
+    small = truth[10] & (np.arange(48)[None, :] < 20)
+    obj.alternatives[10] = ((small, 0.8),)
+    session.choose(obj, "smaller", z=10)
+    assert (obj.mask[10] == small).all() and obj.mask[9].any()  # the walk went on from the new mask

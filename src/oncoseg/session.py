@@ -46,6 +46,9 @@ class SegmentedObject:
     from_mask: bool = False  # added from a mask made elsewhere (no model behind its slices)
     # reasons to review it known apart from the mask (`oncoseg.quality.with_doubts`)
     doubts: tuple[str, ...] = ()
+    # per slice: masks of other sizes that also answer the clicks there, ``(mask [H, W], score)`` smallest first
+    # (`Session.choose` swaps one in)
+    alternatives: dict[int | None, tuple[tuple[np.ndarray, float], ...]] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -172,18 +175,63 @@ class Session:
         reason = self.predictor.blank_reason(prompt, z)  # e.g. constant after the CT window
         if reason is not None:
             raise blank_error(f"slice {z}" if z is not None else "the image", reason, label)
+        alternatives = ()
         if volume:
             result = propagate(self.predictor, prompt, self.propagation, on_slice=on_slice)
             mask, scores = result.mask, dict(result.slice_scores)
+            if (
+                prompt.box is None and prompt.points
+            ):  # the start slice's other sizes (its embedding is cached)
+                alternatives = self.predictor.predict(prompt).alternatives
         else:
             prediction = self.predictor.predict(prompt)
             mask = self._on_grid(prediction.masks[0], z)
             scores = {z: float(prediction.scores[0])}
+            alternatives = prediction.alternatives
         if not mask.any():
             where = f" on slice {z}" if z is not None else ""
             raise EmptyResultError(f"the model found nothing for object {label}{where}: check the prompt")
         obj = SegmentedObject(label, name or f"object {label}", mask, scores, {z: prompt}, volume)
+        if alternatives:
+            obj.alternatives[z] = tuple(alternatives)
         self.objects.append(obj)
+        return obj
+
+    def choose(
+        self,
+        obj: SegmentedObject,
+        which: str,
+        *,
+        z: int | None = None,
+        on_slice: Callable[[int], None] | None = None,
+    ) -> SegmentedObject:
+        """Swap in the next ``"smaller"`` or ``"larger"`` of the masks that also answered ``obj``'s clicks on slice
+        ``z`` (default: the slice that has alternatives); the mask it replaces becomes an alternative. A 3D object
+        is walked again from that slice (as a correction is)."""
+        if which not in ("smaller", "larger"):
+            raise PromptError(f"choose 'smaller' or 'larger', not {which!r}")
+        if z is None and obj.alternatives:
+            z = next(iter(obj.alternatives))
+        options = obj.alternatives.get(z, ())
+        current = obj.mask[z] if z is not None else obj.mask
+        area = int(current.sum())
+        pool = [o for o in options if (int(o[0].sum()) < area) == (which == "smaller") and o[0].sum() != area]
+        if not pool:
+            raise OncoSegError(f"no {which} answer to object {obj.label}'s clicks was found")
+        pick = (
+            max(pool, key=lambda o: o[0].sum()) if which == "smaller" else min(pool, key=lambda o: o[0].sum())
+        )
+        mask, scores = obj.mask.copy(), dict(obj.slice_scores)
+        rest = [o for o in options if o is not pick] + [(current.copy(), float(scores.get(z, 0.0)))]
+        scores[z] = pick[1]
+        if z is None:
+            mask = pick[0].copy()
+        else:
+            mask[z] = pick[0]
+            if obj.volume:
+                self._rewalk(mask, scores, dict(obj.anchors), z, on_slice, clear_beyond=True, rejoin=False)
+        obj.mask, obj.slice_scores = mask, scores
+        obj.alternatives[z] = tuple(sorted(rest, key=lambda o: int(o[0].sum())))
         return obj
 
     def refine(
@@ -210,7 +258,7 @@ class Session:
         given = obj.anchors.get(z)
         asked = self.check(combine_clicks(given, prompt, current))  # exclude clicks alone need the extent
         mask_score = self._decode_correction(asked, current, z)
-        new = mask_score[0]
+        new = monotone(mask_score[0], current, prompt)
         if not new.any():
             raise EmptyResultError(f"the correction removed object {obj.label} from this slice")
         # worked out on copies and applied at the end: an error or a cancel (raised by on_slice) changes nothing
@@ -224,6 +272,7 @@ class Session:
             if repropagate if repropagate is not None else obj.volume:
                 self._rewalk(mask, scores, anchors, z, on_slice, clear_beyond=not obj.from_mask)
         obj.mask, obj.slice_scores, obj.anchors = mask, scores, anchors
+        obj.alternatives.pop(z, None)  # answers to the clicks before this correction
         return obj
 
     def _decode_correction(
@@ -255,12 +304,14 @@ class Session:
         z0: int,
         on_slice: Callable[[int], None] | None,
         clear_beyond: bool = True,
+        rejoin: bool = True,
     ) -> None:
         """Walk from slice ``z0`` both ways, replacing ``mask``/``scores`` up to the next of ``anchors``. Where the
         walk comes back to the result being corrected (a slice it segments as before), it ends and the slices
         beyond keep their masks: a correction changes the slices it reaches, not the parts it agrees with. Where
         it ends otherwise (a stop rule: the object ended, or leaked), the slices beyond, up to the next anchor,
-        are cleared (``clear_beyond``; kept for an object added from a mask)."""
+        are cleared (``clear_beyond``; kept for an object added from a mask). ``rejoin=False``: the walk does not
+        end where it meets the result (another object size was chosen: the old one is no guide)."""
         settings = self.propagation
         before = mask.copy()
         min_pixels = max(settings.min_pixels, settings.min_area_ratio * mask[z0].sum())
@@ -269,10 +320,13 @@ class Session:
             ahead = [a for a in others if (a - z0) * step > 0]
             stop = min(ahead, key=lambda a: abs(a - z0)) if ahead else None
             kept = walk(
-                self.predictor, mask[z0], z0, step, settings, min_pixels, stop, on_slice, rejoin=before
-            )
+                self.predictor, mask[z0], z0, step, settings, min_pixels, stop, on_slice,
+                rejoin=before if rejoin else None,
+            )  # fmt: skip
             last = max(kept, key=lambda z: (z - z0) * step) if kept else None
-            rejoined = last is not None and mask_iou(kept[last][0], before[last]) >= settings.rejoin_iou
+            rejoined = (
+                rejoin and last is not None and mask_iou(kept[last][0], before[last]) >= settings.rejoin_iou
+            )
             if rejoined or (not clear_beyond and last is not None):
                 end = last + step
             elif not clear_beyond:
@@ -374,6 +428,19 @@ def combine_clicks(given: Prompt | None, prompt: Prompt, current: np.ndarray) ->
     rows, cols = np.flatnonzero(current.any(axis=1)), np.flatnonzero(current.any(axis=0))
     return Prompt(box=grown_box((cols[0], rows[0], cols[-1], rows[-1]), clicks, current.shape, prompt.z),
                   points=clicks)  # fmt: skip
+
+
+def monotone(new: np.ndarray, current: np.ndarray, prompt: Prompt) -> np.ndarray:
+    """Clicks alone only add (include) or only take away (exclude): ``new`` joined with, or cut to, the slice's
+    ``current`` mask, so a second include click never loses the region the first one gave. A box, or a mix of
+    include and exclude clicks, replaces the slice's mask."""
+    if prompt.box is not None or not prompt.points or not current.any():
+        return new
+    if all(p.positive for p in prompt.points):
+        return new | current
+    if not any(p.positive for p in prompt.points):
+        return new & current
+    return new
 
 
 def honours(mask: np.ndarray, positives, negatives) -> bool:

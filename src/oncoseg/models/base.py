@@ -38,6 +38,9 @@ class MaskPrediction:
     masks: np.ndarray
     scores: np.ndarray
     logits: np.ndarray | None = None
+    # for one click-only prompt: the other masks of a different size that also answer the clicks, as
+    # ``(mask [H, W], score)`` smallest first (the user may want the smaller lesion or the larger organ)
+    alternatives: tuple[tuple[np.ndarray, float], ...] = ()
 
 
 class SliceTracker(ABC):

@@ -176,6 +176,21 @@ def choose_click_candidate(has_positives: np.ndarray, has_negatives: np.ndarray,
     return int(np.argmax(scores + 10.0 * fits))
 
 
+def distinct_sizes(chosen: np.ndarray, candidates, overlap: float = 0.85, most: int = 4) -> tuple:
+    """The ``(mask, score)`` candidates that differ from ``chosen`` and from each other (IoU below
+    ``overlap``), best score first among near-duplicates, at most ``most``, smallest first."""
+    kept: list[tuple[np.ndarray, float]] = []
+    for mask, score in sorted(candidates, key=lambda c: -c[1]):
+        if mask.any() and all(_iou(mask, other) < overlap for other in [chosen, *(k[0] for k in kept)]):
+            kept.append((mask, score))
+    return tuple(sorted(kept[:most], key=lambda c: int(c[0].sum())))
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
 def click_pixels(points: Sequence, longest_side: int) -> tuple[list[int], list[int]]:
     """Rows and columns of ``points`` (image pixels) in the decoder's 256×256 low-resolution frame, for an image
     whose longer side is ``longest_side`` (`FrameTransform.logit_pixels`)."""
@@ -331,6 +346,7 @@ class LiteMedSAMBackend(Backend):
             masks=np.concatenate([p.masks for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
             logits=np.concatenate([p.logits for p in parts]),
+            alternatives=parts[0].alternatives if len(parts) == 1 else (),
         )
 
     def _decode_clicks(self, embedding: ImageEmbedding, prompt: Prompt) -> MaskPrediction:
@@ -391,8 +407,9 @@ class LiteMedSAMBackend(Backend):
     def _choose(
         self, embedding: ImageEmbedding, candidates: list[fast_decoder.Decoded], positive, negative
     ) -> MaskPrediction:
-        """Among decoded candidate masks, the one `choose_click_candidate` picks, brought to full size. The
-        choice reads the low-resolution logits at the clicks only; just the winner is upscaled."""
+        """Among decoded candidate masks, the one `choose_click_candidate` picks, brought to full size, with the
+        other candidates that answer the clicks and differ in size as its ``alternatives`` (`distinct_sizes`).
+        The choice reads the low-resolution logits at the clicks only."""
         has_positives, has_negatives, scores, owners = [], [], [], []
         for decoded in candidates:
             has_positives.append((self._click_logits(embedding, decoded, positive) > 0).all(axis=1))
@@ -405,7 +422,14 @@ class LiteMedSAMBackend(Backend):
         )
         decoded, index = owners[best]
         logits = self._upscaled(decoded.pick(index))
-        return self._full_size(embedding, logits, all_scores[best : best + 1])
+        chosen = self._full_size(embedding, logits, all_scores[best : best + 1])
+        fits = np.concatenate(has_positives) & ~np.concatenate(has_negatives)
+        others = [self._full_size(embedding, self._upscaled(owners[i][0].pick(owners[i][1])), all_scores[i : i + 1])
+                  for i in np.flatnonzero(fits) if i != best]  # fmt: skip
+        chosen.alternatives = distinct_sizes(
+            chosen.masks[0], [(o.masks[0], float(o.scores[0])) for o in others]
+        )
+        return chosen
 
     def _decoder_state(self, embedding: ImageEmbedding) -> dict:
         """The decoder's prompt-independent work for this image, computed on first use and kept on it."""
