@@ -203,6 +203,10 @@ def test_box3d_bounds_the_walk_and_the_masks_by_the_targets_box():
     assert bounded.initial_slices == (6, 12) and bounded.dice[0] == 1.0 and bounded.prompt_slice == 9
     box = Box3D.of(truth)
     assert (box.z0, box.z1, box.y0, box.y1, box.x0, box.x1) == (6, 12, 16, 31, 16, 31)
+    # the prompt is recorded, enough to replay the run: the 2D box on the prompted slice and the 3D bounds
+    assert flat.initial_box == bounded.initial_box == [16.0, 16.0, 31.0, 31.0] and flat.bounds_3d is None
+    assert bounded.bounds_3d == [16, 16, 6, 31, 31, 12]
+    assert CaseResult.from_dict(bounded.as_dict()).bounds_3d == bounded.bounds_3d
 
 
 # ---------------------------------------------------------------------------------------------- real data

@@ -276,6 +276,10 @@ class CaseResult:
     clicks: list[ClickRecord | None] = field(default_factory=list)  # None: nothing wrong, no click
     initial_note: str = ""
     initial_slices: tuple[int, int] | None = None  # slice range of the propagated object
+    # the prompt as given: the box on prompt_slice [x0, y0, x1, y1] (pixels, x first, inclusive) and, for box3d,
+    # the bounds [x0, y0, z0, x1, y1, z1] every slice's answer is kept within (enough to replay the run)
+    initial_box: list[float] | None = None
+    bounds_3d: list[int] | None = None
     bound_dice: float | None = None
     bound_nsd: float | None = None
     seconds: float = 0.0
@@ -443,8 +447,12 @@ def run_case(
     )
     began = time.perf_counter()
     obj: SegmentedObject | None = None
+    box = box_from_mask(truth[z0], z=z0)
+    result.initial_box = [float(box.x0), float(box.y0), float(box.x1), float(box.y1)]
+    if initial == "box3d":
+        result.bounds_3d = [bounds.x0, bounds.y0, bounds.z0, bounds.x1, bounds.y1, bounds.z1]
     try:
-        obj = session.segment(Prompt(box=box_from_mask(truth[z0], z=z0)), volume=True, name=case.target)
+        obj = session.segment(Prompt(box=box), volume=True, name=case.target)
         result.initial_slices = obj.slice_range
     except OncoSegError as exc:  # EmptyResultError and blank-region errors: nothing found, Dice 0
         result.initial_note = f"{type(exc).__name__}: {exc}"
