@@ -22,7 +22,8 @@ from oncoseg.assistant import Assistant, AssistantConfig, AuditLog, StateStore, 
 from oncoseg.assistant.scp import StoreSCP
 from oncoseg.pacs import PacsClient
 
-FAST = ["--no-refine", "--organs", "Liver,Spleen"]  # atlas only: the service logic, not the model, is tested
+# atlas only: the service logic, not the model, is tested; the gallbladder lies outside the example's slab
+FAST = ["--no-refine", "--organs", "Liver,Spleen,Gallbladder"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -204,9 +205,17 @@ def test_kill_9_and_restart_process_each_series_exactly_once(orthanc, example_se
     assert len(answers) == 1, f"{len(answers)} RTSTRUCTs for one series"
     assert answers[0].StudyInstanceUID == study_a
     assert {r.ROIName for r in answers[0].StructureSetROISequence} == {"Liver", "Spleen"}
-    assert [r["outcome"] for r in audit_records(work, series_a)] == ["done"]
+    (record,) = audit_records(work, series_a)
+    assert record["outcome"] == "done" and set(record["confidence"]) == {"Liver", "Spleen"}
+    assert all(0 < c["estimate"] <= 1 and c["reasons"] for c in record["confidence"].values())
+    assert (
+        list(record["not_drawn"]) == ["Gallbladder"]
+        and "outside the scan" in record["not_drawn"]["Gallbladder"]
+    )
+    assert set(record["review_first"]) == {n for n, c in record["confidence"].items() if c["review"]}
     assert len(rtstructs_for(client, series_b)) == 1
     text = log.read_text(encoding="utf-8")
+    assert text.count("ready: watching the PACS") == 3  # one per start, once it is listening
     assert series_a not in text and "ONCOSEG-TEST" not in text and "Phantom" not in text
 
 
@@ -370,6 +379,13 @@ def test_end_to_end_default_path(orthanc, example_series, tmp_path):
     assert {"Liver", "Spleen", "A_Aorta"} <= names
     (record,) = audit_records(work, series)
     assert record["model"] == "litemedsam" and "Liver" in record["refined"]
+    # organs not drawn are listed with the reason (the kidneys lie below this slab); drawn ones carry confidence
+    assert {"Kidney_L", "Kidney_R", "Gallbladder"} <= set(record["not_drawn"]) and not names & set(
+        record["not_drawn"]
+    )
+    assert set(record["confidence"]) == names
+    descriptions = [r.get("ROIDescription", "") for r in answer.StructureSetROISequence]
+    assert all("Onco-Seg confidence" in d for d in descriptions)
     print(json.dumps(record["timings_s"]))
     path = tmp_path / "answer.dcm"
     answer.save_as(path)

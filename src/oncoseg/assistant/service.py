@@ -5,8 +5,10 @@
     Assistant(AssistantConfig(pacs_url="http://127.0.0.1:8042", state="assistant/state.db")).run()
 
 Orthanc's ``/changes`` feed is polled for ``StableSeries`` events (a series that received no new instance for
-Orthanc's ``StableAge``); each CT series is claimed in the state file, downloaded, contoured and answered with an
-RTSTRUCT in the same study. The RTSTRUCT's Series and SOP Instance UIDs are derived from the source series UID,
+Orthanc's ``StableAge`` seconds, 60 by default: the delay between the last instance and the contouring; see
+docs/contour.md); each CT series is claimed in the state file, downloaded, contoured and answered with an
+RTSTRUCT in the same study. The audit record of a series lists each organ's confidence, the organs to review
+first and the organs asked for and not drawn, with the reason. The RTSTRUCT's Series and SOP Instance UIDs are derived from the source series UID,
 so a series re-processed after a crash (killed after the upload but before "done" was recorded) overwrites
 the same object instead of adding a second one, and a retry first checks whether the PACS already has it.
 """
@@ -118,6 +120,11 @@ class Assistant:
             signal.signal(signal.SIGTERM, self.stop)
         failures = 0
         log.info("assistant started (oncoseg %s); state %s", __version__, self.state.path)
+        log.info(
+            "ready: watching the PACS for stable CT series every %.1f s (a series counts as complete after "
+            "Orthanc's StableAge without new instances)",
+            self.config.interval,
+        )
         while not self._stop.is_set():
             try:
                 self.poll()
@@ -207,7 +214,14 @@ class Assistant:
         timings["total"] = time.perf_counter() - start
         self.state.finish(uid, "done")
         self.audit.write(uid, "done", timings_s=_round(timings), **self._model_fields(), **details)
-        log.info("series %s done in %.1f s (%s organs)", tag, timings["total"], details.get("organs", 0))
+        log.info(
+            "series %s done in %.1f s (%s organs drawn, %d to review first, %d not drawn)",
+            tag,
+            timings["total"],
+            details.get("organs", 0),
+            len(details.get("review_first", [])),
+            len(details.get("not_drawn", {})),
+        )
         return "done"
 
     def _model_fields(self) -> dict[str, Any]:
@@ -265,6 +279,13 @@ class Assistant:
         return {
             "organs": len(written),
             "refined": sorted(n for n in written if result.methods[n] == "atlas + model"),
+            "confidence": {
+                n: result.evidence[n].confidence.to_dict()
+                for n in written
+                if n in result.evidence and result.evidence[n].confidence
+            },
+            "review_first": result.review_first(),
+            "not_drawn": result.omitted,
             "slices": int(result.image.shape[0]),
             "contour_timings_s": _round(result.timings),
         }
