@@ -37,7 +37,7 @@ from oncoseg.errors import (
 )
 from oncoseg.logs import SafeFormatter, route_warnings
 from oncoseg.render import CT_PRESETS
-from oncoseg.service.core import Engine, ServiceConfig, build_prompt
+from oncoseg.service.core import Engine, ServiceConfig, build_prompt, check_choice
 from oncoseg.service.security import GuardMiddleware, allowed_hosts, check_bind
 
 log = logging.getLogger("oncoseg.service")
@@ -79,6 +79,13 @@ class JobIn(PropagateIn):
         "volume again from it, up to the next corrected slice or the first slice it segments as the result has "
         "it (IoU >= 0.9), beyond which the result is kept",
     )
+
+
+class ChooseIn(BaseModel):
+    which: Literal["smaller", "larger"] = Field(description="the next smaller or larger answer to the clicks")
+    z: int | None = Field(None, description="slice (default: the result's last prompted slice)")
+    overlay: bool = Field(True, description="include a transparent RGBA PNG of the mask (base64)")
+    contours: bool = Field(True, description="include the mask's outlines as polygons")
 
 
 class OpenSeriesIn(BaseModel):
@@ -237,7 +244,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.delete("/api/images/{image_id}", tags=["images"], summary="Close an image and free its memory")
     async def close(image_id: str):
-        engine.store.remove(image_id)
+        engine.close_image(image_id)
         return {"image_id": image_id, "closed": True}
 
     @app.get("/api/windows", tags=["images"], summary="Window/level presets (centre, width)")
@@ -256,7 +263,8 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         z: int,
         window: str | None = Query(None, description="preset (see /api/windows) or CENTRE,WIDTH"),
         prefetch: bool = Query(
-            True, description="compute this slice's embedding in the background when idle"
+            True,
+            description="the slice is on screen: encode it and its neighbours in the background when idle",
         ),
     ):
         session = engine.store.get(image_id)
@@ -297,6 +305,30 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
         return await engine.worker.run(engine.segment, session, prompt, z, body.overlay, body.contours)
+
+    @app.post(
+        "/api/images/{image_id}/choose",
+        tags=["segmentation"],
+        summary="Swap in the next smaller or larger mask that also answers the clicks (see `alternatives`)",
+        description="A click-only answer says in `alternatives` how many smaller and larger masks also hold its "
+        "clicks; this takes the next one of them (the replaced mask becomes an alternative; a 3D result is "
+        "walked again from that slice) and answers like a click. 409 when there is no result or no such answer.",
+    )
+    async def choose(image_id: str, body: ChooseIn):
+        opened = engine.store.get(image_id)
+        z = check_choice(opened, body.which, body.z)  # refused before it occupies the model
+        return await engine.worker.run(engine.choose, opened, body.which, z, body.overlay, body.contours)
+
+    @app.get(
+        "/api/images/{image_id}/ready",
+        tags=["images"],
+        summary="Which slices a click answers fast (their embedding is computed), the slice on screen",
+        description="Showing a slice (`GET .../slices/{z}`) makes the idle model encode it and then its "
+        "neighbours outward, within the memory budget; `ready` lists the slices done, `encoding` says whether "
+        "more are coming.",
+    )
+    async def ready(image_id: str):
+        return engine.ready(engine.store.get(image_id))
 
     @app.post(
         "/api/images/{image_id}/propagate",

@@ -70,7 +70,9 @@ class OpenImage:
     result_info: dict[str, Any] = field(default_factory=dict)
     jobs: OrderedDict = field(default_factory=OrderedDict)  # job id -> `jobs.Job`, newest last
     last_used: float = field(default_factory=time.monotonic)
-    last_viewed: int | None = None  # the slice last shown to the user (for embedding prefetch)
+    last_viewed: int | None = None  # the slice last shown to the user (encoded ahead with its neighbours)
+    viewed_at: float | None = None  # when it was shown (the image viewed last is encoded ahead first)
+    ahead_done: bool = False  # encoding ahead found nothing more to do (or no room) since it was shown
     size: int = 0  # bytes at the last `SessionStore.enforce` (readable from any thread)
 
     @property
@@ -217,6 +219,11 @@ class SessionStore:
                 fixed = active.nbytes - active.predictor.cache_nbytes
                 active.predictor.trim_cache(max(0, self.budget_bytes - others - fixed), keep=1)
                 total = self.nbytes()
+            self.recount()
+
+    def recount(self) -> None:
+        """Note every image's bytes for readers on other threads (model thread only)."""
+        with self._lock:
             for entry in self._sessions.values():
                 entry.size = entry.nbytes
             self.current_bytes = sum(s.size for s in self._sessions.values())

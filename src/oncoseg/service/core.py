@@ -32,9 +32,10 @@ from oncoseg.pacs import PacsClient, uid_hash
 from oncoseg.predictor import Predictor, blank_error
 from oncoseg.prompts import Box, Point, Prompt, validate_prompt
 from oncoseg.render import DEFAULT_CT_PRESET, mask_rgba, mask_to_polygons, png_bytes, window_slice
+from oncoseg.service import ahead
 from oncoseg.service.cache import NotFoundError, OpenImage, SessionStore, WatchedPredictor
 from oncoseg.service.jobs import CANCELLED, DONE, FAILED, FINISHED, KEEP_JOBS, Job, JobCancelled, walk_extent
-from oncoseg.service.worker import BusyError, ModelWorker
+from oncoseg.service.worker import BusyError, ModelWorker, Preempted
 from oncoseg.session import SegmentedObject, Session
 from oncoseg.volume import PropagationSettings
 
@@ -73,6 +74,7 @@ class ServiceConfig:
     backend: str = "litemedsam"
     checkpoint: str | None = None
     warmup: bool = True
+    encode_ahead: int = 24  # slices each way around the one on screen encoded in the background (0: that one)
 
     @property
     def budget_bytes(self) -> int:
@@ -136,6 +138,9 @@ class Engine:
         )
         self.started = time.time()
         self.warm = False
+        self._ahead_lock = threading.Lock()
+        self._ahead_queued = False  # an `_ahead_step` waits in the worker's queue
+        self._ahead_image: OpenImage | None = None  # the image being encoded ahead right now
 
     # ------------------------------------------------------------------ lifecycle
     def warm_up(self) -> float:
@@ -171,6 +176,7 @@ class Engine:
             "queue": self.worker.pending,
             "max_queue": self.worker.max_queue,
             "rejected": self.worker.rejected,
+            "preempted": self.worker.preempted,
             "completed": self.worker.completed,
             "uptime_s": round(time.time() - self.started, 1),
             **self.store.stats(),
@@ -332,18 +338,49 @@ class Engine:
         else:  # the score of the mask the core kept (a correction may try several boxes)
             score = float(opened.obj.slice_scores[z])
         opened.result_info["score"] = score
-        answer = {
+        answer = self._slice_answer(opened, z, mask, score, overlay, outlines)
+        answer.update(embedding_cached=cached, refined=added is not None)
+        answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
+        return answer
+
+    def _slice_answer(
+        self, opened: OpenImage, z: int | None, mask: np.ndarray, score: float, overlay: bool, outlines: bool
+    ) -> dict[str, Any]:
+        """A click answer's fields for slice ``z`` of the result: mask, measurements, quality, and how many
+        smaller/larger masks also answer its clicks there (`choose`)."""
+        return {
             "image_id": opened.id,
             "z": z,
             "score": round(score, 4),
-            "embedding_cached": cached,
-            "refined": added is not None,
             "empty": not bool(mask.any()),
             **mask_payload(mask, overlay, outlines),
             "measurements": self._measure(mask, opened.image, slice_only=True),
             "quality": quality_of(opened.obj) if mask.any() else None,
+            "alternatives": alternatives_of(opened, z),
             "warnings": list(opened.image.metadata.get("warnings", [])),
         }
+
+    def choose(
+        self, opened: OpenImage, which: str, z: int | None, overlay: bool = True, outlines: bool = True
+    ) -> dict[str, Any]:
+        """Model thread: swap in the next smaller or larger mask that also answered the result's clicks on
+        slice ``z`` (`Session.choose`; a 3D result is walked again from there). Answers like a click."""
+        start = time.perf_counter()
+        z = check_choice(opened, which, z)
+        obj = opened.obj
+        opened.core.choose(obj, which, z=z)
+        info = {"kind": "slice", "z": z}
+        if obj.volume:
+            self._volume_answer(opened, obj, z, start)  # keeps the 3D result's slices and scores
+            info = opened.result_info
+        self._keep_info(opened, {**info, "score": float(obj.slice_scores[z])})
+        mask = self._slice_of(opened, z)
+        answer = self._slice_answer(opened, z, mask, float(obj.slice_scores[z]), overlay, outlines)
+        answer.update(embedding_cached=True, refined=False, chosen=which)
+        if obj.volume:
+            answer.update(
+                slices=list(obj.slice_range or ()), volume_measurements=self._measure(obj.mask, opened.image)
+            )
         answer["compute_ms"] = round(1000 * (time.perf_counter() - start), 1)
         return answer
 
@@ -676,21 +713,81 @@ class Engine:
         return png_bytes(window_slice(pixels, image.channels, window or default_window(image)))
 
     def prefetch(self, opened: OpenImage, z: int | None) -> None:
-        """Compute slice ``z``'s embedding in the background if the model is idle, so the user's first click
-        there only runs the decoder. Only the slice an image was viewed on last is prefetched (fast scrolling
-        queues jobs that then skip themselves)."""
-        if opened.predictor.is_cached(z) or self.worker.pending:
+        """Slice ``z`` of ``opened`` is on screen: encode it and then its neighbours outward in the background
+        (`oncoseg.service.ahead`), so that a click there only runs the decoder. The work yields to requests
+        (`ModelWorker.yielding`) and follows the image viewed last."""
+        if opened.image.is_3d and (z is None or not 0 <= z < opened.image.num_slices):
             return
         opened.last_viewed = z
+        opened.viewed_at = time.monotonic()
+        opened.ahead_done = False
+        self._schedule_ahead()
 
-        def job() -> None:
-            if self.worker.pending or opened.last_viewed != z or self.store.find(opened.id) is None:
+    def close_image(self, image_id: str) -> None:
+        """Close an open image; encoding ahead on it stops at its next module call."""
+        opened = self.store.find(image_id)
+        if opened is not None and self._ahead_image is opened:
+            self.worker.abandon()
+        self.store.remove(image_id)
+
+    def _schedule_ahead(self) -> None:
+        with self._ahead_lock:
+            if self._ahead_queued:
                 return
-            if not opened.predictor.is_cached(z):
-                opened.predictor.embedding(z)
-                self.store.enforce(opened.id)
+            self._ahead_queued = True
+        self.worker.background(self._ahead_step)
 
-        self.worker.background(job)
+    def _ahead_step(self) -> None:
+        """Model thread, low priority: encode one slice ahead for the most recently viewed image that wants
+        one, and queue the next step; a request arriving abandons the encode (it is redone later)."""
+        with self._ahead_lock:
+            self._ahead_queued = False
+        viewed = sorted(
+            (o for o in self.store.list() if o.viewed_at is not None and not o.ahead_done),
+            key=lambda o: o.viewed_at,
+            reverse=True,
+        )
+        free = self.store.budget_bytes - self.store.nbytes()
+        for opened in viewed:
+            image = opened.image
+            order = ahead.outward(opened.last_viewed, image.num_slices, self.config.encode_ahead)
+            z = ahead.next_slice(opened, order, free)
+            if z is None:
+                opened.ahead_done = True
+                continue
+            self._ahead_image = opened
+            try:
+                if self.store.find(opened.id) is not opened:
+                    continue
+                with self.worker.yielding():
+                    opened.predictor.embedding(z)
+            except Preempted:
+                self.worker.preempted += 1
+            finally:
+                self._ahead_image = None
+            if self.store.find(opened.id) is not opened:  # closed meanwhile
+                opened.predictor.trim_cache(0)
+                return self._schedule_ahead()
+            protected = ahead.arrange(opened, order)
+            if z == order[0]:  # the displayed slice: room is made as for a click
+                self.store.enforce(opened.id)
+            else:  # only this image's less wanted embeddings make room
+                others = self.store.nbytes() - opened.nbytes
+                fixed = opened.nbytes - opened.predictor.cache_nbytes
+                opened.predictor.trim_cache(max(0, self.store.budget_bytes - others - fixed), keep=protected)
+                self.store.recount()
+            return self._schedule_ahead()
+
+    def ready(self, opened: OpenImage) -> dict[str, Any]:
+        """Which slices' embeddings are cached (a click there only runs the decoder), the slice on screen, and
+        whether encoding ahead still has work on this image."""
+        return {
+            "image_id": opened.id,
+            "num_slices": opened.image.num_slices,
+            "viewed": opened.last_viewed,
+            "ready": [0 if z is None else z for z in ahead.cached_slices(opened)],
+            "encoding": opened.viewed_at is not None and not opened.ahead_done,
+        }
 
     def result_png(self, opened: OpenImage, z: int | None) -> bytes:
         result = opened.result
@@ -704,6 +801,35 @@ class Engine:
 def quality_of(obj: SegmentedObject | None) -> dict[str, Any] | None:
     """The result's quality estimate and review flag (`oncoseg.quality`) for JSON, None without a result."""
     return None if obj is None else obj.quality.to_dict()
+
+
+def alternatives_of(opened: OpenImage, z: int | None) -> dict[str, int]:
+    """How many masks smaller / larger than the result on slice ``z`` also answer its clicks there."""
+    obj = opened.obj
+    if obj is None or opened.shown_empty or opened.text_mask is not None:
+        return {"smaller": 0, "larger": 0}
+    current = int((obj.mask[z] if obj.mask.ndim == 3 else obj.mask).sum())
+    areas = [int(mask.sum()) for mask, _ in obj.alternatives.get(z, ())]
+    return {"smaller": sum(a < current for a in areas), "larger": sum(a > current for a in areas)}
+
+
+def check_choice(opened: OpenImage, which: str, z: int | None) -> int | None:
+    """The slice `Engine.choose` works on (default: the result's), or a one-line error: an unknown ``which``,
+    a slice outside the image, no result, no such alternative."""
+    if which not in ("smaller", "larger"):
+        raise PromptError(f"which must be 'smaller' or 'larger', not {which!r}")
+    if opened.obj is None or opened.shown_empty or opened.text_mask is not None:
+        raise ConflictError("no click result to choose another size of: click first")
+    if not opened.image.is_3d:
+        check_slice(opened.image, z)
+        z = None
+    elif z is None:
+        z = opened.result_info.get("z")
+    check_slice(opened.image, z)
+    if not alternatives_of(opened, z)[which]:
+        where = f" on slice {z}" if z is not None else ""
+        raise ConflictError(f"no {which} answer to the clicks{where}: the model offered none")
+    return z
 
 
 def check_slice(image: MedicalImage, z: int | None) -> None:
