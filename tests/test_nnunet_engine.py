@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +33,8 @@ from oncoseg.errors import ModelError, OncoSegError, ShapeError
 from oncoseg.image import MedicalImage
 from oncoseg.io import load_image
 
-LABELS = {"liver": [5], "spleen": [1], "vertebrae_T12": [32]}  # model label → TotalSegmentator values
+LABELS = {"liver": [5], "spleen": [1], "autochthon_left": [86]}  # model label → TotalSegmentator values
+PRIMARY = "tg263_primary_names.csv"  # the TG-263 primary names (tests/data)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,7 @@ def test_engine_equals_nnunet_on_a_nifti_file(model, example, tmp_path):
 
 def test_result_names_grid_and_report(result, series, example):
     assert all(lookup(name) is not None and lookup(name).name == name for name in result.masks)
+    assert set(result.masks) <= _primary_names()
     assert all(m.shape == series.shape for m in result.masks.values())
     assert result.methods == {name: "nnU-Net" for name in result.masks}
     # the liver lands on the series' liver (TotalSegmentator's own label 5); trained on another patient
@@ -120,10 +123,10 @@ def test_result_names_grid_and_report(result, series, example):
     assert _dice(result.masks["Liver"], reference == 5) > 0.4
     info = result.info
     assert info["engine"] == "nnunet" and info["nnunet"]["orientation"] == "RAS"
-    assert info["nnunet"]["models"][0]["labels"] == {"1": "liver", "2": "spleen", "3": "vertebrae_T12"}
+    assert info["nnunet"]["models"][0]["labels"] == {"1": "liver", "2": "spleen", "3": "autochthon_left"}
     assert info["label_sources"]["Liver"] == ["Dataset991_OncoSegTiny:liver"]
     # a label with no TG-263 name is reported with its volume, not drawn under an invented name
-    assert set(info["unmapped_labels"]) == {"vertebrae_T12"} and "vertebrae_T12" not in result.masks
+    assert set(info["unmapped_labels"]) == {"autochthon_left"} and "autochthon_left" not in result.masks
     for name, reason in info["not_drawn"].items():
         assert name == "Spleen" and "no voxels" in reason
     assert "Dataset991_OncoSegTiny" in result.model and "folds 0" in result.model
@@ -150,54 +153,71 @@ def test_label_map_organs_and_several_model_folders(series, model, tmp_path):
     dataset = json.loads((other / "dataset.json").read_text())
     dataset["labels"] = {"background": 0, "stomach": 1, "aorta": 2, "rib_left_7": 3}
     (other / "dataset.json").write_text(json.dumps(dataset))
-    (tmp_path / "map.json").write_text(json.dumps({"vertebrae_T12": "VB_T12", "rib_left_7": None}))
+    (tmp_path / "map.json").write_text(json.dumps({"autochthon_left": "Musc_Back_L", "rib_left_7": None}))
 
     both = contour_nnunet(
         series,
         [model, other.parent],  # the dataset folder above a single trained model is accepted too
-        ["Liver", "stomach", "VB_T12", "kidney_left"],
+        ["Liver", "stomach", "Musc_Back_L", "kidney_left"],
         label_map=tmp_path / "map.json",
     )
-    assert set(both.masks) == {"Liver", "Stomach", "VB_T12"}
+    assert set(both.masks) == {"Liver", "Stomach", "Musc_Back_L"}
     assert np.array_equal(both.masks["Stomach"], both.masks["Liver"])  # same network, label 1 in both
     assert both.info["confidence"]["Stomach"] == both.info["confidence"]["Liver"]
-    assert both.info["label_sources"]["VB_T12"] == ["Dataset991_OncoSegTiny:vertebrae_T12"]
+    assert both.info["label_sources"]["Musc_Back_L"] == ["Dataset991_OncoSegTiny:autochthon_left"]
     assert both.info["not_drawn"]["Kidney_L"] == "no label of the nnU-Net model(s) maps to it"
-    assert both.info["unmapped_labels"] == {}  # rib_left_7 skipped on purpose by the map
+    assert both.info["unmapped_labels"] == {}  # rib_left_7 (Rib07_L) skipped on purpose by the map
     assert len(both.info["nnunet"]["models"]) == 2 and set(both.timings) >= {"nnunet_0", "nnunet_1"}
 
 
+def _primary_names() -> set[str]:
+    lines = (Path(__file__).parent / "data" / PRIMARY).read_text(encoding="utf-8").splitlines()
+    rows = [line.split(",")[0] for line in lines if line and not line.startswith("#")]
+    return set(rows[1:])
+
+
 def test_totalsegmentator_label_names_resolve_to_tg263(example):
-    """TotalSegmentator's 117 CT class names (its label_map file) through the engine's label mapping."""
+    """TotalSegmentator's 117 CT class names (its label_map file): 102 get a TG-263 primary name, the other 15
+    (muscles, sternum, costal cartilages, kidney cysts, left atrial appendage) have none and are unmapped."""
     names = json.loads((example / "label_map_total_and_total_mr.json").read_text())["total"]
     labels = {int(v): n for v, n in names.items()}
     mapping = map_labels(labels)
     assert len(labels) == 117
     assert len(mapping.names) + len(mapping.unmapped) == 117 and not mapping.skipped
-    assert all(lookup(n) is not None and lookup(n).name == n for n in mapping.names.values())
+    assert set(mapping.names.values()) <= _primary_names()
+    assert len(set(mapping.names.values())) == len(mapping.names)  # no two classes merged into one name
     by_label = {labels[v]: n for v, n in mapping.names.items()}
     for label, tg263 in {
         "spleen": "Spleen",
-        "kidney_right": "Kidney_R",
         "kidney_left": "Kidney_L",
-        "liver": "Liver",
         "urinary_bladder": "Bladder",
         "adrenal_gland_left": "Glnd_Adrenal_L",
         "lung_upper_lobe_left": "Lung_LUL",
+        "aorta": "A_Aorta",
+        "inferior_vena_cava": "V_Venacava_I",
         "spinal_cord": "SpinalCord",
+        "rib_left_1": "Rib01_L",
+        "vertebrae_T9": "VB_T09",
+        "vertebrae_L1": "VB_L1",
+        "hip_right": "Bone_Pelvic_R",
+        "clavicula_left": "Clavicle_L",
     }.items():
         assert by_label[label] == tg263
-    assert len(set(mapping.names.values())) == len(mapping.names)  # no two classes merged into one name
-    assert len(mapping.names) >= 45
-    assert "vertebrae_L1" in mapping.unmapped.values() and "rib_left_1" in mapping.unmapped.values()
+    assert len(mapping.names) >= 102
+    no_primary_name = {"sternum", "costal_cartilages", "atrial_appendage_left", "kidney_cyst_left"}
+    no_primary_name |= {"kidney_cyst_right", "autochthon_left", "autochthon_right", "iliopsoas_left"}
+    no_primary_name |= {"iliopsoas_right"} | {
+        f"gluteus_{m}_{s}" for m in ("maximus", "medius", "minimus") for s in ("left", "right")
+    }
+    assert set(mapping.unmapped.values()) <= no_primary_name
 
 
 def test_label_table_shows_what_each_label_becomes(model):
-    rows = label_table(model, {"vertebrae_T12": "VB_T12", "spleen": None})
+    rows = label_table(model, {"autochthon_left": "Musc_Back_L", "spleen": None})
     assert [(r["value"], r["label"], r["name"], r["status"]) for r in rows] == [
         (1, "liver", "Liver", "TG-263 table"),
         (2, "spleen", None, "skipped by label map"),
-        (3, "vertebrae_T12", "VB_T12", "label map"),
+        (3, "autochthon_left", "Musc_Back_L", "label map"),
     ]
     assert label_table(model)[2]["status"] == "unmapped"
 

@@ -40,6 +40,23 @@ _FOLDER_NAME = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configura
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
+# TotalSegmentator's bone and vein classes that have a TG-263 primary name but no organ-table entry
+# (`oncoseg.dicom.tg263` holds organs at risk): tried after the table. Its muscles, sternum, costal cartilages,
+# kidney cysts and left atrial appendage have no TG-263 primary name and stay unmapped.
+TOTALSEGMENTATOR_NAMES: dict[str, str] = {
+    **{f"rib_{side}_{n}": f"Rib{n:02d}_{side[0].upper()}" for side in ("left", "right") for n in range(1, 13)},
+    **{f"vertebrae_C{n}": f"VB_C{n}" for n in range(1, 8)},
+    **{f"vertebrae_T{n}": f"VB_T{n:02d}" for n in range(1, 13)},
+    **{f"vertebrae_L{n}": f"VB_L{n}" for n in range(1, 6)},
+    "vertebrae_S1": "VB_S1",
+    **{f"{part}_{side}": f"{name}_{side[0].upper()}" for side in ("left", "right") for part, name in (
+        ("scapula", "Scapula"), ("clavicula", "Clavicle"), ("hip", "Bone_Pelvic"),
+        ("brachiocephalic_vein", "V_Brachioceph"),
+    )},
+    "skull": "Skull",
+}  # fmt: skip
+
+
 @dataclass
 class NnUNetModel:
     """A trained nnU-Net v2 model folder, checked without loading its weights."""
@@ -209,7 +226,8 @@ def read_label_map(path: str | Path) -> dict[str, str | None]:
 
 def map_labels(labels: dict[int, str], label_map: dict[str, str | None] | None = None) -> LabelMapping:
     """TG-263 names for a model's labels: the label map's entry (by value, then by label name), else the
-    table's name for the label name (`oncoseg.dicom.tg263.lookup`); a null entry skips the label."""
+    table's name for the label name (`oncoseg.dicom.tg263.lookup`), else `TOTALSEGMENTATOR_NAMES`; a null
+    entry skips the label."""
     label_map = label_map or {}
     mapping = LabelMapping()
     for value, label in labels.items():
@@ -222,6 +240,8 @@ def map_labels(labels: dict[int, str], label_map: dict[str, str | None] | None =
                 mapping.names[value] = standard_name(target)
         elif (entry := lookup(label)) is not None:
             mapping.names[value] = entry.name
+        elif label in TOTALSEGMENTATOR_NAMES:
+            mapping.names[value] = TOTALSEGMENTATOR_NAMES[label]
         else:
             mapping.unmapped[value] = label
     return mapping
@@ -232,7 +252,8 @@ def label_table(
     label_map: dict[str, str | None] | str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per label of the model folder(s): value, the model's name, the structure name it becomes (or
-    None) and how (``TG-263 table``, ``label map``, ``unmapped``, ``skipped by label map``); no weights loaded."""
+    None) and how (``TG-263 table``, ``TotalSegmentator name``, ``label map``, ``unmapped``, ``skipped by label
+    map``); no weights loaded."""
     paths = [models] if isinstance(models, (str, Path)) else list(models)
     opened = [open_model(p) for p in paths]
     if isinstance(label_map, (str, Path)):
@@ -244,7 +265,9 @@ def label_table(
         for value, label in model.labels.items():
             mapped = str(value) in (label_map or {}) or label in (label_map or {})
             if value in mapping.names:
-                status = "label map" if mapped else "TG-263 table"
+                status = (
+                    "label map" if mapped else "TG-263 table" if lookup(label) else "TotalSegmentator name"
+                )
             else:
                 status = "skipped by label map" if value in mapping.skipped else "unmapped"
             row = {"model": model.dataset, "value": value, "label": label, "name": mapping.names.get(value)}
