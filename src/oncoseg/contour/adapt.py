@@ -33,15 +33,17 @@ def adapt_priors(
     image: MedicalImage,
     priors: dict[str, np.ndarray],
     inside: dict[str, float | None] | None = None,
+    fit: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, float | None], dict[str, str]]:
     """(priors, inside, methods) with the intensity-refined and HU organs in place of the carried labels.
 
     ``priors``: name → carried atlas mask for every organ asked for (an HU organ's entry may be empty);
     ``inside``: the share of each carried organ inside the scan (an HU organ's becomes None: it is found in
-    the scan itself); ``methods``: name → how the returned mask was made, for the organs this changed."""
+    the scan itself); ``methods``: name → how the returned mask was made, for the organs this changed.
+    ``fit=False`` (``contour(refine=False)``: the registered atlas labels as they are) only adds the HU organs."""
     priors, inside = dict(priors), dict(inside or {})
     methods: dict[str, str] = {}
-    refine = [name for name in priors if name in INTENSITY_REFINED and priors[name].any()]
+    refine = [name for name in priors if fit and name in INTENSITY_REFINED and priors[name].any()]
     if refine:
         carried = {name: mask for name, mask in priors.items() if name not in HU_ORGANS}
         priors.update(refine_by_intensity(image.array, carried, image.spacing, organs=refine))

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from oncoseg import __version__
+from oncoseg.contour.adapt import HU_ORGANS, adapt_priors, supported
 from oncoseg.contour.evidence import OrganEvidence, coverage, weigh
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas, resolve_organs
-from oncoseg.contour.refine import OrganRefinement, RefineSettings, refine_priors
+from oncoseg.contour.refine import OrganRefinement, RefineSettings, model_helps, refine_priors
 from oncoseg.contour.registration import register, warp_labels
 from oncoseg.dicom.tg263 import default_color
 from oncoseg.errors import OncoSegError
@@ -195,7 +196,7 @@ def contour(
         raise OncoSegError(f"organ contouring needs a CT, but this image looks like {image.modality}")
     if not isinstance(atlas, Atlas):
         atlas = load_atlas(atlas)
-    chosen = resolve_organs(list(organs) if organs else None, atlas.organs())
+    chosen = resolve_organs(list(organs) if organs else None, supported(atlas.organs()))
     timings["load"] = time.perf_counter() - start
 
     t = time.perf_counter()
@@ -217,16 +218,21 @@ def contour(
         stages.close()
     timings["registration"] = time.perf_counter() - t
     timings.update({f"registration_{k}": v for k, v in registration.timings.items()})
+    t = time.perf_counter()
+    priors, inside, adapted = adapt_priors(image, priors, inside, fit=refine)  # this CT's HU; HU organs
+    timings["ct_numbers"] = time.perf_counter() - t
 
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
     # organs outside the scan are decided before the model runs (it would only waste time on them)
     evidence = {name: weigh(name, priors[name], priors[name], voxel_ml, inside[name]) for name in chosen}
-    methods = {name: "atlas only" for name in chosen}
+    methods = {name: adapted.get(name, "atlas only") for name in chosen}
     masks, refinement, model = dict(priors), {}, ""
     to_refine = {
-        name: priors[name] for name in chosen if name in MODEL_REFINED and not evidence[name].omitted
+        name: priors[name]
+        for name in chosen
+        if name in MODEL_REFINED and name not in HU_ORGANS and not evidence[name].omitted
     }
-    if refine and to_refine:
+    if refine and to_refine and model_helps(image.spacing[:2]):
         t = time.perf_counter()
         predictor = predictor or make_predictor(backend, checkpoint)
         predictor.set_image(image, modality="ct")
@@ -243,7 +249,9 @@ def contour(
         if bar:
             bar.close()
         masks.update(refined)
-        methods.update({name: "atlas + model" for name in refined})
+        methods.update(
+            {n: "atlas + model" if methods[n] == "atlas only" else f"{methods[n]} + model" for n in refined}
+        )
         for name in refined:
             evidence[name] = weigh(name, priors[name], masks[name], voxel_ml, inside[name], refinement[name])
         timings["refine"] = time.perf_counter() - t

@@ -93,3 +93,15 @@ def refine_priors(
     for name, values in scores.items():
         stats[name].mean_score = float(np.mean(values)) if values else None
     return masks, stats
+
+
+MODEL_MAX_PIXEL_MM = 1.5
+
+
+def model_helps(spacing_xy: tuple[float, float]) -> bool:
+    """Whether per-slice model refinement is worth running on a CT of this in-plane pixel size (mm).
+
+    Measured between the two TotalSegmentator example patients (docs/contour.md): on the 0.98 mm series the model
+    raised liver (0.888 → 0.926) and aorta (0.363 → 0.461) Dice; on the 3 mm CT of 101 x 122 pixels it lowered
+    liver (0.828 → 0.729) and only aorta gained. The model sees such slices at less than its own input size."""
+    return max(float(s) for s in spacing_xy) <= MODEL_MAX_PIXEL_MM
