@@ -134,9 +134,8 @@ def print_report(summary: dict) -> None:
     for name, row in organs.items():
         confidence = row.get("confidence")
         shown = "" if not confidence else f"{confidence['estimate']:.2f}{'*' if confidence['review'] else ''}"
-        print(
-            f"{name:<17} {row['volume_ml']:>10.1f} {row['atlas_volume_ml']:>10.1f} {shown:>10}  {row['method']}"
-        )
+        atlas = "" if row["atlas_volume_ml"] is None else f"{row['atlas_volume_ml']:.1f}"
+        print(f"{name:<17} {row['volume_ml']:>10.1f} {atlas:>10} {shown:>10}  {row['method']}")
     if summary.get("not_drawn"):
         print(f"NOT DRAWN ({len(summary['not_drawn'])}):")
         for name, reason in summary["not_drawn"].items():

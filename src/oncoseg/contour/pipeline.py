@@ -53,8 +53,10 @@ class ContourResult:
 
     @property
     def omitted(self) -> dict[str, str]:
-        """Organs asked for and not drawn → the reason."""
-        return {name: e.omitted for name, e in self.evidence.items() if e.omitted}
+        """Organs asked for and not drawn → the reason (also those an engine lists in ``info["not_drawn"]``)."""
+        reasons = dict(self.info.get("not_drawn") or {})
+        reasons.update({name: e.omitted for name, e in self.evidence.items() if e.omitted})
+        return reasons
 
     def review_first(self) -> list[str]:
         """Drawn organs whose confidence is flagged for review, least confident first."""
@@ -84,7 +86,9 @@ class ContourResult:
         for name, mask in self.masks.items():
             row: dict[str, Any] = {
                 "volume_ml": round(float(mask.sum()) * voxel_ml, 2),
-                "atlas_volume_ml": round(float(self.priors[name].sum()) * voxel_ml, 2),
+                "atlas_volume_ml": round(float(self.priors[name].sum()) * voxel_ml, 2)
+                if name in self.priors
+                else None,
                 "method": self.methods[name],
                 "color": list(default_color(name)),
             }
@@ -104,7 +108,7 @@ class ContourResult:
             "model": self.model,
             "oncoseg_version": __version__,
             "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
-            **self.info,
+            **{k: v for k, v in self.info.items() if k != "not_drawn"},
         }
 
     def save(self, path: str | Path, output_type: str = "nifti", reference: str | Path | None = None) -> Path:
