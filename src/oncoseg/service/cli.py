@@ -78,6 +78,15 @@ def add_parser(commands) -> argparse.ArgumentParser:
     )
     serve.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     serve.add_argument("--no-warmup", action="store_true", help="skip the model warm-up at start")
+    serve.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's own)")
+    serve.add_argument(
+        "--encode-ahead",
+        type=int,
+        default=24,
+        metavar="N",
+        help="slices each way around the one on screen whose embeddings the idle model computes ahead, within "
+        "the memory budget (default 24; 0: the slice on screen only)",
+    )
     return serve
 
 
@@ -112,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         checkpoint=args.checkpoint,
         warmup=not args.no_warmup,
+        threads=args.threads,
+        encode_ahead=max(0, args.encode_ahead),
     )
     serve(config)
     return 0

@@ -74,6 +74,7 @@ class ServiceConfig:
     backend: str = "litemedsam"
     checkpoint: str | None = None
     warmup: bool = True
+    threads: int | None = None  # torch CPU threads (None: torch's default)
     encode_ahead: int = 24  # slices each way around the one on screen encoded in the background (0: that one)
 
     @property
@@ -123,7 +124,9 @@ class Engine:
         self.worker = ModelWorker(config.max_queue)
         # built on the model thread, so that torch's OpenMP thread pool lives there only (see oncoseg.service.worker)
         self.backend = backend or self.worker.call(
-            lambda: ModelSpec(backend=config.backend, checkpoint=config.checkpoint).build_backend()
+            lambda: ModelSpec(
+                backend=config.backend, checkpoint=config.checkpoint, threads=config.threads
+            ).build_backend()
         )
         self.store = SessionStore(config.budget_bytes)
         self.upload_slots = threading.BoundedSemaphore(max(1, config.max_concurrent_uploads))

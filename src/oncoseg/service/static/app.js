@@ -23,7 +23,12 @@ const state = {
   cancelPending: false,  // Cancel was pressed before the job's id came back
   busy: false,
   sliceRequest: 0,
+  alternatives: { smaller: 0, larger: 0 },  // other answers to the clicks on this slice (Smaller / Larger)
+  ready: null,        // from /ready: the slices whose embedding is computed (a click there is fast)
+  readyPolling: false,
 };
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---------------------------------------------------------------- token and requests
 (function readTokenFromFragment() {
@@ -143,7 +148,9 @@ async function showImage(image) {
   slider.disabled = !image.is_3d;
   state.has3d = false;
   state.sliceScores = null;
+  state.ready = null;
   setHasResult(false);
+  setAlternatives(null);
   $("propagate-btn").disabled = !image.is_3d;
   $("clear-btn").disabled = false;
   clearMeasurements();
@@ -160,6 +167,7 @@ async function goToSlice(z) {
   state.points = [];
   state.box = null;
   state.overlay = null;
+  setAlternatives(null);
   $("slice-slider").value = z;
   // slices are numbered from 0, as in the CLI, the API and napari: "z / last"
   $("slice-label").textContent = state.image.is_3d ? `${z} / ${state.image.num_slices - 1}` : "2D";
@@ -179,6 +187,68 @@ async function goToSlice(z) {
     state.overlay = overlay;
     showSliceScore();
     draw();
+    pollReady();  // showing the slice made the server encode it and its neighbours ahead
+  } catch (error) { status(error.message, true); }
+}
+
+// ---------------------------------------------------------------- slices ready (encoded ahead)
+function drawReady() {
+  const bar = $("ready-bar");
+  const c = bar.getContext("2d");
+  c.clearRect(0, 0, bar.width, bar.height);
+  if (!state.image || !state.ready) return;
+  const n = state.image.num_slices;
+  const w = bar.width / n;
+  c.fillStyle = "#3ddc5a";
+  for (const z of state.ready.ready) c.fillRect(z * w, 0, Math.max(1, w), bar.height);
+  c.fillStyle = "#ffffff";
+  if (state.image.is_3d) c.fillRect(state.z * w, 0, Math.max(2, w), 2);
+  bar.dataset.ready = state.ready.ready.join(",");
+}
+
+async function pollReady() {
+  // while the server encodes ahead, show which slices are ready about twice a second
+  if (state.readyPolling || !state.image) return;
+  state.readyPolling = true;
+  try {
+    for (;;) {
+      const imageId = state.image.image_id;
+      const ready = await (await api(`/api/images/${imageId}/ready`)).json();
+      if (!state.image || state.image.image_id !== imageId) continue;
+      state.ready = ready;
+      drawReady();
+      if (!ready.encoding) break;
+      await sleep(500);
+    }
+  } catch (error) { /* the image was closed: nothing to show */ }
+  state.readyPolling = false;
+}
+
+function setAlternatives(alternatives) {
+  state.alternatives = alternatives || { smaller: 0, larger: 0 };
+  $("smaller-btn").disabled = !state.alternatives.smaller || state.has3d;
+  $("larger-btn").disabled = !state.alternatives.larger || state.has3d;
+}
+
+async function choose(which) {
+  // another answer to the same clicks: the next smaller or larger mask the model offered
+  if (!state.image) return;
+  const body = { which, z: state.image.is_3d ? state.z : null, contours: false };
+  const started = performance.now();
+  try {
+    const answer = await (await api(`/api/images/${state.image.image_id}/choose`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    })).json();
+    const overlay = await createImageBitmap(await (await fetch(`data:image/png;base64,${answer.overlay_png}`)).blob());
+    if (body.z !== (state.image.is_3d ? state.z : null)) return;
+    state.overlay = overlay;
+    draw();
+    showMeasurements(answer, performance.now() - started);
+    setAlternatives(answer.alternatives);
+    setHasResult(!answer.empty);
+    status(`Took the ${which} answer on slice ${state.z}`);
   } catch (error) { status(error.message, true); }
 }
 
@@ -274,6 +344,7 @@ async function segment() {
     state.sliceScores = null;
     draw();
     showMeasurements(answer, performance.now() - started);
+    setAlternatives(answer.alternatives);
     setHasResult(!answer.empty);
     status(answer.empty ? "Nothing found at this prompt" : `Segmented slice ${state.z}`);
   } catch (error) { status(error.message, true); }
@@ -292,7 +363,6 @@ function correct() {
   runJob({ action: "refine", z: state.z, points: state.points, box: state.box });
 }
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function showProgress(job) {
   const bar = $("job-progress");
@@ -349,6 +419,7 @@ async function runJob(body) {
   if (job.state === "done") {
     const result = job.result;
     state.has3d = true;
+    setAlternatives(null);
     state.sliceScores = result.slice_scores;
     showMeasurements(result, performance.now() - started);
     showSliceScore();
@@ -461,8 +532,10 @@ $("file-input").addEventListener("change", (event) => event.target.files[0] && u
 $("clear-btn").addEventListener("click", () => {
   if (state.job) return;
   state.points = []; state.box = null; state.overlay = null; state.has3d = false; state.sliceScores = null;
-  setHasResult(false); clearMeasurements(); draw();
+  setHasResult(false); setAlternatives(null); clearMeasurements(); draw();
 });
+$("smaller-btn").addEventListener("click", () => choose("smaller"));
+$("larger-btn").addEventListener("click", () => choose("larger"));
 $("propagate-btn").addEventListener("click", propagate);
 $("save-btn").addEventListener("click", save);
 $("cancel-btn").addEventListener("click", cancelJob);
