@@ -127,11 +127,12 @@ def test_result_names_grid_and_report(result, series, example):
     assert info["label_sources"]["Liver"] == ["Dataset991_OncoSegTiny:liver"]
     # a label with no TG-263 name is reported with its volume, not drawn under an invented name
     assert set(info["unmapped_labels"]) == {"autochthon_left"} and "autochthon_left" not in result.masks
-    for name, reason in info["not_drawn"].items():
-        assert name == "Spleen" and "no voxels" in reason
+    for name, reason in result.omitted.items():  # organs the model has but found nowhere, with the reason
+        assert name == "Spleen" and reason == "the nnU-Net model found none of it in this CT"
     assert "Dataset991_OncoSegTiny" in result.model and "folds 0" in result.model
-    assert set(info["confidence"]) == set(result.masks)
-    assert all(0.0 < c <= 1.0 for c in info["confidence"].values())
+    confidence = {n: e.confidence for n, e in result.evidence.items() if e.confidence}
+    assert set(confidence) == set(result.masks)
+    assert all(0.0 < c.estimate <= 1.0 and c.review == (c.estimate < 0.5) for c in confidence.values())
 
 
 def test_rtstruct_from_the_result(result, example, tmp_path):
@@ -163,9 +164,9 @@ def test_label_map_organs_and_several_model_folders(series, model, tmp_path):
     )
     assert set(both.masks) == {"Liver", "Stomach", "Musc_Back_L"}
     assert np.array_equal(both.masks["Stomach"], both.masks["Liver"])  # same network, label 1 in both
-    assert both.info["confidence"]["Stomach"] == both.info["confidence"]["Liver"]
+    assert both.evidence["Stomach"].confidence == both.evidence["Liver"].confidence
     assert both.info["label_sources"]["Musc_Back_L"] == ["Dataset991_OncoSegTiny:autochthon_left"]
-    assert both.info["not_drawn"]["Kidney_L"] == "no label of the nnU-Net model(s) maps to it"
+    assert both.omitted["Kidney_L"] == "no label of the nnU-Net model(s) maps to it"
     assert both.info["unmapped_labels"] == {}  # rib_left_7 (Rib07_L) skipped on purpose by the map
     assert len(both.info["nnunet"]["models"]) == 2 and set(both.timings) >= {"nnunet_0", "nnunet_1"}
 

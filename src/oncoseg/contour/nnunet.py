@@ -28,14 +28,18 @@ from typing import Any
 
 import numpy as np
 
+from oncoseg.contour.evidence import REVIEW_BELOW, OrganEvidence
 from oncoseg.dicom.tg263 import lookup, standard_name
 from oncoseg.errors import ModelError, OncoSegError, ShapeError
 from oncoseg.image import MedicalImage
+from oncoseg.quality import Quality
 
 INSTALL_HINT = "pip install 'oncoseg[nnunet]'"
 CHECKPOINT = "checkpoint_final.pth"
 DEFAULT_ORIENTATION = "RAS"
 METHOD = "nnU-Net"
+NONE_FOUND = "the nnU-Net model found none of it in this CT"
+NO_LABEL = "no label of the nnU-Net model(s) maps to it"
 _FOLDER_NAME = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+?)__(?P<configuration>[^_].*)$")
 _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
@@ -321,9 +325,10 @@ def contour_nnunet(
 
     ``organs``: TG-263 names or aliases to keep (default: every label that has a name). ``label_map``: a dict
     or JSON file, label value or name → structure name (null skips it). ``mirroring``: nnU-Net's test-time
-    mirroring where the model allows it. Returns a `ContourResult` whose ``info`` holds each organ's
-    ``confidence`` (mean softmax probability of its voxels on the network's grid), the labels with no name
-    (``unmapped_labels``, with the volume found) and every organ not drawn with its reason (``not_drawn``).
+    mirroring where the model allows it. Returns a `ContourResult`: ``evidence`` gives each drawn organ's
+    confidence (the mean softmax probability of its voxels on the network's grid; review below `REVIEW_BELOW`)
+    and the reason for every organ asked for and not drawn (``omitted``); ``info["unmapped_labels"]`` lists the
+    labels with no name and the volume the model found.
     """
     from oncoseg.contour.pipeline import ContourResult
     from oncoseg.io import load_image
@@ -376,14 +381,19 @@ def contour_nnunet(
             if value in scores:
                 votes.setdefault(name, []).append(scores[value])
 
-    not_drawn: dict[str, str] = {}
+    evidence: dict[str, OrganEvidence] = {}
     for name in list(masks):
         if not masks[name].any():
             del masks[name]
-            not_drawn[name] = "the model found no voxels of it in this CT"
+            evidence[name] = OrganEvidence(0.0, 0.0, None, omitted=NONE_FOUND)
+        else:
+            volume = float(masks[name].sum()) * voxel_ml
+            won = votes.get(name, [])
+            score = sum(p * c for p, c in won) / sum(c for _, c in won) if won else None
+            evidence[name] = _evidence(volume, score)
     for name in wanted or ():
-        if name not in masks and name not in not_drawn:
-            not_drawn[name] = "no label of the nnU-Net model(s) maps to it"
+        if name not in evidence:
+            evidence[name] = OrganEvidence(0.0, 0.0, None, omitted=NO_LABEL)
     timings["total"] = time.perf_counter() - start
     info = {
         "engine": "nnunet",
@@ -394,19 +404,26 @@ def contour_nnunet(
             "step_size": step_size,
         },
         "label_sources": sources,
-        "confidence": {
-            n: round(sum(p * c for p, c in votes[n]) / sum(c for _, c in votes[n]), 3)
-            for n in masks
-            if votes.get(n)
-        },
         "unmapped_labels": unmapped,
-        "not_drawn": not_drawn,
     }
     described = ", ".join(
         f"{m.dataset}/{m.folder.name} (folds {', '.join(map(str, m.folds))})" for m in opened
     )
     methods = {name: METHOD for name in masks}
-    return ContourResult(image, masks, {}, methods, {}, timings, "", f"nnU-Net v2: {described}", info)
+    model = f"nnU-Net v2: {described}"
+    return ContourResult(image, masks, {}, methods, {}, timings, "", model, info, evidence=evidence)
+
+
+def _evidence(volume_ml: float, score: float | None) -> OrganEvidence:
+    """A drawn organ's evidence: its confidence is the network's mean softmax probability over the organ (None:
+    the class won no voxel on the network's grid and appears only after resampling back: flagged)."""
+    if score is None:
+        confidence = Quality(0.0, True, ("only where nnU-Net resampled its scores back to the CT grid",))
+    else:
+        reasons = () if score >= 0.9 else (f"nnU-Net mean softmax {score:.2f}",)
+        confidence = Quality(score, score < REVIEW_BELOW, reasons)
+    facts = {"engine": "nnU-Net", "prior": "none: prior_ml is the model's own volume"}
+    return OrganEvidence(volume_ml, volume_ml, None, mean_score=score, confidence=confidence, facts=facts)
 
 
 def _wanted(organs: Sequence[str] | None, mappings: Sequence[LabelMapping]) -> list[str] | None:
