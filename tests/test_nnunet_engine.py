@@ -144,6 +144,14 @@ def test_rtstruct_from_the_result(result, example, tmp_path):
     assert sorted(r.ROIName for r in ds.StructureSetROISequence) == sorted(result.masks)
     back = read_rtstruct(path, example / "example_ct_dicom")
     assert _dice(back["Liver"], result.masks["Liver"]) > 0.95
+    liver = next(r for r in ds.StructureSetROISequence if r.ROIName == "Liver")
+    estimate = result.evidence["Liver"].confidence.estimate
+    assert f"confidence {estimate:.2f}" in liver.ROIDescription
+    sidecar = json.loads((tmp_path / "oars.json").read_text())  # written beside the RTSTRUCT
+    assert sidecar["engine"] == "nnunet" and set(sidecar["unmapped_labels"]) == {"autochthon_left"}
+    assert sidecar["organs"]["Liver"]["atlas_volume_ml"] is None  # no atlas behind an nnU-Net organ
+    assert sidecar["organs"]["Liver"]["method"] == "nnU-Net"
+    assert sidecar["not_drawn"] == result.omitted
 
 
 def test_label_map_organs_and_several_model_folders(series, model, tmp_path):
