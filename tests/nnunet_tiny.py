@@ -191,3 +191,30 @@ def _batch(data: torch.Tensor, seg: torch.Tensor, rng: np.random.Generator, size
         xs.append(data[(0, slice(None), *window)])
         ys.append(seg[(0, 0, *window)])
     return torch.stack(xs), torch.stack(ys)
+
+
+def _measure() -> None:
+    """Build the test's tiny model and print what the engine gets with it on both example CTs."""
+    import tempfile
+
+    from oncoseg.contour.nnunet import contour_nnunet
+    from oncoseg.io import load_image
+
+    torch.set_num_threads(1)
+    example = Path(__file__).resolve().parents[2] / "shared" / "data" / "totalsegmentator-example"
+    labels = {"liver": [5], "spleen": [1], "autochthon_left": [86]}  # as tests/test_nnunet_engine.py
+    with tempfile.TemporaryDirectory() as root:
+        model = build_tiny_model(root, example, labels, steps=80)
+        for ct, reference in (
+            ("example_ct_dicom", "example_seg_dicom.nii.gz"),
+            ("example_ct_sm.nii.gz", "example_seg.nii.gz"),
+        ):
+            result = contour_nnunet(example / ct, model)
+            liver, truth = result.masks["Liver"], load_image(example / reference).array == 5
+            dice = 2 * (liver & truth).sum() / (liver.sum() + truth.sum())
+            confidence = result.evidence["Liver"].confidence.estimate
+            print(f"{ct}: Liver Dice {dice:.3f} (confidence {confidence:.3f}); not drawn {result.omitted}")
+
+
+if __name__ == "__main__":
+    _measure()
