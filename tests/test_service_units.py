@@ -248,13 +248,13 @@ class GatedBoxBackend(BoxBackend):
         return super().decode(embedding, prompts, mask_input)
 
 
-def _volume_client(tmp_path, backend, slices: int = 12):
+def _volume_client(tmp_path, backend, slices: int = 12, **config):
     from fastapi.testclient import TestClient
 
     from oncoseg.service.app import create_app
     from oncoseg.service.core import Engine, ServiceConfig
 
-    engine = Engine(ServiceConfig(workdir=str(tmp_path / "work"), warmup=False), backend=backend)
+    engine = Engine(ServiceConfig(workdir=str(tmp_path / "work"), warmup=False, **config), backend=backend)
     client = TestClient(create_app(engine.config, engine), base_url="http://127.0.0.1:8765")
     volume = np.random.default_rng(3).integers(50, 200, (slices, 64, 64)).astype(np.int16)  # nowhere blank
     image = nibabel.Nifti1Image(volume.T, np.diag([0.8, 0.7, 2.5, 1.0]))
@@ -481,3 +481,135 @@ def test_clicks_refine_a_slice_result_through_the_core_even_after_an_emptying_cl
         assert blank.status_code == 422 and "blank" in blank.json()["detail"]
         kept = client.get(f"/api/images/{image_id}/measurements").json()
         assert kept["z"] == 1 and kept["measurements"]["voxel_count"] == 49
+
+
+def test_a_request_abandons_background_model_work_at_its_next_step():
+    """Background work under `ModelWorker.yielding` stops at the next call into the model code when a request
+    arrives, or when `abandon` is called (an image closed): the request does not wait for it to end."""
+    import time
+
+    import torch
+
+    from oncoseg.models import fast_encoder
+
+    worker = ModelWorker()
+    started, finished = threading.Event(), []
+
+    def background() -> None:
+        with worker.yielding():
+            started.set()
+            x, deadline = torch.zeros(4), time.monotonic() + 120
+            while time.monotonic() < deadline:  # a long encode's many steps
+                fast_encoder.gelu(x)
+            finished.append(True)
+
+    worker.background(background)
+    assert started.wait(30)
+    assert worker.call(lambda: "answered") == "answered"
+    assert not finished and worker.preempted == 1
+    started.clear()
+    worker.background(background)
+    assert started.wait(30)
+    worker.abandon()
+    deadline = time.monotonic() + 60
+    while worker.preempted < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not finished and worker.call(lambda: sum(range(10))) == 45
+    worker.stop()
+
+
+def _ready(client, image_id: str, timeout: float = 60) -> list[int]:
+    """The slices ready once encoding ahead has finished."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (answer := client.get(f"/api/images/{image_id}/ready").json())["encoding"]:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.02)
+    return answer["ready"]
+
+
+def test_showing_a_slice_encodes_it_and_its_neighbours_within_the_budget(tmp_path):
+    """Showing slice z encodes z, then z+1, z-1, ... up to --encode-ahead each way, as far as the budget
+    allows; showing another slice replaces the least wanted embeddings, never the result's slice nor another
+    image's; closing the image ends it."""
+    client, engine, image = _volume_client(tmp_path, TinyBackend(), slices=12, encode_ahead=3)
+    with client:
+        data = nibabel.Nifti1Image(np.asarray(image.dataobj), image.affine).to_bytes()
+        image_id = client.post("/api/images/upload", files={"file": ("ct.nii", data)}).json()["image_id"]
+        fixed = engine.store.get(image_id).nbytes  # pixels and their normalised copy
+        engine.store.budget_bytes = fixed + int(4.5 * 2**20)  # room for 4 embeddings of 1 MiB
+        assert client.get(f"/api/images/{image_id}/ready").json() == {
+            "image_id": image_id, "num_slices": 12, "viewed": None, "ready": [], "encoding": False,
+        }  # fmt: skip
+        assert client.get(f"/api/images/{image_id}/slices/5").status_code == 200
+        assert _ready(client, image_id) == [4, 5, 6, 7]  # 5, then 6, 4, 7: the budget's 4
+        assert engine.store.current_bytes <= engine.store.budget_bytes
+        answer = client.post(f"/api/images/{image_id}/segment", json={"z": 7, "points": [{"x": 30, "y": 30}]})
+        assert answer.json()["embedding_cached"]
+        client.get(f"/api/images/{image_id}/slices/2")
+        # wanted: 2, 3, 1, 4, 0, 5; slice 7 holds the result: 6, 5, 4 make room, 7 stays
+        assert _ready(client, image_id) == [1, 2, 3, 7]
+        assert engine.store.current_bytes <= engine.store.budget_bytes
+        engine.store.budget_bytes += fixed  # a second image's pixels, no room for its embeddings
+        other_id = client.post("/api/images/upload", files={"file": ("b.nii", data)}).json()["image_id"]
+        assert _ready(client, image_id) == [1, 2, 3, 7]
+        client.get(f"/api/images/{other_id}/slices/0")
+        assert _ready(client, other_id) == [0]  # the slice on screen is made room for, its neighbours are not
+        assert _ready(client, image_id) == [2, 3, 7]  # it made room for the shown slice: 1 went, 2 and 7 stay
+        assert client.delete(f"/api/images/{image_id}").status_code == 200
+        assert client.get(f"/api/images/{image_id}/ready").status_code == 404
+
+
+class SizesBackend(BoxBackend):
+    """The stand-in, whose answer to clicks alone also offers a 3x3 and a 15x15 square round the first click
+    (as LiteMedSAM's other candidate sizes)."""
+
+    def decode(self, embedding, prompts, mask_input=None):
+        found = super().decode(embedding, prompts, mask_input)
+        if len(prompts) == 1 and prompts[0].box is None and prompts[0].points:
+            h, w = embedding.original_size
+            x, y = int(prompts[0].points[0].x), int(prompts[0].points[0].y)
+            squares = []
+            for r, score in ((1, 0.5), (7, 0.6)):
+                square = np.zeros((h, w), bool)
+                square[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1] = True
+                squares.append((square, score))
+            found.alternatives = tuple(squares)
+        return found
+
+
+def test_click_answers_count_other_sizes_and_choose_swaps_them_in(tmp_path):
+    client, _, image = _volume_client(tmp_path, SizesBackend(), slices=4)
+    with client:
+        data = nibabel.Nifti1Image(np.asarray(image.dataobj), image.affine).to_bytes()
+        image_id = client.post("/api/images/upload", files={"file": ("ct.nii", data)}).json()["image_id"]
+        choose = f"/api/images/{image_id}/choose"
+
+        def refused(body: dict, status: int, words: str) -> None:
+            answer = client.post(choose, json=body)
+            assert answer.status_code == status, answer.text
+            detail = answer.json()["detail"]
+            assert words in detail and "\n" not in detail
+
+        refused({"which": "larger", "z": 1}, 409, "no click result")  # nothing segmented yet
+        answer = client.post(f"/api/images/{image_id}/segment", json={"z": 1, "points": [{"x": 30, "y": 30}]})
+        assert answer.json()["alternatives"] == {"smaller": 1, "larger": 1}
+        assert rle_decode(answer.json()["mask"]).sum() == 49
+        smaller = client.post(choose, json={"which": "smaller", "z": 1}).json()
+        assert rle_decode(smaller["mask"]).sum() == 9 and smaller["measurements"]["voxel_count"] == 9
+        assert smaller["alternatives"] == {"smaller": 0, "larger": 2} and smaller["quality"] is not None
+        assert smaller["z"] == 1 and smaller["overlay_png"] and smaller["score"] == 0.5
+        refused({"which": "smaller", "z": 1}, 409, "no smaller answer")
+        refused({"which": "bigger", "z": 1}, 422, "which")
+        refused({"which": "larger", "z": 9}, 422, "outside the volume")
+        refused({"which": "larger", "z": 2}, 409, "no larger answer")  # no clicks on slice 2
+        for area in (49, 225):  # the slice the result was made on is the default
+            larger = client.post(choose, json={"which": "larger"}).json()
+            assert rle_decode(larger["mask"]).sum() == area
+        assert larger["alternatives"] == {"smaller": 2, "larger": 0}
+        assert client.get(f"/api/images/{image_id}/measurements").json()["measurements"]["voxel_count"] == 225
+        box = client.post(f"/api/images/{image_id}/segment", json={"z": 1, "box": [10, 10, 20, 20]}).json()
+        assert box["alternatives"] == {"smaller": 0, "larger": 0}
+        refused({"which": "larger", "z": 1}, 409, "no larger answer")

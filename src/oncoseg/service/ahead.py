@@ -46,25 +46,41 @@ def embedding_bytes(opened: OpenImage) -> int | None:
     return opened.predictor.cache_nbytes // count if count else None
 
 
-def next_slice(opened: OpenImage, order: list[int | None], free_bytes: int) -> int | None:
-    """The next slice of ``order`` to encode ahead, or None when all are cached or there is no room for one:
-    the displayed slice (``order[0]``) always; another when ``free_bytes`` holds one more embedding, or when
-    this image holds an embedding that is neither protected nor wanted as much (nearer in ``order``)."""
+def droppable(opened: OpenImage, order: list[int | None], than: int | None = None) -> list[int | None]:
+    """This image's cached slices a prefetch may drop: not protected, and less wanted than ``than`` (farther
+    in ``order``; slices outside it are wanted least)."""
+    rank = {z: i for i, z in enumerate(order)}
+    limit = rank.get(than, -1)
+    protected = protected_slices(opened)
+    return [z for z in cached_slices(opened) if z not in protected and rank.get(z, len(order)) > limit]
+
+
+def next_slice(
+    opened: OpenImage, order: list[int | None], free_bytes: int, elsewhere_bytes: int = 0, size: int = 0
+) -> int | None:
+    """The next slice of ``order`` to encode ahead, or None when all are cached or there is no room: room is
+    ``free_bytes``, or this image's embeddings less wanted than the slice; for the displayed slice
+    (``order[0]``) also ``elsewhere_bytes``, the droppable embeddings of other images. ``size``: bytes of
+    one embedding when this image has none yet."""
     predictor = opened.predictor
     missing = next((z for z in order if not predictor.is_cached(z)), "none")
     if missing == "none":
         return None
-    if missing == order[0]:
+    size = embedding_bytes(opened) or size
+    room = free_bytes + (elsewhere_bytes if missing == order[0] else 0)
+    if room >= size or droppable(opened, order, missing):
         return missing
-    size = embedding_bytes(opened)
-    if size is not None and free_bytes >= size:
-        return missing
-    rank = {z: i for i, z in enumerate(order)}
-    protected = protected_slices(opened)
-    worse = [
-        z for z in cached_slices(opened) if z not in protected and rank.get(z, len(order)) > rank[missing]
-    ]
-    return missing if worse else None
+    return None
+
+
+def trim(opened: OpenImage, order: list[int | None], over: int) -> int:
+    """Drop this image's least wanted droppable embeddings until ``over`` bytes are freed (or none is left);
+    returns the bytes freed."""
+    predictor = opened.predictor
+    before = predictor.cache_nbytes
+    protected = arrange(opened, order)
+    predictor.trim_cache(max(0, before - over), keep=protected)
+    return before - predictor.cache_nbytes
 
 
 def arrange(opened: OpenImage, order: list[int | None]) -> int:

@@ -742,7 +742,9 @@ class Engine:
 
     def _ahead_step(self) -> None:
         """Model thread, low priority: encode one slice ahead for the most recently viewed image that wants
-        one, and queue the next step; a request arriving abandons the encode (it is redone later)."""
+        one, and queue the next step; a request arriving abandons the encode (it is redone later). Room is
+        made from this image's less wanted embeddings and, for the displayed slice only, from other images'
+        (never their displayed slice or result slices): a prefetch never closes an image."""
         with self._ahead_lock:
             self._ahead_queued = False
         viewed = sorted(
@@ -750,11 +752,19 @@ class Engine:
             key=lambda o: o.viewed_at,
             reverse=True,
         )
+        images = self.store.list()  # least recently used first
+        orders = {o.id: self._ahead_order(o) for o in images}
         free = self.store.budget_bytes - self.store.nbytes()
+        sizes = [ahead.embedding_bytes(o) for o in images]
+        size = max((b for b in sizes if b), default=0)
         for opened in viewed:
-            image = opened.image
-            order = ahead.outward(opened.last_viewed, image.num_slices, self.config.encode_ahead)
-            z = ahead.next_slice(opened, order, free)
+            order = orders[opened.id]
+            elsewhere = sum(
+                len(ahead.droppable(o, orders[o.id])) * (ahead.embedding_bytes(o) or 0)
+                for o in images
+                if o is not opened
+            )
+            z = ahead.next_slice(opened, order, free, elsewhere, size)
             if z is None:
                 opened.ahead_done = True
                 continue
@@ -771,15 +781,22 @@ class Engine:
             if self.store.find(opened.id) is not opened:  # closed meanwhile
                 opened.predictor.trim_cache(0)
                 return self._schedule_ahead()
-            protected = ahead.arrange(opened, order)
-            if z == order[0]:  # the displayed slice: room is made as for a click
-                self.store.enforce(opened.id)
-            else:  # only this image's less wanted embeddings make room
-                others = self.store.nbytes() - opened.nbytes
-                fixed = opened.nbytes - opened.predictor.cache_nbytes
-                opened.predictor.trim_cache(max(0, self.store.budget_bytes - others - fixed), keep=protected)
-                self.store.recount()
+            over = self.store.nbytes() - self.store.budget_bytes
+            if over > 0:
+                over -= ahead.trim(opened, order, over)
+            for (
+                other
+            ) in images:  # only for the displayed slice: other images' droppable embeddings, LRU first
+                if over <= 0 or z != order[0]:
+                    break
+                if other is not opened:
+                    over -= ahead.trim(other, orders[other.id], over)
+            ahead.arrange(opened, order)
+            self.store.recount()
             return self._schedule_ahead()
+
+    def _ahead_order(self, opened: OpenImage) -> list[int | None]:
+        return ahead.outward(opened.last_viewed, opened.image.num_slices, self.config.encode_ahead)
 
     def ready(self, opened: OpenImage) -> dict[str, Any]:
         """Which slices' embeddings are cached (a click there only runs the decoder), the slice on screen, and
