@@ -186,7 +186,8 @@ def main() -> None:
     if confidence:
         rows = [
             [name, row["confidence"] if row["confidence"] is not None else "not drawn", row["review"],
-             "" if row["dice"] is None else f"{row['dice']:.3f}", f"{row['labels_ml']:.1f}", row["note"]]
+             "" if row["dice"] is None else f"{row['dice']:.3f}",
+             "no such label" if row["labels_ml"] is None else f"{row['labels_ml']:.1f}", row["note"]]
             for name, row in confidence.items()
         ]  # fmt: skip
         print(markdown_table(["organ", "confidence", "review", "Dice vs labels", "labels mL", "why"], rows))
@@ -208,12 +209,14 @@ def score_confidence(sidecar: dict, labels_path: Path, voxel_ml: float, drawn: d
     rows = {}
     for name, row in sidecar["organs"].items():
         truth = np.isin(labels, values.get(name, []))
-        score = organ_dice(drawn[name], truth)
+        score = (
+            organ_dice(drawn[name], truth) if name in values else None
+        )  # None: the labels have no such class
         rows[name] = {
             "confidence": row["confidence"]["estimate"],
             "review": row["confidence"]["review"],
             "dice": None if score is None else round(score, 4),
-            "labels_ml": round(float(truth.sum()) * voxel_ml, 2),
+            "labels_ml": round(float(truth.sum()) * voxel_ml, 2) if name in values else None,
             "note": ", ".join(row["confidence"]["reasons"]),
         }
     for name, reason in sidecar["not_drawn"].items():

@@ -18,7 +18,7 @@ model's masks agree with the prior, how many slices it accepted and its scores â
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,7 +50,7 @@ class OrganEvidence:
     mean_score: float | None = None
     omitted: str | None = None
     confidence: Quality | None = None
-    facts: dict = field(default_factory=dict)
+    method: str = "atlas only"  # how the mask was made before any model check (the pipeline's method)
 
     def to_dict(self) -> dict:
         row = {
@@ -115,9 +115,12 @@ def weigh(
     voxel_ml: float,
     inside_fraction: float | None,
     refinement=None,
+    method: str = "atlas only",
 ) -> OrganEvidence:
-    """The decision and confidence for one organ (``refinement``: its `OrganRefinement` if the model ran)."""
+    """The decision and confidence for one organ (``refinement``: its `OrganRefinement` if the model ran;
+    ``method``: how the mask was made otherwise, named in the reasons)."""
     evidence = OrganEvidence(float(prior.sum()) * voxel_ml, float(mask.sum()) * voxel_ml, inside_fraction)
+    evidence.method = method
     if refinement is not None and refinement.slices:
         total = int(prior.sum()) + int(mask.sum())
         evidence.agreement = 2.0 * int((prior & mask).sum()) / total if total else 1.0
@@ -146,7 +149,7 @@ def _omission(e: OrganEvidence) -> str | None:
 def _confidence(e: OrganEvidence) -> Quality:
     factors: list[tuple[float, str]] = []
     if e.agreement is None:
-        factors.append((ATLAS_ONLY, "atlas only, not checked by the model"))
+        factors.append((ATLAS_ONLY, f"{e.method}, not checked by the model"))
     else:
         factors.append((e.agreement, f"model and atlas agree {e.agreement:.2f}"))
         if e.mean_score is not None:

@@ -228,8 +228,11 @@ def contour(
 
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
     # organs outside the scan are decided before the model runs (it would only waste time on them)
-    evidence = {name: weigh(name, priors[name], priors[name], voxel_ml, inside[name]) for name in chosen}
     methods = {name: adapted.get(name, "atlas only") for name in chosen}
+    evidence = {
+        name: weigh(name, priors[name], priors[name], voxel_ml, inside[name], method=methods[name])
+        for name in chosen
+    }
     masks, refinement, model = dict(priors), {}, ""
     to_refine = {
         name: priors[name]
