@@ -257,3 +257,49 @@ def test_segment_propagate_and_save_in_the_browser(server, pacs, browser, tmp_pa
     assert measured["kind"] == "slice" and measured["z"] == 11
     assert violations == []  # the page works under its own Content-Security-Policy
     page.close()
+
+
+def test_ready_bar_and_other_sizes_in_the_browser(server, pacs, browser):
+    """Showing a slice makes the server encode it and its neighbours: the bar under the slider lists them; a
+    click's other answers enable Smaller / Larger, which swap the mask in place."""
+    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    chosen = []
+    page.on(
+        "request", lambda r: chosen.append(json.loads(r.post_data)) if r.url.endswith("/choose") else None
+    )
+    page.goto(f"{server.url}/#token={TOKEN}")
+    page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
+    wait_until(page, "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000)
+    # slice 10 on screen: it is encoded first, then 11 and 9 (the bar lists the ready slices)
+    wait_until(
+        page,
+        "['9', '10', '11'].every(z => (document.getElementById('ready-bar').dataset.ready || '').split(',')"
+        ".includes(z))",
+        timeout=180_000,
+    )
+    assert page.is_disabled("#smaller-btn") and page.is_disabled("#larger-btn")
+    canvas = page.locator("#canvas").bounding_box()
+    scale = canvas["width"] / 512
+    with page.expect_response(lambda r: r.url.endswith("/segment"), timeout=120_000) as response:
+        page.mouse.click(
+            canvas["x"] + (LIVER_POINT[0] + 0.5) * scale, canvas["y"] + (LIVER_POINT[1] + 0.5) * scale
+        )
+    answer = response.value.json()
+    assert answer["embedding_cached"]  # encoded ahead while the slice was on screen
+    offered = answer["alternatives"]
+    wait_until(page, "document.querySelector('td[data-field=area]').textContent.includes('mm²')")
+    assert page.is_disabled("#smaller-btn") == (offered["smaller"] == 0)
+    assert page.is_disabled("#larger-btn") == (offered["larger"] == 0)
+    which = "larger" if offered["larger"] else "smaller"
+    assert offered[which] > 0, offered  # LiteMedSAM offers another size for a click in the liver
+    area = page.text_content("td[data-field=area]")
+    with page.expect_response(lambda r: r.url.endswith("/choose"), timeout=120_000) as response:
+        page.click(f"#{which}-btn")
+    assert response.value.status == 200 and chosen == [{"which": which, "z": 10, "contours": False}]
+    wait_until(
+        page, f"document.getElementById('status').textContent === 'Took the {which} answer on slice 10'"
+    )
+    assert page.text_content("td[data-field=area]") != area
+    other = "smaller" if which == "larger" else "larger"
+    assert not page.is_disabled(f"#{other}-btn")  # the replaced mask is now an answer the other way
+    page.close()
