@@ -115,6 +115,7 @@ def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, h
 
     # The training checkpoint given where model weights are expected: one line naming the adapter to use.
     picture = next((shared_data / "kvasir-seg" / "images").glob("*.jpg"))
+    capsys.readouterr()
     code = main(["segment", str(picture), "--box", "10,10,100,100", "--checkpoint", str(first / "last.ckpt"),
                  "-o", str(tmp_path / "mask.png")])  # fmt: skip
     assert code == 2 and not (tmp_path / "mask.png").exists()

@@ -284,8 +284,9 @@ def _loggers(config: TrainConfig, phase: PhaseConfig, folder: Path, keep_before:
     if "csv" in config.loggers:
         chosen.append(ResumableCSVLogger(folder, name="logs", keep_before=keep_before))
     if "tensorboard" in config.loggers:
-        purge = {} if keep_before is None else {"purge_step": keep_before}
-        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard", version=0, **purge))
+        # purge_step: TensorBoard hides what a killed process logged from this step on (all of it when fresh)
+        purge = keep_before or 0
+        chosen.append(loggers.TensorBoardLogger(folder, name="tensorboard", version=0, purge_step=purge))
     if "wandb" in config.loggers:
         try:
             import wandb  # noqa: F401
