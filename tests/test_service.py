@@ -399,3 +399,35 @@ def test_3d_jobs_correct_any_slice_cancel_and_download(api, opened, pacs, tmp_pa
     (name, mask), *_ = read_seg(tmp_path / "seg.dcm", reference).items()
     assert name == "Liver"
     np.testing.assert_array_equal(mask, after)
+
+
+def test_shown_slices_are_encoded_ahead_and_clicks_offer_other_sizes(api, opened):
+    """Over HTTP with the real model: a shown slice is listed as ready once the idle server has encoded it, the
+    click there finds its embedding; a click answer counts its other sizes, /choose takes one, and refuses
+    with one line what it cannot do."""
+    import time
+
+    image_id, z = opened["image_id"], Z + 2
+    assert api.get(f"/api/images/{image_id}/slices/{z}").status_code == 200
+    deadline = time.monotonic() + 180
+    while z not in (ready := api.get(f"/api/images/{image_id}/ready").json())["ready"]:
+        assert time.monotonic() < deadline, ready
+        time.sleep(0.1)
+    assert ready["viewed"] == z and ready["num_slices"] == 20
+    answer = api.post(
+        f"/api/images/{image_id}/segment", json={"z": z, "points": [{"x": 156, "y": 303}]}
+    ).json()
+    assert answer["embedding_cached"]
+    offered = answer["alternatives"]
+    assert set(offered) == {"smaller", "larger"} and offered["smaller"] + offered["larger"] >= 1, offered
+    which = "larger" if offered["larger"] else "smaller"
+    chosen = api.post(f"/api/images/{image_id}/choose", json={"which": which, "z": z})
+    assert chosen.status_code == 200, chosen.text
+    area, before = rle_decode(chosen.json()["mask"]).sum(), rle_decode(answer["mask"]).sum()
+    assert (area > before) if which == "larger" else (area < before)
+    assert chosen.json()["measurements"]["voxel_count"] == area
+    bad = api.post(f"/api/images/{image_id}/choose", json={"which": "huge", "z": z})
+    assert bad.status_code == 422 and "which" in bad.json()["detail"]
+    api.post(f"/api/images/{image_id}/segment", json={"z": z, "box": [107, 196, 269, 374]})
+    none = api.post(f"/api/images/{image_id}/choose", json={"which": "larger", "z": z})
+    assert none.status_code == 409 and "\n" not in none.json()["detail"]

@@ -19,14 +19,16 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path, shared_data):
     output = tmp_path / "service_latency.json"
     command = [
         sys.executable, str(REPO / "benchmarks/service_latency.py"), "--quick", "--slices", "6", "--clients", "3", "--seconds", "4",
-        "--think", "0.5", "--output", str(output),
+        "--think", "0.5", "--views", "3", "--threads", "1", "--output", str(output),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, capture_output=True, encoding="utf-8", check=False, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     assert "| first click on a new 512×512 slice | 6 |" in done.stdout
     result = json.loads(output.read_text(encoding="utf-8"))
     assert result["first_click_ms"]["n"] == 6 and result["later_click_ms"]["n"] == 6
-    assert result["viewed_first_click_ms"]["n"] == 5
+    assert result["viewed_first_click_ms"]["n"] == result["viewed_reference_click_decode_ms"]["n"] == 3
+    assert result["viewed_later_click_ms"]["n"] == 3 and result["viewed_first_click_wait_ms"]["n"] == 3
+    assert result["viewed_ready_slices_after_clicks"]["n"] == 3 and result["threads"] == 1
     assert result["reference_encoder_ms"]["n"] == result["reference_click_decode_ms"]["n"] == 6
     assert result["first_click_server_over_reference"] > 0  # paired with the server's clicks, one per slice
     load = result["load"]
@@ -44,6 +46,8 @@ def test_quick_benchmark_writes_its_table_and_json(tmp_path, shared_data):
     assert set(result["meets"]) == {
         "first_click",
         "later_click",
+        "viewed_click",
+        "viewed_later_click",
         "no_errors",
         "health_throughout",
         "memory_under_budget",
