@@ -79,3 +79,36 @@ def test_the_shipped_weights_are_the_ones_the_benchmark_fitted_and_the_flag_is_b
     assert (quality.BIAS, quality.REVIEW_AT) == (fit["bias"], fit["review_at"])
     # a fact rarely seen in training (a mask on the border) counts as unusual, not as a hundred times so
     assert quality.standardised(quality.MEAN + 100 * quality.SCALE).max() == 3.0
+
+
+def test_slices_to_look_at_first_in_a_volume():
+    """A walk that jumps on one slice (a leak) gets that slice listed; a smooth object none; 2D never."""
+    from oncoseg.quality import assess_slices, slice_features
+
+    zz, yy, xx = np.mgrid[:12, :40, :40]
+    smooth = ((xx - 20) ** 2 + (yy - 20) ** 2 <= 64) & (zz >= 2) & (zz <= 9)
+    scores = {z: 0.9 for z in range(2, 10)}
+    assert not any(flag for _, flag in assess_slices(smooth, scores).values())
+    assert assess(smooth, scores, True).slices == ()
+    leaky = smooth.copy()
+    leaky[6, 5:38, 5:38] = True  # one slice grown four times: low overlap with both neighbours
+    low = {**scores, 6: 0.55}
+    values = slice_features(leaky, low)[6]
+    assert values[1] < 0.5 and values[2] == 2.0  # IoU with the neighbours, area ratio (capped)
+    quality = assess(leaky, low, True)
+    assert 6 in quality.slices and quality.to_dict()["review_slices"] == list(quality.slices)
+    assert "check slice" in quality.describe()
+    assert assess(smooth[5], {None: 0.9}, False).slices == ()
+
+
+def test_the_slice_constants_are_the_ones_the_benchmark_fitted():
+    from pathlib import Path
+
+    from oncoseg import quality
+
+    fit = json.loads((Path(__file__).parents[1] / "benchmarks/results/slice_quality.json").read_text())["fit"]
+    assert list(quality.SLICE_FEATURES) == fit["features"]
+    np.testing.assert_allclose(quality.SLICE_MEAN, fit["mean"])
+    np.testing.assert_allclose(quality.SLICE_SCALE, fit["scale"])
+    np.testing.assert_allclose(quality.SLICE_WEIGHTS, fit["weights"])
+    assert (quality.SLICE_BIAS, quality.SLICE_REVIEW_AT) == (fit["bias"], fit["review_at"])

@@ -328,3 +328,22 @@ def test_choose_on_a_volume_walks_again_from_the_slice():
     obj.alternatives[10] = ((small, 0.8),)
     session.choose(obj, "smaller", z=10)
     assert (obj.mask[10] == small).all() and obj.mask[9].any()  # the walk went on from the new mask
+
+
+def test_segment_pick_and_the_json_list_the_other_sizes(tmp_path):
+    """The API's pick= takes the next smaller size of a click's answer; the JSON lists the sizes."""
+    from PIL import Image
+
+    from oncoseg.api import segment
+    from oncoseg.samples import sample_path
+
+    truth = np.asarray(Image.open(sample_path("polyp_mask.png")).convert("L")) > 127
+    ys, xs = np.nonzero(truth)
+    click = [(float(xs.mean()), float(ys.mean()))]
+    best = segment(sample_path("polyp"), points=click)
+    listed = best.to_dict()["objects"][0]["alternatives"]
+    assert listed and [a["pixels"] for a in listed] == sorted(a["pixels"] for a in listed)
+    smaller = segment(sample_path("polyp"), points=click, pick="smaller")
+    assert (smaller.labels > 0).sum() < (best.labels > 0).sum()
+    with pytest.raises(PromptError, match="no other size"):
+        segment(sample_path("polyp"), box=(148, 160, 424, 416), pick="larger")

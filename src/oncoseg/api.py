@@ -58,6 +58,8 @@ class SegmentationResult:
     predictor: Predictor | None = None
     numbers: list[int] | None = None
     qualities: list[Quality] = field(default_factory=list)  # per object: estimate and review flag
+    # per object: the other sizes its clicks could mean, [{"slice", "pixels", "score"}] smallest first
+    alternatives: list[list[dict]] = field(default_factory=list)
 
     @property
     def label_numbers(self) -> list[int]:
@@ -78,6 +80,14 @@ class SegmentationResult:
             session.predictor,
             [obj.label for obj in objects],
             [obj.quality for obj in objects],
+            [
+                [
+                    {"slice": z, "pixels": int(m.sum()), "score": round(float(sc), 4)}
+                    for z, alts in obj.alternatives.items()
+                    for m, sc in alts
+                ]
+                for obj in objects
+            ],
         )
 
     @property
@@ -121,6 +131,9 @@ class SegmentationResult:
             objects.append(entry)
         for entry, quality in zip(objects, self.qualities, strict=False):
             entry["quality"] = quality.to_dict()
+        for entry, alternatives in zip(objects, self.alternatives, strict=False):
+            if alternatives:
+                entry["alternatives"] = alternatives
         warnings = [str(w) for w in self.image.metadata.get("warnings", [])]
         return {"image": self.image.describe(), "objects": objects, "warnings": warnings}
 
@@ -245,6 +258,7 @@ def segment(
     modality: str | None = None,
     spacing: tuple[float, ...] | str | None = None,
     volume: bool = False,
+    pick: str | None = None,
     backend: str = "litemedsam",
     predictor: Predictor | Callable[[], Predictor] | None = None,
     propagation: PropagationSettings | None = None,
@@ -270,7 +284,9 @@ def segment(
     ``objects=[{"points": [(120, 80)]}, {"points": [(300, 200), (310, 190)]}]`` for two objects by clicks.
     An object's prompts may lie on several slices: the first slice's prompt starts it, each further one
     corrects it there (`Session.refine`). ``volume=True`` propagates each object through the volume;
-    otherwise only the prompted slices are segmented. ``predictor``: a `Predictor`, or a function returning one
+    otherwise only the prompted slices are segmented. Clicks alone may mean a small structure or the organ
+    around it: the answer lists the other sizes found (``alternatives`` in `to_dict`), and ``pick="smaller"`` or
+    ``"larger"`` takes the next one instead (`Session.choose`). ``predictor``: a `Predictor`, or a function returning one
     (called after every check). Outputs (``output_type`` nifti, or dicom_seg/rtstruct with ``names`` over the
     DICOM series the image came from) are written only when everything succeeded, all or none (an empty result
     raises ``EmptyResultError`` and writes nothing); a prompt on pixels that hold no information (constant, or
@@ -305,11 +321,19 @@ def segment(
             validate_prompt(prompt, image.shape, correction=i > 0)
     check_outputs(image, **outputs, names=names)
     names = _with_object_names(objects, names) if output_type != "nifti" else names
+    if pick not in (None, "smaller", "larger"):
+        raise PromptError(f"pick 'smaller' or 'larger', not {pick!r}")
     session = Session(image, model, modality=modality, propagation=propagation)
     for label, obj in enumerate(objects, start=1):
         session.check(obj.prompts[0], volume, label)
     for obj in objects:
         made = session.segment(obj.prompts[0], volume=volume, name=obj.name, on_slice=on_slice)
+        if pick is not None:
+            if not made.alternatives:
+                raise PromptError(
+                    f"--pick {pick}: object {made.label} has no other size (only clicks alone have)"
+                )
+            session.choose(made, pick, on_slice=on_slice)
         for correction in obj.prompts[1:]:
             session.refine(made, correction, on_slice=on_slice)
     return SegmentationResult.from_session(session).write(**outputs, names=names)

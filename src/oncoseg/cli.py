@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--3d", dest="volume", action="store_true", help="propagate through the volume from the prompt"
     )
     seg.add_argument(
+        "--pick",
+        choices=("smaller", "larger"),
+        help="clicks alone may mean a small structure or the organ around it: take the next smaller or larger "
+        "of the sizes the model found (the summary lists them) instead of its best-scoring one",
+    )
+    seg.add_argument(
         "--text",
         help="text prompt: segment every instance of this structure (default model: see oncoseg concepts)",
     )
@@ -387,7 +393,8 @@ def run_segment(args: argparse.Namespace) -> int:
         "threshold": args.threshold,
     }
     with progress(args, image) as on_slice:
-        result = segment(image, volume=args.volume, **prompts, **concept, **run_options(args, on_slice))
+        result = segment(image, volume=args.volume, pick=args.pick, **prompts, **concept,
+                         **run_options(args, on_slice))  # fmt: skip
     print_result(result, args)
     return 0
 
@@ -480,7 +487,12 @@ def describe_quality(quality: dict) -> str:
     """ "quality 0.91", or "REVIEW (quality 0.42: reasons)" for a result that is likely wrong."""
     from oncoseg.quality import Quality
 
-    return Quality(quality["estimate"], quality["review"], tuple(quality["reasons"])).describe()
+    return Quality(
+        quality["estimate"],
+        quality["review"],
+        tuple(quality["reasons"]),
+        tuple(quality.get("review_slices", ())),
+    ).describe()
 
 
 def print_summary(summary: dict, output: str, overlay: str | None) -> None:
@@ -495,6 +507,9 @@ def print_summary(summary: dict, output: str, overlay: str | None) -> None:
             f"short {obj[f'recist_short_{unit}']:.1f} {unit}, score {obj['score']:.2f}{where}"
             + (f", {describe_quality(obj['quality'])}" if obj.get("quality") else "")
         )
+        if obj.get("alternatives"):
+            sizes = ", ".join(f"{a['pixels']} px" for a in obj["alternatives"])
+            print(f"  other sizes these clicks could mean: {sizes} (--pick smaller / --pick larger)")
     if any(obj.get("unit") == "px" for obj in summary["objects"]):
         print("sizes in pixels: the picture has no physical pixel size (--spacing X,Y in mm gives one)")
     print(f"mask written to {output}" + (f", overlay to {overlay}" if overlay else ""))

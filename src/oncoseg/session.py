@@ -25,7 +25,7 @@ import numpy as np
 
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
-from oncoseg.measure import Measurements, measure
+from oncoseg.measure import Measurements, measure_image
 from oncoseg.predictor import Predictor, blank_error, blank_reason, prompt_pixels
 from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, box_from_mask, validate_prompt
 from oncoseg.quality import Quality, assess, with_doubts
@@ -400,8 +400,9 @@ class Session:
         return labels
 
     def measure(self, obj: SegmentedObject) -> Measurements:
-        """Area or volume and diameters of ``obj`` in the image's physical units."""
-        return measure(obj.mask, self.image.spacing)
+        """Area or volume and diameters of ``obj`` in the image's units (mm, or px for a picture without a pixel
+        size)."""
+        return measure_image(obj.mask, self.image)
 
     def _on_grid(self, mask2d: np.ndarray, z: int | None) -> np.ndarray:
         if z is None:
