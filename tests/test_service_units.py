@@ -485,7 +485,8 @@ def test_clicks_refine_a_slice_result_through_the_core_even_after_an_emptying_cl
 
 def test_a_request_abandons_background_model_work_at_its_next_step():
     """Background work under `ModelWorker.yielding` stops at the next call into the model code when a request
-    arrives, or when `abandon` is called (an image closed): the request does not wait for it to end."""
+    arrives, or when `abandon` is called (an image closed): the request does not wait for it to end; after
+    `finish_background` (a request needs that very encode) it runs to its end."""
     import time
 
     import torch
@@ -516,6 +517,19 @@ def test_a_request_abandons_background_model_work_at_its_next_step():
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert not finished and worker.call(lambda: sum(range(10))) == 45
+
+    def short() -> None:  # the slice a request needs, being encoded: it finishes (the request would redo it)
+        with worker.yielding():
+            started.set()
+            for _ in range(2000):
+                fast_encoder.gelu(torch.zeros(4))
+            finished.append(True)
+
+    started.clear()
+    worker.background(short)
+    assert started.wait(30)
+    worker.finish_background()
+    assert worker.call(lambda: list(finished)) == [True] and worker.preempted == 2
     worker.stop()
 
 

@@ -304,6 +304,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
             )
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
+        engine.needs(session, z)
         return await engine.worker.run(engine.segment, session, prompt, z, body.overlay, body.contours)
 
     @app.post(

@@ -144,6 +144,7 @@ class Engine:
         self._ahead_lock = threading.Lock()
         self._ahead_queued = False  # an `_ahead_step` waits in the worker's queue
         self._ahead_image: OpenImage | None = None  # the image being encoded ahead right now
+        self._ahead_slice: int | None = None  # and its slice
 
     # ------------------------------------------------------------------ lifecycle
     def warm_up(self) -> float:
@@ -726,6 +727,12 @@ class Engine:
         opened.ahead_done = False
         self._schedule_ahead()
 
+    def needs(self, opened: OpenImage, z: int | None) -> None:
+        """A request on slice ``z`` of ``opened`` is about to be queued: when that slice is being encoded ahead
+        right now, the encode finishes instead of being abandoned (the request would redo it from the start)."""
+        if self._ahead_image is opened and self._ahead_slice == (z if opened.image.is_3d else None):
+            self.worker.finish_background()
+
     def close_image(self, image_id: str) -> None:
         """Close an open image; encoding ahead on it stops at its next module call."""
         opened = self.store.find(image_id)
@@ -768,7 +775,7 @@ class Engine:
             if z is None:
                 opened.ahead_done = True
                 continue
-            self._ahead_image = opened
+            self._ahead_image, self._ahead_slice = opened, z
             try:
                 if self.store.find(opened.id) is not opened:
                     continue

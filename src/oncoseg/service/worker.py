@@ -60,6 +60,9 @@ class ModelWorker:
         self.rejected = 0
         self.preempted = 0  # background computations abandoned for a request
         self._abandon = threading.Event()
+        self._finish = (
+            threading.Event()
+        )  # let the background work in flight finish: a request needs its result
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="oncoseg-model", daemon=True)
         self._thread.start()
@@ -83,6 +86,10 @@ class ModelWorker:
         """Queue ``fn`` behind every request; errors are logged, not raised."""
         self._queue.put((BACKGROUND, next(self._order), None, fn, args))
 
+    def finish_background(self) -> None:
+        """Let the background computation in flight finish although requests wait (one of them needs it)."""
+        self._finish.set()
+
     def abandon(self) -> None:
         """Make the background computation in flight (if any) stop at its next step."""
         self._abandon.set()
@@ -100,7 +107,7 @@ class ModelWorker:
             code = frame.f_code
             if (
                 event == "call"
-                and (self._waiting or self._abandon.is_set())
+                and ((self._waiting and not self._finish.is_set()) or self._abandon.is_set())
                 and code.co_filename.startswith(MODEL_CODE)
                 and not code.co_name.startswith("__")
                 and not code.co_flags & RESUMABLE
@@ -132,6 +139,7 @@ class ModelWorker:
                 if self._stopping:
                     continue
                 self._abandon.clear()
+                self._finish.clear()
                 try:
                     fn(*args)
                 except Preempted:
