@@ -791,9 +791,8 @@ class Engine:
             over = self.store.nbytes() - self.store.budget_bytes
             if over > 0:
                 over -= ahead.trim(opened, order, over)
-            for (
-                other
-            ) in images:  # only for the displayed slice: other images' droppable embeddings, LRU first
+            # only for the displayed slice: other images' droppable embeddings, least recently used image first
+            for other in images:
                 if over <= 0 or z != order[0]:
                     break
                 if other is not opened:
