@@ -187,6 +187,40 @@ def test_result_and_slice_indices_are_checked(client):
         assert answer.status_code in (422, 400) and "\n" not in answer.json()["detail"], answer.text
 
 
+def test_choose_and_ready_refuse_what_they_cannot_answer(client):
+    """/choose with any body is a 4xx with one line (never a 500), before model time; /ready of an unknown
+    image is a 404; a shown slice outside the volume starts no background work."""
+    volume = np.random.default_rng(0).integers(0, 200, (4, 32, 32)).astype(np.int16)
+    image_id = _upload(client, "ct.nii", nibabel.Nifti1Image(volume.T, np.eye(4)).to_bytes()).json()[
+        "image_id"
+    ]
+    url = f"/api/images/{image_id}/choose"
+    bodies = [
+        {"which": "larger", "z": 1},  # no result yet
+        {"which": "LARGER", "z": 1},
+        {"which": None},
+        {"which": ["smaller"]},
+        {"which": "smaller", "z": "one"},
+        {"which": "smaller", "z": 10**30},
+        {"which": "smaller", "z": -1},
+        {},
+        [],
+    ]
+    completed = client.app.state.engine.worker.completed
+    for body in bodies:
+        answer = client.post(url, json=body)
+        assert 400 <= answer.status_code < 500 and "\n" not in answer.json()["detail"], (body, answer.text)
+    assert client.app.state.engine.worker.completed == completed  # none reached the model
+    client.post(f"/api/images/{image_id}/segment", json={"z": 1, "points": [{"x": 9, "y": 9}]})
+    for body in ({"which": "smaller", "z": 5}, {"which": "larger", "z": 1}, {"which": "smaller"}):
+        answer = client.post(url, json=body)  # the stand-in model offers no other sizes
+        assert answer.status_code in (409, 422) and "\n" not in answer.json()["detail"], (body, answer.text)
+    assert client.post("/api/images/nope/choose", json={"which": "larger"}).status_code == 404
+    assert client.get("/api/images/nope/ready").status_code == 404
+    assert client.get(f"/api/images/{image_id}/slices/7").status_code == 422
+    assert client.get(f"/api/images/{image_id}/ready").json()["viewed"] is None
+
+
 def test_monailabel_params_are_checked_before_model_time(client):
     volume = np.random.default_rng(1).integers(0, 200, (4, 32, 32)).astype(np.int16)
     data = nibabel.Nifti1Image(volume.T, np.eye(4)).to_bytes()
