@@ -13,8 +13,9 @@ Per direction (atlas → patient), for every organ of the atlas or of `oncoseg.c
   (cannot be transferred), or *no reference* (External, SpinalCanal: TotalSegmentator labels neither);
 - Dice of each stage: atlas only (registered labels), atlas + model (the old default: LiteMedSAM per-slice
   refinement of `MODEL_REFINED`), + CT numbers (`adapt_priors`: intensity refinement and HU organs), + CT numbers
-  + model. Dice of carried organs is computed inside the part of the patient's scan that the registered atlas
-  scan covers (the slab atlas cannot say anything about the rest); HU organs over the whole scan.
+  + model, and *final*: what `contour()` keeps (the model only where `refine.model_helps`). Dice of carried
+  organs is computed inside the part of the patient's scan that the registered atlas scan covers (the slab atlas
+  cannot say anything about the rest); HU organs over the whole scan.
 
 Lungs: the reference is the union of the lobe labels (left/right). SpinalCanal is reported by the share of the
 labelled spinal cord it holds.
@@ -42,12 +43,13 @@ from common import DEFAULT_DATA, DEFAULT_OUT, environment, markdown_table, requi
 from oncoseg.contour.adapt import HU_ORGANS, adapt_priors
 from oncoseg.contour.check import dice
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas
-from oncoseg.contour.refine import refine_priors
+from oncoseg.contour.refine import model_helps, refine_priors
 from oncoseg.contour.registration import register, warp_labels
 from oncoseg.dicom.tg263 import lookup
 from oncoseg.io import load_image
 
-STAGES = ("atlas", "atlas_model", "ct", "ct_model")
+STAGES = ("atlas", "atlas_model", "ct", "ct_model", "final")
+HU_STAGES = ("ct", "ct_model", "final")  # an HU organ has no atlas stage
 LARGE = ("Liver", "Spleen", "Kidney_L", "Kidney_R", "Lung_L", "Lung_R", "Heart", "Stomach")
 
 
@@ -98,10 +100,17 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
     predictor.set_image(patient.image, modality="ct")
     for source, target in (("atlas", "atlas_model"), ("ct", "ct_model")):
         t = time.perf_counter()
-        chosen = {n: m for n, m in stages[source].items() if n in MODEL_REFINED and m.any()}
+        chosen = {
+            n: m for n, m in stages[source].items() if n in MODEL_REFINED and n not in HU_ORGANS and m.any()
+        }
         refined, _ = refine_priors(predictor, chosen, patient.image.spacing[:2])
         stages[target] = {**stages[source], **refined}
         timings[f"model_after_{source}"] = time.perf_counter() - t
+    # what contour() keeps: the model only on CTs with fine pixels (refine.model_helps)
+    spacing = patient.image.spacing[:2]
+    stages["final"] = {
+        n: (stages["ct_model"] if model_helps(spacing, n) else stages["ct"])[n] for n in organs
+    }
 
     truths = {n: patient.mask(n) for n in organs if n not in HU_ORGANS}
     truths.update(lung_truth(patient, example))
@@ -122,7 +131,7 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
             row["status"] = "scored (whole scan)" if truth.any() else "absent in the patient's scan"
             if truth.any():
                 row["truth_ml"] = round(float(truth.sum()) * voxel_ml, 1)
-                row["dice"] = {s: _round(dice(stages[s][name], truth)) for s in STAGES}
+                row["dice"] = {s: _round(dice(stages[s][name], truth)) for s in HU_STAGES}
             else:
                 row["drawn_ml"] = {s: round(float(stages[s][name].sum()) * voxel_ml, 1) for s in STAGES}
         elif not (truth & covered).any():
@@ -141,7 +150,7 @@ def speed(example: Path, atlas: Atlas, predictor) -> dict[str, Any]:
     """The product path on the DICOM series: every supported organ, model on, RTSTRUCT written."""
     from oncoseg.contour import contour
 
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, start_load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     result = contour(example / "example_ct_dicom", atlas=atlas, predictor=predictor)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
@@ -155,7 +164,7 @@ def speed(example: Path, atlas: Atlas, predictor) -> dict[str, Any]:
         "not_drawn": getattr(result, "omitted", {}),
         "cpu_s": round(time.process_time() - cpu, 2),
         "timings_s": _rounded(timings),
-        "load_average_1min_at_end": os.getloadavg()[0],
+        "load_average_1min": {"start": start_load, "end": os.getloadavg()[0]},
     }
 
 
@@ -229,6 +238,7 @@ def main() -> None:
             "atlas+model",
             "+CT numbers",
             "+CT numbers+model",
+            "final",
             "mL",
         ]
         print(markdown_table(header, table))
@@ -237,11 +247,14 @@ def main() -> None:
         print(
             f"\n## Whole CT (example_ct_dicom, {s['organs_asked']} organs asked, {s['organs_drawn']} drawn)\n"
         )
-        stages = ["load", "registration", "refine", "write", "wall_total"]
+        stages = ["load", "registration", "ct_numbers", "refine", "write", "wall_total"]
         print(
             markdown_table(stages + ["cpu s"], [[fmt(s["timings_s"].get(k)) for k in stages] + [s["cpu_s"]]])
         )
-        print(f"\nload average at the end: {s['load_average_1min_at_end']:.1f} (shared host)")
+        loads = s["load_average_1min"]
+        print(
+            f"\n1 torch thread; load average {loads['start']:.1f} → {loads['end']:.1f} (shared 2-core host, noisy)"
+        )
     print(f"\nwrote {path}")
 
 

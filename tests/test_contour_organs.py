@@ -132,3 +132,10 @@ def test_adapt_adds_hu_organs_and_refines_the_large_ones():
     assert adapted["External"][organ].all() and not adapted["External"][:, 0, 0].any()
     assert not adapted["Pancreas"].any()
     assert supported(["Liver", "Lungs"]) == ["Liver", "Lungs", *[n for n in HU_ORGANS if n != "Lungs"]]
+
+
+def test_model_refines_only_where_it_won():
+    from oncoseg.contour.refine import model_helps
+
+    assert model_helps((0.98, 0.98), "Liver") and model_helps((0.98, 0.98), "A_Aorta")
+    assert not model_helps((3.0, 3.0), "Liver") and model_helps((3.0, 3.0), "A_Aorta")

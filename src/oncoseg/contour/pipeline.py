@@ -237,9 +237,12 @@ def contour(
     to_refine = {
         name: priors[name]
         for name in chosen
-        if name in MODEL_REFINED and name not in HU_ORGANS and not evidence[name].omitted
+        if name in MODEL_REFINED
+        and name not in HU_ORGANS
+        and model_helps(image.spacing[:2], name)
+        and not evidence[name].omitted
     }
-    if refine and to_refine and model_helps(image.spacing[:2]):
+    if refine and to_refine:
         t = time.perf_counter()
         predictor = predictor or make_predictor(backend, checkpoint)
         predictor.set_image(image, modality="ct")
