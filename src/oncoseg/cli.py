@@ -108,7 +108,10 @@ SUBCOMMAND_MODULES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; with ``command`` (the one the command line names) the sub-packages' parsers of other
+    commands are not loaded: their modules import DICOM, service or training code, about 0.4 s that a
+    `segment` run does not need."""
     parser = argparse.ArgumentParser(
         prog="oncoseg",
         description="Promptable medical image segmentation (LiteMedSAM bundled; runs on CPU, nothing downloaded).",
@@ -197,14 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--json", action="store_true", help="print JSON")
 
     for name, module in SUBCOMMAND_MODULES.items():
-        if name == "serve":  # `oncoseg --help` lists demo between export and serve
+        if name == "serve" and command in (
+            None,
+            "demo",
+        ):  # `oncoseg --help` lists demo between export and serve
             demo = commands.add_parser(
                 "demo", help="segment the bundled sample cases and write masks, overlays, JSON"
             )
             demo.add_argument(
                 "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
             )
-        importlib.import_module(module).add_parser(commands)
+        if command in (None, name):
+            importlib.import_module(module).add_parser(commands)
     return parser
 
 
@@ -226,6 +233,7 @@ def add_model_options(parser: argparse.ArgumentParser, precisions=("auto", "fp32
     parser.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     note = " (fp16: SAM3 on GPUs only)" if "fp16" in precisions else ""
     parser.add_argument("--precision", choices=precisions, default="auto", help=f"model precision{note}")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's own)")
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -303,8 +311,9 @@ def attach_negative_values(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
+    argv = attach_negative_values(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser(named_command(argv))
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -330,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("oncoseg: interrupted", file=sys.stderr)
         return 130
+
+
+def named_command(argv: list[str]) -> str | None:
+    """The command ``argv`` names when it is a known one (its first word that is not an option), else None."""
+    first = next((token for token in argv if not token.startswith("-")), None)
+    known = {"segment", "refine", "info", "datasets", "demo", *SUBCOMMAND_MODULES}
+    return first if first in known else None
 
 
 def quiet_library_warnings() -> None:

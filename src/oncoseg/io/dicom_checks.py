@@ -6,14 +6,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-import SimpleITK as sitk
-from pydicom.dataset import Dataset
 
 from oncoseg.errors import ImageReadError
 from oncoseg.io.limits import ReadLimits, check_declared_size
+
+if TYPE_CHECKING:  # imported where used: reading a picture needs neither
+    import SimpleITK as sitk
+    from pydicom.dataset import Dataset
 
 PIXEL_DATA = 0x7FE00010
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -37,6 +39,8 @@ def read_series_headers(
 ) -> tuple[list[Dataset], list[str]]:
     """Headers of the series' files (pixel data not read) after checking the declared size, that no slice is
     truncated and that no other file of the series was left out; returns (headers, warnings)."""
+    import pydicom
+
     name, n = folder.name, len(files)
     headers = []
     for k, path in enumerate(files):
@@ -107,6 +111,8 @@ def _unlisted_files(folder: Path, listed: set[str], series_uid: str) -> tuple[in
     """(DICOM-looking files no series holds that are unreadable or images, such files of ``series_uid``).
 
     Readable non-image objects of other series (RTSTRUCT, SR) and DICOMDIR are not counted."""
+    import pydicom
+
     skipped = missing = 0
     for path in sorted(folder.iterdir()):
         if path.name in listed or path.name.upper() == "DICOMDIR" or not path.is_file():

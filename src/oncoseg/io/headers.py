@@ -18,9 +18,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel
 import numpy as np
-from nibabel.spatialimages import HeaderDataError
 
 from oncoseg.errors import ImageReadError
 from oncoseg.io.limits import ReadLimits, check_declared_size
@@ -367,6 +365,9 @@ def _require_bytes(name: str, available: int, nbytes: int) -> None:
 
 def check_nifti_header(path: Path, limits: ReadLimits) -> int:
     """Check a single-file NIfTI-1/2 header (no data read); return where its voxel data ends."""
+    import nibabel  # here: 0.1 s that a picture does not need
+    from nibabel.spatialimages import HeaderDataError
+
     name = path.name
     try:
         opener = gzip.open if name.lower().endswith(".gz") else open

@@ -11,10 +11,9 @@ import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-import SimpleITK as sitk
 from PIL import Image
 
 from oncoseg.errors import ImageReadError, ImageTooLargeError, OncoSegError
@@ -29,6 +28,10 @@ from oncoseg.io.headers import (
 )
 from oncoseg.io.limits import DEFAULT_LIMITS, ReadLimits, check_declared_size, check_geometry
 from oncoseg.modality import canonical_modality
+
+if TYPE_CHECKING:  # imported where used: a picture needs neither (0.5 s)
+    import pydicom
+    import SimpleITK as sitk
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +187,8 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 def _read_volume_file(path: Path, limits: ReadLimits) -> MedicalImage:
     """NIfTI, NRRD or MetaImage after checking the header; ITK is told the format so it reads no other."""
+    import SimpleITK as sitk
+
     fmt = VOLUME_FORMATS[suffix_of(path, VOLUME_FORMATS)]
     if fmt == "nifti":  # truncation is checked first: ITK would allocate the declared size, then read zeros
         check_nifti_complete(path, check_nifti_header(path, limits))
@@ -256,6 +261,8 @@ def _bomb_message(exc: Exception) -> str:
 
 def _from_sitk(itk_image: sitk.Image, path: Path) -> MedicalImage:
     """Convert a SimpleITK image; 3D images are reoriented to LPS, extra components become channels-last."""
+    import SimpleITK as sitk
+
     components = _split_components(itk_image, path)
     orientation = None
     if components[0].GetDimension() == 3:
@@ -277,6 +284,8 @@ def _from_sitk(itk_image: sitk.Image, path: Path) -> MedicalImage:
 
 def _split_components(itk_image: sitk.Image, path: Path) -> list[sitk.Image]:
     """One scalar 2D/3D image per channel: vector pixels and the 4th axis of a 4D image are channels."""
+    import SimpleITK as sitk
+
     dim, n_components = itk_image.GetDimension(), itk_image.GetNumberOfComponentsPerPixel()
     if dim == 4 and n_components == 1:
         size = list(itk_image.GetSize())
@@ -300,6 +309,8 @@ def _split_components(itk_image: sitk.Image, path: Path) -> list[sitk.Image]:
 @contextmanager
 def _itk_warnings_off() -> Iterator[None]:
     """Silence ITK's stderr warnings (e.g. "No Series were found"); we raise our own error instead."""
+    import SimpleITK as sitk
+
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
@@ -323,6 +334,8 @@ def _read_dicom_series(
     gaps or uneven spacing, bad PixelSpacing, truncated or unreadable slices of the series) or loaded with
     ``metadata["warnings"]`` (unreadable stray files skipped, a 2D image without PixelSpacing in pixels).
     """
+    import SimpleITK as sitk
+
     name = folder.name
     if not any(p.is_file() for p in folder.iterdir()):
         raise ImageReadError(f"{name}: folder holds no files")

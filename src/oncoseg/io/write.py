@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image
 
 from oncoseg.errors import OncoSegError
@@ -25,6 +24,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.io.read import suffix_of
 
 if TYPE_CHECKING:
+    import SimpleITK as sitk
     from typing_extensions import Self
 
 VOLUME_OUTPUTS = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -247,6 +247,8 @@ def _write(
             if suffix in PHOTO_OUTPUTS:
                 Image.fromarray(array).save(tmp)
             else:
+                import SimpleITK as sitk  # here: pictures are written without it
+
                 sitk.WriteImage(_to_sitk(array, reference, channels), str(tmp), True)
         except OSError:
             raise
@@ -261,6 +263,8 @@ def _write(
 
 def _to_sitk(array: np.ndarray, reference: MedicalImage, channels: int) -> sitk.Image:
     """``array`` on ``reference``'s LPS grid, turned back to the orientation of the file it came from."""
+    import SimpleITK as sitk
+
     itk_image = sitk.GetImageFromArray(array, isVector=channels > 1)
     itk_image.SetSpacing(reference.spacing)
     itk_image.SetOrigin(reference.origin)

