@@ -522,6 +522,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             jobs = measure_jobs(server.url, data, 2 if quick else None)
             load = load_test(server, data, clients, seconds, args.budget_mb, args.seed, args.clicks_per_slice)
+        except BaseException:
+            log = Path(tmp) / "server.log"
+            tail = (
+                log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:] if log.exists() else []
+            )
+            print("server log (last lines):", *tail, sep="\n", file=sys.stderr)
+            raise
         finally:
             server.stop()
 
