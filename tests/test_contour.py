@@ -284,7 +284,7 @@ def test_default_path_on_the_example_series(example, atlas):
     """The default path (every organ, model refinement) on the real example series."""
     result = contour(example / "example_ct_dicom", atlas=atlas)
     reference = load_image(example / "example_seg_dicom.nii.gz").array
-    assert result.methods["Liver"] == "atlas + model" and result.refinement["Liver"].refined > 10
+    assert result.methods["Liver"].endswith("+ model") and result.refinement["Liver"].refined > 10
     # the kidneys are not in this slab (its labels have none): the model disagrees with their registered priors
     assert {"Kidney_L", "Kidney_R"} <= set(result.omitted) and not {"Kidney_L", "Kidney_R"} & set(
         result.masks
