@@ -62,15 +62,40 @@ def test_config_errors_are_one_clear_line(tmp_path):
         "name: x\noutput: out\ncheckpoint_every_steps: 0\nphases: [{name: a, datasets: [busi]}]\n",
         encoding="utf-8",
     )
-    with pytest.raises(OncoSegError, match="checkpoint_every_steps must be a positive whole number, not 0"):
+    with pytest.raises(
+        OncoSegError, match="checkpoint_every_steps must be a whole number of at least 1, not 0"
+    ):
         load_config(bad)
+    for key, value, message in [
+        ("batch_size", "0", "batch_size must be a whole number of at least 1, not 0"),
+        ("lr", "abc", "lr must be a number of at least 1e-12, not 'abc'"),
+        ("precision", "fp8", "precision must be one of auto, 32-true"),
+        ("loggers", "csv", "loggers must be a list such as [csv, tensorboard], not 'csv'"),
+    ]:
+        bad.write_text(
+            f"name: x\noutput: out\n{key}: {value}\nphases: [{{name: a, datasets: [busi]}}]\n",
+            encoding="utf-8",
+        )
+        with pytest.raises(OncoSegError, match=re.escape(message)):
+            load_config(bad)
     bad.write_text("name: [unclosed\n", encoding="utf-8")
     with pytest.raises(OncoSegError, match="not valid YAML"):
         load_config(bad)
     good = tmp_path / "good.yaml"
-    good.write_text("name: x\noutput: out\nphases: [{name: a, datasets: [busi]}]\n", encoding="utf-8")
+    good.write_text(
+        "name: x\noutput: out\nlr: 1e-4\nphases: [{name: a, datasets: [busi]}]\n", encoding="utf-8"
+    )
     config = load_config(good)
     assert Path(config.output) == (tmp_path / "out").resolve()  # relative to the config file
+    assert config.lr == 1e-4  # YAML reads 1e-4 as text
+
+
+def test_settings_this_machine_cannot_run_are_one_line(shared_data, tmp_path, home, capsys):
+    config = write_config(tmp_path, shared_data, accelerator="gpu")  # no GPU on these machines
+    assert main(["train", str(config), "-q"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("oncoseg: error: the training settings do not run here")
+    assert "accelerator gpu" in errors[0]
 
 
 @pytest.fixture

@@ -34,6 +34,24 @@ import numpy as np
 from oncoseg.errors import OncoSegError
 
 LOGGERS = ("csv", "tensorboard", "wandb")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
+
+
+def _check_number(where: str, name: str, value: Any, minimum: float, whole: bool = True, none: bool = False):
+    """``value``, refused unless it is a number (a whole one if ``whole``) of at least ``minimum`` (or None). A
+    string such as ``1e-4`` (which YAML reads as text) is taken as the number it writes."""
+    if value is None and none:
+        return None
+    if isinstance(value, str) and not whole:
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+        what = "a whole number" if whole else "a number"
+        raise OncoSegError(f"{where}{name} must be {what} of at least {minimum:g}, not {value!r}")
+    return value
 
 
 def calibrated_epochs(cases: int) -> int:
@@ -66,6 +84,12 @@ class PhaseConfig:
     def __post_init__(self) -> None:
         if self.type not in ("lora", "concepts"):
             raise OncoSegError(f"phase {self.name}: type must be lora or concepts, not {self.type!r}")
+        if not isinstance(self.datasets, list) or not all(isinstance(d, str) for d in self.datasets):
+            raise OncoSegError(
+                f"phase {self.name}: datasets must be a list of dataset names, not {self.datasets!r}"
+            )
+        for key in ("epochs", "samples_per_epoch", "val_limit"):
+            _check_number(f"phase {self.name}: ", key, getattr(self, key), 1, none=True)
         shares = dict(self.replay or {})
         if (
             any(not isinstance(v, (int, float)) or v <= 0 for v in shares.values())
@@ -107,12 +131,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.phases:
             raise OncoSegError("the training config has no phases")
-        steps = self.checkpoint_every_steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise OncoSegError(f"checkpoint_every_steps must be a positive whole number, not {steps!r}")
-        minutes = self.checkpoint_every_minutes
-        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
-            raise OncoSegError(f"checkpoint_every_minutes must be a positive number, not {minutes!r}")
+        for key in ("batch_size", "accumulate", "devices", "num_nodes"):
+            _check_number("", key, getattr(self, key), 1)
+        for key in ("max_steps_per_epoch", "checkpoint_every_steps"):
+            _check_number("", key, getattr(self, key), 1, none=True)
+        _check_number("", "patience", self.patience, 0)
+        _check_number("", "num_workers", self.num_workers, 0)
+        self.weight_decay = _check_number("", "weight_decay", self.weight_decay, 0, whole=False)
+        self.lr = _check_number("", "lr", self.lr, 1e-12, whole=False)
+        self.checkpoint_every_minutes = _check_number(
+            "", "checkpoint_every_minutes", self.checkpoint_every_minutes, 1e-12, whole=False
+        )
+        if self.precision not in PRECISIONS:
+            raise OncoSegError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if not isinstance(self.loggers, list):
+            raise OncoSegError(f"loggers must be a list such as [csv, tensorboard], not {self.loggers!r}")
         unknown = set(self.loggers) - set(LOGGERS)
         if unknown:
             raise OncoSegError(f"unknown logger(s) {', '.join(sorted(unknown))}: use {', '.join(LOGGERS)}")
@@ -441,7 +474,8 @@ def run_phase(
     if progress and not bar:
         world = config.devices * config.num_nodes
         callbacks.append(ProgressLine(progress_seconds, config.batch_size * config.accumulate * world))
-    trainer = lightning.Trainer(
+    trainer = _trainer(
+        config,
         max_epochs=epochs,
         accelerator=config.accelerator,
         devices=config.devices,
@@ -502,6 +536,22 @@ def run_phase(
         register("latest", adapter, run=config.name, phase=phase.name, best_val_dice=best_dice)
         (folder / "done.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
+
+
+def _trainer(config: TrainConfig, **options: Any):
+    """``lightning.Trainer(**options)``; settings this machine cannot run (no GPU, too many devices) are one
+    line naming them."""
+    import lightning
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return lightning.Trainer(**options)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise OncoSegError(
+            f"the training settings do not run here (accelerator {config.accelerator}, devices {config.devices}, "
+            f"num_nodes {config.num_nodes}, precision {options.get('precision')}): {reason}"
+        ) from None
 
 
 def _resuming(checkpoint: dict[str, Any], loader, config: TrainConfig) -> str:
