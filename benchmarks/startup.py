@@ -1,19 +1,20 @@
 """Cold start-up of the command line and the service, as a user meets them (issue 22 item 3).
 
-Each run is a fresh process (nothing cached in memory but the OS's file cache):
-  import_cli     ``python -X importtime -c "import oncoseg.cli"``: wall time and the import-time table
-  torch_floor    ``python -c "import torch"``: the floor every model run pays; the host is shared and noisy,
-                 so the other rows are also given as ratios to it, measured in the same run
-  segment        ``python -m oncoseg.cli segment <bundled polyp.jpg> --box 148,160,424,416 -o tmp.png --threads 1``
-                 end to end (wall), and the time from process start until the first image embedding returns
-                 (a meta-path hook in a tiny wrapper times ``LiteMedSAMBackend.encode``; it loads nothing itself)
-  serve          ``python -m oncoseg.cli serve --port <free> --threads 1`` until ``GET /health`` answers 200 (polled
-                 every 20 ms), then stopped by its PID
-One extra segment run under ``-X importtime`` gives the top import-time entries of the whole command.
+Each run is a fresh process (the OS file cache and bytecode caches warm: one untimed run first):
+  import_cli       ``python -c "import oncoseg.cli"``
+  segment          ``oncoseg segment <bundled polyp.jpg> --box 148,160,424,416 -o tmp.png --threads 1 -q``, run as
+                   ``python -c WRAPPER ...`` (the console script's ``main``), end to end
+  first_embedding  from that process's start until the first image embedding returns (the wrapper's meta-path hook
+                   wraps ``LiteMedSAMBackend.encode`` when its module is imported; it imports nothing itself)
+  serve_health     ``oncoseg serve --port <free> --threads 1`` until ``GET /health`` answers 200 (polled every 20 ms),
+                   then stopped by its PID
+  import torch     ``python -c "import torch"``: the floor every model run pays. The host is shared and noisy, so
+                   every row is also given as a ratio to it, measured in the same rounds
+With ``--baseline DIR`` (e.g. an older commit's src unpacked by ``git archive``) both are timed in the same rounds,
+interleaved. Then one run each under ``-X importtime`` gives the top import-time entries.
 
-Writes ``benchmarks/results/startup.json`` and prints Markdown tables.
-Run: ``.venv/bin/python benchmarks/startup.py [--runs 5] [--src DIR]`` (``--src`` times another checkout's
-``src`` folder, e.g. an older commit unpacked with ``git archive``).
+Writes ``benchmarks/results/startup.json`` and prints Markdown tables. Run (OMP_NUM_THREADS=1 for every child):
+``.venv/bin/python benchmarks/startup.py --runs 5 [--baseline /tmp/before/src --baseline-no-threads-option]``.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ sys.exit(main())
 
 
 def child_env(src: Path) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1")
     env.pop("PYTHONWARNINGS", None)
     return env
 
@@ -154,87 +155,116 @@ def load_average() -> list[float] | None:
         return None
 
 
+def measure_variant(name: str, src: Path, threads: list[str], work: Path, serve: bool, times: dict) -> None:
+    """One round of the CLI import, the segment run and (optionally) the service, for the code in ``src``."""
+    python, env = sys.executable, child_env(src)
+    elapsed, _ = timed_run([python, "-c", "import oncoseg.cli"], env, work)
+    times["import_cli"].append(elapsed)
+    elapsed, first = segment_run(src, threads, work)
+    times["segment"].append(elapsed)
+    if first is not None:
+        times["first_embedding"].append(first)
+    if serve:
+        times["serve_health"].append(serve_ready(python, env, work))
+
+
+def segment_command(threads: list[str], work: Path) -> list[str]:
+    return [sys.executable, "-c", WRAPPER, "segment", str(POLYP), "--box", BOX, "-o", str(work / "tmp.png"),
+            *threads, "-q"]  # fmt: skip
+
+
+def segment_run(src: Path, threads: list[str], work: Path) -> tuple[float, float | None]:
+    """Wall seconds of the segment command and seconds from its start to the first embedding."""
+    start = time.time()
+    elapsed, done = timed_run(segment_command(threads, work), child_env(src), work)
+    stamp = re.search(r"STARTUP_FIRST_EMBEDDING (\S+)", done.stderr)
+    return elapsed, (float(stamp[1]) - start if stamp else None)
+
+
+def import_report(src: Path, threads: list[str], work: Path) -> dict:
+    """``-X importtime`` of ``import oncoseg.cli`` and of the segment run: top entries and heavy modules."""
+    python, env = sys.executable, child_env(src)
+    _, cli = timed_run([python, "-X", "importtime", "-c", "import oncoseg.cli"], env, work)
+    _, seg = timed_run([python, "-X", "importtime", *segment_command(threads, work)[1:]], env, work)
+    report = {}
+    for title, stderr in (("import oncoseg.cli", cli.stderr), ("oncoseg segment polyp.jpg", seg.stderr)):
+        top, modules = import_table(stderr)
+        report[title] = {"top15": top, "heavy_modules": sorted(m for m in HEAVY if m in modules)}
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="repeats of each measurement (default 5)")
     parser.add_argument(
-        "--src", type=Path, default=REPO / "src", help="the src folder to time (default: this one)"
+        "--baseline", type=Path, help="another checkout's src folder, timed in the same rounds"
     )
+    parser.add_argument("--baseline-no-threads-option", action="store_true",
+                        help="the baseline's segment has no --threads (OMP_NUM_THREADS=1 is set anyway)")  # fmt: skip
     parser.add_argument("--no-serve", action="store_true", help="skip the service measurement")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "startup.json")
-    parser.add_argument("--label", default="", help="a name for this run in the JSON (e.g. 'before')")
-    parser.add_argument("--no-threads-option", action="store_true",
-                        help="for a checkout whose segment has no --threads (OMP_NUM_THREADS=1 is set anyway)")  # fmt: skip
     args = parser.parse_args()
-    threads = [] if args.no_threads_option else ["--threads", "1"]
-    python, src = sys.executable, args.src.resolve()
-    env = child_env(src)
+    variants = {"current": (REPO / "src", ["--threads", "1"])}
+    if args.baseline:
+        variants["baseline"] = (
+            args.baseline.resolve(),
+            [] if args.baseline_no_threads_option else ["--threads", "1"],
+        )
     work = Path(tempfile.mkdtemp(prefix="oncoseg-startup-"))
     load_before = load_average()
+    for src, threads in variants.values():  # warm-up, untimed: bytecode caches written, files in the OS cache
+        segment_run(src, threads, work)
 
-    times: dict[str, list[float]] = {"torch_floor": [], "import_cli": [], "segment": [], "first_embedding": [],
-                                     "serve_health": []}  # fmt: skip
-    cli_imports = ""
-    for run in range(args.runs):  # interleaved, so load changes hit every row alike
-        elapsed, _ = timed_run([python, "-c", "import torch"], env, work)
-        times["torch_floor"].append(elapsed)
-        elapsed, done = timed_run([python, "-X", "importtime", "-c", "import oncoseg.cli"], env, work)
-        times["import_cli"].append(elapsed)
-        cli_imports = cli_imports or done.stderr
-        command = [python, "-c", WRAPPER, "segment", str(POLYP), "--box", BOX, "-o", str(work / f"tmp{run}.png"),
-                   *threads, "-q"]  # fmt: skip
-        start = time.time()
-        elapsed, done = timed_run(command, env, work)
-        times["segment"].append(elapsed)
-        stamp = re.search(r"STARTUP_FIRST_EMBEDDING (\S+)", done.stderr)
-        if stamp:
-            times["first_embedding"].append(float(stamp[1]) - start)
-        if not args.no_serve:
-            times["serve_health"].append(serve_ready(python, env, work))
-    _, done = timed_run([python, "-X", "importtime", *command[1:]], env, work)
-    segment_top, segment_modules = import_table(done.stderr)
-    cli_top, cli_modules = import_table(cli_imports)
+    floor: list[float] = []
+    times = {name: {key: [] for key in ("import_cli", "segment", "first_embedding", "serve_health")}
+             for name in variants}  # fmt: skip
+    for _ in range(args.runs):  # interleaved, so a change of load hits every row alike
+        floor.append(timed_run([sys.executable, "-c", "import torch"], child_env(REPO / "src"), work)[0])
+        for name, (src, threads) in variants.items():
+            measure_variant(name, src, threads, work, not args.no_serve, times[name])
+    imports = {name: import_report(src, threads, work) for name, (src, threads) in variants.items()}
+    load_after = load_average()
 
-    floor = statistics.median(times["torch_floor"])
+    reference = statistics.median(floor)
     result = {
-        "label": args.label,
-        "command": f"{Path(python).name} benchmarks/startup.py --runs {args.runs}"
-        + ("" if src == (REPO / "src").resolve() else f" --src {src}"),
-        "src": str(src),
+        "command": f"{Path(sys.executable).name} benchmarks/startup.py --runs {args.runs}"
+        + (f" --baseline {args.baseline}" if args.baseline else ""),
+        "what": __doc__.split("\n\n")[1].strip(),
         "python": platform.python_version(),
-        "load_average_before_after": [load_before, load_average()],
-        "times": {name: summary(values) for name, values in times.items() if values},
-        "ratio_to_torch_import": {
-            name: round(statistics.median(v) / floor, 2) for name, v in times.items() if v
+        "logical_cpus": os.cpu_count(),
+        "load_average_before_after": [load_before, load_after],
+        "import_torch_floor": summary(floor),
+        "variants": {
+            name: {
+                "src": str(variants[name][0]),
+                "times": {key: summary(v) for key, v in rows.items() if v},
+                "ratio_to_import_torch": {
+                    key: round(statistics.median(v) / reference, 2) for key, v in rows.items() if v
+                },
+                "imports": imports[name],
+            }
+            for name, rows in times.items()
         },
-        "heavy_modules_imported": {
-            "import oncoseg.cli": sorted(m for m in HEAVY if m in cli_modules),
-            "oncoseg segment polyp.jpg": sorted(m for m in HEAVY if m in segment_modules),
-        },
-        "import_top15": {"import oncoseg.cli": cli_top, "oncoseg segment polyp.jpg": segment_top},
     }
-    print(f"## Start-up ({args.runs} runs, load average {load_before} -> {load_average()})\n")
-    print("| measurement | median s | min s | max s | × import torch |\n|---|---|---|---|---|")
-    for name, values in times.items():
-        if values:
-            s = result["times"][name]
-            print(f"| {name} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['max_s']:.2f} | "
-                  f"{result['ratio_to_torch_import'][name]:.2f} |")  # fmt: skip
-    for title, rows in result["import_top15"].items():
-        print(
-            f"\n### -X importtime, top 15 (cumulative): {title}\n\n| module | cumulative ms | self ms |\n|---|---|---|"
-        )
-        for row in rows:
-            print(
-                f"| {'  ' * row['depth']}{row['module']} | {row['cumulative_ms']:.0f} | {row['self_ms']:.0f} |"
-            )
-    print(f"\nheavy modules imported: {json.dumps(result['heavy_modules_imported'])}")
-    existing = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    runs = existing.get("runs", {}) if isinstance(existing, dict) else {}
-    runs[args.label or "current"] = result
+    print(f"## Start-up: {args.runs} rounds, load average {load_before} -> {load_after}\n")
+    print("| variant | measurement | median s | min s | max s | × import torch |\n|---|---|---|---|---|---|")
+    print(f"| | import torch (floor) | {reference:.2f} | {min(floor):.2f} | {max(floor):.2f} | 1.00 |")
+    for name, variant in result["variants"].items():
+        for key, s in variant["times"].items():
+            print(f"| {name} | {key} | {s['median_s']:.2f} | {s['min_s']:.2f} | {s['max_s']:.2f} | "
+                  f"{variant['ratio_to_import_torch'][key]:.2f} |")  # fmt: skip
+    for name, variant in result["variants"].items():
+        for title, report in variant["imports"].items():
+            print(f"\n### {name}: -X importtime top 15 (cumulative ms, self ms), {title}\n")
+            print("| module | cumulative ms | self ms |\n|---|---|---|")
+            for row in report["top15"]:
+                print(
+                    f"| {'. ' * row['depth']}{row['module']} | {row['cumulative_ms']:.0f} | {row['self_ms']:.0f} |"
+                )
+            print(f"\nheavy modules imported: {', '.join(report['heavy_modules']) or 'none'}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import hashlib
+import io
 import os
 import sys
 import warnings
@@ -52,8 +53,9 @@ def bundled_checkpoint() -> Path:
 
 def verify_checkpoint(
     path: Path, sha256: str | None = CHECKPOINT_SHA256, size: int | None = CHECKPOINT_SIZE
-) -> None:
-    """Raise ModelError unless ``path`` exists and has the expected size and SHA-256."""
+) -> bytes | None:
+    """Raise ModelError unless ``path`` exists and has the expected size and SHA-256; with a SHA-256 to check,
+    return the file's bytes (read once: `build_model` loads the weights from them)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model weights not found: {path}")
@@ -61,15 +63,14 @@ def verify_checkpoint(
         raise ModelError(
             f"model weights {path.name} have {path.stat().st_size} bytes, expected {size}: file is damaged"
         )
-    if sha256 is not None:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != sha256:
-            raise ModelError(
-                f"model weights {path.name} fail the SHA-256 check: file is damaged or not LiteMedSAM"
-            )
+    if sha256 is None:
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelError(
+            f"model weights {path.name} fail the SHA-256 check: file is damaged or not LiteMedSAM"
+        )
+    return data
 
 
 def build_model(checkpoint: str | Path | None = None) -> torch.nn.Module:
@@ -80,12 +81,13 @@ def build_model(checkpoint: str | Path | None = None) -> torch.nn.Module:
 
     if checkpoint is None:
         path = bundled_checkpoint()
-        verify_checkpoint(path)
+        data = verify_checkpoint(path)
     else:
         path = Path(checkpoint)
-        verify_checkpoint(path, sha256=None, size=None)
+        data = verify_checkpoint(path, sha256=None, size=None)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        source = path if data is None else io.BytesIO(data)  # the bundled file is read once, for both
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ModelError(f"cannot read model weights {path.name}: {type(error).__name__}") from None
     from oncoseg.models.state_dicts import is_training_checkpoint, mismatch, training_checkpoint_message
