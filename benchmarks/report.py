@@ -759,6 +759,27 @@ def slice_quality_section(result: dict) -> str:
     return "\n".join(["### Per slice of a 3D result", "", intro, "", table(header, [row])])
 
 
+def text_quality_section(result: dict) -> str:
+    """How well the quality estimate separates bad text-prompt answers from good ones."""
+
+    def fmt(value):
+        return "–" if value is None else f"{value:.2f}"
+
+    intro = (
+        f"Command: `.venv/bin/{result['command']}`. A text prompt's answer (every instance found, on test images) "
+        "carries the same estimate and flag, read with the detection score as the model's score "
+        "(`oncoseg.quality.text_quality`; not refitted for text). Bad = Dice < 0.7 against the truth (any answer "
+        "on an image without the structure is bad); images where nothing is found are counted apart. A concept on "
+        "an image of another known modality is refused before any model work, and flagged when the modality was "
+        "only guessed (`oncoseg.concepts.vocabulary.modality_conflict`)."
+    )
+    header = ["test set", "answers", "bad", "bad on images without the structure", "AUROC", "bad flagged",
+              "good flagged", "nothing found"]  # fmt: skip
+    rows = [[r["group"], r["answers"], r["bad"], r["on_empty_images"], fmt(r["auroc"]), fmt(r["bad_flagged"]),
+             fmt(r["good_flagged"]), r["nothing_found"]] for r in result["groups"]]  # fmt: skip
+    return "\n".join(["### Text-prompt answers", "", intro, "", table(header, rows)])
+
+
 def main() -> None:
     sections = [
         "# Results",
@@ -800,6 +821,8 @@ def main() -> None:
         sections += ["", confidence_section(load("confidence"))]
     if load("slice_quality"):
         sections += ["", slice_quality_section(load("slice_quality"))]
+    if load("text_quality"):
+        sections += ["", text_quality_section(load("text_quality"))]
     out = ROOT / "docs" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(sections) + "\n", encoding="utf-8")
