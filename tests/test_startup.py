@@ -170,3 +170,22 @@ def test_the_cli_loads_only_the_named_commands_parser(command):
     loaded = run_python(code).stdout.strip()
     assert ("oncoseg.service.cli" in loaded) == (command == "serve")
     assert "oncoseg.dicom.cli" not in loaded and "oncoseg.train.cli" not in loaded
+
+
+def test_the_command_ends_without_teardown_yet_flushes_its_output_and_exit_code(tmp_path):
+    """`oncoseg segment` as the program skips the interpreter's teardown (`cli.exit_without_teardown`): the
+    summary still reaches a pipe, the exit code is kept, and a refusal still exits 2 with one line."""
+    oncoseg = Path(sys.executable).with_name("oncoseg")
+    out = tmp_path / "mask.png"
+    common = ["segment", str(SAMPLES / "polyp.jpg"), "-o", str(out), "--threads", "1", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([str(oncoseg), *common, "--box", "148,160,424,416"], capture_output=True, text=True,
+                          env=env, check=False, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == f"mask written to {out}" and out.is_file()
+    out.unlink()
+    refused = subprocess.run([str(oncoseg), *common, "--box", "148,160,4240,416"], capture_output=True,
+                             text=True, env=env, check=False, timeout=600)  # fmt: skip
+    assert refused.returncode == 2
+    assert len(refused.stderr.strip().splitlines()) == 1 and refused.stderr.startswith("oncoseg: error: ")
+    assert not out.exists()
