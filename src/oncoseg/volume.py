@@ -39,6 +39,13 @@ class PropagationSettings:
     max_slices: int | None = None  # limit the walk in each direction
     rejoin_iou: float = 0.9  # a correction's walk ends where it agrees with the result it corrects this well
     tracker: bool = True  # follow the object with the backend's own tracker when it has one (SAM3)
+    # CT: keep on each walked slice only the pixels whose HU lie within this many robust spreads of the
+    # prompted slice's object (a leak into fat, bowel or a neighbour of other density is cut before it steers the
+    # next slice's box); None turns it off. Objects whose HU spread on the prompted slice exceeds
+    # ``gate_max_spread`` (lesions with necrosis, lungs, bone) are not gated.
+    intensity_gate: float | None = 3.0
+    gate_min_spread: float = 10.0  # HU
+    gate_max_spread: float = 40.0  # HU
 
 
 @dataclass
@@ -51,6 +58,45 @@ class VolumeResult:
     def slice_range(self) -> tuple[int, int]:
         zs = sorted(self.slice_scores)
         return zs[0], zs[-1]
+
+
+@dataclass(frozen=True)
+class IntensityGate:
+    """The range of raw values (HU on CT) an object may hold on the slices a walk reaches: its robust centre
+    ± k spreads on the prompted slice (`PropagationSettings.intensity_gate`)."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, pixels: np.ndarray, mask: np.ndarray, settings: PropagationSettings) -> IntensityGate | None:
+        """The gate of ``mask`` on ``pixels`` (one slice), or None when off or the object is too varied."""
+        if settings.intensity_gate is None or np.count_nonzero(mask) < 20:
+            return None
+        values = pixels[mask].astype(np.float64)
+        centre = float(np.median(values))
+        spread = 1.4826 * float(np.median(np.abs(values - centre)))
+        if not np.isfinite(spread) or spread > settings.gate_max_spread:
+            return None
+        half = settings.intensity_gate * max(spread, settings.gate_min_spread)
+        return cls(centre - half, centre + half)
+
+    def apply(self, pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``mask`` without the pixels out of range, smoothed (a one-pixel opening) and with its holes filled."""
+        inside = mask & (pixels >= self.low) & (pixels <= self.high)
+        inside = ndimage.binary_opening(inside)
+        return ndimage.binary_fill_holes(inside)
+
+
+def ct_gate(
+    predictor: Predictor, mask: np.ndarray, z: int, settings: PropagationSettings
+) -> IntensityGate | None:
+    """The intensity gate of a walk from ``mask`` on slice ``z``: CT images only (their values are HU)."""
+    image = predictor.image
+    modality = getattr(predictor, "modality", None) or image.modality
+    if modality != "ct" or image.channels != 1:
+        return None
+    return IntensityGate.of(image.array[z], mask, settings)
 
 
 def keep_touching(mask: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -125,6 +171,7 @@ def walk(
     image = predictor.image
     kept: dict[int, tuple[np.ndarray, float]] = {}
     previous, z = start, z0 + step
+    gate = ct_gate(predictor, start, z0, settings)
     while 0 <= z < image.num_slices and z != stop_before:
         if settings.max_slices is not None and len(kept) >= settings.max_slices:
             break
@@ -136,6 +183,8 @@ def walk(
         else:
             prediction = predictor.predict(Prompt(box=box), z=z)
             mask, score = prediction.masks[0], float(prediction.scores[0])
+        if gate is not None:
+            mask = gate.apply(image.array[z], mask)
         mask = keep_touching(mask, previous)
         if on_slice:
             on_slice(z)
