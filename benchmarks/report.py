@@ -10,9 +10,12 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/train_speed.py                                # → results/train_speed.json
     .venv/bin/python benchmarks/service_latency.py                            # → results/service_latency.json
     .venv/bin/python benchmarks/clicks.py                                     # → results/clicks.json
-    .venv/bin/python benchmarks/contour_speed.py                              # → results/contour.json
+    .venv/bin/python benchmarks/contour.py --threads 1                        # → results/contour.json
     .venv/bin/python benchmarks/concepts.py                                   # → results/concepts.json
     nice .venv/bin/python benchmarks/interactive.py                           # → results/interactive.json
+    .venv/bin/python benchmarks/confidence.py                                 # → results/confidence.json
+    .venv/bin/python benchmarks/slice_quality.py --limit 12 --threads 1       # → results/slice_quality.json
+    .venv/bin/python benchmarks/text_quality.py --limit 30 --threads 1        # → results/text_quality.json
     .venv/bin/python benchmarks/report.py                                     # → docs/results.md
 """
 
