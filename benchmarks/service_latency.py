@@ -439,6 +439,7 @@ def load_test(
     threads = [threading.Thread(target=user, args=(i,)) for i in range(clients)] + [
         threading.Thread(target=probe)
     ]
+    abandoned_before = httpx.get(f"{server.url}/health", timeout=10).json().get("preempted", 0)
     opening = time.monotonic()
     for thread in threads:
         thread.start()
@@ -471,7 +472,7 @@ def load_test(
         "budget_mb": budget_mb,
         "rss_mb_max": round(max(rss, default=float("nan")), 1),
         "evicted_sessions": final["evicted_sessions"],
-        "background_encodes_abandoned": final.get("preempted"),
+        "background_encodes_abandoned": final.get("preempted", 0) - abandoned_before,
     }
 
 
