@@ -278,7 +278,7 @@ class Assistant:
         written = [name for name, mask in result.masks.items() if mask.any()]
         return {
             "organs": len(written),
-            "refined": sorted(n for n in written if result.methods[n] == "atlas + model"),
+            "refined": sorted(n for n in written if result.methods[n].endswith("+ model")),
             "confidence": {
                 n: result.evidence[n].confidence.to_dict()
                 for n in written
