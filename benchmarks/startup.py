@@ -228,7 +228,8 @@ def main() -> int:
     reference = statistics.median(floor)
     result = {
         "command": f"{Path(sys.executable).name} benchmarks/startup.py --runs {args.runs}"
-        + (f" --baseline {args.baseline}" if args.baseline else ""),
+        + (f" --baseline {args.baseline}" if args.baseline else "")
+        + (" --baseline-no-threads-option" if args.baseline_no_threads_option else ""),
         "what": __doc__.split("\n\n")[1].strip(),
         "python": platform.python_version(),
         "logical_cpus": os.cpu_count(),
