@@ -79,6 +79,7 @@ class SegmentationModule(lightning.LightningModule):
         self.restart_epochs, self.restart_mult = restart_epochs, restart_mult
         self.seed = seed
         self.epoch_loss = [0.0, 0]  # this epoch's sum of loss × samples and samples: saved in checkpoints
+        self.step_metrics: dict[str, float] = {}  # what the last training step logged (see train.resume)
 
     def forward(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         return box_forward(self.model, image, box)
@@ -129,6 +130,7 @@ class SegmentationModule(lightning.LightningModule):
         loss = sum(self.loss(logits.float(), batch["mask"], batch["modality"]) for logits in heads)
         size = len(batch["box"])
         self.log("train_loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+        self.step_metrics = {"train_loss_step": float(loss.detach())}
         # the epoch's mean is kept here rather than by Lightning, whose running mean a resumed epoch would lose
         self.epoch_loss = [self.epoch_loss[0] + float(loss.detach()) * size, self.epoch_loss[1] + size]
         return loss

@@ -74,8 +74,12 @@ def remove_stale_temporaries(folder: Path) -> None:
 class StepCheckpoint(Callback):
     """Save ``path`` every ``every_steps`` optimizer steps, or when ``every_minutes`` have passed since the last
     save (the decision is rank 0's, shared by all processes), skipping an epoch's last batch (the epoch-end
-    checkpoint follows) and batches inside a gradient accumulation (their gradients are not saved). Its state
-    in the checkpoint holds the optimizer step the logs go back to on resume (`log_step`)."""
+    checkpoint follows) and batches inside a gradient accumulation (their gradients are not saved).
+
+    Lightning logs a step's metrics after this hook, so the checkpoint carries them (``pending``, from the
+    module's ``step_metrics``) and the resumed run logs them at ``on_train_start``: the log then has every step
+    once, whenever the kill came (`log_step` says where the logs go back to). Loggers are flushed before every
+    checkpoint, so the rows of the checkpointed past are on disk when its file appears."""
 
     def __init__(
         self, path: Path, every_steps: int | None = None, every_minutes: float | None = 10.0
@@ -85,6 +89,8 @@ class StepCheckpoint(Callback):
         self.saved_at = time.monotonic()
         self.steps_at_save = -1
         self.log_step = 0
+        self.pending: dict[str, float] | None = None  # the step's metrics, while its checkpoint is written
+        self.relog: dict[str, float] | None = None  # ... read back from the checkpoint, to log on resume
         self.trainer = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -92,6 +98,10 @@ class StepCheckpoint(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.saved_at = time.monotonic()
+        if self.relog:
+            for logger in trainer.loggers:
+                logger.log_metrics(self.relog, step=self.log_step - 1)
+            self.relog = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index: int) -> None:
         if (
@@ -105,24 +115,35 @@ class StepCheckpoint(Callback):
             due = time.monotonic() - self.saved_at >= 60.0 * float(self.every_minutes or 0.0)
             due = bool(trainer.strategy.broadcast(due, src=0))
         if due:
-            trainer.save_checkpoint(self.path, weights_only=False)
+            self.pending = {**getattr(pl_module, "step_metrics", {}), "epoch": trainer.current_epoch}
+            try:
+                trainer.save_checkpoint(self.path, weights_only=False)
+            finally:
+                self.pending = None
             self.saved_at, self.steps_at_save = time.monotonic(), step
 
     def state_dict(self) -> dict[str, Any]:
-        # Lightning logs a step's rows with the step count before it (see `log_step`), so rows at steps below
-        # the optimizer steps done when the checkpoint is written belong to the checkpointed past.
-        return {"log_step": int(self.trainer.global_step) if self.trainer is not None else 0}
+        # Lightning logs a step's rows at the count of optimizer steps before it, so rows at steps below the
+        # steps done when the checkpoint is written belong to the checkpointed past (see `log_step`).
+        if self.trainer is None:
+            return {"log_step": 0, "pending": None}
+        for logger in self.trainer.loggers:
+            logger.save()
+        return {"log_step": int(self.trainer.global_step), "pending": self.pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.log_step = int(state.get("log_step", 0))
+        self.relog = state.get("pending")
 
 
 def log_step(checkpoint: dict[str, Any]) -> int:
-    """The first logged step a run resumed from ``checkpoint`` writes: rows at this step and later come from a
-    process that went on after the checkpoint and are dropped."""
+    """The first logged step that is not the checkpointed past's: a run resumed from ``checkpoint`` drops what
+    a killed process logged from there on (and logs it again). A mid-epoch checkpoint's own step is logged
+    again from the checkpoint itself (`StepCheckpoint`)."""
     for key, state in (checkpoint.get("callbacks") or {}).items():
         if str(key).startswith("StepCheckpoint") and isinstance(state, dict):
-            return int(state.get("log_step", 0))
+            step = int(state.get("log_step", 0))
+            return step - 1 if state.get("pending") else step
     return int(checkpoint.get("global_step", 0))
 
 
