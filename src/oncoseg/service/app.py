@@ -299,6 +299,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         if body.text is not None:
             # matching the text may load and run the sentence-embedding model (torch): on the model thread
             z = await engine.worker.run(engine.check_text, session, body.text, body.points, body.box, body.z)
+            engine.needs(session, z)
             return await engine.worker.run(
                 engine.segment_text, session, body.text, z, body.overlay, body.contours
             )
@@ -340,6 +341,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         session = engine.store.get(image_id)
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(session, prompt, body.z)
+        engine.needs(session, z)
         return await engine.worker.run(engine.propagate, session, prompt, z, body.max_slices)
 
     @app.post(
@@ -357,6 +359,7 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         opened = engine.store.get(image_id)
         prompt = build_prompt([(p.x, p.y, p.positive) for p in body.points], body.box, body.z)
         z = engine.check_prompt(opened, prompt, body.z)
+        engine.needs(opened, z)
         job = await run_in_threadpool(engine.start_job, opened, body.action, prompt, z, body.max_slices)
         return job.as_dict(error_json)
 
