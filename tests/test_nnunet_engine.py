@@ -303,3 +303,37 @@ def test_missing_nnunetv2_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # what `import nnunetv2` meets when it is absent
     with pytest.raises(ModelError, match=r"pip install 'oncoseg\[nnunet\]'"):
         require_nnunet()
+
+
+def test_cli_contour_with_the_nnunet_engine(model, example, result, tmp_path, capsys):
+    from oncoseg.cli import main
+
+    out = tmp_path / "oars.nii.gz"
+    ct = str(example / "example_ct_dicom")
+    assert main(["contour", ct, "--engine", "nnunet", "--model", str(model), "-o", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "Liver" in printed and "NOT DRAWN (1)" in printed and "Spleen" in printed
+    assert "NO TG-263 NAME, NOT DRAWN (1" in printed and "autochthon_left" in printed
+    sidecar = json.loads((tmp_path / "oars.json").read_text())
+    assert sidecar["labels"] == {"1": "Liver"} and sidecar["engine"] == "nnunet"
+    assert np.array_equal(load_image(out).array == 1, result.masks["Liver"])  # the API's result, written
+
+    assert main(["contour", "--list", "--engine", "nnunet", "--model", str(model)]) == 0
+    listing = capsys.readouterr().out
+    assert "autochthon_left" in listing and "unmapped" in listing and "2 of 3 labels" in listing
+
+
+def test_cli_nnunet_option_errors(model, example, tmp_path, capsys):
+    from oncoseg.cli import main
+
+    ct, out = str(example / "example_ct_dicom"), str(tmp_path / "oars.nii.gz")
+    assert main(["contour", ct, "--engine", "nnunet", "-o", out]) == 2
+    assert "needs a trained nnU-Net v2 model folder (--model DIR)" in capsys.readouterr().err
+    assert main(["contour", ct, "--model", str(model), "-o", out]) == 2
+    assert "are for the nnunet engine" in capsys.readouterr().err
+    assert main(["contour", ct, "--engine", "nnunet", "--model", str(model), "--no-refine", "-o", out]) == 2
+    assert "are for the atlas engine" in capsys.readouterr().err
+    assert main(["contour", ct, "--engine", "nnunet", "--model", str(tmp_path), "-o", out]) == 2
+    error = capsys.readouterr().err
+    assert "is not an nnU-Net v2 model folder" in error and error.count("\n") == 1
+    assert not (tmp_path / "oars.nii.gz").exists() and not (tmp_path / "oars.json").exists()

@@ -16,6 +16,7 @@ examples:
   oncoseg contour ct_dicom_folder/ -o oars.nii.gz          # label map + oars.json (TG-263 names, colours)
   oncoseg contour ct_dicom_folder/ -o oars.dcm --output-type rtstruct
   oncoseg contour ct.nii.gz --organs Liver,Spleen,kidney_left -o oars.nii.gz --atlas my_atlas/
+  oncoseg contour ct_dicom_folder/ --engine nnunet --model NNUNET_MODEL_DIR -o oars.dcm --output-type rtstruct
 
 How it works: the atlas CT is registered to the CT (rigid/affine, then deformable), its labels are carried
 over, and compact organs are refined slice by slice by the model (a box from the carried label). Organs the
@@ -54,6 +55,23 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--atlas", help="atlas folder (default: $ONCOSEG_ATLAS, else the TotalSegmentator example)"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("atlas", "nnunet"),
+        default="atlas",
+        help="atlas (default), or nnunet: a trained nnU-Net v2 model folder you bring (--model; docs/nnunet.md)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="DIR",
+        help="--engine nnunet: an nnU-Net v2 model folder (repeat for several, e.g. TotalSegmentator's parts)",
+    )
+    parser.add_argument(
+        "--label-map",
+        metavar="JSON",
+        help="--engine nnunet: label value or name -> TG-263 name (null leaves a label out)",
+    )
     parser.add_argument("--list", action="store_true", help="list the known organs and how each is contoured")
     parser.add_argument("--no-refine", action="store_true", help="atlas labels only (no model; faster)")
     parser.add_argument(
@@ -76,6 +94,12 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from oncoseg.contour import contour, load_atlas, organ_table, sidecar_path
 
+    if args.engine == "nnunet" and (args.atlas or args.checkpoint or args.no_refine):
+        raise OncoSegError(
+            "--atlas, --checkpoint and --no-refine are for the atlas engine, not --engine nnunet"
+        )
+    if args.engine == "nnunet" and args.list:
+        return list_model_labels(args)
     if args.list:
         try:
             atlas = load_atlas(args.atlas)
@@ -107,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         registration_spacing=args.registration_spacing,
         progress=not args.quiet,
+        engine=args.engine,
+        model=args.model,
+        label_map=args.label_map,
     )
     if not args.quiet:
         print(f"writing {args.output} ...", file=sys.stderr, flush=True)
@@ -140,6 +167,29 @@ def print_report(summary: dict) -> None:
         print(f"NOT DRAWN ({len(summary['not_drawn'])}):")
         for name, reason in summary["not_drawn"].items():
             print(f"  {name:<17} {reason}")
+    if summary.get("unmapped_labels"):  # nnU-Net labels with no TG-263 name: reported, not drawn
+        print(f"NO TG-263 NAME, NOT DRAWN ({len(summary['unmapped_labels'])}; name them with --label-map):")
+        for label, volume in summary["unmapped_labels"].items():
+            print(f"  {label:<17} {volume:.1f} mL")
     print(
         "confidence: a heuristic order of review, not a calibrated probability (* = review; docs/contour.md)"
     )
+
+
+def list_model_labels(args: argparse.Namespace) -> int:
+    """``--list --engine nnunet --model DIR``: each label of the model folder(s) and the name it becomes."""
+    from oncoseg.contour.nnunet import label_table
+
+    if not args.model:
+        raise OncoSegError("--engine nnunet needs --model DIR: a trained nnU-Net v2 model folder")
+    rows = label_table(args.model, args.label_map)
+    if args.json:
+        print(json.dumps({"labels": rows}, indent=2))
+        return 0
+    print(f"{'model':<28} {'value':>5}  {'label':<28} {'structure':<17} how")
+    for row in rows:
+        print(
+            f"{row['model']:<28} {row['value']:>5}  {row['label']:<28} {row['name'] or '-':<17} {row['status']}"
+        )
+    print(f"{sum(r['name'] is not None for r in rows)} of {len(rows)} labels get a structure name")
+    return 0

@@ -385,7 +385,7 @@ def contour_nnunet(
     for name in list(masks):
         if not masks[name].any():
             del masks[name]
-            evidence[name] = OrganEvidence(0.0, 0.0, None, omitted=NONE_FOUND)
+            evidence[name] = OrganEvidence(0.0, 0.0, None, omitted=NONE_FOUND, method=METHOD)
         else:
             volume = float(masks[name].sum()) * voxel_ml
             won = votes.get(name, [])
@@ -393,7 +393,7 @@ def contour_nnunet(
             evidence[name] = _evidence(volume, score)
     for name in wanted or ():
         if name not in evidence:
-            evidence[name] = OrganEvidence(0.0, 0.0, None, omitted=NO_LABEL)
+            evidence[name] = OrganEvidence(0.0, 0.0, None, omitted=NO_LABEL, method=METHOD)
     timings["total"] = time.perf_counter() - start
     info = {
         "engine": "nnunet",
@@ -422,8 +422,8 @@ def _evidence(volume_ml: float, score: float | None) -> OrganEvidence:
     else:
         reasons = () if score >= 0.9 else (f"nnU-Net mean softmax {score:.2f}",)
         confidence = Quality(score, score < REVIEW_BELOW, reasons)
-    facts = {"engine": "nnU-Net", "prior": "none: prior_ml is the model's own volume"}
-    return OrganEvidence(volume_ml, volume_ml, None, mean_score=score, confidence=confidence, facts=facts)
+    # no atlas prior: prior_ml is the model's own volume
+    return OrganEvidence(volume_ml, volume_ml, None, mean_score=score, confidence=confidence, method=METHOD)
 
 
 def _wanted(organs: Sequence[str] | None, mappings: Sequence[LabelMapping]) -> list[str] | None:

@@ -33,6 +33,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.io.write import OutputFiles, atomic_write_path, save_mask
 
 OUTPUT_TYPES = ("nifti", "rtstruct")
+ENGINES = ("atlas", "nnunet")  # nnunet: a trained nnU-Net v2 model folder the user brings (docs/nnunet.md)
 
 
 @dataclass
@@ -181,14 +182,29 @@ def contour(
     deformable: bool = True,
     settings: RefineSettings | None = None,
     progress: bool = False,
+    engine: str = "atlas",
+    model: str | Path | Sequence[str | Path] | None = None,
+    label_map: dict[str, str | None] | str | Path | None = None,
 ) -> ContourResult:
     """Contour the organs at risk of a CT (file or DICOM series folder) from an atlas, refined by the model.
 
     ``organs``: TG-263 names or aliases (default: every organ the atlas has). ``refine=False`` keeps the
     registered atlas labels (no model), which is fast but only as good as the registration. ``predictor``, else
-    ``backend`` with ``checkpoint`` (`make_predictor`), refines.
+    ``backend`` with ``checkpoint`` (`make_predictor`), refines. ``engine="nnunet"`` instead runs the nnU-Net
+    v2 model folder(s) ``model`` with ``label_map`` (`oncoseg.contour.nnunet.contour_nnunet`).
     """
     from oncoseg.io import load_image
+
+    if engine not in ENGINES:
+        raise OncoSegError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "nnunet":
+        from oncoseg.contour.nnunet import contour_nnunet
+
+        if not model:
+            raise OncoSegError("the nnunet engine needs a trained nnU-Net v2 model folder (--model DIR)")
+        return contour_nnunet(image, model, organs, label_map=label_map, progress=progress)
+    if model or label_map:
+        raise OncoSegError("a model folder and a label map are for the nnunet engine (--engine nnunet)")
 
     timings: dict[str, float] = {}
     start = time.perf_counter()
