@@ -103,10 +103,14 @@ class StepCheckpoint(Callback):
                 logger.log_metrics(self.relog, step=self.log_step - 1)
             self.relog = None
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # the previous epoch's last rows (its mean loss, logged after the epoch-end checkpoint) go to disk now
+        for logger in trainer.loggers:
+            logger.save()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_index: int) -> None:
-        if (
-            batch_index + 1
-        ) % trainer.accumulate_grad_batches or batch_index + 1 >= trainer.num_training_batches:
+        done = batch_index + 1
+        if done % trainer.accumulate_grad_batches or done >= trainer.num_training_batches:
             return
         step = trainer.global_step
         if self.every_steps:
