@@ -20,8 +20,8 @@ import SimpleITK as sitk
 import torch
 from nnunet_tiny import build_tiny_model
 
+from oncoseg.contour import contour
 from oncoseg.contour.nnunet import (
-    contour_nnunet,
     label_table,
     map_labels,
     open_model,
@@ -55,7 +55,12 @@ def series(example):
 
 @pytest.fixture(scope="module")
 def result(series, model):
-    return contour_nnunet(series, model, threads=1)
+    return nnunet(series, model, threads=1)
+
+
+def nnunet(image, models, organs=None, label_map=None, **options):
+    """The public way in: `contour` with the nnunet engine (options go to `contour_nnunet`)."""
+    return contour(image, organs, engine="nnunet", model=models, label_map=label_map, engine_options=options)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -108,7 +113,7 @@ def test_engine_equals_nnunet_on_a_nifti_file(model, example, tmp_path):
         [[str(tmp_path / "in" / "case_0000.nii.gz")]], [str(tmp_path / "c")]
     )
     own = load_image(tmp_path / "c.nii.gz").array
-    result = contour_nnunet(example / "example_ct_sm.nii.gz", model)
+    result = nnunet(example / "example_ct_sm.nii.gz", model)
     assert np.array_equal(result.masks["Liver"], own == 1)
     assert _dice(result.masks["Liver"], load_image(example / "example_seg.nii.gz").array == 5) > 0.5
 
@@ -164,7 +169,7 @@ def test_label_map_organs_and_several_model_folders(series, model, tmp_path):
     (other / "dataset.json").write_text(json.dumps(dataset))
     (tmp_path / "map.json").write_text(json.dumps({"autochthon_left": "Musc_Back_L", "rib_left_7": None}))
 
-    both = contour_nnunet(
+    both = nnunet(
         series,
         [model, other.parent],  # the dataset folder above a single trained model is accepted too
         ["Liver", "stomach", "Musc_Back_L", "kidney_left"],
@@ -270,30 +275,30 @@ def test_damaged_checkpoints_give_one_line_errors(model, series, tmp_path):
     checkpoint = damaged / "fold_0" / "checkpoint_final.pth"
     checkpoint.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ModelError, match="nnU-Net cannot load this model") as caught:
-        contour_nnunet(series, damaged)
+        nnunet(series, damaged)
     assert "\n" not in str(caught.value)
     torch.save({"network_weights": {}}, checkpoint)  # no trainer name, no configuration
     with pytest.raises(ModelError, match="the checkpoint lacks 'trainer_name'"):
-        contour_nnunet(series, damaged)
+        nnunet(series, damaged)
     saved = torch.load(model / "fold_0" / "checkpoint_final.pth", weights_only=False)
     torch.save({**saved, "trainer_name": "nnUNetTrainerFromElsewhere"}, checkpoint)
     with pytest.raises(ModelError, match="trainer class nnUNetTrainerFromElsewhere is not in nnunetv2"):
-        contour_nnunet(series, damaged)
+        nnunet(series, damaged)
 
 
 def test_input_and_option_errors(model, series, tmp_path):
     flat = MedicalImage.from_array(np.zeros((64, 64), dtype=np.int16), modality="ct")
     with pytest.raises(ShapeError, match="single-channel 3D CT"):
-        contour_nnunet(flat, model)
+        nnunet(flat, model)
     mr = MedicalImage.from_array(np.zeros((8, 32, 32), dtype=np.float32), modality="mr")
     with pytest.raises(OncoSegError, match="contours CT, but this image looks like mr"):
-        contour_nnunet(mr, model)
+        nnunet(mr, model)
     with pytest.raises(OncoSegError, match="orientation 'XYZ'"):
-        contour_nnunet(series, model, orientation="xyz")
+        nnunet(series, model, orientation="xyz")
     with pytest.raises(OncoSegError, match="unknown organ 'Livr'"):
-        contour_nnunet(series, model, ["Livr"])
+        nnunet(series, model, ["Livr"])
     with pytest.raises(OncoSegError, match="label map names 'livre'"):
-        contour_nnunet(series, model, label_map={"livre": "Liver"})
+        nnunet(series, model, label_map={"livre": "Liver"})
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(OncoSegError, match="must be a JSON object"):
         read_label_map(tmp_path / "bad.json")

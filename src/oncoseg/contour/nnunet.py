@@ -1,8 +1,9 @@
 """nnU-Net v2 engine: a trained nnU-Net model folder (your own, or TotalSegmentator's) contours a CT.
 
-from oncoseg.contour.nnunet import contour_nnunet
+from oncoseg.contour import contour
 
-result = contour_nnunet("ct_dicom_folder/", ".../Dataset291_.../nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres")
+model = ".../Dataset291_.../nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
+result = contour("ct_dicom_folder/", engine="nnunet", model=model)  # `contour` wraps `contour_nnunet`
 result.save("oars.dcm", output_type="rtstruct")  # the same `ContourResult` as the atlas engine
 
 Inference is nnU-Net's own (`nnUNetPredictor`: its preprocessing, sliding window and resampling back) on the CPU.
@@ -87,6 +88,19 @@ class NnUNetModel:
             "image_reader_writer": self.reader,
             "labels": {str(v): n for v, n in self.labels.items()},
         }
+
+
+@dataclass
+class NnUNetContours:
+    """What the engine found; `oncoseg.contour.pipeline.contour` returns it as a `ContourResult`."""
+
+    image: MedicalImage
+    masks: dict[str, np.ndarray]
+    methods: dict[str, str]
+    timings: dict[str, float]
+    model: str
+    info: dict[str, Any]
+    evidence: dict[str, OrganEvidence]
 
 
 @dataclass
@@ -325,12 +339,12 @@ def contour_nnunet(
 
     ``organs``: TG-263 names or aliases to keep (default: every label that has a name). ``label_map``: a dict
     or JSON file, label value or name → structure name (null skips it). ``mirroring``: nnU-Net's test-time
-    mirroring where the model allows it. Returns a `ContourResult`: ``evidence`` gives each drawn organ's
+    mirroring where the model allows it. Returns `NnUNetContours` (``contour(engine="nnunet")`` makes it a
+    `ContourResult`): ``evidence`` gives each drawn organ's
     confidence (the mean softmax probability of its voxels on the network's grid; review below `REVIEW_BELOW`)
     and the reason for every organ asked for and not drawn (``omitted``); ``info["unmapped_labels"]`` lists the
     labels with no name and the volume the model found.
     """
-    from oncoseg.contour.pipeline import ContourResult
     from oncoseg.io import load_image
 
     require_nnunet()
@@ -411,7 +425,7 @@ def contour_nnunet(
     )
     methods = {name: METHOD for name in masks}
     model = f"nnU-Net v2: {described}"
-    return ContourResult(image, masks, {}, methods, {}, timings, "", model, info, evidence=evidence)
+    return NnUNetContours(image, masks, methods, timings, model, info, evidence)
 
 
 def _evidence(volume_ml: float, score: float | None) -> OrganEvidence:

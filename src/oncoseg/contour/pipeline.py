@@ -185,13 +185,15 @@ def contour(
     engine: str = "atlas",
     model: str | Path | Sequence[str | Path] | None = None,
     label_map: dict[str, str | None] | str | Path | None = None,
+    engine_options: dict[str, Any] | None = None,
 ) -> ContourResult:
     """Contour the organs at risk of a CT (file or DICOM series folder) from an atlas, refined by the model.
 
     ``organs``: TG-263 names or aliases (default: every organ the atlas has). ``refine=False`` keeps the
     registered atlas labels (no model), which is fast but only as good as the registration. ``predictor``, else
     ``backend`` with ``checkpoint`` (`make_predictor`), refines. ``engine="nnunet"`` instead runs the nnU-Net
-    v2 model folder(s) ``model`` with ``label_map`` (`oncoseg.contour.nnunet.contour_nnunet`).
+    v2 model folder(s) ``model`` with ``label_map`` and ``engine_options`` (`oncoseg.contour.nnunet.contour_nnunet`:
+    folds, checkpoint, orientation, mirroring, step_size, threads).
     """
     from oncoseg.io import load_image
 
@@ -202,8 +204,14 @@ def contour(
 
         if not model:
             raise OncoSegError("the nnunet engine needs a trained nnU-Net v2 model folder (--model DIR)")
-        return contour_nnunet(image, model, organs, label_map=label_map, progress=progress)
-    if model or label_map:
+        found = contour_nnunet(
+            image, model, organs, label_map=label_map, progress=progress, **(engine_options or {})
+        )
+        return ContourResult(
+            found.image, found.masks, {}, found.methods, {}, found.timings, "", found.model, found.info,
+            evidence=found.evidence,
+        )  # fmt: skip
+    if model or label_map or engine_options:
         raise OncoSegError("a model folder and a label map are for the nnunet engine (--engine nnunet)")
 
     timings: dict[str, float] = {}
