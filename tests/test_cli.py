@@ -186,7 +186,8 @@ def test_one_object_on_two_slices_is_corrected_on_the_second(ct_five, tmp_path):
     assert set(np.unique(after)) == {0, 1}
     np.testing.assert_array_equal(after[:3], before[:3])  # up to the first annotated slice: the walk from it
     assert (after[4] != before[4]).sum() > 50  # the second slice's box changed that slice ...
-    assert dice(after[4] > 0, truth[4]) > dice(before[4] > 0, truth[4])  # ... towards the reference
+    assert dice(after[4] > 0, truth[4]) > 0.9  # ... to what a box around the reference gives (the walk's own
+    # slice 4 is as good since the CT intensity gate, so "better than before" no longer tells them apart)
 
 
 def test_refine_changes_a_saved_mask_only_near_the_corrected_slice(ct_five, tmp_path):
@@ -204,7 +205,7 @@ def test_refine_changes_a_saved_mask_only_near_the_corrected_slice(ct_five, tmp_
     after = load_image(out).array
     changed = [int((after[z] != before[z]).sum()) for z in range(5)]
     assert changed[1] > 50 and changed[3] == changed[4] == 0, changed
-    assert dice(after[1] > 0, truth[1]) > dice(before[1] > 0, truth[1])
+    assert dice(after[1] > 0, truth[1]) > 0.9  # what a box around the reference gives (see above)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fixed.nii.gz"]
 
 
