@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             color = ",".join(str(c) for c in row["color"])
             print(f"{row['name']:<17} {row['description']:<28} {color:<13} {row['status']}")
         supported = sum(r["status"] != "not in atlas" for r in rows)
-        print(f"{len(rows)} organs known; {supported} supported by this atlas")
+        print(f"{len(rows)} organs known; {supported} supported by this atlas and the CT numbers")
         return 0
     if not args.input or not args.output:
         raise OncoSegError("give a CT and -o OUTPUT (or --list): oncoseg contour CT -o oars.nii.gz")

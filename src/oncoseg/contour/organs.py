@@ -172,10 +172,14 @@ def _label_names(spec: dict, folder: Path) -> dict[int, str]:
 
 def organ_table(atlas: Atlas | None) -> list[dict]:
     """One row per known organ: TG-263 name, description, colour, and how the current setup contours it."""
+    from oncoseg.contour.adapt import HU_ORGANS
+
     supported = set(atlas.organs()) if atlas is not None else set()
     rows = []
     for s in STRUCTURES:
-        if s.name not in supported:
+        if s.name in HU_ORGANS and s.name not in supported:
+            status = "CT numbers"  # found from the patient's own HU (oncoseg.contour.anatomy), no atlas needed
+        elif s.name not in supported:
             status = "not in atlas"
         elif s.name in MODEL_REFINED:
             status = "atlas + model"
