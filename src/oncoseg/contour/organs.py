@@ -178,7 +178,9 @@ def organ_table(atlas: Atlas | None) -> list[dict]:
     rows = []
     for s in STRUCTURES:
         if s.name in HU_ORGANS and s.name not in supported:
-            status = "CT numbers"  # found from the patient's own HU (oncoseg.contour.anatomy), no atlas needed
+            status = (
+                "CT numbers"  # found from the patient's own HU (oncoseg.contour.anatomy), no atlas needed
+            )
         elif s.name not in supported:
             status = "not in atlas"
         elif s.name in MODEL_REFINED:
