@@ -794,6 +794,42 @@ def text_quality_section(result: dict) -> str:
     return "\n".join(["### Text-prompt answers", "", intro, "", table(header, rows)])
 
 
+def startup_section(result: dict) -> str:
+    """Cold start-up of the CLI and the service, beside the time to import torch in the same rounds."""
+    names = {
+        "import_cli": "`import oncoseg.cli`",
+        "segment": "`oncoseg segment polyp.jpg --box ...` end to end",
+        "first_embedding": "... until the first image embedding",
+        "serve_health": "`oncoseg serve` until /health answers",
+    }
+    targets = {"segment": "≤ 4 s", "serve_health": "≤ 5 s"}
+    current, baseline = result["variants"]["current"], result["variants"].get("baseline")
+    floor = result["import_torch_floor"]["median_s"]
+    rows = []
+    for key, label in names.items():
+        now = current["times"].get(key)
+        if not now:
+            continue
+        before = baseline["times"].get(key) if baseline else None
+        rows.append([label, f"{before['median_s']:.2f} s" if before else "–", f"{now['median_s']:.2f} s",
+                     f"{now['median_s'] / floor:.2f}", targets.get(key, "")])  # fmt: skip
+    load = result.get("load_average_before_after", [[float("nan")], [float("nan")]])
+    return "\n".join(
+        [
+            "### Start-up",
+            "",
+            (
+                f"Command: `.venv/bin/{result['command']}` (before = {result['baseline_is']}). Medians of fresh "
+                f"processes, 1 torch thread; `import torch` alone took {floor:.2f} s in the same rounds (the floor). "
+                f"Load average {load[0][0]:.1f} before and {load[1][0]:.1f} after on {result['logical_cpus']} shared "
+                "cores: the targets are for a quiet host."
+            ),
+            "",
+            table(["cold path", "before", "now", "now ÷ import torch", "target (quiet host)"], rows),
+        ]
+    )
+
+
 def main() -> None:
     sections = [
         "# Results",
@@ -810,6 +846,8 @@ def main() -> None:
         sections += ["", accuracy_section(accuracy)]
     if speed:
         sections += ["", speed_section(speed)]
+    if load("startup"):
+        sections += ["", startup_section(load("startup"))]
     if load("malloc_tuning"):
         sections += ["", malloc_section(load("malloc_tuning"))]
     if scale:
