@@ -47,7 +47,12 @@ def xvfb():
             number = pipe.readline().strip()  # written once the server accepts connections
         if not number.isdigit():
             pytest.fail(f"Xvfb did not start (exit code {process.poll()})")
-        saved = {key: os.environ.get(key) for key in ("DISPLAY", "QT_QPA_PLATFORM")}
+        # opencv-python (pulled in by rt-utils, a test-only reader) points Qt at its own bundled plugins when any
+        # library imports cv2 in this process; PyQt5 then cannot load its xcb plugin and aborts
+        qt_paths = ("QT_QPA_PLATFORM_PLUGIN_PATH", "QT_QPA_FONTDIR", "QT_PLUGIN_PATH")
+        saved = {key: os.environ.get(key) for key in ("DISPLAY", "QT_QPA_PLATFORM", *qt_paths)}
+        for key in qt_paths:
+            os.environ.pop(key, None)
         os.environ.update(DISPLAY=f":{number}", QT_QPA_PLATFORM="xcb")
         yield f":{number}"
     finally:
