@@ -35,8 +35,10 @@ def test_fused_fp32_path_matches_on_folded_layers(model, image):
     """With BatchNorm folded every convolution is a plain Conv2d, so the GELU and residual sums are fused
     into oneDNN calls: still the same numbers."""
     encoder = fold_batchnorm(copy.deepcopy(model.image_encoder)).eval()
-    assert fast_encoder._fusable(encoder.layers[0].blocks[0].conv1, image, torch.nn.Conv2d)
+    conv = encoder.layers[0].blocks[0].conv1
+    assert not fast_encoder._fusable(conv, image, torch.nn.Conv2d)  # recording gradients: the plain path
     with torch.inference_mode():
+        assert fast_encoder._fusable(conv, image, torch.nn.Conv2d)
         expected = model.image_encoder(image)
         got = fast_encoder.encode(encoder, image)
     assert torch.allclose(got, expected, atol=1e-4)

@@ -235,6 +235,13 @@ def add_model_options(parser: argparse.ArgumentParser, precisions=("auto", "fp32
     note = " (fp16: SAM3 on GPUs only)" if "fp16" in precisions else ""
     parser.add_argument("--precision", choices=precisions, default="auto", help=f"model precision{note}")
     parser.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's own)")
+    parser.add_argument(
+        "--encoder",
+        choices=("auto", "student", "teacher"),
+        default="auto",
+        help="LiteMedSAM's image encoder: student (distilled to a 168-pixel frame, about 2x faster), teacher "
+        "(LiteMedSAM's own, 256 pixels), auto (default: the student unless --weights/--checkpoint is given)",
+    )
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:

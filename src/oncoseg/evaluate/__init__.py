@@ -112,6 +112,7 @@ def run_interactive_evaluation(
     weights: str | Path | None = None,
     checkpoint: str | None = None,
     precision: str = "auto",
+    encoder: str = "auto",
     model: Any = None,
     progress=None,
 ):
@@ -135,7 +136,7 @@ def run_interactive_evaluation(
 
         use_sam3_weights(weights)
         model = ModelSpec(backend=backend, weights=weights and str(weights), checkpoint=checkpoint,
-                          precision=precision)  # fmt: skip
+                          precision=precision, encoder=encoder)  # fmt: skip
     result = run_interactive(
         cases, model, clicks=clicks, initial=initial, progress=progress, tolerance=tolerance
     )

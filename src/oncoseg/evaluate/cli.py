@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, progress=not args.quiet, devices=args.devices, num_nodes=args.num_nodes,
         accelerator=args.accelerator, modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         tolerance=args.tolerance, backend=args.backend, checkpoint=args.checkpoint, precision=args.precision,
-        limit=args.limit, data_root=args.data, prompts=args.prompts,
+        encoder=args.encoder, limit=args.limit, data_root=args.data, prompts=args.prompts,
     )  # fmt: skip
     if summary is None:  # a DDP worker process: process 0 reports
         return 0
@@ -177,7 +177,7 @@ def run_interactive(args: argparse.Namespace) -> int:
     result, path = run_interactive_evaluation(
         args.dataset, args.out, args.split, clicks=args.clicks, initial=args.initial, limit=args.limit,
         data_root=args.data, tolerance=args.tolerance, backend=args.backend, weights=args.weights,
-        checkpoint=args.checkpoint, precision=args.precision, progress=progress,
+        checkpoint=args.checkpoint, precision=args.precision, encoder=args.encoder, progress=progress,
     )  # fmt: skip
     print(format_interactive(result, args.dataset, args.split))
     print(f"\nper-case results: {path}")

@@ -53,6 +53,7 @@ class EvaluationConfig:
     backend: str = "litemedsam"
     checkpoint: str | None = None
     precision: str = "auto"
+    encoder: str = "auto"  # LiteMedSAM's image encoder; run.json records what "auto" resolved to
     limit: int | None = None  # at most this many cases, evenly spread over the split
     data_root: str | None = None
     prompts: str | None = None  # run the prompts recorded here (`RecordedPrompts`) instead of the protocol
@@ -60,6 +61,7 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if isinstance(self.protocol, str):
             self.protocol = parse_protocol(self.protocol)
+        self.encoder = self.model_spec().resolved_encoder()
         unknown = set(self.modes) - set(MODES_3D)
         if unknown or not self.modes:
             raise OncoSegError(
@@ -69,6 +71,11 @@ class EvaluationConfig:
             raise OncoSegError(f"split must be train, val, test or all, not {self.split!r}")
         if self.limit is not None and self.limit < 1:
             raise OncoSegError("--limit must be at least 1")
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(
+            backend=self.backend, checkpoint=self.checkpoint, precision=self.precision, encoder=self.encoder
+        )
 
     def run_record(self, dataset: Dataset, recorded: RecordedPrompts | None = None) -> dict[str, Any]:
         """What identifies this run in ``run.json`` (a resumed run must match it): only what applies (2D
@@ -132,8 +139,7 @@ def select_cases(
 def make_predictor(config: EvaluationConfig) -> Predictor:
     """The predictor an evaluation uses; ``config.checkpoint`` is a LoRA adapter, a full state dict or a name
     registered by ``oncoseg train`` (see `oncoseg.train.checkpoints`)."""
-    spec = ModelSpec(backend=config.backend, checkpoint=config.checkpoint, precision=config.precision)
-    return spec.build_predictor(cache_slices=1024)
+    return config.model_spec().build_predictor(cache_slices=1024)
 
 
 def evaluate(
@@ -195,7 +201,10 @@ def replay(
     if Path(out).resolve() == source.resolve():
         raise OncoSegError(f"the replay of {source} needs another output folder (--out)")
     modes = tuple(m for m in run.get("modes", MODES_3D) if m in MODES_3D) or MODES_3D
-    settings = {key: run[key] for key in ("tolerance", "backend", "checkpoint", "precision") if key in run}
+    keys = ("tolerance", "backend", "checkpoint", "precision", "encoder")
+    settings = {key: run[key] for key in keys if key in run}
+    if run.get("backend", "litemedsam") == "litemedsam":
+        settings.setdefault("encoder", "teacher")  # runs from before the student encoder used the teacher
     return evaluate(
         run["dataset"], out, run.get("split"), "box", overwrite=overwrite, progress=progress,
         predictor=predictor, modes=modes, data_root=data_root or run.get("data_root"),

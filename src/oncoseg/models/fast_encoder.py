@@ -6,16 +6,23 @@ are) and changes only the glue between them:
 
 * a plain convolution or linear layer followed by GELU, or by the block's residual sum, is one oneDNN call
   (``torch.ops.mkldnn._convolution_pointwise`` / ``_linear_pointwise``, the fused ops PyTorch's own compiler
-  emits on CPUs); anything else (an unfolded Conv2d_BN, a LoRA wrapper, another device) takes the plain path;
+  emits on CPUs); anything else (an unfolded Conv2d_BN, a LoRA wrapper, another device, or a call that
+  records gradients, as the student encoder's training does) takes the plain path;
 * GELU on a channels-last image runs on the flat ``[pixels, channels]`` view of the same memory (PyTorch's
   elementwise kernel is 2–3× slower on the 4-D channels-last view);
 * window attention is one fused ``scaled_dot_product_attention`` call with the relative-position bias as its
   additive mask, instead of matrix product, bias add, softmax and matrix product;
 * the depthwise "local" convolution between attention and MLP reads and writes the token layout through
   channels-last views instead of transposed copies.
+
+Any square input size runs (the stages' resolutions follow the input, windows are padded as TinyViT pads them):
+the student encoder (`oncoseg.models.student`) is this network on a 168×168 frame, its last features resized
+to the 64×64 grid the mask decoder expects.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +36,9 @@ def _fusable(layer: nn.Module, x: torch.Tensor, kind: type) -> bool:
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and _ONEDNN
+        and layer.weight.dtype == x.dtype
+        and not torch.is_grad_enabled()  # the fused oneDNN ops have no backward
+        and not torch.is_autocast_enabled("cpu")  # nor autocast's dtype casts
     )
 
 
@@ -113,9 +123,8 @@ def _window_attention(attn: nn.Module, windows: torch.Tensor) -> torch.Tensor:
     return attn.proj(out.transpose(1, 2).reshape(b, n, attn.dh))
 
 
-def _vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One ``TinyViTBlock`` on tokens ``[B, H*W, C]``."""
-    h, w = block.input_resolution
+def _vit_block(block: nn.Module, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """One ``TinyViTBlock`` on tokens ``[B, H*W, C]`` of an ``h`` × ``w`` grid."""
     b, length, c = x.shape
     size = block.window_size
     if h == size and w == size:
@@ -138,19 +147,25 @@ def _vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return linear_add(mlp.fc2, linear_gelu(mlp.fc1, mlp.norm(x)), x)
 
 
-def encode(encoder: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, 256, 256)`` → ``(B, 256, 64, 64)`` image embedding, as ``encoder(image)`` would give."""
+def encode(encoder: nn.Module, image: torch.Tensor, grid: int = 64) -> torch.Tensor:
+    """``(B, 3, S, S)`` → ``(B, 256, grid, grid)`` image embedding. At LiteMedSAM's own S = 256 it is what
+    ``encoder(image)`` gives; at another S the last stage's features are resized (bilinear) to ``grid`` before
+    the neck."""
     seq = encoder.patch_embed.seq
     x = seq[2](conv_gelu(seq[0], image))
     first = encoder.layers[0]
     for block in first.blocks:
         x = _mbconv(block, x)
     x = _patch_merging(first.downsample, x)
+    side = math.isqrt(x.shape[1])
     for layer in encoder.layers[1:]:
         for block in layer.blocks:
-            x = _vit_block(block, x)
+            x = _vit_block(block, x, side, side)
         if layer.downsample is not None:
-            h, w = layer.downsample.input_resolution
-            x = _patch_merging(layer.downsample, x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2))
+            x = _patch_merging(layer.downsample, x.view(x.shape[0], side, side, -1).permute(0, 3, 1, 2))
+            side = math.isqrt(x.shape[1])
     b, _, c = x.shape
-    return encoder.neck(x.view(b, 64, 64, c).permute(0, 3, 1, 2))
+    features = x.view(b, side, side, c).permute(0, 3, 1, 2)
+    if side != grid:
+        features = F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
+    return encoder.neck(features)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from oncoseg.errors import ModelError
-from oncoseg.models import fast_decoder, fast_encoder, lite_import
+from oncoseg.models import fast_decoder, fast_encoder, lite_import, student
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction, weights_digest
 from oncoseg.models.transform import FrameTransform
 from oncoseg.prompts import Box, Prompt
@@ -222,11 +222,19 @@ class LiteMedSAMBackend(Backend):
         precision: str = "auto",
         device: str = "cpu",
         model: torch.nn.Module | None = None,
+        encoder: str = "auto",
     ):
         """``precision``: "fp32", "bf16" or "auto" (bf16 encoder where the CPU has it). ``model`` lets a caller
-        pass an already built (e.g. fine-tuned) LiteMedSAM module."""
+        pass an already built (e.g. fine-tuned) LiteMedSAM module. ``encoder``: "student" (the distilled
+        168×168 encoder, `oncoseg.models.student`), "teacher" (LiteMedSAM's own), or "auto": the student with the
+        bundled weights when the package holds it, the teacher for any other model."""
         if precision not in ("auto", "fp32", "bf16"):
             raise ModelError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        if encoder not in student.ENCODERS:
+            raise ModelError(f"encoder must be one of {', '.join(student.ENCODERS)}, not {encoder!r}")
+        if encoder == "auto":
+            encoder = "student" if checkpoint is None and model is None and student.available() else "teacher"
+        self.encoder_name = encoder
         self.device = torch.device(device)
         self.model = (model if model is not None else build_model(checkpoint)).to(self.device).eval()
         use_bf16 = precision == "bf16" or (
@@ -249,23 +257,34 @@ class LiteMedSAMBackend(Backend):
         with torch.no_grad():
             self._image_pe = model.prompt_encoder.get_dense_pe().to(self.dtype)
             self._no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(self.dtype)
+        image_encoder, self._encoder_size = model.image_encoder, IMAGE_SIZE
+        if self.encoder_name == "student":
+            image_encoder, self._encoder_size = student.load(model.image_encoder)
+            image_encoder.to(self.device)
+        self._encoder_weights = image_encoder
         if self.precision == "fp32":
-            self._encoder, self._decoder = model.image_encoder, model.mask_decoder
+            self._encoder, self._decoder = image_encoder, model.mask_decoder
             return
-        encoder = fold_batchnorm(copy.deepcopy(model.image_encoder))
+        encoder = fold_batchnorm(copy.deepcopy(image_encoder))
         self._encoder = encoder.to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
         self._decoder = copy.deepcopy(model.mask_decoder).to(dtype=torch.bfloat16).eval()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "precision": self.precision, "device": str(self.device)}
+        return {
+            "backend": self.name,
+            "encoder": f"{self.encoder_name} ({self._encoder_size}×{self._encoder_size})",
+            "precision": self.precision,
+            "device": str(self.device),
+        }
 
     def embedding_identity(self) -> str:
-        """Name, embedding version, precision, input frame and the image encoder's weights digest (computed
-        once per `refresh`: about 0.1 s for LiteMedSAM's 5.6 M encoder parameters)."""
+        """Name, embedding version, precision, input frame, encoder and the image encoder's weights digest
+        (computed once per `refresh`: about 0.1 s for LiteMedSAM's 5.6 M encoder parameters)."""
         if self._identity is None:
-            digest = weights_digest(self.model.image_encoder)
+            digest = weights_digest(self._encoder_weights)
+            encoder = "" if self.encoder_name == "teacher" else f"/{self.encoder_name}{self._encoder_size}"
             self._identity = (
-                f"{self.name}/v{self.embedding_version}/{self.precision}/{self.transform.size}/{digest}"
+                f"{self.name}/v{self.embedding_version}/{self.precision}/{self.transform.size}{encoder}/{digest}"
             )
         return self._identity
 
@@ -292,6 +311,7 @@ class LiteMedSAMBackend(Backend):
     @torch.inference_mode()
     def encode(self, image: np.ndarray) -> ImageEmbedding:
         batch, size = self.preprocess(image)
+        batch = student.shrink(batch, self._encoder_size)
         if self.precision == "bf16":
             batch = batch.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
         features = fast_encoder.encode(self._encoder, batch).float().contiguous()

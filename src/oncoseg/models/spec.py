@@ -15,6 +15,7 @@ from typing import Any
 from oncoseg.errors import ModelError, OncoSegError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENCODERS = ("auto", "student", "teacher")  # LiteMedSAM's image encoder (oncoseg.models.student)
 _STATE_KEYS = ("model", "state_dict")  # where training scripts nest the tensors of a full checkpoint
 
 
@@ -28,7 +29,9 @@ class ModelSpec:
     a registered name such as ``latest``. ``precision``: auto, fp32, bf16 or fp16 (SAM3 only). ``threads``:
     torch's CPU threads (None keeps torch's default). ``threshold``: SAM3's detection threshold (LiteMedSAM
     takes one per call). ``embedding_store``: a folder keeping image embeddings on disk across runs
-    (`oncoseg.embedding_store`; None: $ONCOSEG_EMBEDDING_CACHE when set).
+    (`oncoseg.embedding_store`; None: $ONCOSEG_EMBEDDING_CACHE when set). ``encoder``: LiteMedSAM's image
+    encoder: "student" (distilled, about 2× faster), "teacher" (LiteMedSAM's own) or "auto": the student with the
+    bundled weights and no checkpoint, else the teacher (a fine-tuned encoder has no student).
     """
 
     backend: str = "litemedsam"
@@ -38,6 +41,7 @@ class ModelSpec:
     threads: int | None = None
     threshold: float | None = None
     embedding_store: str | None = None
+    encoder: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.backend, str) or not self.backend:
@@ -52,6 +56,13 @@ class ModelSpec:
                 raise ModelError(f"model {name} must be a path or a name, got {type(value).__name__}")
         if self.precision not in PRECISIONS:
             raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        if self.encoder not in ENCODERS:
+            raise ModelError(f"encoder must be one of {', '.join(ENCODERS)}, not {self.encoder!r}")
+        if self.encoder == "student" and (self.backend != "litemedsam" or self.weights or self.checkpoint):
+            raise ModelError(
+                "the student encoder is LiteMedSAM's bundled encoder distilled: it cannot carry other weights or "
+                "a checkpoint (use --encoder teacher)"
+            )
         if self.threads is not None and (
             isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
         ):
@@ -100,11 +111,22 @@ class ModelSpec:
             shown = "" if path is None or str(path) == self.checkpoint else f" ({path})"
             parts.append(f"checkpoint {self.checkpoint}{shown}")
         parts.append(f"precision {self.precision}")
+        if self.backend == "litemedsam":
+            parts.append(f"encoder {self.resolved_encoder()}")
         if self.threads is not None:
             parts.append(f"threads {self.threads}")
         if self.threshold is not None:
             parts.append(f"threshold {self.threshold:g}")
         return ", ".join(parts)
+
+    def resolved_encoder(self) -> str:
+        """"student" or "teacher": what ``encoder="auto"`` means for this spec (LiteMedSAM only)."""
+        if self.encoder != "auto":
+            return self.encoder
+        from oncoseg.models import student
+
+        plain = self.backend == "litemedsam" and not self.weights and not self.checkpoint
+        return "student" if plain and student.available() else "teacher"
 
     # -- building ----------------------------------------------------------------------------------------------
     def build_model(self):
@@ -157,6 +179,8 @@ class ModelSpec:
         model, options = self._parts()
         if self.backend == "sam3" and self.threshold is not None:
             options["threshold"] = self.threshold
+        if self.backend == "litemedsam":
+            options["encoder"] = self.resolved_encoder()
         return load_backend(self.backend, model=model, precision=self.precision, **options)
 
     def build_predictor(self, **predictor_options: Any):

@@ -73,6 +73,7 @@ class ServiceConfig:
     workdir: str | None = None
     backend: str = "litemedsam"
     checkpoint: str | None = None
+    encoder: str = "auto"  # LiteMedSAM's image encoder: auto, student or teacher (ModelSpec.encoder)
     warmup: bool = True
     threads: int | None = None  # torch CPU threads (None: torch's default)
     encode_ahead: int = 24  # slices each way around the one on screen encoded in the background (0: that one)
@@ -125,7 +126,10 @@ class Engine:
         # built on the model thread, so that torch's OpenMP thread pool lives there only (see oncoseg.service.worker)
         self.backend = backend or self.worker.call(
             lambda: ModelSpec(
-                backend=config.backend, checkpoint=config.checkpoint, threads=config.threads
+                backend=config.backend,
+                checkpoint=config.checkpoint,
+                threads=config.threads,
+                encoder=config.encoder,
             ).build_backend()
         )
         self.store = SessionStore(config.budget_bytes)
