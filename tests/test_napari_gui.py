@@ -231,7 +231,7 @@ def test_panel_from_the_plugins_menu_segments_a_2d_sample(xvfb):
     from oncoseg.samples import list_samples, sample_path
 
     # Qt's shared pool retires idle threads at once now: jobs on it would each get a new thread (and torch a new
-    # OpenMP pool); the plugin's jobs must all run on its one model thread regardless.
+    # OpenMP pool); the plugin's model work (jobs and encoding ahead) must all run on its one model thread.
     shared_pool = QThreadPool.globalInstance()
     expiry = shared_pool.expiryTimeout()
     shared_pool.setExpiryTimeout(0)
@@ -268,8 +268,123 @@ def test_panel_from_the_plugins_menu_segments_a_2d_sample(xvfb):
         wait_until_idle(widget)
         widget.propagate()  # on a 2D image: a clear message, no job
         assert not widget.busy and "needs a volume" in widget.last_error
-        assert len(job_threads) == 2 and len(set(job_threads)) == 1, job_threads
+        # the two jobs and the steps encoding the picture ahead (it needs one embedding: they are over at once)
+        assert len(job_threads) >= 2 and len(set(job_threads)) == 1, job_threads
+        wait_for(
+            lambda: widget.ready_label.text() == "ready: 1/1 slice", timeout=30, what="the picture ready"
+        )
         assert job_threads[0] != threading.get_native_id()
     finally:
         viewer.close()
         shared_pool.setExpiryTimeout(expiry)
+
+
+HIPPOCAMPUS = "msd-task04-hippocampus/{}/hippocampus_001.nii.gz"
+CROP = slice(5, 16)  # 11 slices; the label's largest slice (13 of the full volume) is 8 of the crop
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "condition") -> None:
+    """Run the Qt event loop until ``condition()`` holds."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while not condition():
+        QApplication.processEvents()
+        if time.monotonic() > end:
+            pytest.fail(f"{what}: not within {timeout} s")
+        time.sleep(0.02)
+    QApplication.processEvents()
+
+
+def test_encoding_ahead_readies_slices_a_click_meanwhile_is_answered_and_smaller_larger_swap_sizes(
+    xvfb, shared_data
+):
+    """A cropped real MRI volume (MSD hippocampus case 001, 11 slices): with no click, the slice shown (napari
+    opens it at the middle) and its neighbours (2 each way here) become ready; moving the slider recentres it; a
+    click queued at once there, while the model thread is encoding ahead, is answered with the same mask as a
+    model that never encoded ahead; Smaller / Larger swap the candidate sizes offered for the click, and back."""
+    import napari
+    import torch
+
+    from oncoseg.io import load_image
+    from oncoseg.napari_plugin.controller import CURRENT
+    from oncoseg.napari_plugin.widget import OncoSegWidget
+    from oncoseg.predictor import Predictor
+    from oncoseg.prompts import Point, Prompt
+    from oncoseg.session import Session
+
+    torch.set_num_threads(1)
+    volume = load_image(shared_data / HIPPOCAMPUS.format("imagesTr")).array[CROP]
+    labels = load_image(shared_data / HIPPOCAMPUS.format("labelsTr")).array[CROP]
+    z = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+    assert z == 8
+    truth = labels == 1  # the click: in the middle of label 1 (hippocampus proper) on that slice
+    ys, xs = np.nonzero(truth[z])
+    y, x = float(np.median(ys)), float(np.median(xs))
+    viewer = napari.Viewer(show=False)
+    widget = OncoSegWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Onco-Seg")
+    widget.ahead.radius = 2
+    ready = lambda: widget.ready_state.count if widget.ready_state else 0
+    try:
+        viewer.add_image(volume, name="hippocampus")
+        assert widget.controller.current_slice() == 5
+        wait_for(lambda: ready() == 5 and not widget.ready_state.encoding, what="5 slices encoded ahead")
+        assert widget.ready_state.slices == (3, 4, 5, 6, 7)
+        assert widget.ready_label.text() == "ready: 5/11 slices" and widget.ready_bar.value() == 5
+        assert widget.job is None and widget.last_error is None  # no job ran: all of it was background work
+
+        # The slider moves to the click's slice, which becomes the centre; the click is queued at once, while
+        # the model thread encodes ahead around it.
+        viewer.dims.set_current_step(0, z)
+        widget.controller.add_point((z, y, x))
+        widget.segment_slice()
+        assert widget.busy
+        wait_until_idle(widget)
+        assert widget.last_error is None, widget.last_error
+        shown = np.asarray(viewer.layers[CURRENT].data) > 0
+        wait_for(lambda: ready() == 8 and not widget.ready_state.encoding, what="3 more slices encoded ahead")
+        assert (
+            widget.ready_state.slices == tuple(range(3, 11))
+            and widget.ready_label.text() == "ready: 8/11 slices"
+        )
+        print(f"encoded ahead {widget.ahead.encoded}, abandoned for a job {widget._model_thread.preempted}")
+
+        reference = Predictor()  # a model that never encoded ahead
+        alone = Session(widget.controller.image(), reference, modality=widget.controller.modality)
+        expected = alone.segment(Prompt(points=(Point(x, y, True, z),)))
+        assert np.array_equal(shown, expected.mask), "the click's answer differs from the model's alone"
+        print(f"click: {shown.sum()} px, Dice vs label {dice(shown[z], truth[z]):.3f}")
+
+        # Smaller / Larger: the other sizes the model offered for the click, and back.
+        areas = sorted([int(expected.mask.sum())] + [int(m.sum()) for m, _ in expected.alternatives[z]])
+        k = areas.index(int(shown.sum())) + 1
+        assert 1 < k < len(areas), areas  # this click was offered a smaller and a larger answer
+        assert widget.size_label.text() == f"size {k} of {len(areas)}"
+        assert widget.smaller_button.isEnabled() and widget.larger_button.isEnabled()
+        widget.smaller_button.click()
+        wait_until_idle(widget)
+        assert widget.last_error is None, widget.last_error
+        smaller = np.asarray(viewer.layers[CURRENT].data) > 0
+        assert smaller.sum() == areas[k - 2] and not np.array_equal(smaller, shown)
+        assert widget.size_label.text() == f"size {k - 1} of {len(areas)}"
+        widget.larger_button.click()
+        wait_until_idle(widget)
+        back = np.asarray(viewer.layers[CURRENT].data) > 0
+        assert np.array_equal(back, shown) and widget.size_label.text() == f"size {k} of {len(areas)}"
+        while widget.larger_button.isEnabled():  # up to the largest: then Larger is disabled
+            widget.larger_button.click()
+            wait_until_idle(widget)
+        largest = np.asarray(viewer.layers[CURRENT].data) > 0
+        assert largest.sum() == areas[-1] and widget.size_label.text() == f"size {len(areas)} of {len(areas)}"
+        assert widget.smaller_button.isEnabled()
+        widget.clear_prompts()
+        assert not widget.smaller_button.isEnabled() and widget.size_label.text() == ""
+    finally:
+        viewer.close()
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication
+
+    model_thread = widget._model_thread._thread
+    QApplication.sendPostedEvents(None, QEvent.DeferredDelete)  # what napari's event loop does after a close
+    wait_for(lambda: not model_thread.is_alive(), timeout=30, what="the model thread ending with the viewer")

@@ -224,6 +224,11 @@ class Controller:
             self._open[id(layer)] = opened
         return opened
 
+    def open_image(self) -> OpenImage:
+        """The chosen layer's `OpenImage` (its session, set to the panel's model and modality, and the object being
+        edited). No model work: the model is built and set on the image on the model thread (`predictor`)."""
+        return self._ready()
+
     def session(self) -> Session:
         """The `Session` of the chosen image."""
         return self._opened().session
@@ -626,6 +631,54 @@ class Controller:
             )
 
         return Job("propagate 3D", total, work, finish)
+
+    def sizes(self) -> tuple[int, int, int, int] | None:
+        """The object being edited as one of the sizes the model offered for its clicks on the slice shown:
+        ``(k, n, smaller, larger)``, candidate ``k`` of ``n`` (1: the smallest) with ``smaller``/``larger`` others
+        on either side; None when there is no single current object or no other size was offered there."""
+        opened = self._opened()
+        if len(opened.current) != 1:
+            return None
+        obj, z = opened.current[0], self.current_slice()
+        options = obj.alternatives.get(z, ())
+        if not options:
+            return None
+        current = obj.mask[z] if z is not None else obj.mask
+        area = int(current.sum())
+        areas = [int(mask.sum()) for mask, _score in options]
+        smaller, larger = sum(a < area for a in areas), sum(a > area for a in areas)
+        return smaller + 1, len(areas) + 1, smaller, larger
+
+    def choose(self, which: str) -> Job:
+        """Swap the object being edited to the next ``"smaller"`` or ``"larger"`` of the masks that also answered
+        its clicks on the slice shown (`Session.choose`; a propagated object is walked again from there)."""
+        opened = self._ready()
+        session, z = opened.session, self.current_slice()
+        current = self._read_current(opened)
+        sizes = self.sizes()
+        if sizes is None or not sizes[2 if which == "smaller" else 3]:
+            where = f" on slice {z}" if z is not None else ""
+            raise OncoSegError(f"no {which} answer to the clicks{where}: the model offered none")
+        obj = current[0]
+        walks = obj.volume
+        image = session.image
+        total = 1 if not walks else (image.num_slices if self.max_slices is None
+                                     else min(image.num_slices, 2 * self.max_slices + 1))  # fmt: skip
+
+        def work(job: Job) -> SegmentedObject:
+            if walks:
+                self.predictor(session)
+            session.choose(obj, which, z=z, on_slice=lambda _z: job.step())  # changes obj only at its end
+            job.step()
+            return obj
+
+        def finish(chosen: SegmentedObject) -> str:
+            opened.current = [chosen]
+            self._show(opened)
+            k, n, _smaller, _larger = self.sizes() or (1, 1, 0, 0)
+            return f"size {k} of {n} ({which}): Shift-C commits"
+
+        return Job(f"{which} answer", total, work, finish)
 
     def segment_all_boxes(self) -> Job:
         """Segment every box (any slice), one committed object each; propagated in 3D when ``boxes_in_3d``."""

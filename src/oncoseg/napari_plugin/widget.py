@@ -1,21 +1,22 @@
 """The Onco-Seg dock widget: buttons, fields, a progress bar and keyboard shortcuts over `Controller` (itself a
 thin shell over `oncoseg.session.Session`, one per image).
 
-Model work (loading, encoding, propagation, export) runs in a worker thread (`napari.qt.threading`); the viewer
-stays responsive, a progress bar follows the job and Cancel stops it at the next slice. Every job runs on the
-same long-lived thread (a pool of one that never retires it): torch keeps one OpenMP pool per thread that runs
-parallel work, and two pools on a small machine run the encoder up to 1.9x slower (see
-`oncoseg.service.worker`).
+Model work (loading, encoding, propagation, export) runs on one long-lived model thread, the service's
+`oncoseg.service.worker.ModelWorker`: the viewer stays responsive, a progress bar follows the job and Cancel stops
+it at the next slice. Only that thread calls into the model: torch keeps one OpenMP pool per thread that runs
+parallel work, and two pools on a small machine run the encoder up to 1.9x slower. While it is idle it encodes
+the slice shown and its neighbours ahead (`oncoseg.napari_plugin.ahead`), yielding to a job at once; the panel
+shows how many slices are ready.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
 import napari
-from napari.qt.threading import create_worker
-from qtpy.QtCore import QThreadPool, QTimer
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import (
     QButtonGroup,
@@ -37,6 +38,7 @@ from qtpy.QtWidgets import (
 
 from oncoseg.errors import OncoSegError
 from oncoseg.napari_plugin._runtime import avoid_triton_crash
+from oncoseg.napari_plugin.ahead import EncodeAhead, Ready
 from oncoseg.napari_plugin.controller import (
     BOXES,
     CURRENT,
@@ -50,6 +52,7 @@ from oncoseg.napari_plugin.controller import (
     modality_choices,
 )
 from oncoseg.render import DEFAULT_CT_PRESET
+from oncoseg.service.worker import ModelWorker
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,18 @@ EXPORT_FILTERS = {
 }
 
 
+class _Relay(QObject):
+    """Hands the model thread's news to the Qt thread (signals emitted elsewhere are queued to the receiver's)."""
+
+    finished = Signal(object)  # the job's concurrent Future
+    ready = Signal(object)  # an `ahead.Ready`
+
+
+def _stop_model_thread(ahead: EncodeAhead, worker: ModelWorker, *_args) -> None:
+    ahead.stop()
+    worker.stop(timeout=0)
+
+
 class OncoSegWidget(QWidget):
     """Dock widget: model, modality and window, prompts, actions, measurements, export."""
 
@@ -76,10 +91,18 @@ class OncoSegWidget(QWidget):
         self.viewer = viewer
         self.controller = Controller(viewer, backend=backend, checkpoint=checkpoint)
         self.job: Job | None = None
-        self._worker = None
-        self._model_thread = QThreadPool(self)  # one thread for all model work, kept for the widget's life
-        self._model_thread.setMaxThreadCount(1)
-        self._model_thread.setExpiryTimeout(-1)
+        # the one thread for all model work, for the widget's life
+        self._model_thread = ModelWorker(max_queue=2)
+        self._relay = _Relay(self)
+        self._relay.finished.connect(self._on_finished)
+        self._relay.ready.connect(self._on_ready)
+        self.ahead = EncodeAhead(
+            self._model_thread,
+            lambda opened: self.controller.predictor(opened.session),
+            self._relay.ready.emit,
+        )
+        self.ready_state: Ready | None = None  # the chosen image's slices encoded ahead, as last reported
+        self.destroyed.connect(functools.partial(_stop_model_thread, self.ahead, self._model_thread))
         self._started = 0.0
         self.last_error: str | None = None
         self._build()
@@ -92,6 +115,7 @@ class OncoSegWidget(QWidget):
         self._measure_timer.timeout.connect(self.update_measurements)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
+        viewer.dims.events.current_step.connect(self._on_step)
         self._bind_keys()
         self._on_layers_changed()
 
@@ -129,6 +153,23 @@ class OncoSegWidget(QWidget):
         self.window_combo = QComboBox()
         self.window_combo.activated.connect(lambda _i: self._safely(self._apply_window))
         form.addRow("window", self.window_combo)
+        row = QHBoxLayout()
+        self.ahead_check = QCheckBox("encode ahead")
+        self.ahead_check.setChecked(True)
+        self.ahead_check.setToolTip(
+            "while the model is idle, encode the slice shown and its neighbours, so a click there answers at once"
+        )
+        self.ahead_check.toggled.connect(self._on_ahead_toggled)
+        self.ready_label = QLabel("ready: -")
+        self.ready_bar = QProgressBar()
+        self.ready_bar.setRange(0, 1)
+        self.ready_bar.setValue(0)
+        self.ready_bar.setTextVisible(False)
+        self.ready_bar.setMaximumHeight(8)
+        row.addWidget(self.ahead_check)
+        row.addWidget(self.ready_label)
+        row.addWidget(self.ready_bar)
+        form.addRow("slices", row)
         layout.addWidget(setup)
 
         prompts = QGroupBox("Prompts")
@@ -172,6 +213,16 @@ class OncoSegWidget(QWidget):
         self.propagate_button.clicked.connect(self.propagate)
         self.boxes_button = QPushButton("Segment all boxes  [Shift-B]")
         self.boxes_button.clicked.connect(self.segment_all_boxes)
+        sizes = QHBoxLayout()
+        self.smaller_button = QPushButton("Smaller")
+        self.larger_button = QPushButton("Larger")
+        for button, which in ((self.smaller_button, "smaller"), (self.larger_button, "larger")):
+            button.setToolTip(f"the next {which} of the masks the model offered for these clicks")
+            button.setEnabled(False)
+            button.clicked.connect(functools.partial(self.choose, which))
+            sizes.addWidget(button)
+        self.size_label = QLabel("")
+        sizes.addWidget(self.size_label)
         row = QHBoxLayout()
         self.name_edit = QLineEdit()
         self.name_edit.setPlaceholderText("name, e.g. GTV (optional)")
@@ -194,6 +245,7 @@ class OncoSegWidget(QWidget):
         options.addWidget(self.boxes_3d)
         for w in (self.segment_button, self.propagate_button, self.boxes_button):
             grid.addWidget(w)
+        grid.addLayout(sizes)
         grid.addLayout(row)
         grid.addLayout(options)
         row = QHBoxLayout()
@@ -290,6 +342,9 @@ class OncoSegWidget(QWidget):
             spacing = " x ".join(f"{s:g}" for s in image.spacing_zyx)
             unit = image.spacing_unit  # px: a picture without a physical pixel size
             self._say(f"{name}: {shape} voxels of {spacing} {unit}; draw a box or click, then Shift-S")
+            self.ready_state = None
+            self._show_ahead()
+            self._update_sizes()
 
         self._safely(choose)
 
@@ -328,12 +383,50 @@ class OncoSegWidget(QWidget):
             self.controller.set_modality(None if text.startswith("auto") else text)
             self._fill_windows()
             self._say(f"model normalisation: {self.controller.modality}")
+            self._show_ahead()
 
         if self.controller.image_layers():
             self._safely(change)
 
     def _on_slices_changed(self, value: int) -> None:
         self.controller.max_slices = value or None
+
+    # -- encoding ahead ----------------------------------------------------------------------------------------
+    def _on_step(self, _event=None) -> None:
+        """napari's slider moved: the slice shown is the new centre of encoding ahead."""
+        if self.controller.image_layers():
+            self._show_ahead()
+            self._update_sizes()
+
+    def _on_ahead_toggled(self, on: bool) -> None:
+        self.ahead.enabled = on
+        if on:
+            self._show_ahead()
+        else:
+            self.ahead.stop()
+
+    def _show_ahead(self) -> None:
+        """Tell the model thread which slice of which image is on screen (a job's own model work comes first)."""
+        if not self.ahead.enabled or not self.controller.image_layers():
+            return
+        controller = self.controller
+        try:
+            self.ahead.show(controller.open_image(), controller.current_slice())
+        except OncoSegError:
+            return
+
+    def _on_ready(self, ready: Ready) -> None:
+        """The model thread's report after a step of encoding ahead (shown when it is about the chosen image)."""
+        try:
+            chosen = self.controller.open_image()
+        except OncoSegError:
+            return
+        if ready.opened is not chosen:
+            return
+        self.ready_state = ready
+        self.ready_label.setText(ready.text())
+        self.ready_bar.setRange(0, ready.num_slices)
+        self.ready_bar.setValue(ready.count)
 
     # -- prompts -----------------------------------------------------------------------------------------------
     def activate_points(self) -> None:
@@ -358,6 +451,7 @@ class OncoSegWidget(QWidget):
 
     def clear_prompts(self) -> None:
         self._safely(lambda: self._say(self.controller.clear_prompts()))
+        self._update_sizes()
 
     def _attach_points_callback(self) -> None:
         layer = self.viewer.layers[POINTS]
@@ -386,12 +480,25 @@ class OncoSegWidget(QWidget):
     def export_to(self, path, kind: str = "nifti") -> None:
         self._start(lambda: self.controller.export(path, kind))
 
+    def choose(self, which: str, *_args) -> None:
+        """Swap the current object to the next smaller or larger mask offered for its clicks."""
+        self._start(lambda: self.controller.choose(which))
+
+    def _update_sizes(self) -> None:
+        """Smaller / Larger: enabled when the model offered another size on the slice shown; which one is shown."""
+        sizes = None if self.busy else self._safely(self.controller.sizes)
+        k, n, smaller, larger = sizes or (0, 0, 0, 0)
+        self.smaller_button.setEnabled(bool(smaller))
+        self.larger_button.setEnabled(bool(larger))
+        self.size_label.setText(f"size {k} of {n}" if sizes else "")
+
     def commit(self) -> None:
         if self.busy:
             return
         self._safely(lambda: self._say(self.controller.commit(self.name_edit.text().strip() or None)))
         self.name_edit.clear()
         self.update_measurements()
+        self._update_sizes()
 
     def _export_dialog(self) -> None:
         kind = self.export_combo.currentData()
@@ -415,18 +522,19 @@ class OncoSegWidget(QWidget):
             self._fail(str(error))
             return
         self.job, self._started, self.last_error = job, time.monotonic(), None
-        for button in self._action_buttons:
+        for button in (*self._action_buttons, self.smaller_button, self.larger_button):
             button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setRange(0, job.total if job.total > 1 else 0)  # 0..0: busy indicator
         self.progress.setValue(0)
         self._say(f"{job.title}…")
-        worker = create_worker(job.run, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(self._on_returned)
-        worker.errored.connect(self._on_errored)
-        self._worker = worker
         self._timer.start()
-        self._model_thread.start(worker)
+        try:  # a slice being encoded ahead right now that this job needs is finished, not abandoned
+            self.ahead.needs(self.controller.open_image(), self.controller.current_slice())
+        except OncoSegError:
+            pass
+        future = self._model_thread.submit(job.run)  # before any background step (requests come first)
+        future.add_done_callback(self._relay.finished.emit)
 
     def cancel(self) -> None:
         if self.job is not None:
@@ -437,8 +545,17 @@ class OncoSegWidget(QWidget):
         if self.job is not None and self.job.total > 1:
             self.progress.setValue(self.job.done)
 
+    def _on_finished(self, future) -> None:
+        error = future.exception()
+        if error is None:
+            self._on_returned(future.result())
+        else:
+            self._on_errored(error)
+        self._update_sizes()
+        self._show_ahead()  # the job may have changed the model, the modality or the result's slices
+
     def _end(self) -> Job:
-        job, self.job, self._worker = self.job, None, None
+        job, self.job = self.job, None
         self._timer.stop()
         self.progress.setRange(0, 1)
         self.progress.setValue(1 if not job.cancelled else 0)
