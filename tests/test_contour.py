@@ -56,7 +56,17 @@ def test_organ_table_lists_tg263_names_and_what_the_atlas_supports(atlas):
     assert all(len(r["color"]) == 3 and all(0 <= c <= 255 for c in r["color"]) for r in rows)
     # kidney_left, TotalSegmentator's label name, arrives under its TG-263 name
     assert "Kidney_L" in atlas.organs() and "kidney_left" not in atlas.organs()
-    assert "vertebrae_L1" in atlas.ignored  # not an organ in the table: ignored, not invented
+    assert "autochthon_left" in atlas.ignored  # no TG-263 primary name: ignored, not invented
+    # TotalSegmentator's vertebrae and ribs arrive under TG-263 names, fitted to bone; "Rib" is all ribs
+    assert {"VB_T12", "VB_L1", "Rib09_L", "Rib"} <= set(
+        atlas.organs()
+    ) and "vertebrae_L1" not in atlas.ignored
+    assert status["VB_L1"] == status["Rib"] == "atlas + bone CT numbers"
+    assert len(atlas.organs()) >= 30
+    ribs = [n for n in atlas.organs() if n.startswith("Rib") and n != "Rib"]
+    assert len(ribs) >= 10 and np.array_equal(
+        atlas.mask("Rib"), np.any([atlas.mask(n) for n in ribs], axis=0)
+    )
 
 
 def test_resolve_organs_takes_aliases_and_refuses_unknown_or_unsupported(atlas):

@@ -7,7 +7,9 @@ Run between registration and model refinement (`oncoseg.contour.pipeline.contour
   for liver, spleen and stomach both ways (docs/contour.md, "More and better organs");
 - organs in `HU_ORGANS` (body outline, lungs, spinal canal) come from `oncoseg.contour.anatomy`, not from the
   atlas; they need no atlas label, and lungs found in the scan replace nothing the atlas carries (the atlas'
-  lung *lobes* stay atlas-only).
+  lung *lobes* stay atlas-only);
+- vertebrae and ribs (`oncoseg.contour.bones.is_bone`) are fitted to the patient's bone
+  (`oncoseg.contour.bones.refine_bones`); one whose carried label holds too little bone is weak evidence.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from oncoseg.contour.anatomy import anatomy
+from oncoseg.contour.bones import is_bone, refine_bones
 from oncoseg.contour.intensity import refine_by_intensity
 from oncoseg.image import MedicalImage
 
@@ -22,6 +25,7 @@ HU_ORGANS = ("External", "Lung_L", "Lung_R", "Lungs", "SpinalCanal")
 INTENSITY_REFINED = frozenset({"Liver", "Spleen", "Stomach", "Kidney_L", "Kidney_R"})
 METHOD_HU = "CT numbers"
 METHOD_ATLAS_HU = "atlas + CT numbers"
+METHOD_BONE = "atlas + bone CT numbers"
 
 
 def supported(atlas_organs: list[str]) -> list[str]:
@@ -34,15 +38,22 @@ def adapt_priors(
     priors: dict[str, np.ndarray],
     inside: dict[str, float | None] | None = None,
     fit: bool = True,
-) -> tuple[dict[str, np.ndarray], dict[str, float | None], dict[str, str]]:
-    """(priors, inside, methods) with the intensity-refined and HU organs in place of the carried labels.
+) -> tuple[dict[str, np.ndarray], dict[str, float | None], dict[str, str], dict[str, str]]:
+    """(priors, inside, methods, weak) with the fitted and HU organs in place of the carried labels.
 
     ``priors``: name → carried atlas mask for every organ asked for (an HU organ's entry may be empty);
     ``inside``: the share of each carried organ inside the scan (an HU organ's becomes None: it is found in
-    the scan itself); ``methods``: name → how the returned mask was made, for the organs this changed.
-    ``fit=False`` (``contour(refine=False)``: the registered atlas labels as they are) only adds the HU organs."""
+    the scan itself); ``methods``: name → how the returned mask was made, for the organs this changed;
+    ``weak``: name → why the CT contradicts a carried organ (not to be drawn). ``fit=False``
+    (``contour(refine=False)``: the registered atlas labels as they are) only adds the HU organs."""
     priors, inside = dict(priors), dict(inside or {})
     methods: dict[str, str] = {}
+    weak: dict[str, str] = {}
+    bones = {name: mask for name, mask in priors.items() if fit and is_bone(name) and mask.any()}
+    if bones:
+        fitted, weak = refine_bones(image.array, bones, image.spacing)
+        priors.update(fitted)
+        methods.update({name: METHOD_BONE for name in bones})
     refine = [name for name in priors if fit and name in INTENSITY_REFINED and priors[name].any()]
     if refine:
         carried = {name: mask for name, mask in priors.items() if name not in HU_ORGANS}
@@ -55,4 +66,4 @@ def adapt_priors(
             priors[name] = found[name]
             inside[name] = None
             methods[name] = METHOD_HU
-    return priors, inside, methods
+    return priors, inside, methods, weak

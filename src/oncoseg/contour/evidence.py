@@ -116,9 +116,12 @@ def weigh(
     inside_fraction: float | None,
     refinement=None,
     method: str = "atlas only",
+    weak: str | None = None,
+    caution: str | None = None,
 ) -> OrganEvidence:
     """The decision and confidence for one organ (``refinement``: its `OrganRefinement` if the model ran;
-    ``method``: how the mask was made otherwise, named in the reasons)."""
+    ``method``: how the mask was made otherwise, named in the reasons; ``weak``: a reason, found earlier, not to
+    draw it; ``caution``: a reason to flag it for review whatever its estimate)."""
     evidence = OrganEvidence(float(prior.sum()) * voxel_ml, float(mask.sum()) * voxel_ml, inside_fraction)
     evidence.method = method
     if refinement is not None and refinement.slices:
@@ -126,10 +129,19 @@ def weigh(
         evidence.agreement = 2.0 * int((prior & mask).sum()) / total if total else 1.0
         evidence.accepted = refinement.refined / refinement.slices
         evidence.mean_score = refinement.mean_score
-    evidence.omitted = _omission(evidence)
+    evidence.omitted = _omission(evidence) if weak is None or _outside(evidence) else weak
     if evidence.omitted is None:
         evidence.confidence = _confidence(evidence)
+        if caution:
+            c = evidence.confidence
+            evidence.confidence = Quality(c.estimate, True, (caution, *c.reasons)[:3])
     return evidence
+
+
+def _outside(e: OrganEvidence) -> bool:
+    """Whether the organ is decided as outside the scan (that reason comes before any other)."""
+    reason = _omission(e)
+    return reason is not None and "outside the scan" in reason
 
 
 def _omission(e: OrganEvidence) -> str | None:

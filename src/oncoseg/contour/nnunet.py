@@ -46,14 +46,9 @@ _OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
 
 
 # TotalSegmentator's bone and vein classes that have a TG-263 primary name but no organ-table entry
-# (`oncoseg.dicom.tg263` holds organs at risk): tried after the table. Its muscles, sternum, costal cartilages,
-# kidney cysts and left atrial appendage have no TG-263 primary name and stay unmapped.
+# (`oncoseg.dicom.tg263` holds organs at risk, vertebrae and ribs): tried after the table. Its muscles, sternum,
+# costal cartilages, kidney cysts and left atrial appendage have no TG-263 primary name and stay unmapped.
 TOTALSEGMENTATOR_NAMES: dict[str, str] = {
-    **{f"rib_{side}_{n}": f"Rib{n:02d}_{side[0].upper()}" for side in ("left", "right") for n in range(1, 13)},
-    **{f"vertebrae_C{n}": f"VB_C{n}" for n in range(1, 8)},
-    **{f"vertebrae_T{n}": f"VB_T{n:02d}" for n in range(1, 13)},
-    **{f"vertebrae_L{n}": f"VB_L{n}" for n in range(1, 6)},
-    "vertebrae_S1": "VB_S1",
     **{f"{part}_{side}": f"{name}_{side[0].upper()}" for side in ("left", "right") for part, name in (
         ("scapula", "Scapula"), ("clavicula", "Clavicle"), ("hip", "Bone_Pelvic"),
         ("brachiocephalic_vein", "V_Brachioceph"),

@@ -68,14 +68,24 @@ class Atlas:
     ignored: list[str] = field(default_factory=list)  # atlas labels that are not organs in the table
 
     def organs(self) -> list[str]:
-        """TG-263 names this atlas has labels for, in table order."""
+        """TG-263 names this atlas has labels for, in table order (with a group such as ``Rib`` when it has
+        any of its members: `oncoseg.contour.bones.GROUPS`)."""
+        from oncoseg.contour.bones import GROUPS, members
+
         present = set(self.names.values())
+        present |= {group for group in GROUPS if members(group, present)}
         return [name for name in organ_names() if name in present]
+
+    def values(self, organ: str) -> list[int]:
+        """The label values of ``organ`` (of all its members for a group such as ``Rib``)."""
+        from oncoseg.contour.bones import members
+
+        names = {organ, *members(organ, set(self.names.values()))}
+        return [v for v, n in self.names.items() if n in names]
 
     def mask(self, organ: str) -> np.ndarray:
         """The atlas' own mask of ``organ`` (bool, ``[z, y, x]``)."""
-        values = [v for v, n in self.names.items() if n == organ]
-        return np.isin(self.labels.array, values)
+        return np.isin(self.labels.array, self.values(organ))
 
 
 def resolve_organs(requested: list[str] | None, available: list[str]) -> list[str]:
@@ -173,6 +183,7 @@ def _label_names(spec: dict, folder: Path) -> dict[int, str]:
 def organ_table(atlas: Atlas | None) -> list[dict]:
     """One row per known organ: TG-263 name, description, colour, and how the current setup contours it."""
     from oncoseg.contour.adapt import HU_ORGANS
+    from oncoseg.contour.bones import is_bone
 
     supported = set(atlas.organs()) if atlas is not None else set()
     rows = []
@@ -185,6 +196,8 @@ def organ_table(atlas: Atlas | None) -> list[dict]:
             status = "not in atlas"
         elif s.name in MODEL_REFINED:
             status = "atlas + model"
+        elif is_bone(s.name):
+            status = "atlas + bone CT numbers"
         else:
             status = "atlas only"
         rows.append(

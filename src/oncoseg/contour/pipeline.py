@@ -23,6 +23,7 @@ import numpy as np
 
 from oncoseg import __version__
 from oncoseg.contour.adapt import HU_ORGANS, adapt_priors, supported
+from oncoseg.contour.bones import LEVEL_CAUTION, is_numbered
 from oncoseg.contour.evidence import OrganEvidence, coverage, weigh
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas, resolve_organs
 from oncoseg.contour.refine import OrganRefinement, RefineSettings, model_helps, refine_priors
@@ -239,7 +240,7 @@ def contour(
         else None,
     )
     warped = warp_labels(atlas.labels, registration, image)
-    values = {name: [v for v, n in atlas.names.items() if n == name] for name in chosen}
+    values = {name: atlas.values(name) for name in chosen}
     priors = {name: np.isin(warped, values[name]) for name in chosen}
     inside = coverage(atlas.labels, values, registration.transform, image)
     if stages:
@@ -247,16 +248,19 @@ def contour(
     timings["registration"] = time.perf_counter() - t
     timings.update({f"registration_{k}": v for k, v in registration.timings.items()})
     t = time.perf_counter()
-    priors, inside, adapted = adapt_priors(image, priors, inside, fit=refine)  # this CT's HU; HU organs
+    priors, inside, adapted, weak = adapt_priors(image, priors, inside, fit=refine)  # this CT's HU
     timings["ct_numbers"] = time.perf_counter() - t
 
     voxel_ml = float(np.prod(image.spacing)) / 1000.0
     # organs outside the scan are decided before the model runs (it would only waste time on them)
     methods = {name: adapted.get(name, "atlas only") for name in chosen}
     evidence = {
-        name: weigh(name, priors[name], priors[name], voxel_ml, inside[name], method=methods[name])
+        name: weigh(
+            name, priors[name], priors[name], voxel_ml, inside[name], method=methods[name],
+            weak=weak.get(name), caution=LEVEL_CAUTION if is_numbered(name) else None,
+        )
         for name in chosen
-    }
+    }  # fmt: skip
     masks, refinement, model = dict(priors), {}, ""
     to_refine = {
         name: priors[name]

@@ -3,7 +3,8 @@
 `standard_name("kidney_left")` → ``"Kidney_L"``; unknown names come back cleaned up (trimmed, inner
 whitespace → ``_``, at most 64 characters, the DICOM limit of an ROI name). `default_color(name)` is the table's
 colour for known structures and a stable colour derived from the name otherwise. The table holds the common
-thoracic, abdominal, pelvic and head-and-neck organs at risk; check it against your clinic's own list.
+thoracic, abdominal, pelvic and head-and-neck organs at risk, the vertebrae and the ribs; check it against your
+clinic's own list.
 
 Every name is a TG-263 primary name (AAPM Report 263, Mayo et al. 2018): tests/test_dicom_rtstruct.py checks the
 whole table against the report's list of primary names, kept in tests/data/tg263_primary_names.csv with its
@@ -116,6 +117,24 @@ STRUCTURES: tuple[Structure, ...] = (
     # whole body
     _s("External", "body outline", (0, 255, 0), "body", "external", "skin", "body_outline"),
 )
+
+_ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth",
+             "eleventh", "twelfth")  # fmt: skip
+_SPINE = (("C", "cervical", 7, "C{n}"), ("T", "thoracic", 12, "T{n:02d}"), ("L", "lumbar", 5, "L{n}"),
+          ("S", "sacral", 1, "S{n}"))  # fmt: skip
+# skeleton: vertebrae (TotalSegmentator's vertebrae_T12 → VB_T12) and ribs (rib_left_7 → Rib07_L), shades of
+# bone colour that alternate level by level so that neighbours stand apart
+STRUCTURES += tuple(
+    _s(f"VB_{form.format(n=n)}", f"{region} vertebra {letter}{n}", (240 - 30 * (n % 2), 220 - 20 * (n % 3), 160),
+       f"vertebrae_{letter}{n}", f"vertebra {letter}{n}")
+    for letter, region, count, form in _SPINE
+    for n in range(1, count + 1)
+) + tuple(
+    _s(f"Rib{n:02d}_{side[0].upper()}", f"{_ORDINALS[n - 1]} rib, {side}",
+       (230 - 25 * (n % 2), 200 - 15 * (n % 3), 140 + (20 if side == "left" else 0)), f"rib_{side}_{n}")
+    for n in range(1, 13)
+    for side in ("left", "right")
+) + (_s("Rib", "ribs (any rib volume)", (225, 195, 150), "ribs"),)  # fmt: skip
 
 _MAX_ROI_NAME = 64  # DICOM LO
 
