@@ -37,6 +37,9 @@ def predictor():
 @pytest.fixture
 def ct_viewer(predictor):
     """A ViewerModel with the bundled CT sample opened through the plugin, a controller sharing one model."""
+    from npe2 import PluginManager
+
+    PluginManager.instance().discover()  # the manifest's samples (also when this test runs alone)
     viewer = ViewerModel()
     viewer.open_sample("oncoseg", "ct_abdomen")
     controller = Controller(viewer)
@@ -367,3 +370,50 @@ def test_cli_help_teaches_and_bad_input_is_one_line(tmp_path, capsys):
         assert main(["napari", *args]) == 2
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1
+
+
+def test_encoding_ahead_yields_to_a_job_which_answers_as_the_model_alone(ct_viewer, predictor):
+    """Qt-free, on the widget's arrangement (one `ModelWorker` thread; jobs are its requests, encoding ahead its
+    background work): a click job queued while a slice is being encoded ahead abandons that encode at its next
+    model step, answers with the mask the model gives with nothing encoded ahead, and the abandoned slice is
+    encoded afterwards with the rest."""
+    import time
+
+    from oncoseg.napari_plugin.ahead import EncodeAhead
+    from oncoseg.prompts import Point, Prompt
+    from oncoseg.service.worker import ModelWorker
+    from oncoseg.session import Session
+
+    viewer, controller = ct_viewer
+    truth = load_image(sample_path(CT["mask"])).array > 0
+    cy, cx = (float(v) for v in np.argwhere(truth[Z]).mean(axis=0))
+    alone = Session(controller.image(), predictor, modality=controller.modality)
+    expected = alone.segment(Prompt(points=(Point(cx, cy, True, Z),))).mask
+    predictor.trim_cache(0)  # encoding ahead starts cold
+    with pytest.raises(OncoSegError, match="no smaller answer"):
+        controller.choose("smaller")  # no object yet
+
+    worker = ModelWorker()
+    reports = []
+    ahead = EncodeAhead(worker, lambda opened: controller.predictor(opened.session), reports.append, radius=1)
+    opened = controller.open_image()
+    try:
+        ahead.show(opened, Z - 3)  # wants Z-3, Z-2, Z-4
+        end = time.monotonic() + 60
+        while ahead._encoding is None:  # an encode (about 1 s) is in flight
+            assert time.monotonic() < end, "encoding ahead did not start"
+            time.sleep(0.001)
+        controller.add_point((Z, cy, cx))
+        job = controller.segment_slice()
+        ahead.needs(opened, Z)  # another slice than the one in flight: that encode is abandoned
+        message = job.finish(worker.submit(job.run).result(timeout=120))
+        assert worker.preempted == 1 and ahead.encoded == 0, message
+        assert np.array_equal(np.asarray(viewer.layers[CURRENT].data) > 0, expected)
+        while not reports or reports[-1].encoding:
+            assert time.monotonic() < end + 120, "encoding ahead did not finish"
+            time.sleep(0.05)
+        assert reports[-1].slices == (Z - 4, Z - 3, Z - 2, Z) and ahead.encoded == 3  # Z: the job's own
+        assert reports[-1].text() == f"ready: 4/{controller.image().num_slices} slices"
+    finally:
+        ahead.stop()
+        worker.stop()

@@ -143,7 +143,7 @@ class EncodeAhead:
             if over > 0:
                 rule.trim(view, order, over)
             rule.arrange(view, order)
-        if self.on_ready is not None:
+        if self.on_ready is not None and self._target is not None:  # (not after `stop`)
             slices = tuple(rule.cached_slices(view))
             self.on_ready(Ready(opened, slices, image.num_slices if image.is_3d else 1, slice_ is not None))
         if slice_ is not None:

@@ -324,6 +324,11 @@ class OncoSegWidget(QWidget):
         self.image_combo.blockSignals(False)
         if layers and (event is None or added in layers or current != self.image_combo.currentText()):
             self._on_image_chosen()
+        if not layers:  # nothing left to encode ahead (also what closing the viewer does first)
+            self.ahead.stop()
+            self.ready_state = None
+            self.ready_label.setText("ready: -")
+            self.ready_bar.setValue(0)
         self._watch_own_layers()
 
     def _on_image_chosen(self, _index=None) -> None:
