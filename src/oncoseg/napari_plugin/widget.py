@@ -371,6 +371,7 @@ class OncoSegWidget(QWidget):
         self.controller.set_model(
             self.backend_combo.currentText(), self.checkpoint_edit.text().strip() or None
         )
+        self._show_ahead()  # the new model is built and encodes ahead when idle
 
     def _browse_checkpoint(self) -> None:
         if self.backend_combo.currentText() == "sam3":

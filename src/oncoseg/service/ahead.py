@@ -5,6 +5,8 @@ The slice on screen comes first, then its neighbours outward (z+1, z-1, z+2, ...
 way. A prefetch never drops the displayed slice, the slices the result was made on, nor another image's
 embeddings: beyond the free memory it only replaces this image's own embeddings of slices less wanted (farther
 out) than the one it computes. Functions here run on the model thread (they touch the predictor's cache order).
+They read only an open image's ``image``, ``predictor``, ``last_viewed`` and ``obj``: the napari panel
+(`oncoseg.napari_plugin.ahead`) follows the same rule with its own view of an image.
 """
 
 from __future__ import annotations
