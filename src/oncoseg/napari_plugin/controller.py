@@ -225,9 +225,13 @@ class Controller:
         return opened
 
     def open_image(self) -> OpenImage:
-        """The chosen layer's `OpenImage` (its session, set to the panel's model and modality, and the object being
-        edited). No model work: the model is built and set on the image on the model thread (`predictor`)."""
-        return self._ready()
+        """The chosen layer's `OpenImage` (its session and the object being edited)."""
+        return self._opened()
+
+    def shown(self) -> tuple[OpenImage, int | None]:
+        """What to encode ahead: the chosen image, its session set to the panel's model and modality, and the
+        slice shown. No model work here: the model is built and set on the image on the model thread."""
+        return self._ready(), self.current_slice()
 
     def session(self) -> Session:
         """The `Session` of the chosen image."""

@@ -412,12 +412,11 @@ class OncoSegWidget(QWidget):
             self.ahead.stop()
 
     def _show_ahead(self) -> None:
-        """Tell the model thread which slice of which image is on screen (a job's own model work comes first)."""
-        if not self.ahead.enabled or not self.controller.image_layers():
+        """Tell the model thread which slice of which image is on screen (during a job: once it has ended)."""
+        if self.busy or not self.ahead.enabled or not self.controller.image_layers():
             return
-        controller = self.controller
         try:
-            self.ahead.show(controller.open_image(), controller.current_slice())
+            self.ahead.show(*self.controller.shown())
         except OncoSegError:
             return
 
@@ -558,7 +557,7 @@ class OncoSegWidget(QWidget):
         else:
             self._on_errored(error)
         self._update_sizes()
-        self._show_ahead()  # the job may have changed the model, the modality or the result's slices
+        self._show_ahead()  # the slice shown now; the job may have changed the model or the result's slices
 
     def _end(self) -> Job:
         job, self.job = self.job, None
