@@ -17,9 +17,11 @@ import pydicom
 import pytest
 from orthanc import OrthancServer, free_port, uploadable_series
 from pydicom.encaps import encapsulate, generate_frames
+from test_nnunet_engine import example, model  # noqa: F401 - the tiny nnU-Net model fixture, reused
 
 from oncoseg.assistant import Assistant, AssistantConfig, AuditLog, StateStore, scrub, series_key, uid_tag
 from oncoseg.assistant.scp import StoreSCP
+from oncoseg.cli import main
 from oncoseg.pacs import PacsClient
 
 # atlas only: the service logic, not the model, is tested; the gallbladder lies outside the example's slab
@@ -392,3 +394,47 @@ def test_end_to_end_default_path(orthanc, example_series, tmp_path):
     check = subprocess.run(["dciodvfy", str(path)], check=False, capture_output=True, encoding="utf-8")
     errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
     assert not errors, errors
+
+
+@pytest.mark.service
+def test_nnunet_engine_answers_a_series(orthanc, example_series, model, tmp_path, capsys):  # noqa: F811
+    """``--engine nnunet --model DIR [--label-map]`` runs `oncoseg contour`'s nnU-Net engine (the tiny model of
+    tests/test_nnunet_engine.py): its organs come back as an RTSTRUCT in the same study, an organ the model has
+    no label for is listed as not drawn, and the audit names the engine. Bad settings stop the start-up."""
+    client = PacsClient(orthanc.url)
+    study, series = upload_copy(client, example_series, tmp_path / "s")
+    label_map = tmp_path / "map.json"
+    label_map.write_text(json.dumps({"autochthon_left": None}), encoding="utf-8")  # leave that label out
+    state = tmp_path / "a" / "state.db"
+    base = ["assistant", "--pacs", orthanc.url, "--state", str(state), "--organs", "Liver,Spleen,Kidney_L"]
+    nnunet = ["--engine", "nnunet", "--model", str(model), "--label-map", str(label_map)]
+    # the command accepts the engine's options, checks the model folder and polls once (nothing new yet)
+    assert main([*base, *nnunet, "--once"]) == 0
+    for extra, message in (
+        (["--engine", "nnunet"], "needs a trained nnU-Net v2 model folder"),
+        (["--model", str(model)], "are for the nnunet engine"),
+        ([*nnunet, "--no-refine"], "are for the atlas engine"),
+        (["--engine", "nnunet", "--model", str(tmp_path)], "is not an nnU-Net v2 model folder"),
+        ([*nnunet, "--organs", "Liver,Kidney_M"], "unknown organ"),
+    ):
+        assert main([*base, *extra, "--once"]) == 2, extra
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+
+    config = AssistantConfig(
+        orthanc.url, state=state, organs=["Liver", "Spleen", "Kidney_L"], engine="nnunet", model=[str(model)],
+        label_map=str(label_map),
+    )  # fmt: skip
+    assistant = Assistant(config)
+    assistant.prepare()
+    assert assistant.handle(client.series_info(series)) == "done"
+    (answer,) = rtstructs_for(client, series)
+    assert answer.StudyInstanceUID == study
+    names = {r.ROIName for r in answer.StructureSetROISequence}
+    assert "Liver" in names <= {"Liver", "Spleen"}  # the tiny model may find no spleen in this slab
+    (record,) = AuditLog(config.audit_path).records()
+    assert record["engine"] == "nnunet" and record["model"].startswith("nnunet: ")
+    assert (
+        set(record["not_drawn"]) == {"Liver", "Spleen", "Kidney_L"} - names
+    )  # every organ asked is accounted
+    assert "no label" in record["not_drawn"]["Kidney_L"] and set(record["confidence"]) == names

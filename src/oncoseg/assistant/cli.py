@@ -11,6 +11,7 @@ examples:
   oncoseg assistant --pacs http://127.0.0.1:8042 --state /var/lib/oncoseg/state.db
   oncoseg assistant --pacs http://127.0.0.1:8042 --user oncoseg --password-env PACS_PASSWORD --organs Liver,Spleen
   oncoseg assistant --pacs http://127.0.0.1:8042 --scp-port 11112   # also accept C-STORE as AE ONCOSEG
+  oncoseg assistant --pacs http://127.0.0.1:8042 --engine nnunet --model NNUNET_MODEL_DIR [--label-map map.json]
 
 Each new CT series (Orthanc's StableSeries event) is contoured once and answered with an RTSTRUCT in the same
 study. The state file remembers what was done (a series interrupted by a crash is retried, at most
@@ -21,6 +22,8 @@ SIGTERM or Ctrl-C.
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
+    from oncoseg.contour.cli import add_engine_arguments
+
     parser = commands.add_parser(
         "assistant",
         help="watch a PACS, contour every new CT series and store an RTSTRUCT back",
@@ -43,6 +46,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--organs", help="comma-separated TG-263 names or aliases (default: all the atlas has)"
     )
     parser.add_argument("--atlas", help="atlas folder (see `oncoseg contour --help`)")
+    add_engine_arguments(parser)  # --engine, --model, --label-map: as for `oncoseg contour`
     parser.add_argument("--no-refine", action="store_true", help="atlas labels only (no model)")
     parser.add_argument(
         "--checkpoint",
@@ -65,7 +69,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from oncoseg.assistant.service import Assistant, AssistantConfig
+    from oncoseg.contour.cli import check_engine_arguments
     from oncoseg.logs import SafeFormatter, route_warnings
+
+    check_engine_arguments(args)
 
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -85,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         atlas=args.atlas,
         refine=not args.no_refine,
         checkpoint=args.checkpoint,
+        engine=args.engine,
+        model=args.model,
+        label_map=args.label_map,
         from_start=args.from_start,
         max_attempts=args.max_attempts,
         workdir=args.workdir,

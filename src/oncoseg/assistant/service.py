@@ -47,6 +47,9 @@ class AssistantConfig:
     atlas: str | None = None
     refine: bool = True
     checkpoint: str | None = None  # fine-tuned weights of the refining model (see `ModelSpec`)
+    engine: str = "atlas"  # or "nnunet": the user's nnU-Net v2 model folder(s) in `model` (docs/nnunet.md)
+    model: list[str] | None = None
+    label_map: str | None = None  # nnunet: JSON file, label value or name → TG-263 name
     from_start: bool = False  # first run: also process series already in the PACS
     max_attempts: int = 3
     max_backoff: float = 60.0
@@ -92,11 +95,28 @@ class Assistant:
         self.sources: list = []  # callables giving (SeriesInfo, folder) of series received locally (C-STORE)
 
     def prepare(self) -> None:
-        """Load the atlas and the model and check the organ names now, so a bad setting stops the start-up
-        instead of failing every series."""
+        """Load the atlas and the model (or check the nnU-Net model folders) and the organ names now, so a bad
+        setting stops the start-up instead of failing every series."""
         from oncoseg.contour import load_atlas, resolve_organs
+        from oncoseg.contour.pipeline import ENGINES
 
+        config = self.config
+        if config.engine not in ENGINES:
+            raise OncoSegError(f"unknown engine {config.engine!r}; use one of {', '.join(ENGINES)}")
+        if config.engine == "nnunet" and (config.atlas or config.checkpoint or not config.refine):
+            raise OncoSegError(
+                "--atlas, --checkpoint and --no-refine are for the atlas engine, not --engine nnunet"
+            )
+        if config.engine != "nnunet" and (config.model or config.label_map):
+            raise OncoSegError("a model folder and a label map are for the nnunet engine (--engine nnunet)")
+        if config.engine == "nnunet" and not config.model:
+            raise OncoSegError("the nnunet engine needs a trained nnU-Net v2 model folder (--model DIR)")
         self.client.system()  # a clear error now if the PACS is not there
+        if config.engine == "nnunet":
+            from oncoseg.contour.nnunet import prepare
+
+            prepare(config.model, config.organs, config.label_map)  # folders, label map, organ names
+            return
         self._atlas = self._atlas or load_atlas(self.config.atlas)
         resolve_organs(self.config.organs, self._atlas.organs())
         if self.config.refine and self._predictor is None:
@@ -225,6 +245,8 @@ class Assistant:
         return "done"
 
     def _model_fields(self) -> dict[str, Any]:
+        if self.config.engine == "nnunet":
+            return {"model": "nnunet: " + ", ".join(Path(m).name for m in self.config.model or [])}
         return {"model": "litemedsam" if self.config.refine else "atlas-only"}
 
     def _already_answered(self, series_uid: str) -> bool:
@@ -236,9 +258,10 @@ class Assistant:
         t = time.perf_counter()
         from oncoseg.contour import contour, load_atlas
 
-        if self._atlas is None:
+        nnunet = self.config.engine == "nnunet"
+        if self._atlas is None and not nnunet:
             self._atlas = load_atlas(self.config.atlas)
-        if self._predictor is None and self.config.refine:
+        if self._predictor is None and self.config.refine and not nnunet:
             self._predictor = self.make_predictor()
         timings["setup"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -258,13 +281,11 @@ class Assistant:
                 )
                 timings["download"] = time.perf_counter() - t
             t = time.perf_counter()
-            result = contour(
-                series_folder,
-                self.config.organs,
-                atlas=self._atlas,
-                refine=self.config.refine,
-                predictor=self._predictor,
-            )
+            if nnunet:
+                engine = {"engine": "nnunet", "model": self.config.model, "label_map": self.config.label_map}
+            else:
+                engine = {"atlas": self._atlas, "refine": self.config.refine, "predictor": self._predictor}
+            result = contour(series_folder, self.config.organs, **engine)
             timings["contour"] = time.perf_counter() - t
             t = time.perf_counter()
             path = result.save(folder / "rtstruct.dcm", "rtstruct", reference=series_folder)
@@ -279,6 +300,7 @@ class Assistant:
         return {
             "organs": len(written),
             "refined": sorted(n for n in written if result.methods[n].endswith("+ model")),
+            "engine": self.config.engine,
             "confidence": {
                 n: result.evidence[n].confidence.to_dict()
                 for n in written

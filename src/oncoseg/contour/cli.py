@@ -55,23 +55,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument(
         "--atlas", help="atlas folder (default: $ONCOSEG_ATLAS, else the TotalSegmentator example)"
     )
-    parser.add_argument(
-        "--engine",
-        choices=("atlas", "nnunet"),
-        default="atlas",
-        help="atlas (default), or nnunet: a trained nnU-Net v2 model folder you bring (--model; docs/nnunet.md)",
-    )
-    parser.add_argument(
-        "--model",
-        action="append",
-        metavar="DIR",
-        help="--engine nnunet: an nnU-Net v2 model folder (repeat for several, e.g. TotalSegmentator's parts)",
-    )
-    parser.add_argument(
-        "--label-map",
-        metavar="JSON",
-        help="--engine nnunet: label value or name -> TG-263 name (null leaves a label out)",
-    )
+    add_engine_arguments(parser)
     parser.add_argument("--list", action="store_true", help="list the known organs and how each is contoured")
     parser.add_argument("--no-refine", action="store_true", help="atlas labels only (no model; faster)")
     parser.add_argument(
@@ -91,13 +75,41 @@ def add_parser(commands) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    from oncoseg.contour import contour, load_atlas, organ_table, sidecar_path
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--engine``, ``--model``, ``--label-map`` (also used by ``oncoseg assistant``)."""
+    parser.add_argument(
+        "--engine",
+        choices=("atlas", "nnunet"),
+        default="atlas",
+        help="atlas (default), or nnunet: a trained nnU-Net v2 model folder you bring (--model; docs/nnunet.md)",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        metavar="DIR",
+        help="--engine nnunet: an nnU-Net v2 model folder (repeat for several, e.g. TotalSegmentator's parts)",
+    )
+    parser.add_argument(
+        "--label-map",
+        metavar="JSON",
+        help="--engine nnunet: label value or name -> TG-263 name (null leaves a label out)",
+    )
 
+
+def check_engine_arguments(args: argparse.Namespace) -> None:
+    """One-line errors for options that belong to the other engine."""
     if args.engine == "nnunet" and (args.atlas or args.checkpoint or args.no_refine):
         raise OncoSegError(
             "--atlas, --checkpoint and --no-refine are for the atlas engine, not --engine nnunet"
         )
+    if args.engine != "nnunet" and (args.model or args.label_map):
+        raise OncoSegError("a model folder and a label map are for the nnunet engine (--engine nnunet)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from oncoseg.contour import contour, load_atlas, organ_table, sidecar_path
+
+    check_engine_arguments(args)
     if args.engine == "nnunet" and args.list:
         return list_model_labels(args)
     if args.list:

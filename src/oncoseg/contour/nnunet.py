@@ -316,6 +316,26 @@ def _flips(code: str) -> tuple[slice, ...]:
     return (slice(None, None, step[2]), slice(None, None, step[1]), slice(None, None, step[0]))
 
 
+def prepare(
+    models: str | Path | Sequence[str | Path],
+    organs: Sequence[str] | None = None,
+    label_map: dict[str, str | None] | str | Path | None = None,
+    folds: Sequence[int | str] | None = None,
+    checkpoint: str = CHECKPOINT,
+) -> tuple[list[NnUNetModel], dict[str, str | None] | None, list[str] | None]:
+    """Check everything but the image before any work: nnunetv2 installed, the model folders, the label map
+    and the organ names. Returns (models, label map, organs wanted or None for all)."""
+    require_nnunet()
+    paths = [models] if isinstance(models, (str, Path)) else list(models)
+    if not paths:
+        raise ModelError("give at least one nnU-Net model folder")
+    opened = [open_model(p, folds, checkpoint) for p in paths]
+    if isinstance(label_map, (str, Path)):
+        label_map = read_label_map(label_map)
+    check_label_map(label_map, opened)
+    return opened, label_map, _wanted(organs, [map_labels(m.labels, label_map) for m in opened])
+
+
 def contour_nnunet(
     image: str | Path | MedicalImage,
     models: str | Path | Sequence[str | Path],
@@ -342,24 +362,16 @@ def contour_nnunet(
     """
     from oncoseg.io import load_image
 
-    require_nnunet()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     orientation = check_orientation(orientation)
-    paths = [models] if isinstance(models, (str, Path)) else list(models)
-    if not paths:
-        raise ModelError("give at least one nnU-Net model folder")
-    opened = [open_model(p, folds, checkpoint) for p in paths]
-    if isinstance(label_map, (str, Path)):
-        label_map = read_label_map(label_map)
-    check_label_map(label_map, opened)
+    opened, label_map, wanted = prepare(models, organs, label_map, folds, checkpoint)
     if not isinstance(image, MedicalImage):
         image = load_image(image)
     if not image.is_3d or image.channels != 1:
         raise ShapeError(f"the nnU-Net engine needs a single-channel 3D CT; got shape {image.array.shape}")
     if image.modality not in (None, "ct"):
         raise OncoSegError(f"the nnU-Net engine contours CT, but this image looks like {image.modality}")
-    wanted = _wanted(organs, [map_labels(m.labels, label_map) for m in opened])
     timings["load"] = time.perf_counter() - start
 
     masks: dict[str, np.ndarray] = {}
