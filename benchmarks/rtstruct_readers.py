@@ -5,8 +5,8 @@ RTSTRUCT, with Dice against Onco-Seg's own masks.
 Runs the real command ``oncoseg contour CT --output-type rtstruct -o OUT/oars.dcm`` (default path: every organ
 of the default atlas, model refinement; ``OMP_NUM_THREADS`` = ``--threads``). The source masks are
 `oncoseg.dicom.read_rtstruct` of that file, checked against the volumes in its JSON sidecar (the masks the
-pipeline held). The readers get a copy of the series with the UIDs and uncompressed pixels they need (see
-tests/test_rtstruct_readers.py for why); the geometry is untouched.
+pipeline held). The readers (benchmarks/rtstruct_reading.py, shared with tests/test_rtstruct_readers.py) get a
+copy of the series with the UIDs and uncompressed pixels they need; the geometry is untouched.
 
 With ``--labels`` (default: the example series' own TotalSegmentator labels) it also scores each organ's
 confidence against the labels: Dice of every drawn organ, and the labels' volume of every organ not drawn.
@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from common import DEFAULT_DATA, DEFAULT_OUT, environment, markdown_table, write_json
+from rtstruct_reading import read_dicompyler, read_plastimatch, read_rt_utils, reader_copy
 
 from oncoseg.dicom import load_reference, read_rtstruct
 from oncoseg.io import load_image
@@ -37,78 +37,6 @@ from oncoseg.io import load_image
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
-def reader_copy(series: Path, rtstruct: Path, folder: Path) -> Path:
-    """The series with SOPInstanceUID (from the file meta), the Study/Series UIDs the RTSTRUCT refers to, and
-    decompressed pixels: what rt-utils and plastimatch need to read it."""
-    ds = pydicom.dcmread(rtstruct)
-    study = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-    series_uid = study.RTReferencedSeriesSequence[0].SeriesInstanceUID
-    folder.mkdir(parents=True)
-    for source in sorted(series.iterdir()):
-        image = pydicom.dcmread(source)
-        image.SOPInstanceUID = image.get("SOPInstanceUID") or image.file_meta.MediaStorageSOPInstanceUID
-        image.StudyInstanceUID = image.get("StudyInstanceUID") or ds.StudyInstanceUID
-        image.SeriesInstanceUID = image.get("SeriesInstanceUID") or series_uid
-        image.decompress(generate_instance_uid=False)
-        image.save_as(folder / source.name)
-    return folder
-
-
-def read_rt_utils(rtstruct: Path, copy: Path, reference) -> dict[str, np.ndarray]:
-    from rt_utils import RTStructBuilder
-
-    builder = RTStructBuilder.create_from(dicom_series_path=str(copy), rt_struct_path=str(rtstruct))
-    order = [str(item.SOPInstanceUID) for item in builder.series_data]
-    position = [order.index(uid) for uid in reference.sop_instance_uids]
-    masks = {}
-    for name in builder.get_roi_names():
-        volume = builder.get_roi_mask_by_name(name)
-        masks[name] = reference.from_frames(np.stack([volume[:, :, i] for i in position]).astype(bool))
-    return masks
-
-
-def read_dicompyler(rtstruct: Path, series: Path, reference) -> dict[str, np.ndarray]:
-    import pydicom.dicomio
-
-    if not hasattr(pydicom.dicomio, "read_file"):
-        pydicom.dicomio.read_file = pydicom.dcmread  # dicompyler-core 0.5.6 imports the pydicom 2 name
-    from dicompylercore import dicomparser, dvhcalc
-
-    by_uid = {uid: k for k, uid in enumerate(reference.sop_instance_uids)}
-    planes_of = {}
-    for source in series.iterdir():
-        image = dicomparser.DicomParser(str(source))
-        key = str(round(float(image.ds.ImagePositionPatient[2]), 2)) + "0"
-        planes_of[key] = (image, by_uid[str(image.ds.file_meta.MediaStorageSOPInstanceUID)])
-    structure_set = dicomparser.DicomParser(str(rtstruct))
-    masks = {}
-    for number, structure in structure_set.GetStructures().items():
-        frames = np.zeros((len(by_uid), reference.rows, reference.columns), dtype=bool)
-        for key, plane in structure_set.GetStructureCoordinates(number).items():
-            image, k = planes_of[key]
-            columns_mm, rows_mm = image.GetPatientToPixelLUT()
-            contours = [[point[:2] for point in contour["data"]] for contour in plane]
-            xy = np.concatenate([np.asarray(c, dtype=float) for c in contours])
-            cols = np.flatnonzero((columns_mm >= xy[:, 0].min() - 2) & (columns_mm <= xy[:, 0].max() + 2))
-            rows = np.flatnonzero((rows_mm >= xy[:, 1].min() - 2) & (rows_mm <= xy[:, 1].max() + 2))
-            lut = (columns_mm[cols], rows_mm[rows])
-            x, y = np.meshgrid(lut[0], lut[1])
-            points = np.vstack((x.ravel(), y.ravel())).T
-            grid = np.zeros((len(rows), len(cols)), dtype=bool)
-            for contour in contours:
-                grid ^= dvhcalc.get_contour_mask({"lut": lut, "x_lut_index": 0}, None, points, contour)
-            frames[k][np.ix_(rows, cols)] = grid
-        masks[structure["name"]] = reference.from_frames(frames)
-    return masks
-
-
-def read_plastimatch(rtstruct: Path, copy: Path, out: Path, xor: bool) -> dict[str, np.ndarray]:
-    command = ["plastimatch", "convert", "--input", str(rtstruct), "--referenced-ct", str(copy)]
-    command += ["--output-prefix", str(out)] + (["--xor-contours"] if xor else [])
-    subprocess.run(command, capture_output=True, text=True, check=True)
-    return {file.name.split(".")[0]: load_image(file).array.astype(bool) for file in out.iterdir()}
 
 
 def main() -> None:

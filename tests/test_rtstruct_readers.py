@@ -2,32 +2,27 @@
 1.9.4 rasterise the real example's organs (written by `write_rtstruct` over the 20-slice example CT series) back
 to the source masks. The contour convention that makes this work is in docs/dicom.md ("Contour convention").
 
-Reader limitations, handled here and not by changing our output:
-
-* rt-utils refuses a series whose datasets carry an empty SOPInstanceUID (the example CT has it only in the file
-  meta), and plastimatch ignores a CT series without Study/Series Instance UIDs and cannot decode its JPEG 2000
-  pixels (it then silently rasterises onto a grid guessed from the contours). The readers therefore get a
-  temporary copy of the series with SOPInstanceUID filled from the file meta, the Study/Series UIDs our
-  structure set refers to, and the pixels decompressed; the geometry is untouched. Our own writer and reader
-  work on the original series.
-* dicompyler-core 0.5.6 imports ``pydicom.dicomio.read_file``, which pydicom 3 removed: the test points that
-  name at ``pydicom.dcmread`` before importing it. Its rasteriser (`dvhcalc.get_contour_mask`: matplotlib
-  point-in-polygon of pixel centres, contours of a plane XOR-ed as in its DVH code) runs unchanged, on the
-  pixel-centre grid cut to each plane's contour extents (as its ``use_structure_extents`` option does).
-* plastimatch ORs the contours of a plane unless given ``--xor-contours``, so by default it fills holes (the
-  example liver has vessel holes: +1.5 %); with ``--xor-contours`` it follows the even-odd rule, like us.
+The readers themselves, and the reader limitations they work around (a temporary copy of the series with the UIDs
+and uncompressed pixels rt-utils and plastimatch need; dicompyler-core's pydicom 2 import), live in
+benchmarks/rtstruct_reading.py, shared with benchmarks/rtstruct_readers.py. plastimatch ORs the contours of a
+plane unless given ``--xor-contours``, so by default it fills holes (the example liver has vessel holes: +1.5 %);
+with ``--xor-contours`` it follows the even-odd rule, like us.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from dicom_series import CT_DICOM, dice, example_masks, require_example
 from scipy import ndimage
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # as test_benchmarks_smoke does
+from rtstruct_reading import read_dicompyler, read_plastimatch, read_rt_utils, reader_copy
 
 from oncoseg.dicom import load_reference, read_rtstruct, standard_name, write_rtstruct
 from oncoseg.io import load_image
@@ -44,18 +39,7 @@ def written(tmp_path_factory):
     folder = tmp_path_factory.mktemp("readers")
     masks = {standard_name(name): mask for name, mask in example_masks().items()}
     path = write_rtstruct(masks, CT_DICOM, folder / "rs.dcm")
-    ds = pydicom.dcmread(path)
-    series_uid = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
-    series_uid = series_uid.RTReferencedSeriesSequence[0].SeriesInstanceUID
-    copy = folder / "ct"
-    copy.mkdir()
-    for source in sorted(CT_DICOM.iterdir()):
-        image = pydicom.dcmread(source)
-        image.SOPInstanceUID = image.get("SOPInstanceUID") or image.file_meta.MediaStorageSOPInstanceUID
-        image.StudyInstanceUID = image.get("StudyInstanceUID") or ds.StudyInstanceUID
-        image.SeriesInstanceUID = image.get("SeriesInstanceUID") or series_uid
-        image.decompress(generate_instance_uid=False)
-        image.save_as(copy / source.name)
+    copy = reader_copy(CT_DICOM, path, folder / "ct")
     return masks, path, copy, load_reference(CT_DICOM)
 
 
@@ -98,72 +82,24 @@ def _holes_filled(mask: np.ndarray) -> np.ndarray:
 
 
 def test_rt_utils_reads_every_organ_back(written):
-    from rt_utils import RTStructBuilder
-
     masks, path, copy, reference = written
-    builder = RTStructBuilder.create_from(dicom_series_path=str(copy), rt_struct_path=str(path))
-    order = [str(item.SOPInstanceUID) for item in builder.series_data]
-    position = [order.index(uid) for uid in reference.sop_instance_uids]  # rt-utils' order → the reference's
-    got = {}
-    for name in builder.get_roi_names():
-        volume = builder.get_roi_mask_by_name(name)  # (rows, columns, slices in rt-utils' order)
-        got[name] = reference.from_frames(np.stack([volume[:, :, i] for i in position]).astype(bool))
+    got = read_rt_utils(path, copy, reference)
     assert not _check("rt-utils 1.2.7", got, masks, load_image(CT_DICOM).spacing)
 
 
 def test_dicompyler_core_reads_every_organ_back(written):
-    import pydicom.dicomio
-
-    if not hasattr(pydicom.dicomio, "read_file"):
-        pydicom.dicomio.read_file = pydicom.dcmread  # dicompyler-core 0.5.6 imports the pydicom 2 name
-    from dicompylercore import dicomparser, dvhcalc
-
     masks, path, _copy, reference = written
-    by_uid = {uid: k for k, uid in enumerate(reference.sop_instance_uids)}
-    planes_of = {}  # dicompyler's plane key (z rounded, as GetStructureCoordinates keys it) → CT parser, slice
-    for source in CT_DICOM.iterdir():
-        image = dicomparser.DicomParser(str(source))
-        key = str(round(float(image.ds.ImagePositionPatient[2]), 2)) + "0"
-        planes_of[key] = (image, by_uid[str(image.ds.file_meta.MediaStorageSOPInstanceUID)])
-    structure_set = dicomparser.DicomParser(str(path))
-    got = {}
-    for number, structure in structure_set.GetStructures().items():
-        frames = np.zeros((len(by_uid), reference.rows, reference.columns), dtype=bool)
-        for key, plane in structure_set.GetStructureCoordinates(number).items():
-            image, k = planes_of[key]
-            columns_mm, rows_mm = image.GetPatientToPixelLUT()
-            contours = [[point[:2] for point in contour["data"]] for contour in plane]
-            xy = np.concatenate([np.asarray(c, dtype=float) for c in contours])
-            # the pixel-centre grid cut to the plane's extents (one pixel margin), as use_structure_extents does
-            cols = np.flatnonzero((columns_mm >= xy[:, 0].min() - 2) & (columns_mm <= xy[:, 0].max() + 2))
-            rows = np.flatnonzero((rows_mm >= xy[:, 1].min() - 2) & (rows_mm <= xy[:, 1].max() + 2))
-            lut = (columns_mm[cols], rows_mm[rows])
-            x, y = np.meshgrid(lut[0], lut[1])
-            points = np.vstack((x.ravel(), y.ravel())).T
-            grid = np.zeros((len(rows), len(cols)), dtype=bool)
-            for contour in contours:  # XOR: holes, as dvhcalc.calculate_plane_histogram does
-                grid ^= dvhcalc.get_contour_mask({"lut": lut, "x_lut_index": 0}, None, points, contour)
-            frames[k][np.ix_(rows, cols)] = grid
-        got[structure["name"]] = reference.from_frames(frames)
+    got = read_dicompyler(path, CT_DICOM, reference)
     assert not _check("dicompyler-core 0.5.6", got, masks, load_image(CT_DICOM).spacing)
 
 
 @pytest.mark.parametrize("xor", [True, False], ids=["xor-contours", "default"])
 def test_plastimatch_reads_every_organ_back(written, tmp_path, xor):
-    tool = shutil.which("plastimatch")
-    if tool is None:
+    if shutil.which("plastimatch") is None:
         pytest.fail("plastimatch is not installed: apt-get install plastimatch (see scripts/system-deps.sh)")
     masks, path, copy, _reference = written
-    command = [tool, "convert", "--input", str(path), "--referenced-ct", str(copy)]
-    command += ["--output-prefix", str(tmp_path / "out")] + (["--xor-contours"] if xor else [])
-    run = subprocess.run(command, capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert "Setting PIH from RDD" in run.stdout  # the grid comes from the CT, not guessed from the contours
-    got = {}
-    for file in (tmp_path / "out").iterdir():
-        image = load_image(file)
-        assert image.shape == (20, 512, 512)
-        got[file.name.split(".")[0]] = image.array.astype(bool)
+    got = read_plastimatch(path, copy, tmp_path / "out", xor)  # raises if the grid is not the CT's
+    assert all(mask.shape == (20, 512, 512) for mask in got.values())
     if xor:  # the even-odd rule, as ours: within the issue's bounds, in fact exactly our masks
         assert not _check("plastimatch 1.9.4 --xor-contours", got, masks, load_image(CT_DICOM).spacing)
         assert all(np.array_equal(got[name], mask) for name, mask in masks.items())
