@@ -18,7 +18,9 @@ Per direction (atlas → patient), for every organ of the atlas or of `oncoseg.c
   cannot say anything about the rest); HU organs over the whole scan.
 
 Lungs: the reference is the union of the lobe labels (left/right). SpinalCanal is reported by the share of the
-labelled spinal cord it holds.
+labelled spinal cord it holds. Vertebrae and ribs (`oncoseg.contour.bones`) are also matched against every
+numbered bone of the patient ("best match"): a fitted bone that matches its neighbour's label was numbered one
+level off by the registration. ``Rib`` (all ribs) does not depend on the numbering.
 
 Speed: `oncoseg.contour.contour` with every organ it supports on the DICOM series, model refinement on, then an
 RTSTRUCT written; stage times from the pipeline (load, registration, refine, write).
@@ -41,6 +43,7 @@ import torch
 from common import DEFAULT_DATA, DEFAULT_OUT, environment, markdown_table, require_data, write_json
 
 from oncoseg.contour.adapt import HU_ORGANS, adapt_priors
+from oncoseg.contour.bones import is_numbered
 from oncoseg.contour.check import dice
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas
 from oncoseg.contour.refine import model_helps, refine_priors
@@ -89,12 +92,13 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
     registration = register(patient.image, atlas.image)
     warped = warp_labels(atlas.labels, registration, patient.image)
     organs = atlas.organs() + [n for n in HU_ORGANS if n not in atlas.organs()]
-    priors = {n: np.isin(warped, [v for v, m in atlas.names.items() if m == n]) for n in organs}
+    priors = {n: np.isin(warped, atlas.values(n)) for n in organs}
     timings["registration"] = time.perf_counter() - t
     covered = reach(atlas, registration.transform, patient)
 
     t = time.perf_counter()
-    adapted, _, methods = adapt_priors(patient.image, priors)
+    adapted, _, methods, weak = adapt_priors(patient.image, priors)
+    adapted.update({n: np.zeros_like(adapted[n]) for n in weak})  # not drawn (weak evidence)
     timings["ct_numbers"] = time.perf_counter() - t
     stages = {"atlas": priors, "ct": adapted}
     predictor.set_image(patient.image, modality="ct")
@@ -115,6 +119,7 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
     truths = {n: patient.mask(n) for n in organs if n not in HU_ORGANS}
     truths.update(lung_truth(patient, example))
     cord = patient.mask("SpinalCord")
+    bone_names = [n for n in patient.organs() if is_numbered(n)]
     voxel_ml = float(np.prod(patient.image.spacing)) / 1000.0
     rows = []
     for name in organs + [n for n in patient.organs() if n not in organs]:
@@ -142,6 +147,12 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
             row["truth_ml"] = round(float((truth & covered).sum()) * voxel_ml, 1)
             row["dice"] = {s: _round(dice(stages[s][name] & covered, truth & covered)) for s in STAGES}
         row["method"] = methods.get(name, "atlas only" if name in organs else "")
+        if name in weak:
+            row["not_drawn"] = weak[name]
+        if is_numbered(name) and name in organs and stages["final"][name].any():
+            # the fitted bone against every numbered bone of the patient: is it the neighbouring level?
+            best = max((dice(stages["final"][name], patient.mask(n)) or 0.0, n) for n in bone_names)
+            row["best_match"] = {"organ": best[1], "dice": round(best[0], 3)}
         rows.append(row)
     return {"atlas": atlas.source, "patient": patient.source, "timings_s": _rounded(timings), "organs": rows}
 
@@ -161,6 +172,8 @@ def speed(example: Path, atlas: Atlas, predictor) -> dict[str, Any]:
     return {
         "organs_asked": len(result.priors),
         "organs_drawn": len(result.masks),
+        "drawn": list(result.masks),
+        "review_first": result.review_first(),
         "not_drawn": getattr(result, "omitted", {}),
         "cpu_s": round(time.process_time() - cpu, 2),
         "timings_s": _rounded(timings),
@@ -227,6 +240,10 @@ def main() -> None:
             extra = row.get("drawn_ml", row.get("truth_ml", ""))
             if "holds_cord" in row:
                 extra = f"{row['drawn_ml']} mL, holds {row['holds_cord']:.0%} of the cord"
+            if "best_match" in row and row["best_match"]["organ"] != row["organ"]:
+                extra = f"{extra}; best match {row['best_match']['organ']} {row['best_match']['dice']:.3f}"
+            if "not_drawn" in row:
+                extra = f"{extra}; not drawn: {row['not_drawn']}"
             table.append(
                 [row["organ"], row["status"], row["method"], *[fmt(d.get(s)) for s in STAGES], extra]
             )
@@ -251,6 +268,8 @@ def main() -> None:
         print(
             markdown_table(stages + ["cpu s"], [[fmt(s["timings_s"].get(k)) for k in stages] + [s["cpu_s"]]])
         )
+        print(f"\ndrawn: {', '.join(s['drawn'])}")
+        print("not drawn: " + "; ".join(f"{n} ({r})" for n, r in s["not_drawn"].items()))
         loads = s["load_average_1min"]
         print(
             f"\n1 torch thread; load average {loads['start']:.1f} → {loads['end']:.1f} (shared 2-core host, noisy)"
