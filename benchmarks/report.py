@@ -830,6 +830,49 @@ def startup_section(result: dict) -> str:
     )
 
 
+def student_section(result: dict) -> str:
+    """The distilled student encoder beside its teacher, speed and GT-box Dice from one run."""
+    timing = result["speed"]
+    names = {"kvasir-seg": "Kvasir-SEG test", "busi": "BUSI test (lesions)",
+             "msd-hippocampus": "MSD hippocampus test, GT box on every slice",
+             "ct-organs": "TotalSegmentator example CT organs (3 mm NIfTI + DICOM), GT box on every slice"}  # fmt: skip
+    rows = [
+        [
+            names.get(name, name),
+            str(entry["teacher"]["n"]),
+            f"{entry['teacher']['mean']:.4f}",
+            f"{entry['student']['mean']:.4f}",
+            f"{entry['difference']:+.4f}",
+            "yes" if entry["within_tolerance"] else "no",
+        ]
+        for name, entry in result["datasets"].items()
+    ]
+    load = result.get("load_average", [float("nan")])
+    env = result["environment"]
+    return "\n".join(
+        [
+            "### The student encoder",
+            "",
+            (
+                f"Command: `.venv/bin/python benchmarks/student.py --threads {env['torch_threads']}` (commit "
+                f"`{env['git_commit']}`, load average {load[0]:.1f} at the start). The student "
+                f"({result['student']['encoder']}) is LiteMedSAM's TinyViT distilled to a 168×168 frame "
+                "(`python -m oncoseg.train.distill`, docs/student.md); the teacher is today's fast path (bf16, "
+                "256×256). Same prompts, same mask decoder. Sections above that do not name the encoder were "
+                "measured with the teacher."
+            ),
+            "",
+            (
+                f"Encoder, real slices, alternating: teacher {timing['teacher']['median_ms']:.0f} ms (p90 "
+                f"{timing['teacher']['p90_ms']:.0f}), student {timing['student']['median_ms']:.0f} ms (p90 "
+                f"{timing['student']['p90_ms']:.0f}): **{timing['ratio_median']:.2f}× faster** (target ≥ 2×)."
+            ),
+            "",
+            table(["GT-box Dice", "targets", "teacher", "student", "difference", "within 0.01"], rows),
+        ]
+    )
+
+
 def main() -> None:
     sections = [
         "# Results",
@@ -846,6 +889,8 @@ def main() -> None:
         sections += ["", accuracy_section(accuracy)]
     if speed:
         sections += ["", speed_section(speed)]
+    if load("student"):
+        sections += ["", student_section(load("student"))]
     if load("startup"):
         sections += ["", startup_section(load("startup"))]
     if load("malloc_tuning"):

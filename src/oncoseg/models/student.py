@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from oncoseg.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS = Path(__file__).parent / "weights" / "student_encoder.pt"
 ENCODERS = ("auto", "student", "teacher")
@@ -31,24 +32,35 @@ def available() -> bool:
 
 def load(teacher_encoder: torch.nn.Module, path: Path = WEIGHTS) -> tuple[torch.nn.Module, int]:
     """``(encoder, input size)``: a copy of the teacher's encoder carrying the student's weights (float32)."""
+    import torch
+
     if not Path(path).is_file():
         raise ModelError(f"student encoder weights {Path(path).name} not found: use encoder='teacher'")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         size, tensors = int(payload["size"]), payload["encoder"]
     except Exception as error:  # noqa: BLE001 - a damaged file can fail in many ways
-        raise ModelError(f"cannot read student encoder weights {Path(path).name}: {type(error).__name__}") from None
+        raise ModelError(
+            f"cannot read student encoder weights {Path(path).name}: {type(error).__name__}"
+        ) from None
     student = copy.deepcopy(teacher_encoder)
     try:
-        student.load_state_dict({name: value.float() if value.is_floating_point() else value
-                                 for name, value in tensors.items()})
+        student.load_state_dict(
+            {name: value.float() if value.is_floating_point() else value for name, value in tensors.items()}
+        )
     except RuntimeError as error:
-        raise ModelError(f"student weights {Path(path).name} do not fit: {str(error).splitlines()[0][:160]}") from None
+        raise ModelError(
+            f"student weights {Path(path).name} do not fit: {str(error).splitlines()[0][:160]}"
+        ) from None
     return student.eval(), size
 
 
 def shrink(frames: torch.Tensor, size: int) -> torch.Tensor:
     """``(B, 3, 256, 256)`` frames → the student's ``size``×``size`` input (antialiased bilinear, as trained)."""
+    import torch.nn.functional as F
+
     if frames.shape[-1] == size:
         return frames
-    return F.interpolate(frames.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(
+        frames.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
