@@ -96,7 +96,7 @@ def main() -> None:
         organs[name] = row
     confidence = score_confidence(sidecar, args.labels, voxel_ml, source) if args.labels else None
     result = {
-        "command": " ".join(command[:4] + ["-o", "oars.dcm"]),
+        "command": " ".join(command[:5] + ["-o", "oars.dcm"]),
         "not_drawn": sidecar["not_drawn"],
         "organs": organs,
         "confidence_vs_labels": confidence,
@@ -124,6 +124,7 @@ def main() -> None:
 def score_confidence(sidecar: dict, labels_path: Path, voxel_ml: float, drawn: dict) -> dict:
     """Each organ asked for: its confidence and Dice against the labels, or why it is not drawn and how much
     of it the labels have."""
+    from oncoseg.contour.bones import GROUPS, members
     from oncoseg.contour.check import dice as organ_dice
     from oncoseg.dicom.tg263 import lookup
 
@@ -134,6 +135,10 @@ def score_confidence(sidecar: dict, labels_path: Path, voxel_ml: float, drawn: d
         entry = lookup(label)
         if entry is not None:
             values.setdefault(entry.name, []).append(int(value))
+    for group in GROUPS:  # e.g. Rib: every numbered rib
+        found = [v for name in members(group, list(values)) for v in values[name]]
+        if found:
+            values[group] = found
     rows = {}
     for name, row in sidecar["organs"].items():
         truth = np.isin(labels, values.get(name, []))
