@@ -14,12 +14,12 @@ shape, and a rib is thin enough that a few millimetres of registration error mis
 3. **fill**: small holes on each slice (up to ``max_hole_cm2``: marrow below the threshold, never the spinal
    canal of 1.5-3 cm² that the vertebral arch encloses).
 
-A carried label in which less than ``min_bone_fraction`` of the voxels are bone landed beside the bone (missed
-rib, a level off the scan's edge): the organ is *not drawn*, with that reason (`weak`).
+A carried label whose seeds number less than ``min_bone_fraction`` of its voxels landed beside the bone (a
+missed rib, a level off the scan's edge): the organ is *not drawn*, with that reason (`weak`).
 
 The *number* of a vertebra or rib is only as good as the registration, which aligns the soft organs: between the
 two TotalSegmentator example patients it was off by exactly one level in both directions (the fitted shapes
-matched the neighbouring level's label with Dice 0.46-0.81; docs/contour.md). Numbered bones therefore always
+matched the neighbouring level's label with Dice 0.40-0.85; docs/contour.md). Numbered bones therefore always
 carry `LEVEL_CAUTION` for review; ``Rib`` (TG-263 "any rib volume", every carried rib fitted as one) does not
 depend on the numbering.
 """
@@ -70,8 +70,8 @@ def refine_bones(
     settings: BoneSettings | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """(fitted masks, weak-evidence reasons) for every bone in ``priors`` (name → carried bool ``[z, y, x]``)
-    of ``ct`` (HU ``[z, y, x]``); an organ with a reason keeps its carried label (not to be drawn). Numbered bones compete for the
-    voxels between them; a group (``Rib``) is fitted on its own."""
+    of ``ct`` (HU ``[z, y, x]``); an organ with a reason keeps its carried label (not to be drawn). Numbered
+    bones compete for the voxels between them; a group (``Rib``) is fitted on its own."""
     settings = settings or BoneSettings()
     out, weak = _fit(ct, {n: m for n, m in priors.items() if is_numbered(n)}, spacing_xyz, settings)
     for group in [n for n in priors if n in GROUPS]:
