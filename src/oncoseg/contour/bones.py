@@ -33,7 +33,9 @@ from scipy import ndimage
 
 BONE_PREFIXES = ("VB_", "Rib")
 GROUPS = {"Rib": "Rib"}  # TG-263 group name → the prefix of its numbered members (Rib01_L ... Rib12_R)
-LEVEL_CAUTION = "level not verified: the registration numbers vertebrae and ribs"
+LEVEL_CAUTION = (
+    "level not verified: numbered by registration, one level off on both test patients; check the number"
+)
 
 
 @dataclass
