@@ -148,6 +148,7 @@ FIRST = {
         "help",
     ),
     "service.md": ("oncoseg serve", "help"),
+    "student.md": ("oncoseg segment polyp.jpg --box 120,80,300,260 -o mask.png", "help"),
     "training.md": ("oncoseg train configs/finetune-hippocampus.yaml", "help"),
 }
 

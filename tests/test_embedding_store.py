@@ -219,7 +219,7 @@ def test_litemedsam_masks_from_stored_embeddings_equal_fresh_ones(tmp_path):
     z0 = int(np.argmax(truth.sum(axis=(1, 2))))
     prompt = Prompt(box=box_from_mask(truth[z0], z=z0))
     settings = PropagationSettings(max_slices=2)
-    backend = LiteMedSAMBackend(precision="fp32")
+    backend = LiteMedSAMBackend(precision="fp32", encoder="teacher")  # its weights are changed below
     fresh = Predictor(backend, embedding_store=tmp_path)
     fresh.set_image(image, modality="ct")
     first = propagate(fresh, prompt, settings)

@@ -22,7 +22,9 @@ REFERENCE_SIZE = 256
 
 @pytest.fixture(scope="module")
 def backend():
-    return LiteMedSAMBackend()
+    # the teacher: the reference runs these weights, so only the preprocessing differs (the student encoder is
+    # compared with the teacher in test_student.py)
+    return LiteMedSAMBackend(encoder="teacher")
 
 
 def _spans_unit_range_image(height: int, width: int) -> np.ndarray:

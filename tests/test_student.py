@@ -73,8 +73,10 @@ def test_student_masks_match_the_teachers_on_real_pictures(backends, shared_data
             mask = predictor.predict(Prompt(box=box_from_mask(truth))).masks[0]
             scores.append(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
         differences.append(scores[1] - scores[0])
-        assert scores[1] > 0.7, f"{case.case_id}: student Dice {scores[1]:.3f}"
-    assert abs(np.mean(differences)) < 0.03
+        assert scores[1] > scores[0] - 0.1, (
+            f"{case.case_id}: student Dice {scores[1]:.3f}, teacher {scores[0]:.3f}"
+        )
+    assert np.mean(differences) > -0.03
 
 
 def test_damaged_student_weights_give_one_line(tmp_path, backends):

@@ -164,10 +164,13 @@ def sidecar_path(path: str | Path) -> Path:
 
 def make_predictor(backend: str = "litemedsam", checkpoint: str | None = None):
     """The predictor that refines the registered organs: ``backend`` with ``checkpoint`` (a LoRA adapter, a full
-    state dict or a registered name; see `oncoseg.models.spec.ModelSpec`)."""
+    state dict or a registered name; see `oncoseg.models.spec.ModelSpec`). LiteMedSAM runs its teacher encoder
+    here: the refinement's acceptance rules and the measured organ Dice (benchmarks/contour.py) are the teacher's,
+    not yet measured with the student encoder."""
     from oncoseg.models.spec import ModelSpec
 
-    return ModelSpec(backend=backend, checkpoint=checkpoint).build_predictor()
+    encoder = "teacher" if backend == "litemedsam" else "auto"
+    return ModelSpec(backend=backend, checkpoint=checkpoint, encoder=encoder).build_predictor()
 
 
 def contour(

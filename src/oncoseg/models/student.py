@@ -30,10 +30,12 @@ def available() -> bool:
     return WEIGHTS.is_file()
 
 
-def load(teacher_encoder: torch.nn.Module, path: Path = WEIGHTS) -> tuple[torch.nn.Module, int]:
-    """``(encoder, input size)``: a copy of the teacher's encoder carrying the student's weights (float32)."""
+def load(teacher_encoder: torch.nn.Module, path: Path | None = None) -> tuple[torch.nn.Module, int]:
+    """``(encoder, input size)``: a copy of the teacher's encoder carrying the student's weights (float32);
+    ``path`` defaults to the shipped `WEIGHTS`."""
     import torch
 
+    path = WEIGHTS if path is None else path
     if not Path(path).is_file():
         raise ModelError(f"student encoder weights {Path(path).name} not found: use encoder='teacher'")
     try:
