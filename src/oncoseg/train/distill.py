@@ -10,6 +10,7 @@ Two resumable steps (run either again after any interruption; it goes on where i
     python -m oncoseg.train.distill cache --out runs/distill         # teacher embeddings, ~0.35 s a frame
     python -m oncoseg.train.distill train --out runs/distill --steps 600
     python -m oncoseg.train.distill export --out runs/distill --weights student_encoder.pt
+    python -m oncoseg.train.distill plot --out runs/distill --png curve.png
 
 Frames come from the train splits only (Kvasir-SEG, BUSI, MSD hippocampus slices, 3D-IRCADb liver slices with
 crops and flips, the TotalSegmentator MR example), prepared as the product prepares them (modality
@@ -358,11 +359,47 @@ def export(out: Path, weights: Path) -> Path:
     return weights
 
 
+def plot_curve(out: Path, png: Path) -> Path:
+    """The training curve (train MSE, its 20-step mean, validation MSE) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out / "curve.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    steps = np.array([int(row["step"]) for row in rows])
+    train_mse = np.array([float(row["train_mse"]) for row in rows])
+    validated = [(int(row["step"]), float(row["val_mse"])) for row in rows if row["val_mse"]]
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    axis.plot(steps, train_mse, color="0.75", linewidth=0.8, label="train MSE (each batch)")
+    window = min(20, len(train_mse))
+    smooth = np.convolve(train_mse, np.ones(window) / window, mode="valid")
+    axis.plot(steps[window - 1 :], smooth, color="tab:blue", label=f"train MSE ({window}-step mean)")
+    if validated:
+        axis.plot(
+            *zip(*validated, strict=True), "o-", color="tab:red", label="validation MSE (64 val frames)"
+        )
+    axis.set_xlabel("optimiser step (batch 8)")
+    axis.set_ylabel("embedding MSE vs the teacher")
+    axis.set_ylim(bottom=0)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    axis.set_title("Student encoder distillation (168×168 frame)")
+    figure.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    part = png.with_name(png.stem + ".part.png")
+    figure.savefig(part)
+    plt.close(figure)
+    os.replace(part, png)
+    return png
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m oncoseg.train.distill", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("step", choices=("cache", "train", "export"))
+    parser.add_argument("step", choices=("cache", "train", "export", "plot"))
     parser.add_argument("--out", type=Path, required=True, help="the run's folder (cache, checkpoint, curve)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -373,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-minutes", type=float, default=5.0, help="train: save last.pt this often (0: every step)"
     )
     parser.add_argument("--weights", type=Path, help="export: where to write the float16 weights")
+    parser.add_argument("--png", type=Path, help="plot: where to write the training curve")
     args = parser.parse_args(argv)
     try:
         if args.step == "cache":
@@ -383,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
                 train(args.out, args.steps, args.batch_size, args.lr, args.size,
                       checkpoint_minutes=args.checkpoint_minutes)
             )  # fmt: skip
+        elif args.step == "plot":
+            if args.png is None:
+                parser.error("plot needs --png")
+            print(plot_curve(args.out, args.png))
         else:
             if args.weights is None:
                 parser.error("export needs --weights")
