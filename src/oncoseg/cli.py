@@ -211,6 +211,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             demo.add_argument(
                 "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
             )
+            demo.add_argument(
+                "--encoder",
+                choices=("auto", "student", "teacher"),
+                default="auto",
+                help="LiteMedSAM's image encoder (default auto: the distilled student; teacher: LiteMedSAM's own)",
+            )
         if command in (None, name):
             importlib.import_module(module).add_parser(commands)
     return parser
@@ -582,7 +588,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"Dice vs reference {entry['dice_vs_reference']:.3f}"
         )
 
-    demo(args.output, show)
+    demo(args.output, show, encoder=args.encoder)
     print(f"masks, overlays and results.json written to {Path(args.output)}/")
     return 0
 

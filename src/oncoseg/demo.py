@@ -20,14 +20,14 @@ from oncoseg.samples import list_samples, sample_path
 
 
 def run_demo(
-    output: str | Path, on_sample: Callable[[str, dict, dict], None] | None = None
+    output: str | Path, on_sample: Callable[[str, dict, dict], None] | None = None, encoder: str = "auto"
 ) -> dict[str, dict[str, Any]]:
     """Write each sample's mask (``NAME_mask.png`` or ``.nii.gz``) and overlay (``NAME_overlay.png``) to
     ``output``, then ``results.json``: per sample the result summary (`SegmentationResult.to_dict`) and its
     ``dice_vs_reference``. ``on_sample(name, sample, entry)`` is called after each sample. Returns the report."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = ModelSpec().build_predictor()
+    predictor = ModelSpec(encoder=encoder).build_predictor()
     report = {}
     for name, sample in list_samples().items():
         prompt = sample["prompt"]
