@@ -211,12 +211,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             demo.add_argument(
                 "-o", "--output", default="demo-output", help="folder for the results (default: demo-output)"
             )
-            demo.add_argument(
-                "--encoder",
-                choices=("auto", "student", "teacher"),
-                default="auto",
-                help="LiteMedSAM's image encoder (default auto: the distilled student; teacher: LiteMedSAM's own)",
-            )
+            add_encoder_option(demo)
         if command in (None, name):
             importlib.import_module(module).add_parser(commands)
     return parser
@@ -241,6 +236,11 @@ def add_model_options(parser: argparse.ArgumentParser, precisions=("auto", "fp32
     note = " (fp16: SAM3 on GPUs only)" if "fp16" in precisions else ""
     parser.add_argument("--precision", choices=precisions, default="auto", help=f"model precision{note}")
     parser.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's own)")
+    add_encoder_option(parser)
+
+
+def add_encoder_option(parser: argparse.ArgumentParser) -> None:
+    """--encoder: LiteMedSAM's image encoder (`ModelSpec.encoder`; docs/student.md)."""
     parser.add_argument(
         "--encoder",
         choices=("auto", "student", "teacher"),

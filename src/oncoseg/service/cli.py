@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from oncoseg.cli import CHECKPOINT_HELP
+from oncoseg.cli import CHECKPOINT_HELP, add_encoder_option
 from oncoseg.errors import OncoSegError
 
 EPILOG = """\
@@ -77,13 +77,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
         "--workdir", help="folder for uploads, downloads and the datastore (default: a temp folder)"
     )
     serve.add_argument("--checkpoint", help=CHECKPOINT_HELP)
-    serve.add_argument(
-        "--encoder",
-        choices=("auto", "student", "teacher"),
-        default="auto",
-        help="LiteMedSAM's image encoder: student (distilled, about 2x faster), teacher (LiteMedSAM's own), auto "
-        "(default: the student unless --checkpoint is given)",
-    )
+    add_encoder_option(serve)
     serve.add_argument("--no-warmup", action="store_true", help="skip the model warm-up at start")
     serve.add_argument("--threads", type=int, help="torch CPU threads for the model (default: torch's own)")
     serve.add_argument(
