@@ -351,9 +351,11 @@ def test_library_warnings_are_one_line_without_uids(capsys):
 
     quiet_library_warnings()
     try:
-        warnings.warn(
-            "Invalid value for VR UI: '1.2.826.0.1.3680043.8.498.12345.1'", UserWarning, stacklevel=1
-        )
+        with warnings.catch_warnings():  # whatever filters earlier tests' libraries left behind
+            warnings.simplefilter("always")
+            warnings.warn(
+                "Invalid value for VR UI: '1.2.826.0.1.3680043.8.498.12345.1'", UserWarning, stacklevel=1
+            )
     finally:
         logging.captureWarnings(False)
     err = capsys.readouterr().err

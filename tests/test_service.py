@@ -120,10 +120,11 @@ def test_click_segments_the_liver_and_the_second_click_reuses_the_embedding(api,
     assert second.json()["refined"] and not answer["refined"]
     refined = rle_decode(second.json()["mask"])
     # still the liver, without the excluded pixel (which lies outside the liver): the refined mask is smaller and
-    # lies almost wholly inside the liver (98 % in fp32 and bf16, against 94-95 % for the first click's). Its
-    # Dice drops (0.49-0.53 from 0.62) by an amount that moves with the precision, so Dice is not the check.
+    # lies almost wholly inside the liver (the teacher encoder: 98 % in fp32 and bf16, against 94-95 % for the
+    # first click's; the student encoder: 92 %). Its Dice drops (0.49-0.53 from 0.62) by an amount that moves
+    # with the precision, so Dice is not the check.
     assert not refined[330, 240] and refined[303, 156]
-    assert (refined & liver[Z]).sum() >= 0.95 * refined.sum()
+    assert (refined & liver[Z]).sum() >= 0.9 * refined.sum()
     assert refined.sum() > 0.5 * mask.sum()
     third = api.post(url, json={"z": Z, "points": [{"x": 240, "y": 330}], "contours": False}).json()
     assert not third["refined"]  # a click on its own starts afresh

@@ -65,3 +65,5 @@ def route_warnings(handler: logging.Handler) -> None:
     logger = logging.getLogger("py.warnings")
     logger.handlers[:] = [handler]
     logger.propagate = False
+    # a library's logging.config call (disable_existing_loggers) may have switched it off
+    logger.disabled = False
