@@ -61,6 +61,9 @@ class WarningLine(SafeFormatter):
 def route_warnings(handler: logging.Handler) -> None:
     """Send Python warnings (e.g. pydicom's "Invalid value for VR UI: '1.2.3…'") through ``handler`` instead of
     straight to stderr, so they pass the same formatter as every log line."""
+    # off first: an earlier capture whose saved hook was since replaced (pytest restores warnings.showwarning
+    # after each test) would make captureWarnings(True) a no-op
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     logger = logging.getLogger("py.warnings")
     logger.handlers[:] = [handler]
