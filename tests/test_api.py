@@ -179,7 +179,9 @@ def test_to_dict_is_json_with_only_the_documented_fields(polyp_four):
     assert set(summary["image"]) == IMAGE_KEYS
     assert all(set(o) == PX_OBJECT_KEYS for o in summary["objects"])
     assert summary["image"]["spacing_unit"] == "px" and summary["image"]["modality_source"] == "guessed"
-    assert all(set(o["quality"]) == {"estimate", "review", "reasons", "review_slices"} for o in summary["objects"])
+    assert all(
+        set(o["quality"]) == {"estimate", "review", "reasons", "review_slices"} for o in summary["objects"]
+    )
     assert "polyp" not in text and "/" not in text  # no file name or path
     assert summary["image"]["shape"] == [529, 617] and summary["image"]["channels"] == 3
 

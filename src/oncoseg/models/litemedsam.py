@@ -283,9 +283,7 @@ class LiteMedSAMBackend(Backend):
         if self._identity is None:
             digest = weights_digest(self._encoder_weights)
             encoder = "" if self.encoder_name == "teacher" else f"/{self.encoder_name}{self._encoder_size}"
-            self._identity = (
-                f"{self.name}/v{self.embedding_version}/{self.precision}/{self.transform.size}{encoder}/{digest}"
-            )
+            self._identity = f"{self.name}/v{self.embedding_version}/{self.precision}/{self.transform.size}{encoder}/{digest}"
         return self._identity
 
     # -- image → embedding ------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class ModelSpec:
         return ", ".join(parts)
 
     def resolved_encoder(self) -> str:
-        """"student" or "teacher": what ``encoder="auto"`` means for this spec (LiteMedSAM only)."""
+        """ "student" or "teacher": what ``encoder="auto"`` means for this spec (LiteMedSAM only)."""
         if self.encoder != "auto":
             return self.encoder
         from oncoseg.models import student
