@@ -241,9 +241,11 @@ def add_model_options(parser: argparse.ArgumentParser, precisions=("auto", "fp32
 
 def add_encoder_option(parser: argparse.ArgumentParser) -> None:
     """--encoder: LiteMedSAM's image encoder (`ModelSpec.encoder`; docs/student.md)."""
+    from oncoseg.models.student import ENCODERS
+
     parser.add_argument(
         "--encoder",
-        choices=("auto", "student", "teacher"),
+        choices=ENCODERS,
         default="auto",
         help="LiteMedSAM's image encoder: student (distilled to a 168-pixel frame, about 2x faster), teacher "
         "(LiteMedSAM's own, 256 pixels), auto (default: the student unless --weights/--checkpoint is given)",

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from oncoseg.errors import ModelError, OncoSegError
+from oncoseg.models.student import ENCODERS  # LiteMedSAM's image encoders (no torch at import)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ENCODERS = ("auto", "student", "teacher")  # LiteMedSAM's image encoder (oncoseg.models.student)
 _STATE_KEYS = ("model", "state_dict")  # where training scripts nest the tensors of a full checkpoint
 
 
