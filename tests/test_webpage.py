@@ -1,7 +1,8 @@
 """The service's web page, end to end in headless Chromium (Debian's /usr/bin/chromium driven by Playwright):
 pick a series from a real Orthanc, scroll, change the window, click/right-click/drag, see the overlay and the
 measurements, propagate (a job with progress), save to the PACS, correct the 3D result on another slice, download
-it, cancel a propagation. Leaves screenshots in test-artifacts/webpage.png and webpage-job.png."""
+it, cancel a propagation, take a click's other size on a slice and on a 3D result. Leaves screenshots in
+test-artifacts/webpage.png and webpage-job.png."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def pacs(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, pacs):
-    with OncoSegServer(tmp_path_factory.mktemp("serve"), "--pacs", pacs.url, token=TOKEN) as running:
+    serve = tmp_path_factory.mktemp("serve")
+    with OncoSegServer(serve, "--pacs", pacs.url, "--threads", "1", token=TOKEN) as running:
         yield running
 
 
@@ -302,4 +304,83 @@ def test_ready_bar_and_other_sizes_in_the_browser(server, pacs, browser):
     assert page.text_content("td[data-field=area]") != area
     other = "smaller" if which == "larger" else "larger"
     assert not page.is_disabled(f"#{other}-btn")  # the replaced mask is now an answer the other way
+    page.close()
+
+
+def test_other_sizes_of_a_3d_result_in_the_browser(server, pacs, browser):
+    """After Propagate 3D from a click, Smaller / Larger offer the start slice's other sizes (off on a slice
+    without any); a press shows the page working while the server walks the volume again from that slice, then
+    the new volume as the server measures it."""
+    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    chosen, held = [], []
+    page.on(
+        "request", lambda r: chosen.append(json.loads(r.post_data)) if r.url.endswith("/choose") else None
+    )
+    # a /choose is held until the page's working state is checked, then sent on unchanged
+    page.route("**/choose", lambda route: held.append(route))
+    page.goto(f"{server.url}/#token={TOKEN}")
+    page.click(f'#series-list button[data-series-uid="{pacs.series_uid}"]', timeout=60_000)
+    wait_until(page, "document.getElementById('status').textContent.startsWith('Open:')", timeout=120_000)
+    canvas = page.locator("#canvas").bounding_box()
+    scale = canvas["width"] / 512
+    with page.expect_response(lambda r: r.url.endswith("/segment"), timeout=120_000):
+        page.mouse.click(
+            canvas["x"] + (LIVER_POINT[0] + 0.5) * scale, canvas["y"] + (LIVER_POINT[1] + 0.5) * scale
+        )
+    wait_until(page, "document.querySelector('td[data-field=area]').textContent.includes('mm²')")
+    page.fill("#max-slices", "2")
+    page.click("#propagate-btn")
+    wait_until(page, "document.getElementById('status').textContent.startsWith('3D result')", timeout=180_000)
+    image_id = page.evaluate("state.image.image_id")
+    with server.client() as client:
+        offered = client.get(f"/api/images/{image_id}/alternatives/10").json()
+        assert client.get(f"/api/images/{image_id}/alternatives/11").json() == {
+            "z": 11,
+            "smaller": 0,
+            "larger": 0,
+        }
+    which = "larger" if offered["larger"] else "smaller"
+    assert offered[which] > 0, offered  # the click's other sizes on the start slice
+    wait_until(page, f"!document.getElementById('{which}-btn').disabled")
+    assert page.is_disabled("#smaller-btn") == (offered["smaller"] == 0)
+    page.keyboard.press("ArrowUp")  # a slice the walk reached: no other size there
+    wait_until(page, "document.getElementById('slice-label').textContent === '11 / 19'")
+    wait_until(
+        page,
+        "document.getElementById('smaller-btn').disabled && document.getElementById('larger-btn').disabled",
+    )
+    page.keyboard.press("ArrowDown")
+    wait_until(page, f"!document.getElementById('{which}-btn').disabled")
+
+    volume = page.text_content("td[data-field=volume]")
+    assert volume.endswith(" mL")
+    page.click(f"#{which}-btn")
+    for _ in range(300):  # the request reaches the route (events are handled while the test waits)
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the page sent no /choose"
+    working = page.evaluate(
+        "[document.getElementById('status').textContent, document.getElementById('job-box').hidden,"
+        " document.getElementById('job-label').textContent, document.getElementById('smaller-btn').disabled,"
+        " document.getElementById('larger-btn').disabled]"
+    )
+    assert working == [
+        f"Taking the {which} answer on slice 10 and walking the volume again…", False,
+        "walking the volume again…", True, True,
+    ], working  # fmt: skip
+    with page.expect_response(lambda r: r.url.endswith("/choose"), timeout=120_000) as response:
+        held[0].continue_()
+    assert response.value.status == 200 and chosen == [{"which": which, "z": 10, "contours": False}]
+    wait_until(page, "document.getElementById('status').textContent.startsWith('Took the')", timeout=120_000)
+    assert page.text_content("#status") == f"Took the {which} answer on slice 10 (volume walked again)"
+    assert page.is_hidden("#job-box")
+    with server.client() as client:
+        measured = client.get(f"/api/images/{image_id}/measurements").json()
+    assert measured["kind"] == "volume" and measured["anchors"] == [10]
+    shown = page.text_content("td[data-field=volume]")
+    assert shown != volume and shown == f"{measured['measurements']['volume_ml']:.1f} mL", (volume, shown)
+    assert page.text_content("td[data-field=slices]") == f"{measured['slices'][0]}–{measured['slices'][1]}"
+    other = "smaller" if which == "larger" else "larger"
+    assert not page.is_disabled(f"#{other}-btn")  # the replaced size is now an answer the other way
     page.close()

@@ -37,7 +37,14 @@ from oncoseg.errors import (
 )
 from oncoseg.logs import SafeFormatter, route_warnings
 from oncoseg.render import CT_PRESETS
-from oncoseg.service.core import Engine, ServiceConfig, build_prompt, check_choice
+from oncoseg.service.core import (
+    Engine,
+    ServiceConfig,
+    alternatives_of,
+    build_prompt,
+    check_choice,
+    check_slice,
+)
 from oncoseg.service.security import GuardMiddleware, allowed_hosts, check_bind
 
 log = logging.getLogger("oncoseg.service")
@@ -320,6 +327,19 @@ def create_app(config: ServiceConfig, engine: Engine | None = None) -> FastAPI:
         opened = engine.store.get(image_id)
         z = check_choice(opened, body.which, body.z)  # refused before it occupies the model
         return await engine.worker.run(engine.choose, opened, body.which, z, body.overlay, body.contours)
+
+    @app.get(
+        "/api/images/{image_id}/alternatives/{z}",
+        tags=["segmentation"],
+        summary="How many smaller and larger masks also answer the result's clicks on slice z (see /choose)",
+        description='`{"z", "smaller", "larger"}`, as in a click\'s `alternatives`, for any slice of the '
+        "current result: on a 3D result the slices whose clicks offered other sizes (the start slice of a "
+        "propagation from clicks); 0/0 elsewhere and without a result. z is 0 for a 2D image.",
+    )
+    async def alternatives(image_id: str, z: int):
+        opened = engine.store.get(image_id)
+        check_slice(opened.image, z)
+        return {"z": z, **alternatives_of(opened, z if opened.image.is_3d else None)}
 
     @app.get(
         "/api/images/{image_id}/ready",

@@ -21,7 +21,7 @@ const state = {
   job: null,          // id of the 3D job running (propagation or correction)
   jobDrawn: new Set(),  // slices whose finished mask of the running job is drawn
   cancelPending: false,  // Cancel was pressed before the job's id came back
-  busy: false,
+  choosing: false,    // a Smaller/Larger request is on its way (on a 3D result it walks the volume again)
   sliceRequest: 0,
   alternatives: { smaller: 0, larger: 0 },  // other answers to the clicks on this slice (Smaller / Larger)
   ready: null,        // from /ready: the slices whose embedding is computed (a click there is fast)
@@ -185,6 +185,7 @@ async function goToSlice(z) {
     if (request !== state.sliceRequest) return;  // the user scrolled on meanwhile
     state.slice = slice;
     state.overlay = overlay;
+    if (state.has3d && !state.job) refreshAlternatives();
     showSliceScore();
     draw();
     pollReady();  // showing the slice made the server encode it and its neighbours ahead
@@ -226,30 +227,73 @@ async function pollReady() {
 
 function setAlternatives(alternatives) {
   state.alternatives = alternatives || { smaller: 0, larger: 0 };
-  $("smaller-btn").disabled = !state.alternatives.smaller || state.has3d;
-  $("larger-btn").disabled = !state.alternatives.larger || state.has3d;
+  const idle = !state.choosing && !state.job;
+  $("smaller-btn").disabled = !state.alternatives.smaller || !idle;
+  $("larger-btn").disabled = !state.alternatives.larger || !idle;
+}
+
+async function refreshAlternatives() {
+  // a 3D result offers other sizes only on the slices whose clicks found them (the start slice of a
+  // propagation from clicks): ask for the slice on screen
+  const imageId = state.image.image_id;
+  const z = state.image.is_3d ? state.z : 0;
+  try {
+    const offered = await (await api(`/api/images/${imageId}/alternatives/${z}`)).json();
+    if (z === (state.image.is_3d ? state.z : 0) && state.image.image_id === imageId) setAlternatives(offered);
+  } catch (error) { /* no result any more: the buttons stay off */ }
 }
 
 async function choose(which) {
-  // another answer to the same clicks: the next smaller or larger mask the model offered
-  if (!state.image) return;
+  // another answer to the same clicks: the next smaller or larger mask the model offered; on a 3D result the
+  // volume is walked again from this slice (the answer carries the new volume's measurements)
+  if (!state.image || state.choosing || state.job) return;
+  const imageId = state.image.image_id;
+  const volume = state.has3d;
   const body = { which, z: state.image.is_3d ? state.z : null, contours: false };
   const started = performance.now();
+  state.choosing = true;
+  setAlternatives(state.alternatives);  // both off until the answer comes
+  $("propagate-btn").disabled = true;
+  if (volume) {
+    status(`Taking the ${which} answer on slice ${body.z} and walking the volume again…`);
+    $("job-progress").removeAttribute("value");  // indeterminate: the walk reports no progress
+    $("job-label").textContent = "walking the volume again…";
+    $("cancel-btn").hidden = true;
+    $("job-box").hidden = false;
+  }
+  let answer = null;
   try {
-    const answer = await (await api(`/api/images/${state.image.image_id}/choose`, {
+    answer = await (await api(`/api/images/${imageId}/choose`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     })).json();
-    const overlay = await createImageBitmap(await (await fetch(`data:image/png;base64,${answer.overlay_png}`)).blob());
-    if (body.z !== (state.image.is_3d ? state.z : null)) return;
-    state.overlay = overlay;
-    draw();
-    showMeasurements(answer, performance.now() - started);
-    setAlternatives(answer.alternatives);
-    setHasResult(!answer.empty);
-    status(`Took the ${which} answer on slice ${state.z}`);
   } catch (error) { status(error.message, true); }
+  state.choosing = false;
+  $("job-box").hidden = true;
+  $("cancel-btn").hidden = false;
+  $("propagate-btn").disabled = !state.image.is_3d;
+  if (state.image.image_id !== imageId) return;  // another image was opened meanwhile
+  if (!answer) { setAlternatives(state.alternatives); return; }
+  if (volume) {
+    // the volume's numbers, the current slice's score; the other slices' scores from /measurements
+    showMeasurements({ ...answer, measurements: answer.volume_measurements }, performance.now() - started);
+    try {
+      const measured = await (await api(`/api/images/${imageId}/measurements`)).json();
+      state.sliceScores = measured.slice_scores || state.sliceScores;
+    } catch (error) { /* keeps the scores shown */ }
+  } else {
+    showMeasurements(answer, performance.now() - started);
+  }
+  setHasResult(!answer.empty);
+  status(`Took the ${which} answer on slice ${body.z ?? 0}` + (volume ? " (volume walked again)" : ""));
+  if (body.z !== (state.image.is_3d ? state.z : null)) {  // scrolled on meanwhile: redraw the slice shown
+    if (volume) { await showResultOverlay(); refreshAlternatives(); }
+    return;
+  }
+  setAlternatives(answer.alternatives);
+  state.overlay = await createImageBitmap(await (await fetch(`data:image/png;base64,${answer.overlay_png}`)).blob());
+  draw();
 }
 
 // ---------------------------------------------------------------- drawing
@@ -375,6 +419,7 @@ async function runJob(body) {
   const imageId = state.image.image_id;
   const started = performance.now();
   $("propagate-btn").disabled = true;
+  setAlternatives(null);  // the job changes the answers: asked again when it ends
   $("job-progress").value = 0;
   $("job-label").textContent = "starting…";  // not the last job's count
   $("job-box").hidden = false;
@@ -430,6 +475,8 @@ async function runJob(body) {
     if (job.state === "cancelled") status("Cancelled: the result is as it was before");
     else status(job.error ? job.error.detail : "the job failed", true);
   }
+  // a propagation from clicks offers its start slice's other sizes; a cancelled one leaves those it had
+  if (state.hasResult || state.has3d) refreshAlternatives();
   await showResultOverlay();
 }
 
@@ -492,6 +539,7 @@ canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 canvas.addEventListener("mousedown", (event) => {
   if (!state.image) return;
   if (state.job) { status("A 3D job is running: wait for it or cancel it"); return; }
+  if (state.choosing) { status("Another size is being taken: wait for it"); return; }
   state.drag = toImage(event);
   state.dragButton = event.button;
   state.dragNow = null;
@@ -530,7 +578,7 @@ $("slice-slider").addEventListener("input", (event) => goToSlice(Number(event.ta
 $("window-select").addEventListener("change", () => goToSlice(state.z));
 $("file-input").addEventListener("change", (event) => event.target.files[0] && uploadFile(event.target.files[0]));
 $("clear-btn").addEventListener("click", () => {
-  if (state.job) return;
+  if (state.job || state.choosing) return;
   state.points = []; state.box = null; state.overlay = null; state.has3d = false; state.sliceScores = null;
   setHasResult(false); setAlternatives(null); clearMeasurements(); draw();
 });
