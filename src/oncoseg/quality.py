@@ -64,11 +64,17 @@ def features(mask: np.ndarray, slice_scores: dict, volume: bool) -> np.ndarray:
     ``[y, x]``) and the model's score per slice."""
     scores = np.array([float(s) for s in slice_scores.values()] or [0.0])
     mask = np.asarray(mask, dtype=bool)
+    slices = mask.shape[0] if mask.ndim == 3 else 1
+    offset = 0
+    if mask.ndim == 3:  # only the slices holding the object (a slice result in a CT: 1 of hundreds)
+        zs = np.flatnonzero(mask.any(axis=(1, 2)))
+        offset = int(zs[0]) if len(zs) else 0
+        mask = mask[offset : int(zs[-1]) + 1] if len(zs) else mask[:0]
     total = max(int(mask.sum()), 1)
     labels, count = ndimage.label(mask)
     largest = np.bincount(labels.ravel())[1:].max() / total if count else 0.0
-    edges = np.zeros_like(mask)
-    edges[..., 0, :] = edges[..., -1, :] = edges[..., :, 0] = edges[..., :, -1] = True
+    edges = np.zeros(mask.shape[-2:], dtype=bool)
+    edges[0, :] = edges[-1, :] = edges[:, 0] = edges[:, -1] = True
     border = np.count_nonzero(mask & edges) / total
     open_end, slice_jump = 0.0, 0.0
     if mask.ndim == 3 and volume:
@@ -77,7 +83,7 @@ def features(mask: np.ndarray, slice_scores: dict, volume: bool) -> np.ndarray:
         if len(zs):
             peak = areas.max()
             ends = [
-                z for z in (zs[0], zs[-1]) if 0 < z < mask.shape[0] - 1
+                z for z in (zs[0], zs[-1]) if 0 < z + offset < slices - 1
             ]  # an end at the scan's edge is closed
             open_end = max((areas[z] / peak for z in ends), default=0.0)
             jumps = [

