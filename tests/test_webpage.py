@@ -334,11 +334,11 @@ def test_other_sizes_of_a_3d_result_in_the_browser(server, pacs, browser):
     image_id = page.evaluate("state.image.image_id")
     with server.client() as client:
         offered = client.get(f"/api/images/{image_id}/alternatives/10").json()
-        assert client.get(f"/api/images/{image_id}/alternatives/11").json() == {
-            "z": 11,
-            "smaller": 0,
-            "larger": 0,
-        }
+        elsewhere = client.get(f"/api/images/{image_id}/alternatives/11").json()
+        outside = client.get(f"/api/images/{image_id}/alternatives/20")
+    assert elsewhere == {"z": 11, "smaller": 0, "larger": 0}  # the walk's slices offer no other size
+    assert outside.status_code == 422
+    assert outside.json()["detail"] == "slice 20 is outside the volume (slices 0..19)"
     which = "larger" if offered["larger"] else "smaller"
     assert offered[which] > 0, offered  # the click's other sizes on the start slice
     wait_until(page, f"!document.getElementById('{which}-btn').disabled")
