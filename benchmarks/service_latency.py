@@ -33,7 +33,7 @@ uploaded as a zip. Measured:
 
 Prints a Markdown table and writes JSON (default ``benchmarks/results/service_latency.json``; ``--quick``
 writes ``service_latency.quick.json`` unless ``--output`` is given). Targets (the issue's, on 2 CPU cores):
-first click p95 ≤ 500 ms, a click on a slice shown for 1 s p95 ≤ 150 ms, later clicks p95 ≤ 60 ms, 0 errors other than 429/503 under load, memory under the
+first click p95 ≤ 300 ms (issue 22: a cold click), a click on a slice shown for 1 s p95 ≤ 150 ms, later clicks p95 ≤ 60 ms, 0 errors other than 429/503 under load, memory under the
 budget, health answered throughout.
 """
 
@@ -549,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
         "load": load,
         "jobs": jobs,
         "threads": args.threads,
-        "targets": {"first_click_p95_ms": 500, "later_click_p95_ms": 60, "viewed_click_p95_ms": 150},
+        "targets": {"first_click_p95_ms": 300, "later_click_p95_ms": 60, "viewed_click_p95_ms": 150},
     }
     first, later_ms = clicks["first_click_ms"], clicks["later_click_ms"]
     result["meets"] = {
-        "first_click": first["p95"] <= 500,
+        "first_click": first["p95"] <= 300,
         "later_click": later_ms["p95"] <= 60,
         "viewed_click": clicks["viewed_first_click_ms"]["p95"] <= 150,
         "viewed_later_click": clicks["viewed_later_click_ms"]["p95"] <= 60,
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     output.write_text(json.dumps(result, indent=2), encoding="utf-8")
 
     rows = [
-        ("first click on a new 512×512 slice", first, "p95 ≤ 500 ms"),
+        ("first click on a new 512×512 slice", first, "p95 ≤ 300 ms"),
         ("  of which server compute", clicks["first_click_server_compute_ms"], "-"),
         ("  reference: the encoder alone, in-process", clicks["reference_encoder_ms"], "-"),
         ("  reference: a first click's decoding alone", clicks["reference_click_decode_ms"], "-"),
