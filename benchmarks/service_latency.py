@@ -45,9 +45,6 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,17 +55,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 from common import git_commit
+from serve_process import ServeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = REPO.parent / "shared/data/totalsegmentator-example/example_ct_dicom"
 OUT = REPO / "benchmarks" / "results"
-ONCOSEG = Path(sys.executable).parent / "oncoseg"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -91,39 +82,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-class Server:
-    def __init__(self, budget_mb: float, max_queue: int, workdir: Path, threads: int = 1):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "server.log", "w", encoding="utf-8")  # noqa: SIM115
-        command = [
-            str(ONCOSEG), "serve", "--port", str(self.port), "--workdir", str(workdir / "work"),
-            "--memory-budget-mb", str(budget_mb), "--max-queue", str(max_queue), "--threads", str(threads),
-        ]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "ONCOSEG_TOKEN"}
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"oncoseg serve exited: see {workdir / 'server.log'}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit("oncoseg serve did not start within 300 s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+def start_server(budget_mb: float, max_queue: int, workdir: Path, threads: int = 1) -> ServeProcess:
+    options = ["--memory-budget-mb", str(budget_mb), "--max-queue", str(max_queue), "--threads", str(threads)]
+    return ServeProcess(options, workdir)
 
 
 def series_zip() -> bytes:
@@ -350,7 +311,7 @@ def measure_jobs(url: str, data: bytes, max_slices: int | None) -> dict | None:
 
 
 def load_test(
-    server: Server,
+    server: ServeProcess,
     data: bytes,
     clients: int,
     seconds: float,
@@ -511,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="oncoseg-bench-") as tmp:
         started = time.perf_counter()
         torch_threads(args.threads)
-        server = Server(args.budget_mb, args.max_queue, Path(tmp), args.threads)
+        server = start_server(args.budget_mb, args.max_queue, Path(tmp), args.threads)
         startup_s = time.perf_counter() - started
         startup_rss_mb = rss_mb(server.process.pid)  # model loaded and warmed up, no image open
         try:

@@ -51,7 +51,7 @@ from oncoseg.predictor import Predictor
 from oncoseg.prompts import Prompt, box_from_mask
 from oncoseg.volume import propagate
 
-TARGETS_S = {"encoder": 0.5, "decode": 0.030, "full_2d": None, "propagation": 15.0}
+TARGETS_S = {"encoder": 0.5, "decode": 0.030, "full_2d": None, "propagation": 8.0}  # propagation: issue 22
 # The targets were set where the reference's fp32 encoder takes 1.1 s; this machine's speed relative to that is
 # measured in the same run (reference encoder median / 1.1 s) and the "normalised" figures divide it out.
 TARGET_MACHINE_REFERENCE_ENCODER_S = 1.1

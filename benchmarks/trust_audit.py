@@ -36,10 +36,7 @@ import argparse
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -49,12 +46,12 @@ import httpx
 import numpy as np
 from common import DEFAULT_DATA, DEFAULT_OUT, dice, environment, markdown_table, write_json
 from scipy import ndimage
+from serve_process import ONCOSEG, ServeProcess
 
 import oncoseg
 from oncoseg.io import load_image
 from oncoseg.service.core import rle_decode
 
-ONCOSEG = Path(sys.executable).parent / "oncoseg"
 LIVER, KIDNEY_RIGHT = 5, 2  # TotalSegmentator "total" labels (label_map_total_and_total_mr.json)
 BAD_DICE = 0.7  # issue 20 item 5: a result with Dice < 0.7 is one the flag should catch
 SPOT_CONTRAST_HU = 40
@@ -211,43 +208,6 @@ def cli_spot(source: Path, hu, seg, spacing, threads: int, folder: Path) -> dict
 
 
 # ---------------------------------------------------------------------- service rows
-class Server:
-    """``oncoseg serve`` on a free loopback port, stopped by its PID."""
-
-    def __init__(self, threads: int, workdir: Path):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "server.log", "w", encoding="utf-8")  # noqa: SIM115
-        command = [str(ONCOSEG), "serve", "--port", str(self.port), "--threads", str(threads),
-                   "--workdir", str(workdir / "work")]  # fmt: skip
-        env = {k: v for k, v in os.environ.items() if k != "ONCOSEG_TOKEN"}
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"oncoseg serve exited: see {workdir / 'server.log'}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise SystemExit("oncoseg serve did not start within 300 s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
-
-
 def series_zip(series: Path) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -381,7 +341,7 @@ def upload(client: httpx.Client, data: bytes) -> str:
 def service_rows(series: Path, liver: np.ndarray, spacing, threads: int, folder: Path) -> dict:
     """The web page's requests against a real server; each propagation on a freshly opened copy of the series
     (its time includes encoding every slice, as a user's first Propagate 3D does)."""
-    server = Server(threads, folder)
+    server = ServeProcess(["--threads", str(threads)], folder)
     data = series_zip(series)
     try:
         with httpx.Client(base_url=server.url, timeout=600) as client:
