@@ -15,14 +15,13 @@ Prints a Markdown table, writes ``benchmarks/results/clicks.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import git_commit
+from common import git_commit, save_json
 
 from oncoseg.data.adapters import open_dataset
 from oncoseg.evaluate.metrics import dice
@@ -87,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count()},
         "results": results,
     }
-    output = Path(args.output or OUT / "clicks.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    temporary.replace(output)
+    output = save_json(document, Path(args.output or OUT / "clicks.json"))
     columns = ["box", "3 clicks", *CANDIDATE_SETS]
     print("| dataset | n | GT box | 3 clicks | " + " | ".join(f"1 click, {c}" for c in CANDIDATE_SETS) + " |")
     print("|---" * (len(columns) + 2) + "|")

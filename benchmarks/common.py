@@ -202,3 +202,12 @@ def write_json(result: dict[str, Any], out_dir: Path, name: str) -> Path:
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def save_json(document: dict[str, Any], path: Path) -> Path:
+    """Write ``document`` to ``path`` through a temporary name (a stopped run leaves no half file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    temporary.replace(path)
+    return path

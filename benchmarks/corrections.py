@@ -17,14 +17,13 @@ Prints a Markdown table, writes ``benchmarks/results/corrections.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import git_commit
+from common import git_commit, save_json
 
 from oncoseg.data.adapters import open_dataset
 from oncoseg.errors import EmptyResultError
@@ -114,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
         "results": results,
     }
-    output = Path(args.output or OUT / "corrections.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    temporary.replace(output)
+    output = save_json(document, Path(args.output or OUT / "corrections.json"))
     clicks = " | ".join(f"+{i} correction{'s' if i > 1 else ''}" for i in range(1, CORRECTIONS + 1))
     print(f"| dataset | n | 1 click | {clicks} | corrections that hurt | first click ms p50/p95 | "
           "correction ms p50/p95 | with an exclude click p50/p95 |")  # fmt: skip

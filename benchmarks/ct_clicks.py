@@ -14,14 +14,13 @@ predictions shipped with the example, not manual. Prints a Markdown table, write
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import git_commit
+from common import git_commit, save_json
 from scipy import ndimage
 
 from oncoseg.data.adapters import open_dataset
@@ -107,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "rows": rows,
     }
-    output = Path(args.output or OUT / "ct_clicks.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    temporary.replace(output)
+    output = save_json(document, Path(args.output or OUT / "ct_clicks.json"))
     print("| organs | n | Dice, default click | Dice, clicked-tissue rule | answers changed |")
     print("|---|---|---|---|---|")
     for name, s in summary.items():
