@@ -587,7 +587,7 @@ def run_demo(args: argparse.Namespace) -> int:
         obj = entry["objects"][0]
         print(
             f"{name:18s} {sample['target']:14s} {size(obj, 1):>10s}  RECIST {recist_text(obj)}  "
-            f"Dice vs reference {entry['dice_vs_reference']:.3f}"
+            f"Dice vs reference {entry['dice_vs_reference']:.3f}  {describe_quality(obj['quality'])}"
         )
 
     demo(args.output, show, encoder=args.encoder)
