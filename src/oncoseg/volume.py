@@ -16,7 +16,7 @@ instead of the box prompt (``PropagationSettings.tracker``, on by default); the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -24,7 +24,7 @@ from scipy import ndimage
 from oncoseg.errors import EmptyResultError, OncoSegError
 from oncoseg.models import SliceTracker
 from oncoseg.predictor import Predictor, blank_error
-from oncoseg.prompts import Prompt, box_from_mask
+from oncoseg.prompts import Box, Prompt, box_from_mask
 
 
 @dataclass
@@ -39,6 +39,16 @@ class PropagationSettings:
     max_slices: int | None = None  # limit the walk in each direction
     rejoin_iou: float = 0.9  # a correction's walk ends where it agrees with the result it corrects this well
     tracker: bool = True  # follow the object with the backend's own tracker when it has one (SAM3)
+    # other box margins tried on every slice beside ``box_margin`` (fractions of the box per side, at least
+    # ``min_margin_px``); the answer ``choose`` picks wins: "score" (the model's quality) or "iou" (the mask
+    # agreeing best with the neighbour's)
+    extra_margins: tuple[float, ...] = ()
+    choose: str = "score"
+    mask_prompt: bool = False  # also give the neighbour's mask logits as the decoder's dense mask prompt
+    follow: float = 0.0  # shift each box by this fraction of the last step's centroid motion (0: off)
+    # carry the previous slice's prompt box forward, moved side by side as the mask's box moved between the two
+    # slices before, blended with the enlarged box of the neighbour's mask by this weight (0: off)
+    carry: float = 0.0
     # CT: keep on each walked slice only the pixels whose HU lie within this many robust spreads of the
     # prompted slice's object (a leak into fat, bowel or a neighbour of other density is cut before it steers the
     # next slice's box); None turns it off. Objects whose HU spread on the prompted slice exceeds
@@ -49,10 +59,24 @@ class PropagationSettings:
 
 
 @dataclass
+class WalkEnd:
+    """Why a walk ended: on slice ``z`` (the first slice not kept; -1 or the slice count past the volume's edge)
+    with ``reasons`` (one or more of "edge", "max_slices", "anchor", "blank", "area", "score", "iou", "growth",
+    "rejoin"); ``mask``, ``score``, ``iou`` are the model's answer there when a stop rule judged one."""
+
+    z: int
+    reasons: tuple[str, ...]
+    mask: np.ndarray | None = None
+    score: float | None = None
+    iou: float | None = None
+
+
+@dataclass
 class VolumeResult:
     mask: np.ndarray  # [z, y, x] bool
     start_slice: int
     slice_scores: dict[int, float] = field(default_factory=dict)
+    ends: dict[int, WalkEnd] = field(default_factory=dict)  # step (+1, -1) → why the walk ended that way
 
     @property
     def slice_range(self) -> tuple[int, int]:
@@ -127,11 +151,13 @@ def propagate(
     if reason is not None:
         raise blank_error(f"slice {z0}", reason)
     tracker = predictor.backend.tracker(predictor, prompt) if settings.tracker else None
+    start_logits = None
     if tracker is not None:
         start, first_score = tracker.first()
     else:
         first = predictor.predict(prompt, z=z0)
         start, first_score = first.masks[0], float(first.scores[0])
+        start_logits = None if first.logits is None else first.logits[0]
     if not start.any():
         raise EmptyResultError(f"the model found nothing at the prompt on slice {z0}")
     volume = np.zeros(image.shape, dtype=bool)
@@ -142,7 +168,17 @@ def propagate(
     min_pixels = max(settings.min_pixels, settings.min_area_ratio * start.sum())
     for step in (1, -1):
         for z, (mask, score) in walk(
-            predictor, start, z0, step, settings, min_pixels, on_slice=on_slice, tracker=tracker
+            predictor,
+            start,
+            z0,
+            step,
+            settings,
+            min_pixels,
+            on_slice=on_slice,
+            tracker=tracker,
+            ends=result.ends,
+            start_logits=start_logits,
+            start_box=prompt.box,
         ).items():
             volume[z] = mask
             result.slice_scores[z] = score
@@ -160,44 +196,106 @@ def walk(
     on_slice: Callable[[int], None] | None = None,
     tracker: SliceTracker | None = None,
     rejoin: np.ndarray | None = None,
+    ends: dict[int, WalkEnd] | None = None,
+    start_logits: np.ndarray | None = None,
+    start_box: Box | None = None,
 ) -> dict[int, tuple[np.ndarray, float]]:
     """Follow the 2D mask ``start`` of slice ``z0`` slice by slice in direction ``step`` (+1 or -1), each slice
     prompted with its neighbour's enlarged box (or answered by ``tracker``, conditioned on ``z0``), until a stop
     rule fires, the volume ends, ``settings.max_slices`` are walked, or slice ``stop_before`` (not included; e.g. a
     slice the user annotated) is reached. With ``rejoin`` (the ``[z, y, x]`` result being corrected) the walk
     also ends on the first slice whose mask agrees with it (IoU >= ``settings.rejoin_iou``): from there on the
-    correction changes nothing. Returns ``{z: (mask, score)}`` of the slices kept. Propagation and 3D correction
-    both walk through here."""
+    correction changes nothing. Returns ``{z: (mask, score)}`` of the slices kept; ``ends[step]`` is set to why
+    the walk ended (`WalkEnd`). Propagation and 3D correction both walk through here."""
     image = predictor.image
     kept: dict[int, tuple[np.ndarray, float]] = {}
     previous, z = start, z0 + step
     gate = ct_gate(predictor, start, z0, settings)
-    while 0 <= z < image.num_slices and z != stop_before:
-        if settings.max_slices is not None and len(kept) >= settings.max_slices:
+    end = WalkEnd(z, ("edge",))
+    before = None  # the slice before ``previous`` (for ``settings.follow``)
+    logits = start_logits  # the neighbour's mask logits (for ``settings.mask_prompt``)
+    last_box = start_box  # the neighbour's prompt box (for ``settings.carry``)
+    while True:
+        gate_done = False
+        if not 0 <= z < image.num_slices:
+            end = WalkEnd(z, ("edge",))
             break
-        box = box_from_mask(previous, z=z).enlarged(settings.box_margin, settings.min_margin_px, start.shape)
-        if predictor.blank_reason(Prompt(box=box), z) is not None:
+        if z == stop_before:
+            end = WalkEnd(z, ("anchor",))
+            break
+        if settings.max_slices is not None and len(kept) >= settings.max_slices:
+            end = WalkEnd(z, ("max_slices",))
+            break
+        box = box_from_mask(previous, z=z)
+        if settings.follow and before is not None and before.any():
+            dy, dx = (
+                np.array(ndimage.center_of_mass(previous)) - ndimage.center_of_mass(before)
+            ) * settings.follow
+            box = replace(box, x0=box.x0 + dx, x1=box.x1 + dx, y0=box.y0 + dy, y1=box.y1 + dy)
+        boxes = [
+            box.enlarged(margin, settings.min_margin_px, start.shape)
+            for margin in (settings.box_margin, *settings.extra_margins)
+        ]
+        if settings.carry and last_box is not None:
+            sides = np.array([last_box.x0, last_box.y0, last_box.x1, last_box.y1])
+            if before is not None and before.any():
+                sides = sides + box_from_mask(previous).as_array() - box_from_mask(before).as_array()
+            mixed = settings.carry * sides + (1 - settings.carry) * boxes[0].as_array()
+            h, w = start.shape
+            x0, x1 = np.clip(sorted(mixed[[0, 2]]), 0, w - 1)
+            y0, y1 = np.clip(sorted(mixed[[1, 3]]), 0, h - 1)
+            boxes[0] = Box(float(x0), float(y0), float(x1), float(y1), z=z)
+        if predictor.blank_reason(Prompt(box=boxes[0]), z) is not None:
+            end = WalkEnd(z, ("blank",))
             break
         if tracker is not None:
             mask, score = tracker.next(z, step)
         else:
-            prediction = predictor.predict(Prompt(box=box), z=z)
-            mask, score = prediction.masks[0], float(prediction.scores[0])
-        if gate is not None:
+            last_box = boxes[0]
+            mask_input = None
+            if settings.mask_prompt and logits is not None:
+                mask_input = np.repeat(logits[None], len(boxes), axis=0)
+            prediction = predictor.predict([Prompt(box=b) for b in boxes], z=z, mask_input=mask_input)
+            candidates = []
+            for i in range(len(boxes)):
+                m = prediction.masks[i]
+                if gate is not None:
+                    m = gate.apply(image.array[z], m)
+                candidates.append((keep_touching(m, previous), float(prediction.scores[i]), i))
+            if settings.choose == "iou":
+                mask, score, i = max(candidates, key=lambda c: (mask_iou(c[0], previous), c[1]))
+            else:
+                mask, score, i = max(candidates, key=lambda c: c[1])
+            logits = None if prediction.logits is None else prediction.logits[i]
+            gate_done = True
+        if gate is not None and not gate_done:
             mask = gate.apply(image.array[z], mask)
-        mask = keep_touching(mask, previous)
+        if not gate_done:
+            mask = keep_touching(mask, previous)
         if on_slice:
             on_slice(z)
         area = int(mask.sum())
-        iou = (mask & previous).sum() / max(1, (mask | previous).sum())
-        if area < min_pixels or score < settings.min_score or iou < settings.min_iou:
-            break
-        if area > settings.max_growth * previous.sum():
+        iou = mask_iou(mask, previous)
+        reasons = tuple(
+            name
+            for name, fired in (
+                ("area", area < min_pixels),
+                ("score", score < settings.min_score),
+                ("iou", iou < settings.min_iou),
+                ("growth", area > settings.max_growth * previous.sum()),
+            )
+            if fired
+        )
+        if reasons:
+            end = WalkEnd(z, reasons, mask, score, iou)
             break
         kept[z] = (mask, score)
         if rejoin is not None and rejoin[z].any() and mask_iou(mask, rejoin[z]) >= settings.rejoin_iou:
+            end = WalkEnd(z + step, ("rejoin",))
             break
-        previous, z = mask, z + step
+        before, previous, z = previous, mask, z + step
+    if ends is not None:
+        ends[step] = end
     return kept
 
 
