@@ -347,3 +347,21 @@ def test_segment_pick_and_the_json_list_the_other_sizes(tmp_path):
     assert (smaller.labels > 0).sum() < (best.labels > 0).sum()
     with pytest.raises(PromptError, match="no other size"):
         segment(sample_path("polyp"), box=(148, 160, 424, 416), pick="larger")
+
+
+def test_an_include_click_never_takes_slices_away_an_exclude_click_may():
+    """A correction's walk may stop early (here: one slice each way). Beyond it, an include click keeps the
+    slices as they were (it only adds); an exclude click ends the object where its walk ended (it takes away)."""
+    truth = _truth()
+    session = _session(truth)
+    obj = session.segment(_box(truth[10], 10), volume=True)
+    obj.mask[13, :, :20] = False  # a slice the walk will not agree with: it does not end by rejoining there
+    before = obj.mask.copy()
+    session.propagation.max_slices = 1
+    session.refine(obj, Prompt(points=(Point(20, 24, z=12),)))
+    np.testing.assert_array_equal(obj.mask[:11], before[:11])
+    np.testing.assert_array_equal(obj.mask[13], truth[13])  # walked, one slice
+    np.testing.assert_array_equal(obj.mask[14:], before[14:])  # kept beyond
+    session.refine(obj, Prompt(points=(Point(22, 24, positive=False, z=12),)))
+    assert obj.mask[11:14].any() and not obj.mask[14:].any()  # beyond slice 13, up to the volume's end
+    np.testing.assert_array_equal(obj.mask[:10], before[:10])  # below: the anchor on slice 10 stops the walk

@@ -246,7 +246,11 @@ class Session:
         there and decoded with the object's current extent on that slice as the box (a box replaces it). The
         slice becomes an anchor; for a 3D object (``repropagate``, default: whether it was propagated) the walk
         starts again from it in both directions, replacing the slices up to the next anchor or up to where it
-        rejoins the result (see `_rewalk`). Exclude clicks are honoured with boxes that leave them out."""
+        rejoins the result (see `_rewalk`); only a correction with exclude clicks clears the slices beyond where
+        its walk ends (an include click or a box never takes slices away). Exclude clicks are honoured with boxes
+        that leave them out. Measured with ``benchmarks/interactive.py`` (box on the largest slice, then 5
+        clicks): on 9 organs of both TotalSegmentator example CTs mean Dice after 5 clicks 0.541 -> 0.609 (box
+        alone 0.657), on 12 MSD hippocampus test volumes 0.544 -> 0.545."""
         z = prompt.z if self.image.is_3d else None
         if self.image.is_3d and z is None:
             raise PromptError(
@@ -270,7 +274,9 @@ class Session:
         else:
             mask[z] = new
             if repropagate if repropagate is not None else obj.volume:
-                self._rewalk(mask, scores, anchors, z, on_slice, clear_beyond=not obj.from_mask)
+                # only a correction that takes something away may end the object where its walk ends
+                taking = prompt.box is None and any(not p.positive for p in prompt.points)
+                self._rewalk(mask, scores, anchors, z, on_slice, clear_beyond=taking and not obj.from_mask)
         obj.mask, obj.slice_scores, obj.anchors = mask, scores, anchors
         obj.alternatives.pop(z, None)  # answers to the clicks before this correction
         return obj
@@ -281,11 +287,13 @@ class Session:
         """The slice's new mask and score. With exclude clicks, boxes alone are decoded beside the asked prompt
         (one batch): the current extent (the asked, grown box when an include click lies beyond it) and, for
         each exclude click the current mask still holds, the extent with the side nearest the click moved just
-        past it. The best-scoring mask that keeps every include click and no exclude click wins, the asked
-        prompt's first among equals: SAM-style models trained on boxes honour a box far better than an exclude
-        click (an exclude click with the extent grown by 10 % made a CT liver slice larger, 2266 -> 2325 px).
-        Measured by ``benchmarks/corrections.py --limit 20`` (Kvasir-SEG/BUSI test, 4 corrections): Dice
-        0.827/0.846 -> 0.842/0.860 with 2.8 instead of 4.1 masks decoded per correction."""
+        past it. Of the masks that keep every include click and no exclude click, the one closest to the
+        current mask wins when the current mask holds an exclude click (the least change that honours the
+        clicks), else the best-scoring one, the asked prompt's first among equals: SAM-style models trained on
+        boxes honour a box far better than an exclude click (an exclude click with the extent grown by 10 % made
+        a CT liver slice larger, 2266 -> 2325 px). Measured by ``benchmarks/corrections.py --limit 20``
+        (Kvasir-SEG/BUSI test, 4 corrections): Dice 0.827/0.846 -> 0.842/0.860 with 2.8 instead of 4.1 masks
+        decoded per correction (before the closest-mask rule)."""
         first = self.predictor.predict(asked, z=z)
         negatives = [p for p in asked.points if not p.positive]
         if asked.box is None or not negatives or not current.any():
@@ -300,7 +308,12 @@ class Session:
         ]
         tried = self.predictor.predict([Prompt(box=box) for box in boxes], z=z)
         answers = [(first.masks[0], float(first.scores[0])), *zip(tried.masks, map(float, tried.scores))]
-        return max(answers, key=lambda a: (honours(a[0], positives, negatives), a[1]))
+
+        def rank(answer: tuple[np.ndarray, float]) -> tuple[bool, float, float]:
+            kept = honours(answer[0], positives, negatives)
+            return kept, mask_iou(answer[0], current) if kept and held else 0.0, answer[1]
+
+        return max(answers, key=rank)
 
     def _rewalk(
         self,
