@@ -692,7 +692,12 @@ def adversarial_section(result: dict) -> str:
     )
 
 
-def interactive_section(result: dict) -> str:
+def interactive_section(
+    result: dict,
+    title: str = "## Interactive 3D segmentation (CVPR 2025 challenge protocol)",
+    note: str = "",
+    command: str = "benchmarks/interactive.py",
+) -> str:
     """Interactive 3D accuracy (benchmarks/interactive.py): the CVPR 2025 challenge's box + 5 clicks protocol."""
 
     def rows_of(run: dict, initial: str, groups: list[dict]) -> list[list[str]]:
@@ -734,10 +739,11 @@ def interactive_section(result: dict) -> str:
         for initial, run in runs.items()
     )
     text = [
-        "## Interactive 3D segmentation (CVPR 2025 challenge protocol)",
+        title,
         "",
-        (
-            "Command: `nice .venv/bin/python benchmarks/interactive.py` (source commit "
+        note
+        + (
+            f"Command: `nice .venv/bin/python {command}` (source commit "
             f"`{result.get('source_commit') or result['environment'].get('git_commit') or '?'}`, "
             f"{result.get('seconds_total', result['seconds']):.0f} s in all). {result['protocol']}. Cases asked "
             f"for: {selection} (n = targets finished). "
@@ -970,6 +976,12 @@ def main() -> None:
         sections += ["", concepts_section(concepts)]
     if load("adversarial"):
         sections += ["", adversarial_section(load("adversarial"))]
+    if load("interactive_subset"):
+        sections += ["", interactive_section(
+            load("interactive_subset"), "## Interactive 3D segmentation: today's default model on a subset",
+            "The default model (student encoder) with the 3D correction rules of commit 5a79fad and later, on a "
+            "subset that runs in minutes (the full run below takes hours and is older: teacher encoder, earlier "
+            "correction rules). ", load("interactive_subset")["command"])]  # fmt: skip
     if load("interactive"):
         sections += ["", interactive_section(load("interactive"))]
     if load("confidence"):
