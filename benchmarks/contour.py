@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from common import DEFAULT_DATA, DEFAULT_OUT, environment, markdown_table, require_data, write_json
 
-from oncoseg.contour.adapt import HU_ORGANS, adapt_priors
+from oncoseg.contour.adapt import HU_ORGANS, NO_MODEL_METHODS, adapt_priors
 from oncoseg.contour.bones import is_numbered
 from oncoseg.contour.check import dice
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas
@@ -105,7 +105,12 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
     for source, target in (("atlas", "atlas_model"), ("ct", "ct_model")):
         t = time.perf_counter()
         chosen = {
-            n: m for n, m in stages[source].items() if n in MODEL_REFINED and n not in HU_ORGANS and m.any()
+            n: m
+            for n, m in stages[source].items()
+            if n in MODEL_REFINED
+            and n not in HU_ORGANS
+            and m.any()
+            and (source == "atlas" or methods.get(n) not in NO_MODEL_METHODS)
         }
         refined, _ = refine_priors(predictor, chosen, patient.image.spacing[:2])
         stages[target] = {**stages[source], **refined}

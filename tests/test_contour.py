@@ -366,3 +366,31 @@ def test_weigh_draws_omits_and_explains():
     assert agreed.estimate > drawn.confidence.estimate
     doubtful = weigh("Liver", prior, prior, voxel_ml, 0.15, OrganRefinement(4, 4, 0, 0.2)).confidence
     assert doubtful.review and any("model score 0.20" in r for r in doubtful.reasons)
+
+
+def test_aorta_and_cord_from_ct_numbers_beat_the_atlas_on_the_real_series(series_result, example):
+    """On the real contrast series, the carried (atlas-only) aorta and cord labels, re-found from CT numbers
+    (`oncoseg.contour.tubes`): measured Dice aorta 0.36 -> 0.88, cord 0.79 -> 0.83 against the series' labels.
+    The bars lie above what the atlas alone reaches. On the 3 mm non-contrast CT no lumen is found even from
+    its own aorta label."""
+    from oncoseg.contour.anatomy import spinal_canal
+    from oncoseg.contour.tubes import aorta_from_contrast, cord_in_canal
+
+    image = series_result.image
+    reference = load_image(example / "example_seg_dicom.nii.gz").array
+    aorta_truth, cord_truth = (
+        reference == REFERENCE_LABELS["A_Aorta"],
+        reference == REFERENCE_LABELS["SpinalCord"],
+    )
+    carried_aorta, carried_cord = series_result.priors["A_Aorta"], series_result.priors["SpinalCord"]
+    lumen, why = aorta_from_contrast(image.array, carried_aorta, image.spacing)
+    assert lumen is not None, why
+    atlas_aorta, found_aorta = dice(carried_aorta, aorta_truth), dice(lumen, aorta_truth)
+    assert atlas_aorta < 0.6 and found_aorta > 0.8, (atlas_aorta, found_aorta)
+    cord, used = cord_in_canal(carried_cord, spinal_canal(image), image.spacing)
+    atlas_cord, found_cord = dice(carried_cord, cord_truth), dice(cord, cord_truth)
+    assert used >= 15 and found_cord > 0.81 > atlas_cord, (atlas_cord, found_cord)
+
+    small = load_atlas(example)
+    none, why = aorta_from_contrast(small.image.array, small.mask("A_Aorta"), small.image.spacing)
+    assert none is None and "no contrast-filled lumen" in why, why

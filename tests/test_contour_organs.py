@@ -6,10 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from oncoseg.contour.adapt import HU_ORGANS, METHOD_ATLAS_HU, METHOD_HU, adapt_priors, supported
+from oncoseg.contour.adapt import (
+    HU_ORGANS,
+    METHOD_ATLAS_HU,
+    METHOD_CANAL,
+    METHOD_CONTRAST,
+    METHOD_HU,
+    NO_MODEL_METHODS,
+    adapt_priors,
+    supported,
+)
 from oncoseg.contour.anatomy import body, lungs, spinal_canal
 from oncoseg.contour.check import dice
 from oncoseg.contour.intensity import refine_by_intensity
+from oncoseg.contour.tubes import aorta_from_contrast, cord_in_canal
 from oncoseg.image import MedicalImage
 
 
@@ -92,6 +102,61 @@ def test_spinal_canal_found_in_a_ring_with_a_gap():
     hole = _disk((90, 90), (60, 45), 7)
     for z in range(6):
         assert dice(canal[z], hole) > 0.8, z
+
+
+def _trunk_with_aorta_and_spine(aorta_hu: float, z: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(CT, aorta, spinal canal) of a made-up trunk at 1 mm: fat, a vertebral ring round a CSF canal, and a
+    round aorta of ``aorta_hu`` in front of it touching the vertebral body; noise of 10 HU."""
+    rng = np.random.default_rng(3)
+    shape = (z, 120, 120)
+    ct = np.full(shape, -1000.0)
+    ct[:, _disk(shape[1:], (60, 60), 58)] = -90  # fat
+    body_ = _disk(shape[1:], (72, 60), 14)  # vertebral body
+    ring = _disk(shape[1:], (97, 60), 11) & ~_disk(shape[1:], (97, 60), 7)
+    canal = _disk(shape[1:], (97, 60), 7)
+    aorta = _disk(shape[1:], (46, 64), 11)  # touches the vertebral body
+    ct[:, body_ | ring] = 400
+    ct[:, canal] = 15
+    ct[:, aorta] = aorta_hu
+    ct += rng.normal(0, 10, shape)
+    return ct, np.broadcast_to(aorta, shape).copy(), np.broadcast_to(canal, shape).copy()
+
+
+def test_contrast_aorta_is_found_from_a_shifted_label_and_only_with_contrast():
+    """A carried aorta label 12 mm behind and half the size of a bright lumen comes back onto it; the same
+    tube at unenhanced blood density (45 HU) gives no lumen, so the carried label stays."""
+    ct, aorta, _ = _trunk_with_aorta_and_spine(180.0)
+    carried = np.zeros_like(aorta)
+    carried[:, _disk(aorta.shape[1:], (58, 64), 7)] = True
+    found, why = aorta_from_contrast(ct, carried, (1.0, 1.0, 2.0))
+    assert found is not None and "12 of 12 slices" in why, why
+    assert dice(found, aorta) > 0.9 and dice(carried, aorta) < 0.5
+    assert not (found & (ct > 300)).sum() > 0.02 * found.sum()  # not the vertebra it touches
+    plain, _, _ = _trunk_with_aorta_and_spine(45.0)
+    none, why = aorta_from_contrast(plain, carried, (1.0, 1.0, 2.0))
+    assert none is None and why.startswith("no contrast-filled lumen"), why
+    adapted, _, methods, _ = adapt_priors(_image(ct, (1.0, 1.0, 2.0)), {"A_Aorta": carried})
+    assert methods["A_Aorta"] == METHOD_CONTRAST and METHOD_CONTRAST in NO_MODEL_METHODS
+    assert np.array_equal(adapted["A_Aorta"], found)
+    _, _, methods, _ = adapt_priors(_image(plain, (1.0, 1.0, 2.0)), {"A_Aorta": carried})
+    assert "A_Aorta" not in methods  # no contrast: the carried label, refined by the model as before
+
+
+def test_cord_is_moved_into_the_bony_canal():
+    """A carried cord 5 mm off the canal is replaced by the canal's inner part on every slice; a canal far
+    from the carried cord (another hole) is not used."""
+    ct, _, canal = _trunk_with_aorta_and_spine(180.0)
+    image = _image(ct, (1.0, 1.0, 2.0))
+    carried = np.roll(canal, 5, axis=2) & _disk(canal.shape[1:], (97, 65), 5)
+    found = spinal_canal(image)
+    cord, used = cord_in_canal(carried, found, image.spacing)
+    assert used == ct.shape[0]
+    assert (cord <= canal).all() and dice(cord, canal) > 0.8 > dice(carried, canal)
+    far = np.roll(carried, 30, axis=2)
+    kept, used = cord_in_canal(far, found, image.spacing)
+    assert used == 0 and np.array_equal(kept, far)
+    _, _, methods, _ = adapt_priors(image, {"SpinalCord": carried})
+    assert methods["SpinalCord"] == METHOD_CANAL
 
 
 def test_intensity_refinement_moves_shifted_priors_onto_their_organs():

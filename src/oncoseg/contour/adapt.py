@@ -8,6 +8,9 @@ Run between registration and model refinement (`oncoseg.contour.pipeline.contour
 - organs in `HU_ORGANS` (body outline, lungs, spinal canal) come from `oncoseg.contour.anatomy`, not from the
   atlas; they need no atlas label, and lungs found in the scan replace nothing the atlas carries (the atlas'
   lung *lobes* stay atlas-only);
+- ``A_Aorta`` is found as a contrast-filled lumen near its carried label and ``SpinalCord`` inside the bony
+  spinal canal (`oncoseg.contour.tubes`); without contrast, or where the canal is not found near the carried
+  cord, the carried label stays. The model does not refine these (`NO_MODEL_METHODS`);
 - vertebrae and ribs (`oncoseg.contour.bones.is_bone`) are fitted to the patient's bone
   (`oncoseg.contour.bones.refine_bones`); one whose carried label holds too little bone is weak evidence.
 """
@@ -19,6 +22,7 @@ import numpy as np
 from oncoseg.contour.anatomy import anatomy
 from oncoseg.contour.bones import is_bone, refine_bones
 from oncoseg.contour.intensity import refine_by_intensity
+from oncoseg.contour.tubes import aorta_from_contrast, cord_in_canal
 from oncoseg.image import MedicalImage
 
 HU_ORGANS = ("External", "Lung_L", "Lung_R", "Lungs", "SpinalCanal")
@@ -26,6 +30,9 @@ INTENSITY_REFINED = frozenset({"Liver", "Spleen", "Stomach", "Kidney_L", "Kidney
 METHOD_HU = "CT numbers"
 METHOD_ATLAS_HU = "atlas + CT numbers"
 METHOD_BONE = "atlas + bone CT numbers"
+METHOD_CONTRAST = "atlas + contrast lumen"
+METHOD_CANAL = "atlas + spinal canal"
+NO_MODEL_METHODS = frozenset({METHOD_CONTRAST, METHOD_CANAL})  # found from CT numbers: the model is not asked
 
 
 def supported(atlas_organs: list[str]) -> list[str]:
@@ -55,13 +62,25 @@ def adapt_priors(
         priors.update(fitted)
         methods.update({name: METHOD_BONE for name in bones})
     refine = [name for name in priors if fit and name in INTENSITY_REFINED and priors[name].any()]
+    wanted = [name for name in HU_ORGANS if name in priors]
+    cord = fit and "SpinalCord" in priors and priors["SpinalCord"].any()
+    found = anatomy(image) if wanted or cord or refine else {}
     if refine:
         carried = {name: mask for name, mask in priors.items() if name not in HU_ORGANS}
-        priors.update(refine_by_intensity(image.array, carried, image.spacing, organs=refine))
+        refined = refine_by_intensity(
+            image.array, carried, image.spacing, organs=refine, not_gas=found["Lungs"]
+        )
+        priors.update(refined)
         methods.update({name: METHOD_ATLAS_HU for name in refine})
-    wanted = [name for name in HU_ORGANS if name in priors]
+    if fit and "A_Aorta" in priors and priors["A_Aorta"].any():
+        lumen, _ = aorta_from_contrast(image.array, priors["A_Aorta"], image.spacing)
+        if lumen is not None:
+            priors["A_Aorta"], methods["A_Aorta"] = lumen, METHOD_CONTRAST
+    if cord:
+        priors["SpinalCord"], used = cord_in_canal(priors["SpinalCord"], found["SpinalCanal"], image.spacing)
+        if used:
+            methods["SpinalCord"] = METHOD_CANAL
     if wanted:
-        found = anatomy(image)
         for name in wanted:
             priors[name] = found[name]
             inside[name] = None

@@ -7,6 +7,16 @@ range, and the refined organs compete for the voxels between them along the stro
 marker-based watershed on the gradient magnitude). Measured on the two TotalSegmentator example patients
 (docs/contour.md): letting the cores of *all* carried organs compete as well was worse (their misplaced cores
 block real territory), and no competition at all let organs leak on the non-contrast 3 mm scan.
+
+The organ's HU is re-estimated ``trim_rounds`` times from the core voxels within ``trim_sd`` SD of the last
+estimate (a misplaced core that reaches into a neighbour of other density, e.g. the liver's core into the
+kidney on the non-contrast CT, is pulled back to the organ's own mode), and voxels within ``spread`` (3) SD of
+it may join. A gas-filled organ (`GAS_FILLED`: the stomach) also takes the gas pieces that lie at least
+``gas_share`` inside its carried label (not the lungs, not bowel gas beside it), with the wall between gas and
+fluid closed. These settings (spread 2 → 3, trimming, the gas rule) were chosen on the same two example
+patients, both ways (benchmarks/contour.py): Dice before the model liver 0.888 → 0.914 / 0.828 → 0.846, spleen
+0.807 → 0.815 / 0.739 → 0.755, stomach 0.699 → 0.81 / 0.730 → 0.85 — no other labelled multi-organ CT is
+held, so these are optimistic.
 """
 
 from __future__ import annotations
@@ -16,14 +26,23 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+GAS_FILLED = frozenset({"Stomach"})  # organs whose content may be gas
+
 
 @dataclass
 class IntensitySettings:
     core_mm: float = 6.0  # the prior eroded by this much gives the organ's HU statistics and its marker
     reach_mm: float = 15.0  # the refined organ stays within the prior dilated by this much
-    spread: float = 2.0  # voxels within spread x robust SD of the organ's median HU may join it
+    spread: float = 3.0  # voxels within spread x robust SD of the organ's median HU may join it
     smooth_mm: float = 1.5  # Gaussian smoothing of the CT before statistics and edges
     min_core_voxels: int = 50  # a smaller core keeps the prior as it is
+    trim_rounds: int = 3  # re-estimate the organ's HU this many times from core voxels within trim_sd of it
+    trim_sd: float = 2.0
+    gas_hu: float = -200.0  # a gas-filled organ (GAS_FILLED) also takes gas below this (smoothed HU) ...
+    gas_share: float = 0.1  # ... in connected pieces with at least this share inside its carried label
+    gas_close_mm: float = (
+        3.0  # the wall between the organ's gas and its fluid/tissue is closed up to this gap
+    )
     compete_all: bool = False  # True: every prior's core (not only the refined organs') stops a growing organ
 
 
@@ -55,8 +74,10 @@ def refine_by_intensity(
     spacing_xyz: tuple[float, float, float],
     organs: list[str] | None = None,
     settings: IntensitySettings | None = None,
+    not_gas: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Refined masks for ``organs`` (default: every prior) of ``ct`` (``[z, y, x]`` HU), competing for voxels."""
+    """Refined masks for ``organs`` (default: every prior) of ``ct`` (``[z, y, x]`` HU), competing for voxels;
+    ``not_gas``: air that no gas-filled organ may take (the lungs)."""
     from skimage.segmentation import watershed
 
     settings = settings or IntensitySettings()
@@ -86,9 +107,7 @@ def refine_by_intensity(
         ids[name] = i
         markers[core] = i
         if name in organs:
-            values = image[core]
-            median = float(np.median(values))
-            sd = 1.4826 * float(np.median(np.abs(values - median))) + 5.0
+            median, sd = _robust_stats(image[core], settings.trim_rounds, settings.trim_sd)
             near = _within(prior, sp, settings.reach_mm)
             fits[name] = near & (np.abs(image - median) <= settings.spread * sd)
             reach |= fits[name]
@@ -106,12 +125,35 @@ def refine_by_intensity(
             continue
         grown = (regions == ids[name]) & fits[name]
         grown = _largest_with_core(grown, markers == ids[name])
+        if name in GAS_FILLED:
+            excluded = not_gas[box] if not_gas is not None else None
+            grown = _with_gas(grown, crop[name], image, sp, settings, excluded)
         for z in range(grown.shape[0]):
             grown[z] = ndimage.binary_fill_holes(grown[z])
         full = np.zeros(ct.shape, bool)
         full[box] = grown
         out[name] = full
     return out
+
+
+def _with_gas(grown, prior, image, sp, settings: IntensitySettings, excluded) -> np.ndarray:
+    """``grown`` plus the gas pieces (``image`` < ``gas_hu``) that lie at least ``gas_share`` inside ``prior``,
+    within ``reach_mm`` of it, with gaps up to ``gas_close_mm`` between the two closed."""
+    gas = image < settings.gas_hu
+    if excluded is not None:
+        gas &= ~excluded
+    pieces, count = ndimage.label(gas)
+    if not count:
+        return grown
+    share = ndimage.mean(prior, pieces, range(1, count + 1))
+    keep = np.isin(pieces, 1 + np.nonzero(np.asarray(share) >= settings.gas_share)[0])
+    keep &= _within(prior, sp, settings.reach_mm)
+    if not keep.any():
+        return grown
+    joined = grown | keep
+    gap = _within(joined, sp, settings.gas_close_mm)
+    closed = _distance_inside(gap, sp) > settings.gas_close_mm
+    return joined | (closed & _within(prior, sp, settings.reach_mm))
 
 
 def _largest_with_core(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
@@ -121,3 +163,17 @@ def _largest_with_core(mask: np.ndarray, core: np.ndarray) -> np.ndarray:
         return mask
     keep = np.unique(labels[core & mask])
     return np.isin(labels, keep[keep > 0])
+
+
+def _robust_stats(values: np.ndarray, rounds: int, within: float) -> tuple[float, float]:
+    """(median, robust SD + 5 HU) of ``values``; each round keeps only values within ``within`` SD of the last
+    estimate, so a core that reaches into a neighbour of other density is pulled to the organ's own mode."""
+    median = float(np.median(values))
+    sd = 1.4826 * float(np.median(np.abs(values - median))) + 5.0
+    for _ in range(rounds):
+        kept = values[np.abs(values - median) <= within * sd]
+        if len(kept) < 10:
+            break
+        median = float(np.median(kept))
+        sd = 1.4826 * float(np.median(np.abs(kept - median))) + 5.0
+    return median, sd

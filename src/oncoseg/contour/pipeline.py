@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from oncoseg import __version__
-from oncoseg.contour.adapt import HU_ORGANS, adapt_priors, supported
+from oncoseg.contour.adapt import HU_ORGANS, NO_MODEL_METHODS, adapt_priors, supported
 from oncoseg.contour.bones import LEVEL_CAUTION, is_numbered
 from oncoseg.contour.evidence import OrganEvidence, coverage, weigh
 from oncoseg.contour.organs import MODEL_REFINED, Atlas, load_atlas, resolve_organs
@@ -270,6 +270,7 @@ def contour(
         for name in chosen
         if name in MODEL_REFINED
         and name not in HU_ORGANS
+        and methods[name] not in NO_MODEL_METHODS
         and model_helps(image.spacing[:2], name)
         and not evidence[name].omitted
     }
