@@ -12,8 +12,8 @@ Per direction (atlas → patient), for every organ of the atlas or of `oncoseg.c
   patient's labels hold none of it: anything drawn is a false positive, its volume is shown), *not in the atlas*
   (cannot be transferred), or *no reference* (External, SpinalCanal: TotalSegmentator labels neither);
 - Dice of each stage: atlas only (registered labels), atlas + model (the old default: LiteMedSAM per-slice
-  refinement of `MODEL_REFINED`), + CT numbers (`adapt_priors`: intensity refinement and HU organs), + CT numbers
-  + model, and *final*: what `contour()` keeps (the model only where `refine.model_helps`). Dice of carried
+  refinement of `MODEL_REFINED`), + CT numbers (`adapt_priors`: intensity refinement, contrast aorta, cord in the
+  canal, HU organs), + CT numbers + model (not for `adapt.NO_MODEL_METHODS`), and *final*: what `contour()` keeps (the model only where `refine.model_helps`). Dice of carried
   organs is computed inside the part of the patient's scan that the registered atlas scan covers (the slab atlas
   cannot say anything about the rest); HU organs over the whole scan.
 

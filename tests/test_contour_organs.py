@@ -177,6 +177,55 @@ def test_intensity_refinement_moves_shifted_priors_onto_their_organs():
     assert not (refined["Liver"] & ~liver).any() and not (refined["Spleen"] & ~spleen).any()
 
 
+def test_trimmed_statistics_keep_a_shifted_liver_out_of_the_kidney_beside_it():
+    """Non-contrast-like: liver 55 HU touching a kidney of 30 HU, noise 12 HU. A carried liver shifted 20 mm
+    into the kidney has part of its core there; at the same spread, trimming the HU statistics keeps the
+    refined liver out of more than half of the kidney voxels the untrimmed statistics let it take (measured
+    2398 vs 5980)."""
+    from oncoseg.contour.intensity import IntensitySettings
+
+    rng = np.random.default_rng(4)
+    ct = np.full((16, 80, 80), -100.0)
+    liver = np.zeros(ct.shape, bool)
+    liver[2:14, 10:70, 8:44] = True
+    kidney = np.zeros(ct.shape, bool)
+    kidney[3:13, 15:65, 44:62] = True
+    ct[liver], ct[kidney] = 55, 30
+    ct += rng.normal(0, 12, ct.shape)
+    priors = {"Liver": np.roll(liver, 10, axis=2)}
+    trimmed = refine_by_intensity(ct, priors, (2.0, 2.0, 3.0))["Liver"]
+    untrimmed = refine_by_intensity(ct, priors, (2.0, 2.0, 3.0), settings=IntensitySettings(trim_rounds=0))
+    assert (trimmed & kidney).sum() < 0.5 * (untrimmed["Liver"] & kidney).sum()
+    assert dice(trimmed, liver) > dice(untrimmed["Liver"], liver) + 0.03
+
+
+def test_stomach_takes_its_own_gas_not_the_bowel_gas_beside_it_nor_the_lung():
+    """A stomach whose front third is gas (carried label shifted 12 mm), a gas-filled bowel loop touching it
+    outside the carried label, and a lung piece at the carried label's edge: the refined stomach takes its gas,
+    not the bowel's or the lung's."""
+    rng = np.random.default_rng(5)
+    ct = np.full((12, 80, 80), -100.0)
+    stomach = np.zeros(ct.shape, bool)
+    stomach[2:10, 20:50, 20:50] = True
+    ct[stomach] = 30
+    gas = stomach.copy()
+    gas[:, 30:, :] = False
+    ct[gas] = -900
+    bowel = np.zeros(ct.shape, bool)
+    bowel[2:10, 20:34, 52:66] = True
+    ct[bowel] = -900
+    lung = np.zeros(ct.shape, bool)
+    lung[2:10, 52:60, 20:30] = True
+    ct[lung] = -850
+    ct += rng.normal(0, 8, ct.shape)
+    prior = np.roll(stomach, 6, axis=1)
+    out = refine_by_intensity(ct, {"Stomach": prior}, (2.0, 2.0, 2.0), not_gas=lung)["Stomach"]
+    assert (out & gas).sum() > 0.9 * gas.sum()
+    assert not (out & bowel).any(), (out & bowel).sum()
+    assert not (out & lung).any(), (out & lung).sum()
+    assert dice(out, stomach) > dice(prior, stomach) + 0.05, (dice(out, stomach), dice(prior, stomach))
+
+
 def test_adapt_adds_hu_organs_and_refines_the_large_ones():
     rng = np.random.default_rng(2)
     trunk = _disk((72, 72), (36, 36), 33)
