@@ -350,8 +350,9 @@ def test_segment_pick_and_the_json_list_the_other_sizes(tmp_path):
 
 
 def test_an_include_click_never_takes_slices_away_an_exclude_click_may():
-    """A correction's walk may stop early (here: one slice each way). Beyond it, an include click keeps the
-    slices as they were (it only adds); an exclude click ends the object where its walk ended (it takes away)."""
+    """A correction's walk may stop early (here: told to walk one slice each way). Beyond it, an include click
+    keeps the slices as they were (it only adds), and so does an exclude click whose walk did not see the object
+    end; an exclude click whose walk sees the object fade out ends the object there (it takes away)."""
     truth = _truth()
     session = _session(truth)
     obj = session.segment(_box(truth[10], 10), volume=True)
@@ -363,5 +364,8 @@ def test_an_include_click_never_takes_slices_away_an_exclude_click_may():
     np.testing.assert_array_equal(obj.mask[13], truth[13])  # walked, one slice
     np.testing.assert_array_equal(obj.mask[14:], before[14:])  # kept beyond
     session.refine(obj, Prompt(points=(Point(22, 24, positive=False, z=12),)))
-    assert obj.mask[11:14].any() and not obj.mask[14:].any()  # beyond slice 13, up to the volume's end
-    np.testing.assert_array_equal(obj.mask[:10], before[:10])  # below: the anchor on slice 10 stops the walk
+    np.testing.assert_array_equal(obj.mask[14:], before[14:])  # told to stop: not a sign the object ended
+    session.propagation.max_slices = None
+    obj.mask[16:18, 20:28, 15:25] = True  # beyond the object's last slice (15): a leak the walk drew
+    session.refine(obj, Prompt(points=(Point(25, 24, positive=False, z=15),)))
+    assert obj.mask[15].any() and not obj.mask[16:].any()  # the walk from 15 saw the object end: cleared
