@@ -91,14 +91,21 @@ def aorta_from_contrast(
     if not slices:
         return None, "no carried label"
     lo, hi = slices[0], slices[-1] + 1
+    # only a window around the carried label: its extent plus the search distance and the largest lumen
+    margin_mm = s.search_mm + np.sqrt(s.area_cm2[1] * 100 / np.pi) + s.open_mm
+    _, ys, xs = np.nonzero(prior)
+    my, mx = int(np.ceil(margin_mm / sy)), int(np.ceil(margin_mm / sx))
+    window = (slice(lo, hi), slice(max(0, ys.min() - my), ys.max() + my + 1))
+    window += (slice(max(0, xs.min() - mx), xs.max() + mx + 1),)
+    carried = prior[window]
     sigma = [s.smooth_mm / float(v) for v in spacing_xyz[::-1]]
-    image = ndimage.gaussian_filter(ct[lo:hi].astype(np.float32), sigma, truncate=2.0)
+    image = ndimage.gaussian_filter(ct[window].astype(np.float32), sigma, truncate=2.0)
     bright = np.zeros(image.shape, bool)
     lumen = np.zeros(image.shape, bool)
     centres = {}
     for z in slices:
         bright[z - lo] = ndimage.binary_fill_holes((image[z - lo] > s.lumen_hu) & (image[z - lo] < s.max_hu))
-        piece = _seed(bright[z - lo], _centre(prior[z]), spacing_xy, s)
+        piece = _seed(bright[z - lo], _centre(carried[z - lo]), spacing_xy, s)
         if piece is not None:
             lumen[z - lo] = piece
             centres[z] = _centre(piece)
@@ -127,7 +134,9 @@ def aorta_from_contrast(
     out = np.zeros(ct.shape, bool)
     for z in slices:
         if lumen[z - lo].any():
-            out[z] = ndimage.binary_dilation(lumen[z - lo], wall) & (image[z - lo] > s.wall_min_hu)
+            out[z][window[1:]] = ndimage.binary_dilation(lumen[z - lo], wall) & (
+                image[z - lo] > s.wall_min_hu
+            )
     drawn = int(out.any(axis=(1, 2)).sum())
     return out, f"contrast-filled lumen on {drawn} of {len(slices)} slices ({seeds} seeds)"
 
