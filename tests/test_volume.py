@@ -153,6 +153,35 @@ def test_a_backend_tracker_answers_each_slice_and_the_walk_stop_rules_judge_it()
     assert backend.decodes > 0 and boxed.mask[4].sum() == 64  # the stand-in paints the 8x8 box
 
 
+def test_the_result_says_why_each_walk_ended():
+    """`VolumeResult.ends`: the slice and the stop rules that ended each direction (here a sudden growth on
+    slice 7, an empty slice 1); a walk limited by ``max_slices`` or reaching the volume's edge says so."""
+    from stand_in_models import BoxBackend
+
+    radii = [6, 0, 6, 6, 6, 6, 6, 12, 6, 6]
+
+    class TrackedBoxes(BoxBackend):
+        def tracker(self, predictor, prompt):
+            return _DiscTracker(radii, prompt.z)
+
+    predictor = Predictor(TrackedBoxes())
+    predictor.set_image(
+        MedicalImage.from_array(np.random.default_rng(0).random((10, 32, 32)).astype(np.float32))
+    )
+    prompt = Prompt(box=box_from_mask(np.pad(np.ones((8, 8), bool), 12), z=4))
+    ends = propagate(predictor, prompt).ends
+    assert ends[1].z == 7 and "growth" in ends[1].reasons and ends[1].mask.sum() > 2 * np.pi * 36
+    assert ends[-1].z == 1 and "area" in ends[-1].reasons and not ends[-1].mask.any()
+    assert ends[1].score == pytest.approx(0.9) and ends[1].iou < 0.5
+    limited = propagate(predictor, prompt, PropagationSettings(max_slices=1)).ends
+    assert limited[1].reasons == ("max_slices",) and limited[1].z == 6 and limited[-1].z == 2
+    radii[:] = [6] * 10
+    assert (
+        propagate(predictor, prompt).ends[1].reasons == ("edge",)
+        and propagate(predictor, prompt).ends[1].z == 10
+    )
+
+
 def test_the_ct_gate_cuts_what_is_not_the_objects_density():
     """A stand-in model that paints the prompt's box: on a CT the walk keeps only pixels of the prompted
     object's HU (a disc of 50 HU in fat of -100 HU), so the box does not swell slice by slice; off, or on an MRI,

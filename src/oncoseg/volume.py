@@ -9,6 +9,15 @@ slice; larger margins let the mask creep outwards (liver sample Dice 0.57 with 1
 rules; 0.65 with no margin, where the mask shrinks away). A slice that is blank under the box (constant intensity
 or no finite value, e.g. padding) ends the walk in that direction; a blank start slice finds nothing.
 
+Where the walk loses Dice (`benchmarks/propagation_study.py`, 30 MSD hippocampus train volumes, student encoder:
+Dice 0.490 against 0.766 with a GT box on every slice): mostly on slices it reaches (Dice 0.55 there against
+0.77), not on slices it misses (12 % of the truth's voxels). Prompting each slice with the *truth's* neighbour box
++ 5 % gives the bound (0.770 on 15 of them), so the loss is drift: the model's mask sits 1-2 px inside its box
+(70 % of the truth's area on small slices), its box leads the next slice off the object, which moves 2-3 px a
+slice. Larger margins leak (0.18-0.40), several margins chosen by score or agreement (0.34, 0.36), the
+neighbour's logits as a mask prompt (0.488), a carried prompt box (0.445-0.492) and following the centroid's
+motion (0.502; 14 volumes better, 15 worse) did not win, so they stay off (`PropagationSettings`).
+
 A backend with its own tracker (`Backend.tracker`, e.g. SAM3's video memory) gives each next slice's mask
 instead of the box prompt (``PropagationSettings.tracker``, on by default); the stop rules are the same.
 """
@@ -39,6 +48,7 @@ class PropagationSettings:
     max_slices: int | None = None  # limit the walk in each direction
     rejoin_iou: float = 0.9  # a correction's walk ends where it agrees with the result it corrects this well
     tracker: bool = True  # follow the object with the backend's own tracker when it has one (SAM3)
+    # Options tried by benchmarks/propagation_study.py and kept off (see the module docstring):
     # other box margins tried on every slice beside ``box_margin`` (fractions of the box per side, at least
     # ``min_margin_px``); the answer ``choose`` picks wins: "score" (the model's quality) or "iou" (the mask
     # agreeing best with the neighbour's)
