@@ -105,5 +105,7 @@ def model_helps(spacing_xy: tuple[float, float], organ: str) -> bool:
     Measured between the two TotalSegmentator example patients (docs/contour.md): on the 0.98 mm series the model
     raised liver (0.888 → 0.926) and aorta (0.363 → 0.461) Dice; on the 3 mm CT of 101 x 122 pixels it lowered
     liver (0.828 → 0.729; the model sees such slices below its own input size) and still raised aorta
-    (0.408 → 0.554). One case each way: weak evidence, to be remeasured with more labelled CTs."""
+    (0.408 → 0.554). One case each way: weak evidence, to be remeasured with more labelled CTs. Organs drawn by
+    a CT-number rule (the aorta's contrast-filled lumen, the cord in its canal: `adapt.NO_MODEL_METHODS`) are
+    not refined by the model whatever this says."""
     return max(float(s) for s in spacing_xy) <= MODEL_MAX_PIXEL_MM or organ in MODEL_ON_COARSE
