@@ -12,11 +12,13 @@ or no finite value, e.g. padding) ends the walk in that direction; a blank start
 Where the walk loses Dice (`benchmarks/propagation_study.py`, 30 MSD hippocampus train volumes, student encoder:
 Dice 0.490 against 0.766 with a GT box on every slice): mostly on slices it reaches (Dice 0.55 there against
 0.77), not on slices it misses (12 % of the truth's voxels). Prompting each slice with the *truth's* neighbour box
-+ 5 % gives the bound (0.770 on 15 of them), so the loss is drift: the model's mask sits 1-2 px inside its box
-(70 % of the truth's area on small slices), its box leads the next slice off the object, which moves 2-3 px a
-slice. Larger margins leak (0.18-0.40), several margins chosen by score or agreement (0.34, 0.36), the
++ 5 % gives nearly the bound (0.761), so the loss is drift: the model's mask sits inside its box, so the
+box of its mask leads the next slice off the object, which moves a few pixels a slice. Larger margins leak
+(0.18-0.40: variants px2-px4, m10, m20), several margins chosen by score or agreement (0.34, 0.36), the
 neighbour's logits as a mask prompt (0.488), a carried prompt box (0.445-0.492) and following the centroid's
-motion (0.502; 14 volumes better, 15 worse) did not win, so they stay off (`PropagationSettings`).
+motion (0.502; 14 volumes better, 15 worse; 0.492 on the 52 test volumes, 0.494 without) did not win, so they
+stay off (`PropagationSettings`). Test split, old = current defaults: hippocampus 0.494 (bound 0.765); BraTS WT
+0.696 (0.821), TC 0.668 (0.792), ET 0.490 (0.569): ``benchmarks/propagation_study.py --test``.
 
 A backend with its own tracker (`Backend.tracker`, e.g. SAM3's video memory) gives each next slice's mask
 instead of the box prompt (``PropagationSettings.tracker``, on by default); the stop rules are the same.
