@@ -450,6 +450,24 @@ def ct_clicks_section(result: dict) -> str:
     )
 
 
+def trust_audit_section(result: dict) -> str:
+    commit = result.get("environment", {}).get("git_commit", "?")
+    return "\n".join(
+        [
+            "## Issue 20's opening table, tried again",
+            "",
+            (
+                f"Command: `{result['command']}` (commit `{commit}`). Each row of the issue's table "
+                "redone the way a user met it (the CLI, the service's HTTP API against a real `oncoseg serve`), today's "
+                "number beside the issue's and the truth (TotalSegmentator's labels), and whether the quality flag was "
+                "right (bad = Dice < 0.7)."
+            ),
+            "",
+            result["table"],
+        ]
+    )
+
+
 def contour_section(result: dict) -> str:
     """Organs at risk, both ways between the two TotalSegmentator example patients (benchmarks/contour.py)."""
     speed = result["speed"]
@@ -976,6 +994,8 @@ def main() -> None:
         sections += ["", concepts_section(concepts)]
     if load("adversarial"):
         sections += ["", adversarial_section(load("adversarial"))]
+    if load("trust_audit"):
+        sections += ["", trust_audit_section(load("trust_audit"))]
     if load("interactive_subset"):
         sections += ["", interactive_section(
             load("interactive_subset"), "## Interactive 3D segmentation: today's default model on a subset",
