@@ -248,9 +248,10 @@ class Session:
         starts again from it in both directions, replacing the slices up to the next anchor or up to where it
         rejoins the result (see `_rewalk`); only a correction with exclude clicks clears the slices beyond where
         its walk saw the object fade out (an include click or a box never takes slices away). Exclude clicks are
-        honoured with boxes that leave them out. Measured with ``benchmarks/interactive.py`` (box on the largest slice, then 5
-        clicks): on 9 organs of both TotalSegmentator example CTs mean Dice after 5 clicks 0.541 -> 0.646 (box
-        alone 0.657), on 12 MSD hippocampus test volumes 0.544 -> 0.532 (Dice AUC 2.03 -> 2.09)."""
+        honoured with boxes that leave them out. Measured with ``benchmarks/interactive.py`` (box on the largest
+        slice, then 5 clicks): on 9 organs of both TotalSegmentator example CTs mean Dice after 5 clicks
+        0.541 -> 0.646 (box alone 0.657), on 12 MSD hippocampus test volumes 0.544 -> 0.532 (Dice AUC
+        2.03 -> 2.09)."""
         z = prompt.z if self.image.is_3d else None
         if self.image.is_3d and z is None:
             raise PromptError(
