@@ -60,7 +60,10 @@ OLD = {
     "min_area_ratio": 0.05,
     "min_iou": 0.5,
     "max_growth": 1.5,
+    "mask_prompt": False,
 }
+# A variant's "decoder" says which decoder answers decodes with a mask prompt: None (the base decoder, zero-shot)
+# or "trained" (the mask-prompt adapter, `oncoseg.models.mask_prompt`; --mask-prompt-weights picks the file).
 VARIANTS: dict[str, dict] = {
     "old": OLD,
     "default": {},  # PropagationSettings() as it is now
@@ -71,7 +74,8 @@ VARIANTS: dict[str, dict] = {
     "m20": {"box_margin": 0.2},
     "multi_score": {"extra_margins": (0.15, 0.3)},
     "multi_iou": {"extra_margins": (0.15, 0.3), "choose": "iou"},
-    "mask_prompt": {"mask_prompt": True},
+    "mask_prompt": {"mask_prompt": True, "decoder": None},
+    "trained": {"mask_prompt": True, "decoder": "trained"},
     "follow": {"follow": 1.0},
     "follow_iou40": {"follow": 1.0, "min_iou": 0.4},
     "follow_iou30": {"follow": 1.0, "min_iou": 0.3},
@@ -239,8 +243,17 @@ def table(summaries: dict[str, dict]) -> str:
     return markdown_table(header, rows)
 
 
-def run(sections: dict[str, list], variants: list[str], spec: ModelSpec) -> dict[str, dict]:
-    """``sections``: name → cases; every variant runs on every case with one predictor (embeddings shared)."""
+def use_decoder(predictor, name: str, weights: str) -> None:
+    """Set the decoder that answers mask-prompt decodes for variant ``name`` (see ``VARIANTS``)."""
+    decoder = VARIANTS[name].get("decoder", "auto")
+    predictor.backend.mask_prompt = weights if decoder == "trained" else decoder
+
+
+def run(
+    sections: dict[str, list], variants: list[str], spec: ModelSpec, weights: str = "auto"
+) -> dict[str, dict]:
+    """``sections``: name → cases; every variant runs on every case with one predictor (embeddings shared);
+    ``weights``: the mask-prompt adapter of the "trained" variant ("auto": the shipped one)."""
     store = EmbeddingStore(spec.embedding_store, max_bytes=32 << 30) if spec.embedding_store else False
     predictor = spec.build_predictor(cache_slices=4096, embedding_store=store)
     out: dict[str, dict] = {}
@@ -256,6 +269,7 @@ def run(sections: dict[str, list], variants: list[str], spec: ModelSpec) -> dict
             oracle = float(dice(neighbour_truth_boxes(predictor, truth, settings_of("old")), truth))
             line = []
             for name in variants:
+                use_decoder(predictor, name, weights)
                 record = study_case(predictor, case, bound, settings_of(name), box)
                 record["neighbour_truth_box_dice"] = oracle
                 records[name].append(record)
@@ -295,6 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=30, help="hippocampus train volumes, evenly spread (30)")
     parser.add_argument("--test", action="store_true", help="hippocampus test split (52) and BraTS WT/TC/ET")
     parser.add_argument(
+        "--val", action="store_true", help="hippocampus val split (26): to choose the mask-prompt decoder"
+    )
+    parser.add_argument(
+        "--mask-prompt-weights",
+        default="auto",
+        help="the 'trained' variant's mask-prompt adapter file (default: the shipped one)",
+    )
+    parser.add_argument(
         "--only", choices=("hippocampus", "brats"), help="with --test: one of the two datasets"
     )
     parser.add_argument(
@@ -309,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in variants:
         settings_of(name)
-    if args.test:
+    if args.val:
+        sections = {"msd-hippocampus val": list(dataset_cases("msd-hippocampus", split="val"))}
+    elif args.test:
         sections = {}
         if args.only != "brats":
             sections["msd-hippocampus test"] = list(dataset_cases("msd-hippocampus", split="test"))
@@ -323,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         sections["demo samples"] = sample_cases()
     spec = ModelSpec(threads=args.threads, embedding_store=args.embedding_store)
     started = time.perf_counter()
-    results = run(sections, variants, spec)
+    results = run(sections, variants, spec, args.mask_prompt_weights)
     document = json.loads(args.output.read_text(encoding="utf-8")) if args.output.exists() else {}
     document.setdefault("sections", {}).update(results)
     command = " ".join(["benchmarks/propagation_study.py", *(argv if argv is not None else sys.argv[1:])])

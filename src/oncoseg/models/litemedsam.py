@@ -223,11 +223,15 @@ class LiteMedSAMBackend(Backend):
         device: str = "cpu",
         model: torch.nn.Module | None = None,
         encoder: str = "auto",
+        mask_prompt: str | Path | None = "auto",
     ):
         """``precision``: "fp32", "bf16" or "auto" (bf16 encoder where the CPU has it). ``model`` lets a caller
         pass an already built (e.g. fine-tuned) LiteMedSAM module. ``encoder``: "student" (the distilled
         168×168 encoder, `oncoseg.models.student`), "teacher" (LiteMedSAM's own), or "auto": the student with the
-        bundled weights when the package holds it, the teacher for any other model."""
+        bundled weights when the package holds it, the teacher for any other model. ``mask_prompt``: the decoder
+        that answers decodes carrying a dense mask prompt (3D propagation's neighbour logits): "auto" (the shipped
+        mask-prompt adapter, `oncoseg.models.mask_prompt`, where it fits the model's weights), an adapter file, or
+        None (the base decoder, which never trained that input)."""
         if precision not in ("auto", "fp32", "bf16"):
             raise ModelError(f"precision must be auto, fp32 or bf16, not {precision!r}")
         if encoder not in student.ENCODERS:
@@ -235,6 +239,7 @@ class LiteMedSAMBackend(Backend):
         if encoder == "auto":
             encoder = "student" if checkpoint is None and model is None and student.available() else "teacher"
         self.encoder_name = encoder
+        self.mask_prompt = mask_prompt
         self.device = torch.device(device)
         self.model = (model if model is not None else build_model(checkpoint)).to(self.device).eval()
         use_bf16 = precision == "bf16" or (
@@ -254,6 +259,7 @@ class LiteMedSAMBackend(Backend):
         weights changed (e.g. a LoRA adapter was merged). In fp32 the model's own modules are used."""
         model = self.model
         self._identity: str | None = None  # the weights may have changed: digest them again when asked
+        self._mask_prompt_parts: tuple | None = None  # (source, parts): built on the first mask-prompt decode
         with torch.no_grad():
             self._image_pe = model.prompt_encoder.get_dense_pe().to(self.dtype)
             self._no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(self.dtype)
@@ -515,12 +521,41 @@ class LiteMedSAMBackend(Backend):
             masks_in = torch.as_tensor(mask_input, dtype=torch.float32, device=self.device).reshape(
                 -1, 1, IMAGE_SIZE, IMAGE_SIZE
             )
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=masks_in)
-        state = self._decoder_state(embedding)
+        prompt_encoder, decoder = self.model.prompt_encoder, self._decoder
+        if masks_in is not None:
+            prompt_encoder, decoder = self.mask_prompt_decoder()
+        sparse, dense = prompt_encoder(points=points, boxes=boxes, masks=masks_in)
+        state = self._decoder_state(embedding)  # a mask prompt reads only its decoder-independent parts
         decoded = fast_decoder.decode_tokens(
-            self._decoder, state, sparse.to(self.dtype), None if masks_in is None else dense.to(self.dtype)
+            decoder, state, sparse.to(self.dtype), None if masks_in is None else dense.to(self.dtype)
         )
         return decoded._replace(smoothed=points is not None)
+
+    def mask_prompt_decoder(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """``(prompt encoder, mask decoder)`` for decodes with a mask prompt (see ``mask_prompt`` in __init__);
+        the upscaling head is the base decoder's in both (the adapter does not train it). Rebuilt when
+        ``self.mask_prompt`` changes."""
+        if self._mask_prompt_parts is None or self._mask_prompt_parts[0] != self.mask_prompt:
+            from oncoseg.models import mask_prompt
+
+            parts = None
+            with torch.inference_mode(False):  # built once, outside the decode's inference mode
+                if self.mask_prompt == "auto" and mask_prompt.available():
+                    try:
+                        parts = mask_prompt.load(self.model)
+                    except ModelError:  # trained on the bundled weights: another model keeps its own decoder
+                        parts = None
+                elif self.mask_prompt not in (None, "auto"):
+                    parts = mask_prompt.load(self.model, self.mask_prompt)
+            chosen = (self.model.prompt_encoder, self._decoder)
+            if parts is not None:
+                parts = parts.to(self.device)
+                decoder = parts.mask_decoder
+                if self.precision != "fp32":
+                    decoder = copy.deepcopy(decoder).to(dtype=torch.bfloat16).eval()
+                chosen = (parts.prompt_encoder, decoder)
+            self._mask_prompt_parts = (self.mask_prompt, chosen)
+        return self._mask_prompt_parts[1]
 
     @torch.inference_mode()
     def _upscaled(self, decoded: fast_decoder.Decoded) -> torch.Tensor:
