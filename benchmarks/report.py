@@ -795,10 +795,18 @@ def confidence_section(result: dict) -> str:
          fmt(r["good_flagged"])]
         for r in test
     ]  # fmt: skip
-    volumes = [r for r in test if r["group"].endswith("box+propagate")]
-    n_volumes, bad_volumes = sum(r["n"] for r in volumes), sum(r["bad"] for r in volumes)
-    flagged_bad = sum(round(r["bad"] * (r["bad_flagged"] or 0)) for r in volumes)
-    flagged_good = sum(round((r["n"] - r["bad"]) * (r["good_flagged"] or 0)) for r in volumes)
+
+    def counts(groups: list[dict]) -> tuple[int, int, int, int]:
+        """Results, bad ones, bad ones flagged, good ones flagged."""
+        n, bad = sum(r["n"] for r in groups), sum(r["bad"] for r in groups)
+        flagged_bad = sum(round(r["bad"] * (r["bad_flagged"] or 0)) for r in groups)
+        flagged_good = sum(round((r["n"] - r["bad"]) * (r["good_flagged"] or 0)) for r in groups)
+        return n, bad, flagged_bad, flagged_good
+
+    n_volumes, bad_volumes, flagged_bad, flagged_good = counts([r for r in test if "propagate" in r["group"]])
+    n_ct, bad_ct, ct_bad_flagged, ct_good_flagged = counts(
+        [r for r in test if r["group"].startswith("totalsegmentator-example/")]
+    )
     command = result.get("rows_command") or result["command"]
     intro = (
         f"Command: `.venv/bin/{command}` (refit from its stored results with `--rows "
@@ -807,13 +815,22 @@ def confidence_section(result: dict) -> str:
         "for volumes open ends and slice-to-slice jumps). Fitted on train splits only "
         f"({fit['train_results']} results, {fit['train_bad']} bad); the flag threshold flags "
         f"{result['false_alarm_target']:.0%} of the good train results. Measured on test splits (Kvasir-SEG and "
-        "BUSI: ground-truth box and one click; MSD Hippocampus: box on the largest slice, propagated) and the "
-        "BraTS samples. Bad = Dice < 0.7; AUROC: how often a bad result gets a lower estimate than a good one."
+        "BUSI: ground-truth box and one click; MSD Hippocampus and BraTS: a click or a box on the largest slice, "
+        "propagated, and that box corrected with boxes on two more slices; 9 organs of the TotalSegmentator "
+        "example CTs and MR, a click or a box, propagated). Bad = Dice < 0.7; AUROC: how often a bad result "
+        "gets a lower estimate than a good one."
     )
     note = (
         f"Propagated volumes: {bad_volumes} of {n_volumes} are bad, {flagged_bad} of them flagged, and "
-        f"{flagged_good} of the {n_volumes - bad_volumes} good ones flagged too (see the interactive 3D table for "
-        "why propagation goes wrong). In 2D the extra facts add little to the model's own score."
+        f"{flagged_good} of the {n_volumes - bad_volumes} good ones flagged too"
+        + (
+            f"; of them the TotalSegmentator organs: {bad_ct} of {n_ct} bad, {ct_bad_flagged} flagged, and "
+            f"{ct_good_flagged} of the {n_ct - bad_ct} good ones flagged"
+            if n_ct
+            else ""
+        )
+        + " (see the interactive 3D table for why propagation goes wrong). In 2D the extra facts add little to "
+        "the model's own score."
     )
     header = ["test group", "n", "bad", "AUROC", "AUROC, model score alone", "bad flagged", "good flagged"]
     return "\n".join(

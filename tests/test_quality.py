@@ -38,7 +38,7 @@ def test_the_flag_follows_the_facts_and_says_why():
     assert (
         not good.review
         and bad.review
-        and bad.reasons == ("low model score", "a slice with a low model score")
+        and bad.reasons[0] == "low model score"
     )
     assert bad.describe().startswith("REVIEW (quality") and good.describe() == f"quality {good.estimate:.2f}"
     assert json.loads(json.dumps(bad.to_dict()))["review"] is True
