@@ -170,3 +170,36 @@ def test_click_choice_without_upscaling_matches_choosing_on_full_logits(backend)
         expected = backend._full_size(embedding, logits[best : best + 1], scores[best : best + 1])
         np.testing.assert_array_equal(chosen.masks, expected.masks)
         assert chosen.scores[0] == pytest.approx(expected.scores[0])
+
+
+def test_box_prompts_upscale_only_near_their_box_with_the_same_masks(backend, shared_data):
+    """A box prompt's logits are upscaled only over the tokens near its box (and clicks): inside that region
+    they are the full upscale's exactly, outside they are OUTSIDE_LOGIT, and the masks are the same."""
+    from oncoseg.io import load_image
+    from oncoseg.predictor import Predictor
+    from oncoseg.prompts import Box, Point, Prompt
+
+    root = shared_data / "kvasir-seg"
+    name = min((root / "images").iterdir()).name
+    predictor = Predictor(backend)
+    predictor.set_image(load_image(root / "images" / name), "endoscopy")
+    embedding = predictor.embedding(None)
+    h, w = embedding.original_size
+    box = Box(0.3 * w, 0.3 * h, 0.6 * w, 0.55 * h)
+    regions = []
+    for prompt in (Prompt(box=box), Prompt(box=box, points=(Point(0.9 * w, 0.5 * h, True),))):
+        decoded = backend._decode_tokens(embedding, [prompt])
+        r0, r1, c0, c1 = decoded.region
+        regions.append(decoded.region)
+        assert 0 < r0 < r1 < 64 and 0 < c0 < c1 <= 64 and (r1 - r0) * (c1 - c0) < 64 * 64 / 2
+        with torch.inference_mode():
+            cropped = fast_decoder.upscale(backend._decoder, decoded)
+            full = fast_decoder.upscale(backend._decoder, decoded._replace(region=None))
+        inside = (slice(None), 0, slice(4 * r0, 4 * r1), slice(4 * c0, 4 * c1))
+        assert torch.equal(cropped[inside], full[inside])
+        outside = torch.ones_like(full[:, 0], dtype=torch.bool)
+        outside[:, 4 * r0 : 4 * r1, 4 * c0 : 4 * c1] = False
+        assert (cropped[:, 0][outside] == fast_decoder.OUTSIDE_LOGIT).all() and (
+            full[:, 0][outside] < 0
+        ).all()
+    assert regions[1][3] > regions[0][3] + 8  # the click beyond the box widened the region to it

@@ -156,6 +156,7 @@ class Decoded(NamedTuple):
     scores: torch.Tensor
     size: tuple[int, int]
     smoothed: bool = False  # for the caller: whether its logits get smoothed (a flag carried along)
+    region: tuple[int, int, int, int] | None = None  # token rows r0:r1, columns c0:c1 that can hold the mask
 
     def pick(self, index: int) -> Decoded:
         """Prompt ``index`` alone."""
@@ -163,9 +164,22 @@ class Decoded(NamedTuple):
         return self._replace(tokens=self.tokens[one], hyper=self.hyper[one], scores=self.scores[one])
 
 
+OUTSIDE_LOGIT = -30.0  # about the decoder's own logits far from an object (-15 to -37 on a CT liver slice)
+
+
 def upscale(decoder: nn.Module, decoded: Decoded) -> torch.Tensor:
-    """Low-resolution mask logits ``[N, 1, 4h, 4w]``."""
-    return _upscale_and_project(decoder, decoded.tokens, decoded.hyper, decoded.size)[:, None]
+    """Low-resolution mask logits ``[N, 1, 4h, 4w]``. With a ``region``, only its tokens go through the upscaling
+    head (each token makes its own 4×4 pixels, so they are exact there) and the rest is ``OUTSIDE_LOGIT``: a box
+    prompt's mask stays near its box, and a box over a quarter of the image upscales 3× faster."""
+    if decoded.region is None:
+        return _upscale_and_project(decoder, decoded.tokens, decoded.hyper, decoded.size)[:, None]
+    r0, r1, c0, c1 = decoded.region
+    (h, w), (n, _, channels) = decoded.size, decoded.tokens.shape
+    part = decoded.tokens.view(n, h, w, channels)[:, r0:r1, c0:c1].reshape(n, -1, channels)
+    inside = _upscale_and_project(decoder, part, decoded.hyper, (r1 - r0, c1 - c0))
+    logits = inside.new_full((n, 4 * h, 4 * w), OUTSIDE_LOGIT)
+    logits[:, 4 * r0 : 4 * r1, 4 * c0 : 4 * c1] = inside
+    return logits[:, None]
 
 
 def logits_at(decoder: nn.Module, decoded: Decoded, rows, cols, radius: int = 0) -> torch.Tensor:
