@@ -73,11 +73,16 @@ def features(mask: np.ndarray, slice_scores: dict, volume: bool) -> np.ndarray:
         offset = int(zs[0]) if len(zs) else 0
         mask = mask[offset : int(zs[-1]) + 1] if len(zs) else mask[:0]
     total = max(int(mask.sum()), 1)
-    labels, count = ndimage.label(mask)
-    largest = np.bincount(labels.ravel())[1:].max() / total if count else 0.0
     edges = np.zeros(mask.shape[-2:], dtype=bool)
     edges[0, :] = edges[-1, :] = edges[:, 0] = edges[:, -1] = True
     border = np.count_nonzero(mask & edges) / total
+    # the rest reads only the object's bounding box
+    footprint = mask.reshape(-1, *mask.shape[-2:]).any(axis=0)
+    if footprint.any():
+        rows, cols = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
+        mask = mask[..., rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    labels, count = ndimage.label(mask)
+    largest = np.bincount(labels.ravel())[1:].max() / total if count else 0.0
     open_end, slice_jump = 0.0, 0.0
     if mask.ndim == 3 and volume:
         areas = mask.sum(axis=(1, 2)).astype(float)
