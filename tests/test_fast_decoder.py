@@ -189,12 +189,12 @@ def test_box_prompts_upscale_only_near_their_box_with_the_same_masks(backend, sh
     regions = []
     for prompt in (Prompt(box=box), Prompt(box=box, points=(Point(0.9 * w, 0.5 * h, True),))):
         decoded = backend._decode_tokens(embedding, [prompt])
-        r0, r1, c0, c1 = decoded.region
-        regions.append(decoded.region)
+        r0, r1, c0, c1 = decoded.regions[0]
+        regions.append(decoded.regions[0])
         assert 0 < r0 < r1 < 64 and 0 < c0 < c1 <= 64 and (r1 - r0) * (c1 - c0) < 64 * 64 / 2
         with torch.inference_mode():
             cropped = fast_decoder.upscale(backend._decoder, decoded)
-            full = fast_decoder.upscale(backend._decoder, decoded._replace(region=None))
+            full = fast_decoder.upscale(backend._decoder, decoded._replace(regions=None))
         inside = (slice(None), 0, slice(4 * r0, 4 * r1), slice(4 * c0, 4 * c1))
         assert torch.equal(cropped[inside], full[inside])
         outside = torch.ones_like(full[:, 0], dtype=torch.bool)
@@ -203,3 +203,10 @@ def test_box_prompts_upscale_only_near_their_box_with_the_same_masks(backend, sh
             full[:, 0][outside] < 0
         ).all()
     assert regions[1][3] > regions[0][3] + 8  # the click beyond the box widened the region to it
+    small = Box(0.4 * w, 0.4 * h, 0.45 * w, 0.45 * h)
+    both = backend._decode_tokens(embedding, [Prompt(box=box), Prompt(box=small)])
+    assert both.regions[0] == regions[0] and both.pick(1).regions == both.regions[1:]  # each prompt its own
+    with torch.inference_mode():
+        alone = fast_decoder.upscale(backend._decoder, both.pick(1))
+        together = fast_decoder.upscale(backend._decoder, both)  # over the union of the two regions
+    assert torch.equal((alone[0] > 0), (together[1] > 0))

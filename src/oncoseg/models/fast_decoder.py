@@ -156,24 +156,30 @@ class Decoded(NamedTuple):
     scores: torch.Tensor
     size: tuple[int, int]
     smoothed: bool = False  # for the caller: whether its logits get smoothed (a flag carried along)
-    region: tuple[int, int, int, int] | None = None  # token rows r0:r1, columns c0:c1 that can hold the mask
+    # per prompt: the token rows r0:r1 and columns c0:c1 that can hold its mask (None: anywhere)
+    regions: tuple[tuple[int, int, int, int], ...] | None = None
 
     def pick(self, index: int) -> Decoded:
         """Prompt ``index`` alone."""
         one = slice(index, index + 1)
-        return self._replace(tokens=self.tokens[one], hyper=self.hyper[one], scores=self.scores[one])
+        regions = None if self.regions is None else self.regions[one]
+        return self._replace(
+            tokens=self.tokens[one], hyper=self.hyper[one], scores=self.scores[one], regions=regions
+        )
 
 
 OUTSIDE_LOGIT = -30.0  # about the decoder's own logits far from an object (-15 to -37 on a CT liver slice)
 
 
 def upscale(decoder: nn.Module, decoded: Decoded) -> torch.Tensor:
-    """Low-resolution mask logits ``[N, 1, 4h, 4w]``. With a ``region``, only its tokens go through the upscaling
-    head (each token makes its own 4×4 pixels, so they are exact there) and the rest is ``OUTSIDE_LOGIT``: a box
-    prompt's mask stays near its box, and a box over a quarter of the image upscales 3× faster."""
-    if decoded.region is None:
+    """Low-resolution mask logits ``[N, 1, 4h, 4w]``. With ``regions``, only the tokens of their union go through
+    the upscaling head (each token makes its own 4×4 pixels, so they are exact there) and the rest is
+    ``OUTSIDE_LOGIT``: a box prompt's mask stays near its box, and a box over a quarter of the image upscales 3×
+    faster."""
+    if decoded.regions is None:
         return _upscale_and_project(decoder, decoded.tokens, decoded.hyper, decoded.size)[:, None]
-    r0, r1, c0, c1 = decoded.region
+    r0, c0 = (min(r[i] for r in decoded.regions) for i in (0, 2))
+    r1, c1 = (max(r[i] for r in decoded.regions) for i in (1, 3))
     (h, w), (n, _, channels) = decoded.size, decoded.tokens.shape
     part = decoded.tokens.view(n, h, w, channels)[:, r0:r1, c0:c1].reshape(n, -1, channels)
     inside = _upscale_and_project(decoder, part, decoded.hyper, (r1 - r0, c1 - c0))

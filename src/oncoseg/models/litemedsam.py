@@ -530,17 +530,19 @@ class LiteMedSAMBackend(Backend):
         decoded = fast_decoder.decode_tokens(
             decoder, state, sparse.to(self.dtype), None if masks_in is None else dense.to(self.dtype)
         )
-        region = None if masks_in is not None or boxes is None else self._token_region(boxes, points)
-        return decoded._replace(smoothed=points is not None, region=region)
+        regions = None
+        if masks_in is None and boxes is not None:
+            regions = tuple(self._token_region(boxes, points, i) for i in range(len(prompts)))
+        return decoded._replace(smoothed=points is not None, regions=regions)
 
     @staticmethod
-    def _token_region(boxes: torch.Tensor, points) -> tuple[int, int, int, int]:
-        """The decoder tokens (4 px of the 256 frame each) that can hold the masks of box prompts: the boxes and
-        clicks with `REGION_MARGIN` tokens around them. Over 402 box prompts (Kvasir-SEG, BUSI, CT organ and
+    def _token_region(boxes: torch.Tensor, points, index: int) -> tuple[int, int, int, int]:
+        """The decoder tokens (4 px of the 256 frame each) that can hold the mask of box prompt ``index``: its box
+        and clicks with `REGION_MARGIN` tokens around them. Over 402 box prompts (Kvasir-SEG, BUSI, CT organ and
         hippocampus slices; the truth's box and one 30 % larger) no mask reached more than 1 token past its box."""
-        corners = boxes.reshape(-1, 2)
+        corners = boxes[index].reshape(-1, 2)
         if points is not None:  # without the padding clicks (label -1, at 0, 0)
-            corners = torch.cat([corners, points[0][points[1] >= 0].reshape(-1, 2)])
+            corners = torch.cat([corners, points[0][index][points[1][index] >= 0].reshape(-1, 2)])
         low, high = corners.min(dim=0).values / 4, corners.max(dim=0).values / 4
         grid = IMAGE_SIZE // 4
         c0, r0 = (max(0, int(v) - REGION_MARGIN) for v in low.tolist())
