@@ -35,11 +35,7 @@ def test_the_flag_follows_the_facts_and_says_why():
     good = assess(picture, {None: 0.95}, volume=False)
     bad = assess(picture, {None: 0.55}, volume=False)
     assert isinstance(good, Quality) and 0.0 <= bad.estimate < good.estimate <= 1.0
-    assert (
-        not good.review
-        and bad.review
-        and bad.reasons[0] == "low model score"
-    )
+    assert not good.review and bad.review and bad.reasons[0] == "low model score"
     assert bad.describe().startswith("REVIEW (quality") and good.describe() == f"quality {good.estimate:.2f}"
     assert json.loads(json.dumps(bad.to_dict()))["review"] is True
     # volumes: a walk that stopped on the object's widest slice is trusted less than a closed one; propagated
