@@ -11,12 +11,14 @@ Three steps, each resumable:
     nice -n 19 .venv/bin/python -m oncoseg.train.mask_prompt export --run /tmp/mp/run --out weights.pt
 
 Each training sample imitates one step of the walk (`oncoseg.volume.walk`) moving away from the truth's largest
-slice: a chain starts on a truth slice with its tight GT box (the box2d start), decoded box-only by the base
-decoder, then goes 0-3 slices on with the model being trained (box = the previous mask's box enlarged as the walk
-enlarges it, dense prompt = the previous logits), so the neighbour's logits are those the walk gives at
-inference, errors included. The target is the truth on the next slice, which is empty past the object's end
-(the walk must stop there). Loss: Dice + BCE on the low-resolution logits over the image's part of the frame,
-plus the squared error of the quality score against the mask's IoU (the walk's score stop rule reads it).
+slice: the neighbour slice's mask is either the base model's answer to the neighbour's GT box (its real errors)
+or the neighbour's truth perturbed as the walk's masks err (eroded 1-2 px, sometimes dilated, shifted); the
+prompt box is that mask's box enlarged as the walk enlarges it, and the dense prompt is that mask as +-8 over
+the frame (`dense_prompt`; the backend gives the adapter the neighbour's logits binarised the same way, so
+what it reads does not depend on how confident the previous decode was). The target is the truth on the slice,
+empty past the object's end (where the walk must stop). Loss: Dice + BCE on the low-resolution logits over the
+image's part of the frame, plus the squared error of the quality score against the mask's IoU (the walk's score
+stop rule reads it). Forward and backward run in bfloat16 autocast (CPU).
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ UNFREEZE = (
 )
 BOX_MARGIN, MIN_MARGIN_PX = 0.05, 1.0  # the walk's (PropagationSettings defaults)
 EDGE = 2  # slices cached beyond the truth at each end (empty targets: where the walk must stop)
+# How the neighbour's mask is made (`make_batch`): shares from the base model and from the slice before the
+# neighbour (lag), the erosion (-) / dilation (+) choices and shift of `perturbed`, the share of steps past the end
+RECIPES = {
+    "v1": {"model_share": 0.4, "lag_share": 0.0, "grow": (-2, -1, -1, 0, 0, 1), "shift": 2, "end_share": 0.0},
+    "v2": {"model_share": 0.35, "lag_share": 0.2, "grow": (-3, -2, -1, -1, 0, 0, 1, 2), "shift": 3,
+           "end_share": 0.15},
+}  # fmt: skip
 DENSE_LEVEL = 8.0  # the dense prompt is the neighbour's mask as +-this (`dense_prompt`), not its raw logits
 
 
@@ -158,8 +167,15 @@ class Pairs:
             raise OncoSegError("no training steps in the cached cases")
         self.rng = np.random.default_rng(seed)
 
-    def draw(self, n: int) -> list[tuple[int, int, int]]:
-        return [self.steps[i] for i in self.rng.integers(0, len(self.steps), n)]
+        self.ends = [(ci, row, d) for ci, row, d in self.steps if not cases[ci]["truth"][row].any()]
+
+    def draw(self, n: int, end_share: float = 0.15) -> list[tuple[int, int, int]]:
+        """``n`` steps; about ``end_share`` of them past the object's end (empty target)."""
+        out = []
+        for _ in range(n):
+            pool = self.ends if self.ends and self.rng.random() < end_share else self.steps
+            out.append(pool[int(self.rng.integers(0, len(pool)))])
+        return out
 
 
 def dense_prompt(mask: torch.Tensor) -> torch.Tensor:
@@ -167,35 +183,43 @@ def dense_prompt(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask > 0, DENSE_LEVEL, -DENSE_LEVEL).float()
 
 
-def perturbed(truth: np.ndarray, rng) -> np.ndarray:
+def perturbed(truth: np.ndarray, rng, grow=(-3, -2, -1, -1, 0, 0, 1, 2), shift: int = 3) -> np.ndarray:
     """The neighbour's truth made to look like a walk's mask: mostly eroded (the model's masks sit 1-2 px inside
     the object), sometimes dilated, shifted by up to 2 px."""
     from scipy import ndimage
 
     mask = truth.copy()
-    grow = rng.choice([-2, -1, -1, 0, 0, 1])
+    grow = rng.choice(grow)
     if grow < 0:
         eroded = ndimage.binary_erosion(mask, iterations=-grow)
         mask = eroded if eroded.sum() >= 4 else mask
     elif grow > 0:
         mask = ndimage.binary_dilation(mask, iterations=grow)
-    dy, dx = rng.integers(-2, 3, 2) * (rng.random() < 0.5)
+    dy, dx = rng.integers(-shift, shift + 1, 2) * (rng.random() < 0.5)
     return np.roll(mask, (int(dy), int(dx)), axis=(0, 1))
 
 
-def make_batch(base, pairs: Pairs, steps, transform, model_share: float = 0.4, rng=None):
+def make_batch(base, pairs: Pairs, steps, transform, recipe: str = "v2", rng=None):
     """Features, frame boxes, dense prompts, frame targets and valid regions for ``steps``. The neighbour's mask
-    is, for ``model_share`` of them, the base model's answer to the neighbour's GT box (enlarged as the walk
-    enlarges boxes), else the neighbour's truth `perturbed`; the box is that mask's box enlarged as the walk
-    does."""
+    is (shares from ``RECIPES[recipe]``) the base model's answer to the neighbour's GT box (tight or enlarged
+    as the walk enlarges boxes), the truth of the slice before the neighbour `perturbed` (a walk lagging behind
+    a moving or shrinking object), or the neighbour's truth `perturbed`; the box is that mask's box enlarged
+    as the walk does."""
     rng = rng or pairs.rng
+    settings = RECIPES[recipe]
+    model_share, lag_share = settings["model_share"], settings["lag_share"]
     rows = []
     with torch.no_grad():
         for ci, row, d in steps:
             case = pairs.cases[ci]
             size = tuple(case["original_size"])
             neighbour = case["truth"][row - d].numpy()
-            if rng.random() < model_share:
+            before = row - 2 * d
+            draw = rng.random()
+            if draw < lag_share and 0 <= before < len(case["zs"]) and case["truth"][before].any():
+                neighbour = case["truth"][before].numpy()  # the walk lagging one slice behind the object
+                mask = perturbed(neighbour, rng, settings["grow"], settings["shift"])
+            elif draw < lag_share + model_share:
                 box = frame_box(neighbour, transform, size, tight=rng.random() < 0.5)
                 features = case["features"][row - d : row - d + 1].float()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -274,7 +298,7 @@ def train(
     val_cache: Path | None = None,
     val_pairs: int = 48,
     seed: int = 0,
-    model_share: float = 0.4,
+    recipe: str = "v2",
     minutes: float | None = None,
 ) -> Path:
     """Fine-tune; ``run/last.pt`` (adapter tensors, optimizer, sampler state, curve) is written every
@@ -300,13 +324,13 @@ def train(
     val = None
     if val_cache is not None:
         val_set = Pairs(load_cache(val_cache), seed=1234)
-        val = make_batch(base, val_set, val_set.draw(val_pairs), transform, model_share)
+        val = make_batch(base, val_set, val_set.draw(val_pairs), transform, recipe)
         if step == 0:
             curve.append({"step": 0, **evaluate(parts, val)})
             print(f"step 0 val {curve[-1]}", flush=True)
     started, window = time.perf_counter(), []
     while step < steps and (minutes is None or time.perf_counter() - started < 60 * minutes):
-        data = make_batch(base, pairs, pairs.draw(batch), transform, model_share)
+        data = make_batch(base, pairs, pairs.draw(batch, RECIPES[recipe]["end_share"]), transform, recipe)
         if data is None:
             continue
         feats, boxes, dense, target, valid = data
@@ -334,6 +358,7 @@ def train(
                 "rng": pairs.rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "curve": curve,
+                "recipe": recipe,
             }
             with atomic_write_path(last) as temporary:
                 torch.save(state, temporary)
@@ -414,7 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--save-every", type=int, default=25)
     t.add_argument("--snapshot-every", type=int, default=100)
-    t.add_argument("--model-share", type=float, default=0.4, help="share of neighbour masks from the model")
+    t.add_argument(
+        "--recipe", choices=sorted(RECIPES), default="v2", help="how neighbour masks are made (v2)"
+    )
     t.add_argument("--minutes", type=float, help="stop after this many minutes (resume later)")
     e = commands.add_parser("export", help="write RUN/last.pt's adapter file")
     e.add_argument("--run", type=Path, required=True)
@@ -428,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_cases(args.split, args.limit, args.out, args.threads)
         elif args.command == "train":
             train(args.cache, args.run, args.steps, args.batch, args.lr, args.save_every, args.snapshot_every,
-                  args.val_cache, model_share=args.model_share, minutes=args.minutes)  # fmt: skip
+                  args.val_cache, recipe=args.recipe, minutes=args.minutes)  # fmt: skip
         else:
             print(export(args.run, args.out))
     except OncoSegError as error:
