@@ -238,8 +238,10 @@ class Predictor:
 
 
 # half-widths (mm, each way from the clicks) of the small boxes `prefer_clicked_tissue` decodes when no mask the
-# model offers for a click is of the clicked tissue (chosen on the 3 mm TotalSegmentator example CT, see below)
-SMALL_BOX_MM = (3.0, 8.0, 18.0)
+# model offers for a click is of the clicked tissue. Chosen on the 3 mm TotalSegmentator example CT alone (its
+# organ clicks and 72 discs drawn into its liver and spleen; `benchmarks/ct_clicks.py --sweep`): without the 3 mm
+# box the drawn spots are mostly missed, and 3/12 ties 3/8/18 with one decode less
+SMALL_BOX_MM = (3.0, 12.0)
 
 
 def small_boxes(prompt: Prompt, image: MedicalImage) -> list[Box]:
@@ -267,18 +269,20 @@ def prefer_clicked_tissue(
     the one whose density is closest to the clicked tissue's, i.e. the smallest ``|median - clicked| / spread``
     (robust spread, at least 20 HU; clicked: the median HU of the 3×3 pixels around each include click), when
     that distance is at most 1. The model's own choice is the best-scoring mask, which on CT is mostly a large
-    region around the organ: one click at the centre of each organ of the two TotalSegmentator example CTs gives
-    slice Dice 0.269 by score, 0.444 by this rule (``benchmarks/ct_clicks.py``: better on 26 organs, worse on 8,
-    by more than 0.05; without the limit of 1, 0.461 but a click on a contrast-filled vessel took a
-    heterogeneous region of half the abdomen).
+    region around the organ (without the limit of 1, a click on a contrast-filled vessel took a heterogeneous
+    region of half the abdomen).
 
     When no offered mask is of the clicked tissue (a small vessel or spot inside an organ: every mask the model
     offers is the organ or larger), ``smaller()`` is asked for more candidates (`Predictor.predict`: the boxes of
-    `small_boxes`, decoded in one pass, only then) and the best-scoring one of the clicked tissue (distance at
-    most 1) is taken; if none is, the model's choice stands. A click on a homogeneous organ always has a mask of
-    its tissue among the model's, so it never reaches the small boxes. Chosen on the 3 mm example CT, reported
-    on the DICOM one (``benchmarks/ct_clicks.py``): see docs/results.md. The other masks stay ``alternatives``
-    (smallest first, near-duplicates dropped), so Smaller/Larger still reach the model's choice."""
+    `small_boxes`, decoded in one pass, only then) and the best-scoring one of the clicked tissue is taken; if
+    none is, the model's choice stands. A click on a homogeneous organ has a mask of its tissue among the
+    model's, so it never reaches the small boxes. ``benchmarks/ct_clicks.py --threads 1 --sweep`` (slice Dice;
+    sizes chosen on the 3 mm example CT, reported on the DICOM one): organ clicks, model 0.24 / old rule 0.445 /
+    with small boxes 0.484 on the DICOM CT (3 organs better, none worse), 0.443 -> 0.460 on the 3 mm one; the
+    DICOM CT's 4 contrast-filled liver vessels 0.005 -> 0.38, 72 discs drawn into the 3 mm CT's liver and
+    spleen 0.32 -> 0.74. Cost when the boxes are decoded: two more decoder prompts (about 20 ms each, 1 thread). The other
+    masks stay ``alternatives`` (smallest first, near-duplicates dropped), so Smaller/Larger still reach the
+    model's choice."""
     options = [(answer.masks[0], float(answer.scores[0])), *answer.alternatives]
     clicks = [p for p in prompt.points if p.positive] or list(prompt.points)
     if not clicks or (len(options) < 2 and smaller is None):
