@@ -21,6 +21,14 @@ bound's mask on the reached truth slices ("fix reached"), and the voxels outside
     nice -n 19 .venv/bin/python benchmarks/propagation_study.py                 # 30 hippocampus train volumes
     nice -n 19 .venv/bin/python benchmarks/propagation_study.py --variants default,ends_loose --limit 10
     nice -n 19 .venv/bin/python benchmarks/propagation_study.py --test          # hippocampus test + BraTS
+    nice -n 19 .venv/bin/python benchmarks/propagation_study.py --val --variants old,mask_prompt,trained
+    nice -n 19 .venv/bin/python benchmarks/propagation_study.py --test --only ct --variants old,trained
+
+"trained" is the walk with the neighbour's mask as dense prompt answered by the mask-prompt decoder
+(`oncoseg.models.mask_prompt`, docs/propagation.md; ``--mask-prompt-weights`` another adapter file),
+"mask_prompt" the same prompt given to the base decoder (zero-shot). ``--val`` reports the hippocampus val split
+and the BraTS val patient (for choosing an adapter); ``--only ct`` the liver of both TotalSegmentator example
+CTs; ``--no-oracle`` skips the neighbour's-GT-box column.
 
 Settings are chosen on train volumes only (the default run); ``--test`` reports the hippocampus test split (52)
 and the 4 BraTS samples (WT, TC, ET) for the old and the new defaults. Prints a table per dataset and writes
@@ -250,7 +258,11 @@ def use_decoder(predictor, name: str, weights: str) -> None:
 
 
 def run(
-    sections: dict[str, list], variants: list[str], spec: ModelSpec, weights: str = "auto"
+    sections: dict[str, list],
+    variants: list[str],
+    spec: ModelSpec,
+    weights: str = "auto",
+    oracle: bool = True,
 ) -> dict[str, dict]:
     """``sections``: name → cases; every variant runs on every case with one predictor (embeddings shared);
     ``weights``: the mask-prompt adapter of the "trained" variant ("auto": the shipped one)."""
@@ -266,12 +278,13 @@ def run(
                 predictor.set_image(case.image, case.modality)
             truth = np.asarray(case.truth, bool)
             bound = every_slice_bound(predictor, truth)
-            oracle = float(dice(neighbour_truth_boxes(predictor, truth, settings_of("old")), truth))
+            neighbour = neighbour_truth_boxes(predictor, truth, settings_of("old")) if oracle else None
+            neighbour_dice = float("nan") if neighbour is None else float(dice(neighbour, truth))
             line = []
             for name in variants:
                 use_decoder(predictor, name, weights)
                 record = study_case(predictor, case, bound, settings_of(name), box)
-                record["neighbour_truth_box_dice"] = oracle
+                record["neighbour_truth_box_dice"] = neighbour_dice
                 records[name].append(record)
                 line.append(f"{name} {record['dice']:.3f}")
             print(
@@ -306,10 +319,19 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--variants", help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
-    parser.add_argument("--limit", type=int, default=30, help="hippocampus train volumes, evenly spread (30)")
+    parser.add_argument(
+        "--limit", type=int, help="hippocampus volumes, evenly spread (default: 30 train; with --test all 52)"
+    )
+    parser.add_argument(
+        "--no-oracle",
+        action="store_true",
+        help="skip the neighbour's-GT-box column (saves a decode per slice)",
+    )
     parser.add_argument("--test", action="store_true", help="hippocampus test split (52) and BraTS WT/TC/ET")
     parser.add_argument(
-        "--val", action="store_true", help="hippocampus val split (26): to choose the mask-prompt decoder"
+        "--val",
+        action="store_true",
+        help="hippocampus val split (26) and BraTS val (1 patient): to choose the mask-prompt decoder",
     )
     parser.add_argument(
         "--mask-prompt-weights",
@@ -317,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the 'trained' variant's mask-prompt adapter file (default: the shipped one)",
     )
     parser.add_argument(
-        "--only", choices=("hippocampus", "brats"), help="with --test: one of the two datasets"
+        "--only",
+        choices=("hippocampus", "brats", "ct", "samples"),
+        help="with --test: one dataset; 'ct': the liver of both TotalSegmentator example CTs; 'samples': the "
+        "demo samples alone",
     )
     parser.add_argument(
         "--no-samples", action="store_true", help="skip the demo samples (CT liver, hippocampus)"
@@ -332,22 +357,31 @@ def main(argv: list[str] | None = None) -> int:
     for name in variants:
         settings_of(name)
     if args.val:
-        sections = {"msd-hippocampus val": list(dataset_cases("msd-hippocampus", split="val"))}
+        sections = {
+            "msd-hippocampus val": list(dataset_cases("msd-hippocampus", split="val", limit=args.limit)),
+            "brats2015 val": list(dataset_cases("brats2015", split="val")),
+        }
     elif args.test:
         sections = {}
-        if args.only != "brats":
-            sections["msd-hippocampus test"] = list(dataset_cases("msd-hippocampus", split="test"))
-        if args.only != "hippocampus":
+        if args.only in (None, "hippocampus"):
+            test = dataset_cases("msd-hippocampus", split="test", limit=args.limit)
+            sections["msd-hippocampus test"] = list(test)
+        if args.only in (None, "brats"):
             sections["brats2015"] = list(dataset_cases("brats2015"))
+        if args.only == "ct":
+            liver = dataset_cases("totalsegmentator-example", targets=("liver",))
+            sections["totalsegmentator liver"] = list(liver)
     else:
         sections = {
-            "msd-hippocampus train": list(dataset_cases("msd-hippocampus", split="train", limit=args.limit))
+            "msd-hippocampus train": list(
+                dataset_cases("msd-hippocampus", split="train", limit=args.limit or 30)
+            )
         }
     if not args.no_samples:
         sections["demo samples"] = sample_cases()
     spec = ModelSpec(threads=args.threads, embedding_store=args.embedding_store)
     started = time.perf_counter()
-    results = run(sections, variants, spec, args.mask_prompt_weights)
+    results = run(sections, variants, spec, args.mask_prompt_weights, oracle=not args.no_oracle)
     document = json.loads(args.output.read_text(encoding="utf-8")) if args.output.exists() else {}
     document.setdefault("sections", {}).update(results)
     command = " ".join(["benchmarks/propagation_study.py", *(argv if argv is not None else sys.argv[1:])])

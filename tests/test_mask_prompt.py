@@ -1,0 +1,94 @@
+"""The mask-prompt decoder (`oncoseg.models.mask_prompt`, trained by `oncoseg.train.mask_prompt`): the shipped
+adapter loads and changes only mask-prompt decodes, a walk with it follows the bundled hippocampus sample, and the
+training entry point trains, checkpoints, resumes and exports a file the backend loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from oncoseg.errors import ModelError
+from oncoseg.evaluate.metrics import dice
+from oncoseg.io import load_image
+from oncoseg.models import mask_prompt
+from oncoseg.models.litemedsam import LiteMedSAMBackend
+from oncoseg.predictor import Predictor
+from oncoseg.prompts import Box, Prompt
+from oncoseg.samples import list_samples, sample_path
+from oncoseg.train import mask_prompt as training
+from oncoseg.volume import PropagationSettings, propagate
+
+
+@pytest.fixture(scope="module")
+def backend():
+    torch.set_num_threads(1)
+    return LiteMedSAMBackend()
+
+
+@pytest.fixture(scope="module")
+def hippocampus():
+    sample = list_samples()["hippocampus"]
+    image = load_image(sample_path("hippocampus"), modality=sample["modality"])
+    truth = load_image(sample_path(sample["mask"])).array > 0
+    box = Box(*map(float, sample["prompt"]["box"]), z=int(sample["prompt"]["z"]))
+    return image, truth, box, sample["modality"]
+
+
+def test_shipped_adapter_is_small_and_changes_the_decoder(backend):
+    assert mask_prompt.available()
+    assert mask_prompt.WEIGHTS.stat().st_size <= 2 << 20
+    parts = mask_prompt.load(backend.model)
+    base = backend.model.mask_decoder.state_dict()
+    tuned = parts.mask_decoder.state_dict()
+    changed = [k for k in base if not torch.equal(base[k], tuned[k])]
+    assert any(k.startswith("transformer.") for k in changed) and any(
+        "iou_prediction_head" in k for k in changed
+    )
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith("output_upscaling"))
+
+
+def test_damaged_adapter_is_one_clear_error(backend, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(mask_prompt.WEIGHTS.read_bytes()[:5000])
+    with pytest.raises(ModelError, match="cannot read mask-prompt decoder weights bad.pt"):
+        mask_prompt.load(backend.model, bad)
+
+
+def test_walk_with_the_trained_decoder_follows_the_sample(backend, hippocampus):
+    image, truth, box, modality = hippocampus
+    predictor = Predictor(backend)
+    predictor.set_image(image, modality)
+    scores = {}
+    for source in (None, "auto"):  # the base decoder (zero-shot mask prompt), then the shipped adapter
+        backend.mask_prompt = source
+        result = propagate(predictor, Prompt(box=box), PropagationSettings(mask_prompt=True))
+        scores[source] = float(dice(result.mask, truth))
+    backend.mask_prompt = "auto"
+    assert scores["auto"] >= 0.6, scores
+    assert scores["auto"] > scores[None] + 0.05, scores
+
+
+def test_training_runs_checkpoints_resumes_and_exports(backend, hippocampus, tmp_path):
+    image, truth, _, modality = hippocampus
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    count = training.cache_volume(Predictor(backend), image, truth, modality, cache / "sample.pt")
+    assert count == int(truth.any(axis=(1, 2)).sum()) + 2 * training.EDGE
+    run = tmp_path / "run"
+    training.train(cache, run, steps=2, batch=2, save_every=1, snapshot_every=100)
+    first = torch.load(run / "last.pt", weights_only=False)
+    assert first["step"] == 2 and len(first["curve"]) == 2
+    training.train(cache, run, steps=3, batch=2, save_every=1, snapshot_every=100)
+    resumed = torch.load(run / "last.pt", weights_only=False)
+    assert resumed["step"] == 3 and [row["step"] for row in resumed["curve"]] == [1, 2, 3]
+    out = training.export(run, tmp_path / "adapter.pt")
+    parts = mask_prompt.load(backend.model, out)
+    lora_layer = "mask_decoder.transformer.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(parts.state_dict()[lora_layer], backend.model.state_dict()[lora_layer])
+    assert np.isfinite(float(first["curve"][-1]["loss"]))
+
+
+def test_no_training_on_the_test_split(tmp_path):
+    with pytest.raises(Exception, match="never trains or chooses on the test split"):
+        training.cache_cases("test", 1, tmp_path)
