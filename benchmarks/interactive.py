@@ -37,6 +37,7 @@ from oncoseg.evaluate.interactive import (
     run_interactive,
 )
 from oncoseg.models.spec import ModelSpec
+from oncoseg.volume import PropagationSettings
 
 OUT = Path(__file__).resolve().parent / "results" / "interactive.json"
 DATASETS = tuple(DEFAULT_DATASETS)
@@ -110,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="1 hippocampus case, 2 clicks, box2d (for tests)"
     )
     parser.add_argument("--resume", action="store_true", help="skip targets already in the output file")
+    parser.add_argument(
+        "--follow-mask",
+        action="store_true",
+        help="walk with the neighbour's mask too (the mask-prompt decoder; PropagationSettings(mask_prompt=True))",
+    )
     parser.add_argument(
         "--merge", nargs="+", type=Path, metavar="JSON", help="add the targets of other runs' files to the output "
         "file (no model run; e.g. a dataset run in a second process)",
@@ -230,15 +236,17 @@ def main(argv: list[str] | None = None) -> int:
                 if (c.dataset, c.case_id, c.target, initial) not in done
             )  # fmt: skip
             bound = initial == "box2d"  # the bound does not depend on the initial prompt: measured once
+            propagation = PropagationSettings(mask_prompt=True) if args.follow_mask else None
             last_settings[initial] = run_interactive(
-                [], predictor, clicks=args.clicks, initial=initial, bound=bound
+                [], predictor, clicks=args.clicks, initial=initial, bound=bound, propagation=propagation
             ).settings
             runs[initial].settings.setdefault("selection", {})[name] = (
                 f"{limit} cases evenly spread" if limit else "all cases"
             ) + (f", targets {args.targets}" if args.targets else "")
             run_interactive(
-                cases, predictor, clicks=args.clicks, initial=initial, progress=progress, bound=bound
-            )
+                cases, predictor, clicks=args.clicks, initial=initial, progress=progress, bound=bound,
+                propagation=propagation,
+            )  # fmt: skip
     save()
     print()
     print(table(runs))
