@@ -5,8 +5,8 @@ LiteMedSAM was trained with boxes only; its dense mask input (SAM's mask prompt)
 neighbour's logits given there did not help the walk (`oncoseg.volume`). `oncoseg.train.mask_prompt` trains a
 small LoRA adapter (rank 8 on the decoder's transformer) plus the prompt encoder's mask-downscaling path, the
 decoder's mask hypernetwork and its quality head, so that from the box of the neighbour's mask AND the
-neighbour's logits as dense prompt it gives this slice's mask. The upscaling head is not trained (it stays the
-base decoder's). The adapter ships in the package (``weights/mask_prompt.safetensors``) and is used only for
+neighbour's mask (binarised, `binarised`) as dense prompt it gives this slice's mask. The upscaling head is not
+trained (it stays the base decoder's). The adapter ships in the package (``weights/mask_prompt.pt``, float16) and is used only for
 decodes that carry a mask prompt; box-only decodes keep the base decoder.
 """
 

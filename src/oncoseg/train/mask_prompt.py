@@ -302,7 +302,7 @@ def train(
     minutes: float | None = None,
 ) -> Path:
     """Fine-tune; ``run/last.pt`` (adapter tensors, optimizer, sampler state, curve) is written every
-    ``save_every`` steps and a run resumes from it; ``run/step_N.safetensors`` adapters every
+    ``save_every`` steps and a run resumes from it; ``run/step_N.pt`` adapter files every
     ``snapshot_every`` steps; ``run/curve.csv`` holds the training curve (and, with ``val_cache``, Dice of
     fixed validation steps). Stops after ``steps`` or ``minutes``."""
     from oncoseg.train.lora import adapter_state
