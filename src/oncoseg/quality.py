@@ -129,7 +129,10 @@ def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
             "slice_jump": "changes abruptly between slices",
             "is_volume": "3D propagation",
         }
-        reasons = [words[FEATURES[i]] for i in np.argsort(-pushes) if pushes[i] > 0.5][:3]
+        order = np.argsort(-pushes)
+        reasons = [words[FEATURES[i]] for i in order if pushes[i] > 0.5][:3]
+        if not reasons and pushes[order[0]] > 0:  # no one fact stands out: the one that pushed most
+            reasons = [words[FEATURES[order[0]]]]
     slices = ()
     if volume and np.ndim(mask) == 3:
         slices = tuple(z for z, (_, flagged) in sorted(assess_slices(mask, slice_scores).items()) if flagged)
