@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from oncoseg.contour.adapt import (
     HU_ORGANS,
@@ -224,6 +225,31 @@ def test_stomach_takes_its_own_gas_not_the_bowel_gas_beside_it_nor_the_lung():
     assert not (out & bowel).any(), (out & bowel).sum()
     assert not (out & lung).any(), (out & lung).sum()
     assert dice(out, stomach) > dice(prior, stomach) + 0.05, (dice(out, stomach), dice(prior, stomach))
+
+
+def test_an_organ_does_not_keep_a_neighbour_of_its_density_joined_by_a_thin_bridge():
+    """A spleen whose carried label also covers a kidney of the same density (the atlas had no kidney), the two
+    touching through an 8 mm bridge: the refined spleen keeps the spleen and drops the kidney; without the
+    bridge rule (body_mm tiny) it would take both."""
+    from oncoseg.contour.intensity import IntensitySettings
+
+    rng = np.random.default_rng(7)
+    ct = np.full((24, 90, 90), -100.0)
+    z, y, x = np.ogrid[:24, :90, :90]
+    spleen = ((z - 12) / 9.0) ** 2 + ((y - 40) / 22.0) ** 2 + ((x - 35) / 16.0) ** 2 <= 1
+    kidney = ((z - 12) / 6.0) ** 2 + ((y - 45) / 10.0) ** 2 + ((x - 70) / 8.0) ** 2 <= 1
+    bridge = np.zeros(ct.shape, bool)
+    bridge[10:14, 43:47, 45:66] = True
+    ct[spleen | kidney | bridge] = 45
+    ct += rng.normal(0, 6, ct.shape)
+    prior = ndimage.binary_dilation(spleen | kidney, iterations=2)  # a carried label over both
+    out = refine_by_intensity(ct, {"Spleen": prior}, (2.0, 2.0, 2.0))["Spleen"]
+    assert (out & spleen).sum() > 0.75 * spleen.sum()  # its blurred rim stays out
+    assert (out & kidney).sum() < 0.05 * kidney.sum(), (out & kidney).sum()
+    loose = refine_by_intensity(
+        ct, {"Spleen": prior}, (2.0, 2.0, 2.0), settings=IntensitySettings(body_mm=0.1)
+    )
+    assert (loose["Spleen"] & kidney).sum() > 0.5 * kidney.sum()  # the rule, not the growth, drops the kidney
 
 
 def test_adapt_adds_hu_organs_and_refines_the_large_ones():
