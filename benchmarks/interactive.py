@@ -113,8 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="skip targets already in the output file")
     parser.add_argument(
         "--follow-mask",
-        action="store_true",
-        help="walk with the neighbour's mask too (the mask-prompt decoder; PropagationSettings(mask_prompt=True))",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="walk with the neighbour's mask too (the mask-prompt decoder, PropagationSettings.mask_prompt; on by "
+        "default); --no-follow-mask: box-only",
+    )
+    parser.add_argument(
+        "--mask-prompt-min-area",
+        type=float,
+        help="PropagationSettings.mask_prompt_min_area (0: the mask-prompt decoder for every object)",
     )
     parser.add_argument(
         "--merge", nargs="+", type=Path, metavar="JSON", help="add the targets of other runs' files to the output "
@@ -236,7 +243,14 @@ def main(argv: list[str] | None = None) -> int:
                 if (c.dataset, c.case_id, c.target, initial) not in done
             )  # fmt: skip
             bound = initial == "box2d"  # the bound does not depend on the initial prompt: measured once
-            propagation = PropagationSettings(mask_prompt=True) if args.follow_mask else None
+            propagation = PropagationSettings(
+                **({} if args.follow_mask is None else {"mask_prompt": args.follow_mask}),
+                **(
+                    {}
+                    if args.mask_prompt_min_area is None
+                    else {"mask_prompt_min_area": args.mask_prompt_min_area}
+                ),
+            )
             last_settings[initial] = run_interactive(
                 [], predictor, clicks=args.clicks, initial=initial, bound=bound, propagation=propagation
             ).settings

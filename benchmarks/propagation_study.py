@@ -58,6 +58,11 @@ from oncoseg.samples import list_samples, sample_path
 from oncoseg.volume import PropagationSettings, propagate
 
 OUT = Path(__file__).resolve().parent / "results" / "propagation_study.json"
+# The interactive subset's CT organs (docs/results.md, benchmarks/results/interactive_subset*.json)
+CT_ORGANS = (
+    "liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta", "pancreas", "gallbladder",
+    "inferior_vena_cava",
+)  # fmt: skip
 
 # The defaults before this study (the 2026-12-05 `PropagationSettings`), then candidate changes.
 OLD = {
@@ -82,8 +87,43 @@ VARIANTS: dict[str, dict] = {
     "m20": {"box_margin": 0.2},
     "multi_score": {"extra_margins": (0.15, 0.3)},
     "multi_iou": {"extra_margins": (0.15, 0.3), "choose": "iou"},
-    "mask_prompt": {"mask_prompt": True, "decoder": None},
-    "trained": {"mask_prompt": True, "decoder": "trained"},
+    # the neighbour's mask as dense prompt for every object ("mask_prompt_min_area": 0), answered zero-shot by the
+    # base decoder or by the trained adapter; "sized": the trained adapter for objects covering at least 5 % of
+    # the frame (PropagationSettings' default since the guard study, docs/propagation.md)
+    "mask_prompt": {"mask_prompt": True, "mask_prompt_min_area": 0.0, "decoder": None},
+    "trained": {"mask_prompt": True, "mask_prompt_min_area": 0.0, "decoder": "trained"},
+    "sized": {"mask_prompt": True, "mask_prompt_min_area": 0.05, "decoder": "trained"},
+    # the trained decoder guarded by a box-only decode of the same slice (PropagationSettings.guard), every object
+    "guard": {"mask_prompt": True, "mask_prompt_min_area": 0.0, "decoder": "trained", "guard": True},
+    "guard_score": {
+        "mask_prompt": True,
+        "mask_prompt_min_area": 0.0,
+        "decoder": "trained",
+        "guard": True,
+        "guard_score": True,
+    },
+    "agree30": {
+        "mask_prompt": True,
+        "mask_prompt_min_area": 0.0,
+        "decoder": "trained",
+        "guard": True,
+        "guard_iou": 0.3,
+    },
+    "agree50": {
+        "mask_prompt": True,
+        "mask_prompt_min_area": 0.0,
+        "decoder": "trained",
+        "guard": True,
+        "guard_iou": 0.5,
+    },
+    "agree50_score": {
+        "mask_prompt": True,
+        "mask_prompt_min_area": 0.0,
+        "decoder": "trained",
+        "guard": True,
+        "guard_iou": 0.5,
+        "guard_score": True,
+    },
     "follow": {"follow": 1.0},
     "follow_iou40": {"follow": 1.0, "min_iou": 0.4},
     "follow_iou30": {"follow": 1.0, "min_iou": 0.3},
@@ -98,7 +138,8 @@ VARIANTS: dict[str, dict] = {
 def settings_of(name: str) -> PropagationSettings:
     if name not in VARIANTS:
         raise SystemExit(f"unknown variant {name!r}: choose from {', '.join(VARIANTS)}")
-    base = PropagationSettings()
+    # box-only unless the variant says otherwise (the studies before the mask-prompt decoder), "default" as it is
+    base = PropagationSettings() if name == "default" else PropagationSettings(mask_prompt=False)
     known = set(asdict(base))
     return replace(base, **{k: v for k, v in VARIANTS[name].items() if k in known})
 
@@ -334,15 +375,20 @@ def main(argv: list[str] | None = None) -> int:
         help="hippocampus val split (26) and BraTS val (1 patient): to choose the mask-prompt decoder",
     )
     parser.add_argument(
+        "--ct-tuning",
+        action="store_true",
+        help="the 9 organs (CT_ORGANS) of the 3 mm example CT, the CT for choosing settings",
+    )
+    parser.add_argument(
         "--mask-prompt-weights",
         default="auto",
         help="the 'trained' variant's mask-prompt adapter file (default: the shipped one)",
     )
     parser.add_argument(
         "--only",
-        choices=("hippocampus", "brats", "ct", "samples"),
-        help="with --test: one dataset; 'ct': the liver of both TotalSegmentator example CTs; 'samples': the "
-        "demo samples alone",
+        choices=("hippocampus", "brats", "ct", "ct-organs", "samples"),
+        help="with --test: one dataset; 'ct': the liver of both TotalSegmentator example CTs; 'ct-organs': the "
+        "interactive subset's 9 organs (CT_ORGANS) of the DICOM CT; 'samples': the demo samples alone",
     )
     parser.add_argument(
         "--no-samples", action="store_true", help="skip the demo samples (CT liver, hippocampus)"
@@ -371,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.only == "ct":
             liver = dataset_cases("totalsegmentator-example", targets=("liver",))
             sections["totalsegmentator liver"] = list(liver)
+        if args.only == "ct-organs":  # the DICOM CT: the 3 mm CT is for tuning (--ct-tuning)
+            organs = dataset_cases("totalsegmentator-example", case_ids=("ct_dicom",), targets=CT_ORGANS)
+            sections["ct_dicom organs"] = list(organs)
+    elif args.ct_tuning:
+        organs = dataset_cases("totalsegmentator-example", case_ids=("ct",), targets=CT_ORGANS)
+        sections = {"ct 3 mm organs (tuning)": list(organs)}
     else:
         sections = {
             "msd-hippocampus train": list(

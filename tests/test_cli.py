@@ -364,17 +364,18 @@ def test_library_warnings_are_one_line_without_uids(capsys):
 
 
 def test_follow_mask_walks_the_hippocampus_sample_with_the_trained_decoder(tmp_path):
-    """--follow-mask gives each next slice its neighbour's mask too (the shipped mask-prompt decoder): on the
-    bundled hippocampus sample it follows the structure far better than the box alone."""
+    """--3d gives each next slice its neighbour's mask too by default (the shipped mask-prompt decoder): on the
+    bundled hippocampus sample it follows the structure far better than --no-follow-mask (the box alone)."""
     sample = SAMPLES["hippocampus"]
     box = ",".join(map(str, [*sample["prompt"]["box"], sample["prompt"]["z"]]))
     truth = load_image(sample_path(sample["mask"])).array > 0
     scores = {}
-    for flag in ((), ("--follow-mask",)):
-        out = tmp_path / f"mask{len(flag)}.nii.gz"
+    for flag in ((), ("--no-follow-mask",), ("--follow-mask",)):
+        out = tmp_path / f"mask{len(scores)}.nii.gz"
         done = run("segment", sample_path("hippocampus"), "--modality", "mri", "--box", box, "--3d", *flag,
                    "-o", out, "-q")  # fmt: skip
         assert done.returncode == 0, done.stderr
         scores[flag] = dice(load_image(out).array > 0, truth)
-    assert scores[("--follow-mask",)] >= 0.6 and scores[("--follow-mask",)] > scores[()] + 0.05, scores
-    assert "--follow-mask" in run("refine", "--help").stdout
+    assert scores[()] >= 0.6 and scores[()] > scores[("--no-follow-mask",)] + 0.05, scores
+    assert scores[("--follow-mask",)] == scores[()], scores
+    assert "--no-follow-mask" in run("refine", "--help").stdout

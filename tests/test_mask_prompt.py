@@ -14,10 +14,10 @@ from oncoseg.io import load_image
 from oncoseg.models import mask_prompt
 from oncoseg.models.litemedsam import LiteMedSAMBackend
 from oncoseg.predictor import Predictor
-from oncoseg.prompts import Box, Prompt
+from oncoseg.prompts import Box, Prompt, box_from_mask
 from oncoseg.samples import list_samples, sample_path
 from oncoseg.train import mask_prompt as training
-from oncoseg.volume import PropagationSettings, propagate
+from oncoseg.volume import PropagationSettings, follows_masks, propagate
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,32 @@ def test_walk_with_the_trained_decoder_follows_the_sample(backend, hippocampus):
     backend.mask_prompt = "auto"
     assert scores["auto"] >= 0.6, scores
     assert scores["auto"] > scores[None] + 0.05, scores
+
+
+def test_default_walk_follows_large_objects_and_small_ones_box_only(backend, hippocampus):
+    """By default the walk gives the trained decoder the neighbour's mask when the start mask covers at least
+    5 % of the frame (the sample's hippocampus); a smaller object walks exactly as the box alone does."""
+    image, truth, box, modality = hippocampus
+    predictor = Predictor(backend)
+    predictor.set_image(image, modality)
+    settings = PropagationSettings()
+    assert settings.mask_prompt and settings.mask_prompt_min_area == 0.05
+    start = predictor.predict(Prompt(box=box), z=box.z).masks[0]
+    assert follows_masks(predictor, start, settings)
+    default = propagate(predictor, Prompt(box=box))
+    box_only = propagate(predictor, Prompt(box=box), PropagationSettings(mask_prompt=False))
+    assert dice(default.mask, truth) > dice(box_only.mask, truth) + 0.05
+    # a small part of the hippocampus (its 3x3 px core on the prompted slice): box-only
+    core = np.zeros_like(start)
+    y, x = (int(v) for v in np.argwhere(start).mean(axis=0))
+    core[y - 1 : y + 2, x - 1 : x + 2] = True
+    small = box_from_mask(core, z=box.z)
+    small_start = predictor.predict(Prompt(box=small), z=box.z).masks[0]
+    assert small_start.any() and not follows_masks(predictor, small_start, settings)
+    walked = propagate(predictor, Prompt(box=small))
+    assert np.array_equal(
+        walked.mask, propagate(predictor, Prompt(box=small), PropagationSettings(mask_prompt=False)).mask
+    )
 
 
 def test_training_runs_checkpoints_resumes_and_exports(backend, hippocampus, tmp_path):

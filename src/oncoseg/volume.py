@@ -56,10 +56,18 @@ class PropagationSettings:
     # agreeing best with the neighbour's)
     extra_margins: tuple[float, ...] = ()
     choose: str = "score"
-    # also give the neighbour's mask logits as the decoder's dense mask prompt; LiteMedSAM answers it with its
-    # trained mask-prompt decoder (docs/propagation.md): hippocampus test Dice 0.723 vs 0.494 box-only (52
-    # volumes), but BraTS WT 0.662 vs 0.696, so off by default
-    mask_prompt: bool = False
+    # also give the neighbour's mask as the decoder's dense mask prompt where the backend has a decoder trained
+    # for it (LiteMedSAM's mask-prompt adapter, docs/propagation.md) and the walk's start mask covers at least
+    # ``mask_prompt_min_area`` of the square frame of the slice's longest side (the adapter learnt hippocampi
+    # covering 5.3-15 % of it; smaller objects it shrinks or loses: BraTS TC/ET, CT aorta); others walk box-only
+    mask_prompt: bool = True
+    mask_prompt_min_area: float = 0.05
+    # tried and kept off (docs/propagation.md): with ``mask_prompt``, also decode each walked slice from the box
+    # alone and take that answer where the trained one trips a stop rule or agrees with it less than
+    # ``guard_iou``; ``guard_score``: the score stop rule reads the box-only answer's score
+    guard: bool = False
+    guard_iou: float = 0.0
+    guard_score: bool = False
     follow: float = 0.0  # shift each box by this fraction of the last step's centroid motion (0: off)
     # carry the previous slice's prompt box forward, moved side by side as the mask's box moved between the two
     # slices before, blended with the enlarged box of the neighbour's mask by this weight (0: off)
@@ -229,6 +237,7 @@ def walk(
     end = WalkEnd(z, ("edge",))
     before = None  # the slice before ``previous`` (for ``settings.follow``)
     logits = start_logits  # the neighbour's mask logits (for ``settings.mask_prompt``)
+    follow_mask = settings.mask_prompt and follows_masks(predictor, start, settings)
     last_box = start_box  # the neighbour's prompt box (for ``settings.carry``)
     while True:
         gate_done = False
@@ -268,7 +277,7 @@ def walk(
         else:
             last_box = boxes[0]
             mask_input = None
-            if settings.mask_prompt and logits is not None:
+            if follow_mask and logits is not None:
                 mask_input = np.repeat(logits[None], len(boxes), axis=0)
             prediction = predictor.predict([Prompt(box=b) for b in boxes], z=z, mask_input=mask_input)
             candidates = []
@@ -283,26 +292,19 @@ def walk(
                 mask, score, i = max(candidates, key=lambda c: c[1])
             logits = None if prediction.logits is None else prediction.logits[i]
             gate_done = True
+            if mask_input is not None and settings.guard:
+                mask, score, logits = guarded(
+                    predictor, boxes, z, previous, (mask, score, logits), gate, settings, min_pixels
+                )
         if gate is not None and not gate_done:
             mask = gate.apply(image.array[z], mask)
         if not gate_done:
             mask = keep_touching(mask, previous)
         if on_slice:
             on_slice(z)
-        area = int(mask.sum())
-        iou = mask_iou(mask, previous)
-        reasons = tuple(
-            name
-            for name, fired in (
-                ("area", area < min_pixels),
-                ("score", score < settings.min_score),
-                ("iou", iou < settings.min_iou),
-                ("growth", area > settings.max_growth * previous.sum()),
-            )
-            if fired
-        )
+        reasons = stop_reasons(mask, score, previous, settings, min_pixels)
         if reasons:
-            end = WalkEnd(z, reasons, mask, score, iou)
+            end = WalkEnd(z, reasons, mask, score, mask_iou(mask, previous))
             break
         kept[z] = (mask, score)
         if rejoin is not None and rejoin[z].any() and mask_iou(mask, rejoin[z]) >= settings.rejoin_iou:
@@ -312,6 +314,64 @@ def walk(
     if ends is not None:
         ends[step] = end
     return kept
+
+
+def follows_masks(predictor: Predictor, start: np.ndarray, settings: PropagationSettings) -> bool:
+    """Whether a walk from ``start`` gives each slice its neighbour's mask (``settings.mask_prompt``): the object
+    is large enough (``mask_prompt_min_area``) and the backend answers a mask prompt with a decoder trained for
+    it, or was explicitly told to use its base decoder (``mask_prompt=None``, the zero-shot experiment)."""
+    if np.count_nonzero(start) < settings.mask_prompt_min_area * max(start.shape) ** 2:
+        return False
+    backend = predictor.backend
+    if not hasattr(backend, "mask_prompt_decoder"):
+        return False
+    return backend.mask_prompt is None or backend.mask_prompt_decoder()[0] is not backend.model.prompt_encoder
+
+
+def stop_reasons(
+    mask: np.ndarray, score: float, previous: np.ndarray, settings: PropagationSettings, min_pixels: float
+) -> tuple[str, ...]:
+    """The stop rules ``mask`` (with quality ``score``) trips after the neighbour's mask ``previous``."""
+    area = int(mask.sum())
+    return tuple(
+        name
+        for name, fired in (
+            ("area", area < min_pixels),
+            ("score", score < settings.min_score),
+            ("iou", mask_iou(mask, previous) < settings.min_iou),
+            ("growth", area > settings.max_growth * previous.sum()),
+        )
+        if fired
+    )
+
+
+def guarded(
+    predictor: Predictor,
+    boxes: list[Box],
+    z: int,
+    previous: np.ndarray,
+    trained: tuple[np.ndarray, float, np.ndarray | None],
+    gate: IntensityGate | None,
+    settings: PropagationSettings,
+    min_pixels: float,
+) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """``settings.guard``: the mask-prompt decoder's ``trained`` answer ``(mask, score, logits)`` on slice ``z``,
+    or the base decoder's answer to the box alone (``boxes[0]``) where the trained one trips a stop rule or
+    disagrees with it (``guard_iou``); with ``guard_score`` the answer kept carries the box-only score."""
+    base = predictor.predict(Prompt(box=boxes[0]), z=z)
+    mask = base.masks[0] if gate is None else gate.apply(predictor.image.array[z], base.masks[0])
+    mask = keep_touching(mask, previous)
+    score = float(base.scores[0])
+    logits = None if base.logits is None else base.logits[0]
+    t_mask, t_score, t_logits = trained
+    if settings.guard_score:
+        t_score = score
+    if (
+        stop_reasons(t_mask, t_score, previous, settings, min_pixels)
+        or mask_iou(t_mask, mask) < settings.guard_iou
+    ):
+        return mask, score, logits
+    return t_mask, t_score, t_logits
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
