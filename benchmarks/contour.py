@@ -15,7 +15,10 @@ Per direction (atlas → patient), for every organ of the atlas or of `oncoseg.c
   refinement of `MODEL_REFINED`), + CT numbers (`adapt_priors`: intensity refinement, contrast aorta, cord in the
   canal, HU organs), + CT numbers + model (not for `adapt.NO_MODEL_METHODS`), and *final*: what `contour()` keeps (the model only where `refine.model_helps`). Dice of carried
   organs is computed inside the part of the patient's scan that the registered atlas scan covers (the slab atlas
-  cannot say anything about the rest); HU organs over the whole scan.
+  cannot say anything about the rest); HU organs over the whole scan. *product* is `contour()` itself: the
+  organs it does not draw (outside the scan, weak evidence) are empty, and each drawn organ's confidence is
+  shown; how well that confidence separates organs with Dice < 0.7 from the rest (AUROC, REVIEW flags) is
+  measured over the scored organs of both directions.
 
 Lungs: the reference is the union of the lobe labels (left/right). SpinalCanal is reported by the share of the
 labelled spinal cord it holds. Vertebrae and ribs (`oncoseg.contour.bones`) are also matched against every
@@ -52,7 +55,9 @@ from oncoseg.dicom.tg263 import lookup
 from oncoseg.io import load_image
 
 STAGES = ("atlas", "atlas_model", "ct", "ct_model", "final")
+ALL = STAGES + ("product",)  # product: contour() itself (evidence applied: organs not drawn are empty)
 HU_STAGES = ("ct", "ct_model", "final")  # an HU organ has no atlas stage
+BAD_BELOW = 0.7  # an organ with Dice below this counts as bad (the trust issue's line)
 LARGE = ("Liver", "Spleen", "Kidney_L", "Kidney_R", "Lung_L", "Lung_R", "Heart", "Stomach")
 
 
@@ -121,6 +126,14 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
         n: (stages["ct_model"] if model_helps(spacing, n) else stages["ct"])[n] for n in organs
     }
 
+    # what the product draws: contour() itself, with its evidence (organs not drawn are empty) and confidence
+    from oncoseg.contour import contour
+
+    t = time.perf_counter()
+    product = contour(patient.image, atlas=atlas, predictor=predictor)
+    timings["product"] = time.perf_counter() - t
+    stages["product"] = {n: product.masks.get(n, np.zeros(patient.image.shape, bool)) for n in organs}
+
     truths = {n: patient.mask(n) for n in organs if n not in HU_ORGANS}
     truths.update(lung_truth(patient, example))
     cord = patient.mask("SpinalCord")
@@ -141,16 +154,22 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
             row["status"] = "scored (whole scan)" if truth.any() else "absent in the patient's scan"
             if truth.any():
                 row["truth_ml"] = round(float(truth.sum()) * voxel_ml, 1)
-                row["dice"] = {s: _round(dice(stages[s][name], truth)) for s in HU_STAGES}
+                row["dice"] = {s: _round(dice(stages[s][name], truth)) for s in HU_STAGES + ("product",)}
             else:
-                row["drawn_ml"] = {s: round(float(stages[s][name].sum()) * voxel_ml, 1) for s in STAGES}
+                row["drawn_ml"] = {s: round(float(stages[s][name].sum()) * voxel_ml, 1) for s in ALL}
         elif not (truth & covered).any():
             row["status"] = "absent in the patient's scan"
-            row["drawn_ml"] = {s: round(float(stages[s][name].sum()) * voxel_ml, 1) for s in STAGES}
+            row["drawn_ml"] = {s: round(float(stages[s][name].sum()) * voxel_ml, 1) for s in ALL}
         else:
             row["status"] = "scored"
             row["truth_ml"] = round(float((truth & covered).sum()) * voxel_ml, 1)
-            row["dice"] = {s: _round(dice(stages[s][name] & covered, truth & covered)) for s in STAGES}
+            row["dice"] = {s: _round(dice(stages[s][name] & covered, truth & covered)) for s in ALL}
+        evidence = product.evidence.get(name)
+        if evidence is not None and evidence.omitted:
+            row["product_not_drawn"] = evidence.omitted
+        elif evidence is not None and evidence.confidence is not None:
+            row["confidence"] = round(evidence.confidence.estimate, 3)
+            row["review"] = bool(evidence.confidence.review)
         row["method"] = methods.get(name, "atlas only" if name in organs else "")
         if name in weak:
             row["not_drawn"] = weak[name]
@@ -160,6 +179,35 @@ def direction(atlas: Atlas, patient: Atlas, predictor, example: Path) -> dict[st
             row["best_match"] = {"organ": best[1], "dice": round(best[0], 3)}
         rows.append(row)
     return {"atlas": atlas.source, "patient": patient.source, "timings_s": _rounded(timings), "organs": rows}
+
+
+def confidence_separation(directions: list[dict[str, Any]]) -> dict[str, Any]:
+    """How well the product's per-organ confidence separates organs with Dice < `BAD_BELOW` from the rest, over
+    the scored organs it drew in both directions (AUROC of 1 - confidence; the REVIEW flag's hits)."""
+    rows = [
+        r
+        for run in directions
+        for r in run["organs"]
+        if r.get("status", "").startswith("scored")
+        and "confidence" in r
+        and r["dice"].get("product") is not None
+    ]
+    bad = np.array([r["dice"]["product"] < BAD_BELOW for r in rows])
+    estimate = np.array([r["confidence"] for r in rows])
+    review = np.array([r["review"] for r in rows])
+    auroc = None
+    if bad.any() and not bad.all():
+        from sklearn.metrics import roc_auc_score
+
+        auroc = round(float(roc_auc_score(bad, 1.0 - estimate)), 3)
+    return {
+        "organs": len(rows),
+        "bad": int(bad.sum()),
+        "auroc": auroc,
+        "bad_flagged": int((bad & review).sum()),
+        "good_flagged": int((~bad & review).sum()),
+        "bad_below": BAD_BELOW,
+    }
 
 
 def speed(example: Path, atlas: Atlas, predictor) -> dict[str, Any]:
@@ -231,6 +279,7 @@ def main() -> None:
             direction(series, small, predictor, example),
         ],
     }
+    result["confidence"] = confidence_separation(result["directions"])
     if not args.skip_speed:
         result["speed"] = speed(example, small, predictor)
     path = write_json(result, args.out, "contour")
@@ -249,8 +298,18 @@ def main() -> None:
                 extra = f"{extra}; best match {row['best_match']['organ']} {row['best_match']['dice']:.3f}"
             if "not_drawn" in row:
                 extra = f"{extra}; not drawn: {row['not_drawn']}"
+            shown = row.get("product_not_drawn") and "not drawn"
+            if "confidence" in row:
+                shown = f"{row['confidence']:.2f}" + (" REVIEW" if row["review"] else "")
             table.append(
-                [row["organ"], row["status"], row["method"], *[fmt(d.get(s)) for s in STAGES], extra]
+                [
+                    row["organ"],
+                    row["status"],
+                    row["method"],
+                    *[fmt(d.get(s)) for s in ALL],
+                    shown or "",
+                    extra,
+                ]
             )
         header = [
             "organ",
@@ -261,9 +320,17 @@ def main() -> None:
             "+CT numbers",
             "+CT numbers+model",
             "final",
+            "product",
+            "confidence",
             "mL",
         ]
         print(markdown_table(header, table))
+    c = result["confidence"]
+    print(
+        f"\n## Confidence against Dice < {BAD_BELOW} (product, scored organs drawn, both directions)\n\n"
+        f"{c['organs']} organs, {c['bad']} with Dice < {BAD_BELOW}: AUROC {fmt(c['auroc'])}; flagged REVIEW: "
+        f"{c['bad_flagged']} of {c['bad']} bad, {c['good_flagged']} of {c['organs'] - c['bad']} good"
+    )
     if "speed" in result:
         s = result["speed"]
         print(

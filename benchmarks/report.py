@@ -501,6 +501,18 @@ def trust_audit_section(result: dict) -> str:
     )
 
 
+def confidence_line(c: dict | None) -> str:
+    """How the organs' confidence separates the bad ones (benchmarks/contour.py's ``confidence``)."""
+    if not c:
+        return ""
+    auroc = "–" if c["auroc"] is None else f"{c['auroc']:.3f}"
+    return (
+        f"Confidence against Dice < {c['bad_below']} over the {c['organs']} scored organs drawn in both "
+        f"directions ({c['bad']} bad): AUROC {auroc}; flagged REVIEW: {c['bad_flagged']} of {c['bad']} bad, "
+        f"{c['good_flagged']} of {c['organs'] - c['bad']} good."
+    )
+
+
 def contour_section(result: dict) -> str:
     """Organs at risk, both ways between the two TotalSegmentator example patients (benchmarks/contour.py)."""
     speed = result["speed"]
@@ -510,8 +522,13 @@ def contour_section(result: dict) -> str:
             if r["status"] != "scored":
                 continue
             dice = r["dice"]
+            product = dice.get("product")
+            shown = "not drawn: " + r["product_not_drawn"] if r.get("product_not_drawn") else ""
+            if "confidence" in r:
+                shown = f"{r['confidence']:.2f}" + (" REVIEW" if r["review"] else "")
             rows.append([f"{direction['atlas']} → {direction['patient']}", r["organ"], r["method"],
-                         f"{dice['atlas']:.3f}", f"{dice['final']:.3f}", f"{r['truth_ml']:.1f}"])  # fmt: skip
+                         f"{dice['atlas']:.3f}", f"{dice['final']:.3f}",
+                         "–" if product is None else f"{product:.3f}", shown, f"{r['truth_ml']:.1f}"])  # fmt: skip
     absent = [
         f"{r['organ']} ({r['status']})"
         for direction in result["directions"][:1]
@@ -534,7 +551,28 @@ def contour_section(result: dict) -> str:
                 "[contour.md](contour.md))."
             ),
             "",
-            table(["atlas → patient", "organ", "method", "Dice atlas only", "Dice final", "truth mL"], rows),
+            table(
+                [
+                    "atlas → patient",
+                    "organ",
+                    "method",
+                    "Dice atlas only",
+                    "Dice final",
+                    "Dice drawn (product)",
+                    "confidence",
+                    "truth mL",
+                ],
+                rows,
+            ),
+            "",
+            (
+                "*Dice final*: the stages `contour()` keeps, every organ drawn; *Dice drawn (product)*: "
+                "`contour()` itself, run again, with its evidence applied (an organ it does not draw scores 0 "
+                "where the patient has it). Confidence: the product's per-organ estimate (a heuristic, "
+                "docs/contour.md), REVIEW when flagged."
+            ),
+            "",
+            confidence_line(result.get("confidence")),
             "",
             "Not scored on the DICOM slab (absent from it, or no reference): " + "; ".join(absent) + ".",
             "",
