@@ -15,6 +15,7 @@ from oncoseg.contour.adapt import (
     METHOD_HU,
     NO_MODEL_METHODS,
     adapt_priors,
+    carved_out,
     supported,
 )
 from oncoseg.contour.anatomy import body, lungs, spinal_canal
@@ -250,6 +251,43 @@ def test_an_organ_does_not_keep_a_neighbour_of_its_density_joined_by_a_thin_brid
         ct, {"Spleen": prior}, (2.0, 2.0, 2.0), settings=IntensitySettings(body_mm=0.1)
     )
     assert (loose["Spleen"] & kidney).sum() > 0.5 * kidney.sum()  # the rule, not the growth, drops the kidney
+
+
+def test_a_kidney_carved_from_the_spleen_is_weak_evidence_and_the_spleen_takes_it_back():
+    """A carried kidney over spleen tissue (no kidney in the scan) is fitted to a piece of the spleen: it is
+    reported weak (not to be drawn) and the spleen is fitted again without it. A real kidney, parted from the
+    spleen by fat, is not."""
+    rng = np.random.default_rng(3)
+    ct = np.full((20, 80, 80), -100.0)
+    spleen = np.zeros(ct.shape, bool)
+    spleen[2:18, 10:60, 10:50] = True
+    ct[spleen] = 50
+    ct += rng.normal(0, 5, ct.shape)
+    carried_spleen = np.zeros(ct.shape, bool)
+    carried_spleen[2:18, 10:60, 10:40] = True
+    carried_kidney = np.zeros(ct.shape, bool)
+    carried_kidney[5:15, 25:45, 38:48] = True  # lies on the spleen's medial part
+    priors = {"Spleen": carried_spleen, "Kidney_L": carried_kidney}
+    adapted, _, _, weak = adapt_priors(_image(ct, spacing=(2.0, 2.0, 2.0)), priors)
+    assert set(weak) == {"Kidney_L"} and "Spleen" in weak["Kidney_L"], weak
+    taken = carried_kidney & spleen  # the spleen's tissue under the carried kidney
+    assert (adapted["Spleen"] & taken).sum() > 0.9 * taken.sum()
+    assert dice(adapted["Spleen"], spleen) > 0.85, dice(adapted["Spleen"], spleen)
+
+    kidney = np.zeros(ct.shape, bool)
+    kidney[4:16, 20:50, 56:70] = True  # 6 px of fat between
+    ct2 = np.full(ct.shape, -100.0)
+    ct2[spleen | kidney] = 50
+    ct2 += rng.normal(0, 5, ct.shape)
+    priors = {"Spleen": spleen, "Kidney_L": np.roll(kidney, -2, axis=2)}
+    _, _, _, weak = adapt_priors(_image(ct2, spacing=(2.0, 2.0, 2.0)), priors)
+    assert weak == {}, weak
+
+
+def test_real_organs_are_not_carved_from_each_other(small_ct):
+    """The 3 mm example CT's own liver, spleen, kidneys and stomach touch over a small share of their surface."""
+    organs = ("Liver", "Spleen", "Kidney_L", "Kidney_R", "Stomach")
+    assert carved_out({name: small_ct.mask(name) for name in organs}) == {}
 
 
 def test_adapt_adds_hu_organs_and_refines_the_large_ones():
