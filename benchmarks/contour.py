@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="only the per-organ comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from oncoseg.predictor import Predictor
+    from oncoseg.contour.pipeline import make_predictor
 
     example = require_data(args.data) / "totalsegmentator-example"
     t = time.perf_counter()
@@ -267,7 +267,7 @@ def main() -> None:
     series = dicom_atlas(example)
     load_s = time.perf_counter() - t
     t = time.perf_counter()
-    predictor = Predictor("litemedsam")
+    predictor = make_predictor()  # the model `oncoseg contour` refines with (LiteMedSAM, teacher encoder)
     model_s = time.perf_counter() - t
     result: dict[str, Any] = {
         "environment": environment(),
