@@ -119,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         "default); --no-follow-mask: box-only",
     )
     parser.add_argument(
+        "--no-mask-prompt-corrections",
+        action="store_true",
+        help="PropagationSettings.mask_prompt_corrections=False: a click's re-walk goes box-only",
+    )
+    parser.add_argument(
+        "--split", help="the dataset split (default: the protocol's, test for the hippocampus)"
+    )
+    parser.add_argument(
         "--mask-prompt-min-area",
         type=float,
         help="PropagationSettings.mask_prompt_min_area (0: the mask-prompt decoder for every object)",
@@ -225,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"merged {len(done)} targets into {output}")
         return 0
     predictor = ModelSpec(backend="litemedsam", threads=args.threads).build_predictor(cache_slices=1024)
+    split = {} if args.split is None else {"split": args.split}
     last_settings: dict[str, dict] = {}
     for initial in initials:
         for name in names:
@@ -239,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 else ...
             )
             cases = (
-                c for c in dataset_cases(name, limit=limit, targets=targets, root=args.data)
+                c for c in dataset_cases(name, limit=limit, targets=targets, root=args.data, **split)
                 if (c.dataset, c.case_id, c.target, initial) not in done
             )  # fmt: skip
             bound = initial == "box2d"  # the bound does not depend on the initial prompt: measured once
@@ -250,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.mask_prompt_min_area is None
                     else {"mask_prompt_min_area": args.mask_prompt_min_area}
                 ),
+                mask_prompt_corrections=not args.no_mask_prompt_corrections,
             )
             last_settings[initial] = run_interactive(
                 [], predictor, clicks=args.clicks, initial=initial, bound=bound, propagation=propagation
