@@ -118,3 +118,15 @@ def test_training_runs_checkpoints_resumes_and_exports(backend, hippocampus, tmp
 def test_no_training_on_the_test_split(tmp_path):
     with pytest.raises(Exception, match="never trains or chooses on the test split"):
         training.cache_cases("test", 1, tmp_path)
+
+
+def test_teacher_encoder_walks_box_only(hippocampus):
+    """The shipped adapter was trained on the student encoder's embeddings: with LiteMedSAM's own (teacher)
+    encoder, "auto" keeps the base decoder and the default walk is the box-only walk."""
+    image, _, box, modality = hippocampus
+    teacher = LiteMedSAMBackend(encoder="teacher")
+    predictor = Predictor(teacher)
+    predictor.set_image(image, modality)
+    start = predictor.predict(Prompt(box=box), z=box.z).masks[0]
+    assert not follows_masks(predictor, start, PropagationSettings())
+    assert teacher.mask_prompt_decoder()[0] is teacher.model.prompt_encoder

@@ -231,7 +231,8 @@ class LiteMedSAMBackend(Backend):
         168×168 encoder, `oncoseg.models.student`), "teacher" (LiteMedSAM's own), or "auto": the student with the
         bundled weights when the package holds it, the teacher for any other model. ``mask_prompt``: the decoder
         that answers decodes carrying a dense mask prompt (3D propagation's neighbour logits): "auto" (the shipped
-        mask-prompt adapter, `oncoseg.models.mask_prompt`, where it fits the model's weights), an adapter file, or
+        mask-prompt adapter, `oncoseg.models.mask_prompt`, where it fits the model's weights and the encoder is the
+        student it was trained with; otherwise walks go box-only), an adapter file, or
         None (the base decoder, which never trained that input)."""
         if precision not in ("auto", "fp32", "bf16"):
             raise ModelError(f"precision must be auto, fp32 or bf16, not {precision!r}")
@@ -559,7 +560,8 @@ class LiteMedSAMBackend(Backend):
 
             parts = None
             with torch.inference_mode(False):  # built once, outside the decode's inference mode
-                if self.mask_prompt == "auto" and mask_prompt.available():
+                # "auto": the shipped adapter, trained on the student encoder's embeddings, only with that encoder
+                if self.mask_prompt == "auto" and self.encoder_name == "student" and mask_prompt.available():
                     try:
                         parts = mask_prompt.load(self.model)
                     except ModelError:  # trained on the bundled weights: another model keeps its own decoder
