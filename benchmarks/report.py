@@ -14,7 +14,8 @@ Every number in docs/results.md comes from one of these commands (run from the r
     .venv/bin/python benchmarks/ct_clicks.py --threads 2                      # → results/ct_clicks.json
     .venv/bin/python benchmarks/contour.py --threads 1                        # → results/contour.json
     .venv/bin/python benchmarks/concepts.py                                   # → results/concepts.json
-    nice .venv/bin/python benchmarks/interactive.py                           # → results/interactive.json
+    nice .venv/bin/python benchmarks/interactive.py --initial box2d --threads 1  # → results/interactive.json
+    nice .venv/bin/python benchmarks/interactive.py --initial box3d --threads 1 --resume
     .venv/bin/python benchmarks/confidence.py                                 # → results/confidence.json
     .venv/bin/python benchmarks/slice_quality.py --limit 12 --threads 1       # → results/slice_quality.json
     .venv/bin/python benchmarks/text_quality.py --limit 30 --threads 1        # → results/text_quality.json
@@ -1084,14 +1085,12 @@ def main() -> None:
         sections += ["", adversarial_section(load("adversarial"))]
     if load("trust_audit"):
         sections += ["", trust_audit_section(load("trust_audit"))]
-    if load("interactive_subset"):
-        sections += ["", interactive_section(
-            load("interactive_subset"), "## Interactive 3D segmentation: today's default model on a subset",
-            "The default model (student encoder) with the 3D correction rules of commit 5a79fad and later, on a "
-            "subset that runs in minutes (the full run below takes hours and is older: teacher encoder, earlier "
-            "correction rules). ", load("interactive_subset")["command"])]  # fmt: skip
     if load("interactive"):
-        sections += ["", interactive_section(load("interactive"))]
+        full = load("interactive")
+        runs = "; ".join(f"`{i['command']}` ({i['seconds']:.0f} s)" for i in full.get("invocations", []))
+        sections += ["", interactive_section(full, note=(
+            "The default model (student encoder; 3D walks follow the neighbour's mask for objects covering >= 5 % "
+            f"of the frame) with today's correction rules. Runs: {runs}. "))]  # fmt: skip
     if load("confidence"):
         sections += ["", confidence_section(load("confidence"))]
     if load("slice_quality"):
