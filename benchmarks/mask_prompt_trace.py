@@ -29,21 +29,7 @@ from oncoseg.evaluate.interactive import dataset_cases
 from oncoseg.evaluate.metrics import dice
 from oncoseg.models.spec import ModelSpec
 from oncoseg.prompts import Prompt, box_from_mask
-from oncoseg.volume import PropagationSettings, ct_gate, keep_touching, mask_iou
-
-
-def reasons(mask, score, previous, settings, min_pixels) -> list[str]:
-    area = int(mask.sum())
-    return [
-        name
-        for name, fired in (
-            ("area", area < min_pixels),
-            ("score", score < settings.min_score),
-            ("iou", mask_iou(mask, previous) < settings.min_iou),
-            ("growth", area > settings.max_growth * previous.sum()),
-        )
-        if fired
-    ]
+from oncoseg.volume import PropagationSettings, ct_gate, keep_touching, mask_iou, stop_reasons
 
 
 def trace_case(predictor, case, settings: PropagationSettings) -> dict:
@@ -73,8 +59,8 @@ def trace_case(predictor, case, settings: PropagationSettings) -> dict:
                 answers[name] = (m, float(p.scores[0]), p.logits[0])
             (mt, st, lt), (mb, sb, _) = answers["trained"], answers["base"]
             rt, rb = (
-                reasons(mt, st, previous, settings, min_pixels),
-                reasons(mb, sb, previous, settings, min_pixels),
+                stop_reasons(mt, st, previous, settings, min_pixels),
+                stop_reasons(mb, sb, previous, settings, min_pixels),
             )
             has = bool(truth[z].any())
             rows.append(
