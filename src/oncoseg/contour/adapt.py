@@ -18,6 +18,7 @@ Run between registration and model refinement (`oncoseg.contour.pipeline.contour
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from oncoseg.contour.anatomy import anatomy
 from oncoseg.contour.bones import is_bone, refine_bones
@@ -48,8 +49,6 @@ def carved_out(fitted: dict[str, np.ndarray]) -> dict[str, str]:
     atlas organ the scan does not hold, carried over another organ, is fitted to that organ's tissue and cut
     from it by the competition: the slab's absent kidneys lay against the spleen and liver over 32 % and 50 %.
     Set on those four cases only: a heuristic."""
-    from scipy import ndimage
-
     reasons = {}
     for name, mask in fitted.items():
         if not mask.any():
@@ -104,9 +103,8 @@ def adapt_priors(
             image.array, carried, image.spacing, organs=refine, not_gas=found["Lungs"]
         )
         carved = carved_out(refined)
-        if (
-            carved
-        ):  # an organ the scan does not hold, fitted to a neighbour's tissue: the neighbour takes it back
+        # an organ the scan does not hold, fitted to a neighbour's tissue: the neighbour takes it back
+        if carved:
             weak.update(carved)
             kept = [name for name in refine if name not in carved]
             refined.update(
