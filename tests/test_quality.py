@@ -20,7 +20,7 @@ def test_features_read_what_they_say():
     scores = {z: 0.9 for z in range(4, 16)}
     values = dict(zip(FEATURES, features(closed, scores, volume=True), strict=True))
     assert values["score_mean"] == values["score_min"] == 0.9
-    assert values["largest_piece"] == 1.0 and values["border"] == 0.0 and values["is_volume"] == 1.0
+    assert values["largest_piece"] == 1.0 and values["border"] == 0.0
     assert values["open_end"] < 0.5  # the ball narrows towards its ends
     cut = _ball(top=10)  # a walk that stopped on the ball's widest slice
     assert features(cut, scores, volume=True)[FEATURES.index("open_end")] > 0.9
@@ -68,13 +68,16 @@ def test_the_shipped_weights_are_the_ones_the_benchmark_fitted_and_the_flag_is_b
 
     from oncoseg import quality
 
-    fit = json.loads((Path(__file__).parents[1] / "benchmarks/results/confidence.json").read_text())["fit"]
-    np.testing.assert_allclose(quality.MEAN, fit["mean"])
-    np.testing.assert_allclose(quality.SCALE, fit["scale"])
-    np.testing.assert_allclose(quality.WEIGHTS, fit["weights"])
-    assert (quality.BIAS, quality.REVIEW_AT) == (fit["bias"], fit["review_at"])
-    # a fact rarely seen in training (a mask on the border) counts as unusual, not as a hundred times so
-    assert quality.standardised(quality.MEAN + 100 * quality.SCALE).max() == 3.0
+    fits = json.loads((Path(__file__).parents[1] / "benchmarks/results/confidence.json").read_text())["fit"]
+    for shipped, fit in ((quality.PICTURE_FIT, fits["picture"]), (quality.VOLUME_FIT, fits["volume"])):
+        np.testing.assert_allclose(shipped.mean, fit["mean"])
+        np.testing.assert_allclose(shipped.scale, fit["scale"])
+        np.testing.assert_allclose(shipped.weights, fit["weights"])
+        assert (shipped.bias, shipped.review_at) == (fit["bias"], fit["review_at"])
+        # a fact rarely seen in training (a mask on the border) counts as unusual, not as a hundred times so
+        assert (
+            quality.standardised(shipped.mean + 100 * shipped.scale, shipped.mean, shipped.scale).max() == 3.0
+        )
 
 
 def test_slices_to_look_at_first_in_a_volume():
