@@ -13,7 +13,7 @@ from oncoseg.image import MedicalImage
 from oncoseg.models.base import Backend, ImageEmbedding, MaskPrediction
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, Point, Prompt
-from oncoseg.session import Session, box_without, clicks_merge, combine_clicks, monotone
+from oncoseg.session import Session, box_without, clicks_merge, combine_clicks, monotone, rim_cut
 
 
 def _truth() -> np.ndarray:
@@ -407,3 +407,42 @@ def test_a_click_beyond_the_object_s_end_takes_the_smaller_answer():
     ys, xs = np.nonzero(truth[14])
     session.refine(obj, Prompt(points=(Point(float(xs[len(xs) // 2]), float(ys[len(ys) // 2]), z=14),)))
     assert obj.mask[14].sum() >= truth[14].sum() and not (obj.mask[14] & around[14] & ~truth[14]).any()
+
+
+def test_an_exclude_click_on_the_rim_trims_the_edge_instead_of_shrinking_the_object():
+    """A model that answers an exclude click on the mask's rim with a fraction of the object (as LiteMedSAM did on
+    a CT kidney) gets the edge trimmed around the click instead; a click deep inside keeps the model's answer."""
+    current = np.zeros((40, 40), bool)
+    current[10:30, 10:30] = True
+    trimmed = rim_cut(current, [Point(10.0, 20.0, positive=False)])
+    assert (
+        trimmed is not None
+        and not trimmed[20, 10]
+        and trimmed[20, 14]
+        and trimmed.sum() > 0.95 * current.sum()
+    )
+    assert rim_cut(current, [Point(20.0, 20.0, positive=False)]) is None  # deep inside: not a rim
+
+    class Shrinking(OracleBackend):  # once told, answers anything on slice ``shrink_at`` with a sliver
+        shrink_at = None
+
+        def decode(self, embedding, prompts, mask_input=None):
+            out = super().decode(embedding, prompts, mask_input)
+            if embedding.cache["z"] == self.shrink_at:
+                for i in range(len(prompts)):
+                    ys, xs = np.nonzero(out.masks[i])
+                    out.masks[i][ys[5:], xs[5:]] = False
+            return out
+
+    truth = _truth()
+    backend = Shrinking(truth)
+    session = Session(_volume(), Predictor(backend), modality="mri")
+    backend.slices = {session.predictor.slice_pixels(z).tobytes(): z for z in range(20)}
+    obj = session.segment(_box(truth[10], 10), volume=True)
+    before = obj.mask.copy()
+    ys, xs = np.nonzero(truth[10])
+    edge = Point(float(xs.min()), float(ys[np.argmin(xs)]), positive=False, z=10)
+    backend.shrink_at = 10
+    session.refine(obj, Prompt(points=(edge,)))
+    assert 0.9 * before[10].sum() < obj.mask[10].sum() < before[10].sum()
+    assert obj.mask.sum() > 0.9 * before.sum()  # the object is still there on the other slices

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from oncoseg.errors import EmptyResultError, OncoSegError, PromptError
 from oncoseg.image import MedicalImage
@@ -274,6 +275,10 @@ class Session:
             if other[0].any() and (not mask_score[0].any() or other[0].sum() < mask_score[0].sum()):
                 mask_score = other
         new = monotone(mask_score[0], current, prompt)
+        if clicks_merge(prompt) == "remove" and 2 * new.sum() < current.sum():
+            trimmed = rim_cut(current, prompt.points)
+            if trimmed is not None:
+                new, mask_score = trimmed, (trimmed, mask_score[1])
         if not new.any():
             raise EmptyResultError(f"the correction removed object {obj.label} from this slice")
         # worked out on copies and applied at the end: an error or a cancel (raised by on_slice) changes nothing
@@ -482,6 +487,28 @@ def nearest_held(mask: np.ndarray, z: int) -> np.ndarray:
     if not len(held):
         return mask[z]
     return mask[int(held[np.argmin(np.abs(held - z))])]
+
+
+RIM_PX = 3.0  # an exclude click this close to the mask's border asks for a trimmed edge, not a smaller object
+
+
+def rim_cut(current: np.ndarray, clicks, radius: float = RIM_PX) -> np.ndarray | None:
+    """``current`` without a disc of ``radius`` pixels around each of ``clicks``, when every click lies within
+    ``radius`` of the mask's border (else None). An exclude click on the rim of a slightly too large mask says the
+    edge is off; the model, which cannot carve a rim, answered with a fraction of the object (a CT kidney slice
+    229 -> 21 px, and the re-walk then cleared the slices beyond it: Dice 0.87 -> 0.60). Used when the model's
+    answer would remove more than half of the slice; on 9 organs of the 3 mm CT, 5 clicks 0.732 -> 0.753,
+    hippocampus val unchanged (0.748); 6 px lost 0.017 on the hippocampus."""
+    depth = ndimage.distance_transform_edt(current)
+    h, w = current.shape
+    at = [(min(max(round(p.y), 0), h - 1), min(max(round(p.x), 0), w - 1)) for p in clicks]
+    if not at or any(depth[y, x] > radius for y, x in at):
+        return None
+    yy, xx = np.mgrid[:h, :w]
+    cut = np.zeros_like(current)
+    for y, x in at:
+        cut |= (yy - y) ** 2 + (xx - x) ** 2 <= radius * radius
+    return current & ~cut
 
 
 def clicks_merge(prompt: Prompt) -> str | None:
