@@ -856,7 +856,7 @@ def interactive_section(
 
 
 def source(result: dict) -> str:
-    """"commit `abc1234`; " for a result that names the code it ran (``source_commit``, else its environment)."""
+    """ "commit `abc1234`; " for a result that names the code it ran (``source_commit``, else its environment)."""
     commit = result.get("source_commit") or result.get("environment", {}).get("git_commit") or "?"
     return f"commit `{commit}`; "
 
