@@ -422,6 +422,7 @@ def test_an_exclude_click_on_the_rim_trims_the_edge_instead_of_shrinking_the_obj
         and trimmed.sum() > 0.95 * current.sum()
     )
     assert rim_cut(current, [Point(20.0, 20.0, positive=False)]) is None  # deep inside: not a rim
+    assert rim_cut(current[8:16, 8:16], [Point(3.0, 3.0, positive=False)]) is None  # too thin to have a rim
 
     class Shrinking(OracleBackend):  # once told, answers anything on slice ``shrink_at`` with a sliver
         shrink_at = None
