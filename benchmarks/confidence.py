@@ -39,7 +39,7 @@ from oncoseg.data.adapters import open_dataset
 from oncoseg.errors import EmptyResultError
 from oncoseg.evaluate.protocols import Protocol
 from oncoseg.models.spec import ModelSpec
-from oncoseg.quality import FEATURES, features, standardised
+from oncoseg.quality import FEATURES, Fit, features, standardised
 from oncoseg.session import Session
 
 BAD_BELOW = 0.7
@@ -157,10 +157,10 @@ def auroc(bad_probability: np.ndarray, bad: np.ndarray) -> float | None:
     return float(greater / (len(pos) * len(neg)))
 
 
-def bad_probability(fit_: dict, values) -> float:
-    """The estimated probability of a bad result under a fit as stored (its rounded constants, as shipped)."""
-    z = standardised(np.asarray(values), np.array(fit_["mean"]), np.array(fit_["scale"]))
-    return float(1 / (1 + np.exp(-(fit_["bias"] + z @ np.array(fit_["weights"])))))
+def shipped(stored: dict) -> Fit:
+    """A fit as stored in the JSON (its rounded constants) as `oncoseg.quality` ships it."""
+    arrays = {name: np.array(stored[name]) for name in ("mean", "scale", "weights")}
+    return Fit(**arrays, bias=stored["bias"], review_at=stored.get("review_at", 0.0))
 
 
 def fit(logistic_regression, rows: list[dict]) -> dict:
@@ -179,7 +179,7 @@ def fit(logistic_regression, rows: list[dict]) -> dict:
         "weights": model.coef_[0].round(4).tolist(),
         "bias": round(float(model.intercept_[0]), 4),
     }
-    good = np.sort([bad_probability(stored, v) for v in x[~bad]])
+    good = np.sort([shipped(stored).bad_probability(v) for v in x[~bad]])
     stored["review_at"] = round(float(good[int(np.ceil((1 - FALSE_ALARM) * len(good))) - 1]) + 1e-4, 4)
     return {**stored, "train_results": len(rows), "train_bad": int(bad.sum())}
 
@@ -218,11 +218,9 @@ def main(argv=None) -> int:
             for r in test
             if group in (r["group"], "all test", "all volumes" if r["volume"] else "all pictures")
         ]
-        shipped = [fits["volume" if r["volume"] else "picture"] for r in rows]
-        probability = np.array(
-            [bad_probability(f, r["features"]) for f, r in zip(shipped, rows, strict=True)]
-        )
-        flagged = probability >= np.array([f["review_at"] for f in shipped])
+        models = [shipped(fits["volume" if r["volume"] else "picture"]) for r in rows]
+        probability = np.array([m.bad_probability(r["features"]) for m, r in zip(models, rows, strict=True)])
+        flagged = probability >= np.array([m.review_at for m in models])
         bad = np.array([r["dice"] < BAD_BELOW for r in rows])
         score_only = 1 - np.array([r["features"][0] for r in rows])
         rows_out.append(

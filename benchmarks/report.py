@@ -856,9 +856,9 @@ def interactive_section(
 
 
 def source(result: dict) -> str:
-    """ "commit `abc1234`; " for a result that names the code it ran (``source_commit``, else its environment)."""
+    """The code a result ran, e.g. "commit `abc1234`" (``source_commit``, else its environment's commit)."""
     commit = result.get("source_commit") or result.get("environment", {}).get("git_commit") or "?"
-    return f"commit `{commit}`; "
+    return f"commit `{commit}`"
 
 
 def confidence_section(result: dict) -> str:
@@ -879,7 +879,7 @@ def confidence_section(result: dict) -> str:
     command = result.get("rows_command") or result["command"]
     picture, volume = fits["picture"], fits["volume"]
     intro = (
-        f"Command: `.venv/bin/{command}` ({source(result)}refit from its stored results with `--rows "
+        f"Command: `.venv/bin/{command}` ({source(result)}; refit from its stored results with `--rows "
         "benchmarks/results/confidence.json`). Every result carries a quality estimate and a REVIEW flag "
         "(`oncoseg.quality`: a logistic model over the model's score, the mask's pieces and border contact, and "
         "for volumes open ends and slice-to-slice jumps). Two models: one for pictures (fitted on "
@@ -930,7 +930,7 @@ def slice_quality_section(result: dict) -> str:
         return "–" if value is None else f"{value:.2f}"
 
     intro = (
-        f"Command: `.venv/bin/{result['command']}` ({source(result)[:-2]}). Each slice of a 3D result gets a flag when it is likely wrong "
+        f"Command: `.venv/bin/{result['command']}` ({source(result)}). Each slice of a 3D result gets a flag when it is likely wrong "
         "(`oncoseg.quality.assess_slices`: the model's score on the slice, its best overlap with a neighbouring "
         "slice and its area against the larger neighbour); the flagged slices are listed as `review_slices` in "
         "the JSON and as 'check slices ...' after the quality. Fitted on MSD Hippocampus train volumes "
@@ -950,7 +950,7 @@ def text_quality_section(result: dict) -> str:
         return "–" if value is None else f"{value:.2f}"
 
     intro = (
-        f"Command: `.venv/bin/{result['command']}` ({source(result)[:-2]}). A text prompt's answer (every instance found, on test images) "
+        f"Command: `.venv/bin/{result['command']}` ({source(result)}). A text prompt's answer (every instance found, on test images) "
         "carries the same estimate and flag, read with the detection score as the model's score "
         "(`oncoseg.quality.text_quality`; not refitted for text). Bad = Dice < 0.7 against the truth (any answer "
         "on an image without the structure is bad); images where nothing is found are counted apart. A concept on "

@@ -32,6 +32,11 @@ class Fit:
     bias: float
     review_at: float
 
+    def bad_probability(self, values) -> float:
+        """The estimated probability that a result with these feature ``values`` is bad."""
+        z = standardised(values, self.mean, self.scale)
+        return float(1.0 / (1.0 + np.exp(-(self.bias + self.weights @ z))))
+
 
 # Fitted by `python benchmarks/confidence.py --limit 45 --volumes 45 --threads 1` with the default model on train
 # splits (174 pictures, 27 with Dice < 0.7; 153 propagated volumes, 92 bad; benchmarks/results/confidence.json), one
@@ -135,12 +140,14 @@ def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
     """The quality of one result (see the module docstring): a propagated volume is read by `VOLUME_FIT`,
     anything else (a picture, one slice of a volume) by `PICTURE_FIT`."""
     fit = VOLUME_FIT if volume and np.ndim(mask) == 3 else PICTURE_FIT
-    z = standardised(features(mask, slice_scores, volume), fit.mean, fit.scale)
-    p_bad = float(1.0 / (1.0 + np.exp(-(fit.bias + fit.weights @ z))))
+    values = features(mask, slice_scores, volume)
+    p_bad = fit.bad_probability(values)
     review = p_bad >= fit.review_at
     reasons = []
     if review:
-        pushes = fit.weights * z  # what pushed towards "bad", largest first
+        pushes = fit.weights * standardised(
+            values, fit.mean, fit.scale
+        )  # what pushed towards "bad", largest first
         words = {
             "score_mean": "low model score",
             "score_min": "a slice with a low model score",

@@ -278,7 +278,7 @@ class Session:
         if clicks_merge(prompt) == "remove" and 2 * new.sum() < current.sum():
             trimmed = rim_cut(current, prompt.points)
             if trimmed is not None:
-                new, mask_score = trimmed, (trimmed, mask_score[1])
+                new = trimmed
         if not new.any():
             raise EmptyResultError(f"the correction removed object {obj.label} from this slice")
         # worked out on copies and applied at the end: an error or a cancel (raised by on_slice) changes nothing
@@ -494,16 +494,16 @@ RIM_PX = 3.0  # an exclude click this close to the mask's border asks for a trim
 
 def rim_cut(current: np.ndarray, clicks, radius: float = RIM_PX) -> np.ndarray | None:
     """``current`` without a disc of ``radius`` pixels around each of ``clicks``, when every click lies within
-    ``radius`` of the mask's border and the mask is thicker than two such rims (else None). An exclude click on the rim of a slightly too large mask says the
-    edge is off; the model, which cannot carve a rim, answered with a fraction of the object (a CT kidney slice
-    229 -> 21 px, and the re-walk then cleared the slices beyond it: Dice 0.87 -> 0.60). Used when the model's
-    answer would remove more than half of the slice; on 9 organs of the 3 mm CT, 5 clicks 0.732 -> 0.753,
-    hippocampus val unchanged (0.748); 6 px lost 0.017 on the hippocampus."""
+    ``radius`` of the mask's border and the mask is thicker than two such rims (else None). An exclude click on
+    the rim of a slightly too large mask says the edge is off; the model, which cannot carve a rim, answered with
+    a fraction of the object (a CT kidney slice 229 -> 21 px, and the re-walk then cleared the slices beyond it:
+    Dice 0.87 -> 0.60). Used when the model's answer would remove more than half of the slice; on 9 organs of the
+    3 mm CT, 5 clicks 0.732 -> 0.753, hippocampus val unchanged (0.748); 6 px lost 0.017 on the hippocampus."""
     depth = ndimage.distance_transform_edt(current)
-    h, w = current.shape
-    at = [(min(max(round(p.y), 0), h - 1), min(max(round(p.x), 0), w - 1)) for p in clicks]
+    at = [pixel_of(p, current.shape) for p in clicks]
     if not at or depth.max() <= 2 * radius or any(depth[y, x] > radius for y, x in at):
         return None  # (an object no thicker than two rims has no rim apart from its body)
+    h, w = current.shape
     yy, xx = np.mgrid[:h, :w]
     cut = np.zeros_like(current)
     for y, x in at:
@@ -538,12 +538,16 @@ def monotone(new: np.ndarray, current: np.ndarray, prompt: Prompt) -> np.ndarray
     return new
 
 
+def pixel_of(point: Point, shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (row, column) of the pixel under ``point`` on a slice of ``shape`` (H, W), kept inside the slice."""
+    return min(max(round(point.y), 0), shape[0] - 1), min(max(round(point.x), 0), shape[1] - 1)
+
+
 def honours(mask: np.ndarray, positives, negatives) -> bool:
     """Whether a 2D ``mask`` is not empty, holds every include click and no exclude click."""
 
     def at(point: Point) -> bool:
-        row = min(max(round(point.y), 0), mask.shape[0] - 1)
-        return bool(mask[row, min(max(round(point.x), 0), mask.shape[1] - 1)])
+        return bool(mask[pixel_of(point, mask.shape)])
 
     return bool(mask.any()) and all(at(p) for p in positives) and not any(at(p) for p in negatives)
 
