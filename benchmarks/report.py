@@ -855,6 +855,63 @@ def interactive_section(
     return "\n".join(text)
 
 
+def interactive_figure(result: dict, path: Path) -> Path | None:
+    """Issue 20's targets as a picture (docs/images/interactive_curve.png): left, mean Dice after the box and
+    after each click (box2d) beside each row's every-slice GT-box bound (dashed) and its target (dotted); right,
+    each CT target's box Dice against its own bound, so what the walk loses and what the model cannot draw even
+    from a box on every slice are told apart."""
+    run = result["runs"].get("box2d")
+    if not run or not run["cases"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {g["group"]: g for g in run["summary_by_target"] + run["summary_by_dataset"]}
+    rows = [  # (group, label, target after 5 clicks or None)
+        ("msd-hippocampus/whole", "hippocampus test", 0.80),
+        ("brats2015/WT", "BraTS WT", None),
+        ("brats2015/TC", "BraTS TC", None),
+        ("brats2015/ET", "BraTS ET", None),
+        ("totalsegmentator-example", "CT, every organ", 0.85),
+    ]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for (name, label, target), colour in zip(rows, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        g = groups.get(name)
+        if g is None:
+            continue
+        left.plot(range(len(g["dice"])), g["dice"], marker="o", color=colour, label=f"{label} (n={g['n']})")
+        if g["bound_dice"] is not None:
+            left.axhline(g["bound_dice"], color=colour, linestyle="--", linewidth=1)
+        if target is not None:
+            left.axhline(target, color=colour, linestyle=":", linewidth=1.5)
+    left.set_xticks(range(6), ["box", *(f"click {k}" for k in range(1, 6))])
+    left.set_ylabel("mean 3D Dice")
+    left.set_ylim(0.3, 1.0)
+    left.set_title("after the box and each click (dashed: every-slice GT box; dotted: target)", fontsize=9)
+    left.legend(fontsize=7, loc="upper left", ncol=2)
+    ct = [c for c in run["cases"] if c["dataset"] == "totalsegmentator-example" and c["bound_dice"] is not None]
+    right.scatter([c["bound_dice"] for c in ct], [c["dice"][0] for c in ct], s=14, alpha=0.7)
+    for c in ct:
+        if c["target"] in ("liver", "spleen", "kidney_left", "aorta", "pancreas", "costal_cartilages"):
+            right.annotate(c["target"], (c["bound_dice"], c["dice"][0]), fontsize=7)
+    right.plot([0, 1], [0, 1], color="grey", linewidth=1)
+    right.axhline(0.80, color="grey", linestyle=":", linewidth=1.5)
+    right.set_xlabel("every-slice GT box (the model's own limit)")
+    right.set_ylabel("box on the largest slice + walk")
+    right.set_title(f"CT targets of both example patients (n={len(ct)}; dotted: 0.80)", fontsize=9)
+    right.set_xlim(0, 1)
+    right.set_ylim(0, 1)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.png")
+    fig.savefig(temporary, dpi=110)
+    plt.close(fig)
+    temporary.replace(path)
+    return path
+
+
 def source(result: dict) -> str:
     """The code a result ran, e.g. "commit `abc1234`" (``source_commit``, else its environment's commit)."""
     commit = result.get("source_commit") or result.get("environment", {}).get("git_commit") or "?"
@@ -1095,6 +1152,8 @@ def main() -> None:
         sections += ["", interactive_section(full, note=(
             "The default model (student encoder; 3D walks follow the neighbour's mask for objects covering >= 5 % "
             f"of the frame) with today's correction rules. Runs: {runs}. "))]  # fmt: skip
+        if interactive_figure(full, ROOT / "docs" / "images" / "interactive_curve.png"):
+            sections += ["", "![Dice per click and the CT targets against their bound](images/interactive_curve.png)"]
     if load("confidence"):
         sections += ["", confidence_section(load("confidence"))]
     if load("slice_quality"):
