@@ -891,7 +891,9 @@ def interactive_figure(result: dict, path: Path) -> Path | None:
     left.set_ylim(0.3, 1.0)
     left.set_title("after the box and each click (dashed: every-slice GT box; dotted: target)", fontsize=9)
     left.legend(fontsize=7, loc="upper left", ncol=2)
-    ct = [c for c in run["cases"] if c["dataset"] == "totalsegmentator-example" and c["bound_dice"] is not None]
+    ct = [
+        c for c in run["cases"] if c["dataset"] == "totalsegmentator-example" and c["bound_dice"] is not None
+    ]
     right.scatter([c["bound_dice"] for c in ct], [c["dice"][0] for c in ct], s=14, alpha=0.7)
     for c in ct:
         if c["target"] in ("liver", "spleen", "kidney_left", "aorta", "pancreas", "costal_cartilages"):
@@ -1153,7 +1155,10 @@ def main() -> None:
             "The default model (student encoder; 3D walks follow the neighbour's mask for objects covering >= 5 % "
             f"of the frame) with today's correction rules. Runs: {runs}. "))]  # fmt: skip
         if interactive_figure(full, ROOT / "docs" / "images" / "interactive_curve.png"):
-            sections += ["", "![Dice per click and the CT targets against their bound](images/interactive_curve.png)"]
+            sections += [
+                "",
+                "![Dice per click and the CT targets against their bound](images/interactive_curve.png)",
+            ]
     if load("confidence"):
         sections += ["", confidence_section(load("confidence"))]
     if load("slice_quality"):
