@@ -115,6 +115,21 @@ def test_training_runs_checkpoints_resumes_and_exports(backend, hippocampus, tmp
     assert np.isfinite(float(first["curve"][-1]["loss"]))
 
 
+def test_zoomed_out_training_volumes_keep_the_object_and_shrink_its_share(hippocampus):
+    """`--zoom-out`: the slice widened with mirrored surroundings, the object where it was and nowhere else."""
+    image, truth, _, _ = hippocampus
+    wide, wide_truth = training.zoomed_out(image, truth, 2.0)
+    z, h, w = truth.shape
+    assert wide.array.shape[0] == z and wide.array.shape[1] >= 2 * h - 1 and wide.array.shape[2] >= 2 * w - 1
+    assert wide_truth.sum() == truth.sum()
+    top, left = (wide.array.shape[1] - h) // 2, (wide.array.shape[2] - w) // 2
+    np.testing.assert_array_equal(wide.array[:, top : top + h, left : left + w], image.array)
+    np.testing.assert_array_equal(wide_truth[:, top : top + h, left : left + w], truth)
+    np.testing.assert_array_equal(wide.array[:, top - 1, left : left + w], image.array[:, 0])  # mirrored
+    share = truth.sum(axis=(1, 2)).max() / max(h, w) ** 2
+    assert wide_truth.sum(axis=(1, 2)).max() / max(wide.array.shape[1:]) ** 2 < share / 3
+
+
 def test_no_training_on_the_test_split(tmp_path):
     with pytest.raises(Exception, match="never trains or chooses on the test split"):
         training.cache_cases("test", 1, tmp_path)
