@@ -90,7 +90,9 @@ def cache_cases(
         if path.exists():
             continue
         started = time.perf_counter()
-        image, truth = zoomed_out(case.image, case.truth, zoom_out) if zoom_out > 1 else (case.image, case.truth)
+        image, truth = (
+            zoomed_out(case.image, case.truth, zoom_out) if zoom_out > 1 else (case.image, case.truth)
+        )
         count = cache_volume(predictor, image, truth, case.modality, path)
         print(f"[{i}] {case.case_id}: {count} slices, {time.perf_counter() - started:.1f} s", flush=True)
 
@@ -454,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--limit", type=int, help="cases, evenly spread (default all)")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument(
-        "--zoom-out", type=float, default=1.0, help="widen each slice to this many times its size (1: as it is)"
+        "--zoom-out",
+        type=float,
+        default=1.0,
+        help="widen each slice to this many times its size (1: as it is)",
     )
     t = commands.add_parser("train", help="fine-tune (resumes from RUN/last.pt)")
     t.add_argument("--cache", type=Path, required=True)
