@@ -10,7 +10,10 @@ click there, propagated; that box propagated, then corrected with a box on two m
 three quarters of the target's extent, as a user adds slices. Each review threshold flags 10 % of its good
 train results. On the test splits, and on 9 organs of the TotalSegmentator example CTs and MR (test only: box
 and click on the largest slice, propagated), it reports how well the estimate separates bad results from good
-ones (AUROC) and the share of bad and good results flagged.
+ones (AUROC) and the share of bad and good results flagged. Test only, the hippocampus and CT volumes are
+also walked from the box alone (as `--no-follow-mask`, the teacher encoder and fine-tuned models walk; no fit
+reads them): a result counts as flagged as the session flags it, by the estimate or by a doubt such as
+"walked from the box alone".
 
 Known limit: no CT volume is in the train set (the two example patients are the test), and the hippocampus
 volumes' Dice cluster around the 0.7 line, where no feature tells 0.68 from 0.72.
@@ -41,6 +44,7 @@ from oncoseg.evaluate.protocols import Protocol
 from oncoseg.models.spec import ModelSpec
 from oncoseg.quality import FEATURES, Fit, features, standardised
 from oncoseg.session import Session
+from oncoseg.volume import PropagationSettings
 
 BAD_BELOW = 0.7
 FALSE_ALARM = 0.10
@@ -54,8 +58,8 @@ CT_ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "aorta
              "inferior_vena_cava")  # fmt: skip
 
 
-def snapshot(kind: str, obj) -> tuple[str, np.ndarray, dict]:
-    return kind, obj.mask.copy(), dict(obj.slice_scores)
+def snapshot(kind: str, obj) -> tuple[str, np.ndarray, dict, tuple]:
+    return kind, obj.mask.copy(), dict(obj.slice_scores), tuple(obj.doubts)
 
 
 def volume_results(session: Session, truth: np.ndarray, keys: tuple, corrected: bool) -> list[tuple]:
@@ -85,8 +89,13 @@ def volume_results(session: Session, truth: np.ndarray, keys: tuple, corrected: 
     return out
 
 
-def collect(dataset: str, split: str | None, limit: int, predictor, progress, targets=None) -> list[dict]:
-    """One row per result: group, features, Dice."""
+def collect(
+    dataset: str, split: str | None, limit: int, predictor, progress, targets=None, box_only: bool = False
+) -> list[dict]:
+    """One row per result: group, features, Dice, the doubts the session gave it. ``box_only``: 3D walks from the
+    box alone (as `--no-follow-mask`, the teacher encoder and fine-tuned models walk)."""
+    propagation = PropagationSettings(mask_prompt=False) if box_only else None
+    tag = " (box-only walk)" if box_only else ""
     cases = spread(open_dataset(dataset).cases(split), limit)
     rows = []
     for i, case in enumerate(cases):
@@ -97,7 +106,7 @@ def collect(dataset: str, split: str | None, limit: int, predictor, progress, ta
                 continue
             if targets is not None and target not in targets:
                 continue
-            session = Session(image, predictor)
+            session = Session(image, predictor, propagation=propagation)
             if image.is_3d:
                 results = volume_results(session, truth, (case.case_id, target), targets is None)
             else:
@@ -110,15 +119,17 @@ def collect(dataset: str, split: str | None, limit: int, predictor, progress, ta
                         results.append(snapshot(kind, session.segment(prompt)))
                     except EmptyResultError:
                         pass
-            for kind, mask, slice_scores in results:
+            for kind, mask, slice_scores, doubts in results:
                 values, score = features(mask, slice_scores, image.is_3d), dice(mask, truth)
                 rows.append(
                     {
-                        "group": f"{dataset}/{f'{len(targets)} organs' if targets else target}/{kind}",
+                        "group": f"{dataset}/{f'{len(targets)} organs' if targets else target}/{kind}{tag}",
                         "target": target,
                         "split": split or "all",
                         "case": case.case_id,
                         "volume": bool(image.is_3d),
+                        "walk": "box-only" if box_only else "default",
+                        "doubts": list(doubts),
                         "features": [round(float(v), 5) for v in values],
                         "dice": round(score, 4),
                     }
@@ -144,6 +155,10 @@ def collect_all(limit: int, volumes: int, threads: int | None) -> tuple[list[dic
         train += collect(dataset, "train", n, predictor, progress)
         test += collect(dataset, "test", n, predictor, progress)
     test += collect("totalsegmentator-example", "test", None, predictor, progress, targets=CT_ORGANS)
+    # test only: the same volumes walked from the box alone, which the volume model was not fitted on; a walk
+    # of an object the default walk would follow carries the "walked from the box alone" doubt (`oncoseg.volume`)
+    test += collect("msd-hippocampus", "test", volumes, predictor, progress, box_only=True)
+    test += collect("totalsegmentator-example", "test", None, predictor, progress, CT_ORGANS, box_only=True)
     print(file=sys.stderr)
     return train, test
 
@@ -212,15 +227,26 @@ def main(argv=None) -> int:
     fits = {kind: fit(LogisticRegression, [r for r in train if r["volume"] == (kind == "volume")])
             for kind in ("picture", "volume")}  # fmt: skip
     rows_out, groups = [], sorted({r["group"] for r in test})
-    for group in [*groups, "all pictures", "all volumes", "all test"]:
+
+    def aggregate(r: dict) -> str:
+        if r.get("walk") == "box-only":
+            return "all box-only walks"
+        return "all volumes" if r["volume"] else "all pictures"
+
+    for group in [*groups, "all pictures", "all volumes", "all test", "all box-only walks"]:
         rows = [
             r
             for r in test
-            if group in (r["group"], "all test", "all volumes" if r["volume"] else "all pictures")
+            if group == r["group"]
+            or group == aggregate(r)
+            or (group == "all test" and r.get("walk") != "box-only")
         ]
         models = [shipped(fits["volume" if r["volume"] else "picture"]) for r in rows]
         probability = np.array([m.bad_probability(r["features"]) for m, r in zip(models, rows, strict=True)])
-        flagged = probability >= np.array([m.review_at for m in models])
+        # flagged as the session flags: the estimate, or a doubt known from how the result was made
+        flagged = (probability >= np.array([m.review_at for m in models])) | np.array(
+            [bool(r.get("doubts")) for r in rows], dtype=bool
+        )
         bad = np.array([r["dice"] < BAD_BELOW for r in rows])
         score_only = 1 - np.array([r["features"][0] for r in rows])
         rows_out.append(

@@ -16,8 +16,9 @@ from oncoseg.models.litemedsam import LiteMedSAMBackend
 from oncoseg.predictor import Predictor
 from oncoseg.prompts import Box, Prompt, box_from_mask
 from oncoseg.samples import list_samples, sample_path
+from oncoseg.session import Session
 from oncoseg.train import mask_prompt as training
-from oncoseg.volume import PropagationSettings, follows_masks, propagate
+from oncoseg.volume import BOX_ONLY, PropagationSettings, follows_masks, propagate
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,8 @@ def test_default_walk_follows_large_objects_and_small_ones_box_only(backend, hip
     default = propagate(predictor, Prompt(box=box))
     box_only = propagate(predictor, Prompt(box=box), PropagationSettings(mask_prompt=False))
     assert dice(default.mask, truth) > dice(box_only.mask, truth) + 0.05
+    # the box-only walk of an object the default walk follows is flagged (the volume estimate misreads it)
+    assert default.doubts == () and box_only.doubts == (BOX_ONLY,)
     # a small part of the hippocampus (its 3x3 px core on the prompted slice): box-only
     core = np.zeros_like(start)
     y, x = (int(v) for v in np.argwhere(start).mean(axis=0))
@@ -93,6 +96,7 @@ def test_default_walk_follows_large_objects_and_small_ones_box_only(backend, hip
     assert np.array_equal(
         walked.mask, propagate(predictor, Prompt(box=small), PropagationSettings(mask_prompt=False)).mask
     )
+    assert walked.doubts == ()  # small objects walk box-only by design, as the estimate was fitted
 
 
 def test_training_runs_checkpoints_resumes_and_exports(backend, hippocampus, tmp_path):
@@ -145,3 +149,8 @@ def test_teacher_encoder_walks_box_only(hippocampus):
     start = predictor.predict(Prompt(box=box), z=box.z).masks[0]
     assert not follows_masks(predictor, start, PropagationSettings())
     assert teacher.mask_prompt_decoder()[0] is teacher.model.prompt_encoder
+    # and says so: its volume carries the review reason into the session's quality (the README's teacher demo)
+    session = Session(image, predictor)
+    walked = session.segment(Prompt(box=box), volume=True)
+    assert walked.doubts == (BOX_ONLY,)
+    assert walked.quality.review and walked.quality.reasons[0] == BOX_ONLY

@@ -176,10 +176,10 @@ class Session:
         reason = self.predictor.blank_reason(prompt, z)  # e.g. constant after the CT window
         if reason is not None:
             raise blank_error(f"slice {z}" if z is not None else "the image", reason, label)
-        alternatives = ()
+        alternatives, doubts = (), ()
         if volume:
             result = propagate(self.predictor, prompt, self.propagation, on_slice=on_slice)
-            mask, scores = result.mask, dict(result.slice_scores)
+            mask, scores, doubts = result.mask, dict(result.slice_scores), result.doubts
             if (
                 prompt.box is None and prompt.points
             ):  # the start slice's other sizes (its embedding is cached)
@@ -192,7 +192,9 @@ class Session:
         if not mask.any():
             where = f" on slice {z}" if z is not None else ""
             raise EmptyResultError(f"the model found nothing for object {label}{where}: check the prompt")
-        obj = SegmentedObject(label, name or f"object {label}", mask, scores, {z: prompt}, volume)
+        obj = SegmentedObject(
+            label, name or f"object {label}", mask, scores, {z: prompt}, volume, doubts=doubts
+        )
         if alternatives:
             obj.alternatives[z] = tuple(alternatives)
         self.objects.append(obj)
