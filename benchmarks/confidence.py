@@ -244,9 +244,8 @@ def main(argv=None) -> int:
         models = [shipped(fits["volume" if r["volume"] else "picture"]) for r in rows]
         probability = np.array([m.bad_probability(r["features"]) for m, r in zip(models, rows, strict=True)])
         # flagged as the session flags: the estimate, or a doubt known from how the result was made
-        flagged = (probability >= np.array([m.review_at for m in models])) | np.array(
-            [bool(r.get("doubts")) for r in rows], dtype=bool
-        )
+        by_estimate = probability >= np.array([m.review_at for m in models])
+        flagged = by_estimate | np.array([bool(r.get("doubts")) for r in rows], dtype=bool)
         bad = np.array([r["dice"] < BAD_BELOW for r in rows])
         score_only = 1 - np.array([r["features"][0] for r in rows])
         rows_out.append(
@@ -258,6 +257,7 @@ def main(argv=None) -> int:
                 "auroc_model_score_only": auroc(score_only, bad),
                 "bad_flagged": float(flagged[bad].mean()) if bad.any() else None,
                 "good_flagged": float(flagged[~bad].mean()) if (~bad).any() else None,
+                "bad_flagged_by_estimate": float(by_estimate[bad].mean()) if bad.any() else None,
             }
         )
     result = {

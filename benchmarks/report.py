@@ -25,6 +25,7 @@ Every number in docs/results.md comes from one of these commands (run from the r
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -952,15 +953,23 @@ def confidence_section(result: dict) -> str:
     )
     by_group = {r["group"]: r for r in test}
     box_only = "."
+    good_doubted = Counter(
+        "hippocampus" if r["target"] == "whole" else r["target"]
+        for r in result["rows"]["test"]
+        if r.get("walk") == "box-only" and r.get("doubts") and r["dice"] >= result["bad_below"]
+    )
+    false_alarms = "the good ones the doubt flags: " + ", ".join(
+        f"{n} {t}" for t, n in good_doubted.most_common()
+    )
     hippocampus = by_group.get("msd-hippocampus/whole/box+propagate (box-only walk)")
     if hippocampus and "all box-only walks" in by_group:
         every = by_group["all box-only walks"]
         box_only = (
             f": of the {hippocampus['n']} box-started hippocampus walks {hippocampus['bad']} are bad and "
-            f"{fmt(hippocampus['bad_flagged'])} of those are flagged (the estimate alone flagged none of them); "
+            f"{fmt(hippocampus['bad_flagged'])} of those are flagged (by the estimate alone: "
+            f"{fmt(hippocampus.get('bad_flagged_by_estimate'))}); "
             f"over all {every['n']} box-only walks, {fmt(every['bad_flagged'])} of the bad and "
-            f"{fmt(every['good_flagged'])} of the good are flagged (the good ones flagged are large CT organs, "
-            "the liver first, which walk well from the box)."
+            f"{fmt(every['good_flagged'])} of the good are flagged ({false_alarms})."
         )
     note = (
         "Why two models: the default 3D walk follows the neighbour's mask with the mask-prompt decoder, which "
