@@ -338,7 +338,7 @@ def follows_masks(predictor: Predictor, start: np.ndarray, settings: Propagation
     """Whether a walk from ``start`` gives each slice its neighbour's mask (``settings.mask_prompt``): the object
     is large enough (``mask_prompt_min_area``) and the backend answers a mask prompt with a decoder trained for
     it, or was explicitly told to use its base decoder (``mask_prompt=None``, the zero-shot experiment)."""
-    if np.count_nonzero(start) < settings.mask_prompt_min_area * max(start.shape) ** 2:
+    if not large_enough(start, settings):
         return False
     backend = predictor.backend
     if not hasattr(backend, "mask_prompt_decoder"):
@@ -357,9 +357,13 @@ def box_only_doubt(predictor: Predictor, start: np.ndarray, settings: Propagatio
     flagged none of those 45)."""
     if not hasattr(predictor.backend, "mask_prompt_decoder"):  # a backend with no such decoder to miss
         return ()
-    large = np.count_nonzero(start) >= settings.mask_prompt_min_area * max(start.shape) ** 2
     followed = settings.mask_prompt and follows_masks(predictor, start, settings)
-    return (BOX_ONLY,) if large and not followed else ()
+    return (BOX_ONLY,) if large_enough(start, settings) and not followed else ()
+
+
+def large_enough(start: np.ndarray, settings: PropagationSettings) -> bool:
+    """Whether ``start`` covers ``settings.mask_prompt_min_area`` of the square frame of its longest side."""
+    return np.count_nonzero(start) >= settings.mask_prompt_min_area * max(start.shape) ** 2
 
 
 def stop_reasons(
