@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-FEATURES = ("score_mean", "score_min", "largest_piece", "border", "open_end", "slice_jump")
+FEATURES = ("score_mean", "score_min", "largest_piece", "border", "open_end", "slice_jump", "clicks_only")
 
 
 @dataclass(frozen=True)
@@ -44,18 +44,18 @@ class Fit:
 # its slices 0.1-0.2 lower than the box decoder; one model over both flagged every good volume, a liver of Dice
 # 0.96 too), its Dice from other errors. Test AUROC 0.77 (pictures), 0.72 (volumes); docs/results.md.
 PICTURE_FIT = Fit(
-    mean=np.array([0.91155, 0.91155, 0.99987, 0.00012, 0.0, 0.0]),
-    scale=np.array([0.03408, 0.03408, 0.00104, 0.00048, 1.0, 1.0]),
-    weights=np.array([-0.4012, -0.4012, -0.2053, 0.2501, 0.0, 0.0]),
-    bias=-1.8536,
-    review_at=0.2364,
+    mean=np.array([0.91155, 0.91155, 0.99987, 0.00012, 0.0, 0.0, 0.5]),
+    scale=np.array([0.03408, 0.03408, 0.00104, 0.00048, 1.0, 1.0, 0.5]),
+    weights=np.array([-0.3876, -0.3876, -0.2136, 0.2747, 0.0, 0.0, 0.5617]),
+    bias=-1.9913,
+    review_at=0.2769,
 )
 VOLUME_FIT = Fit(
-    mean=np.array([0.76029, 0.59258, 0.97934, 0.00044, 0.32911, 0.41069]),
-    scale=np.array([0.03533, 0.06172, 0.06866, 0.00184, 0.24982, 0.1029]),
-    weights=np.array([-0.2478, 0.0546, -0.3536, 0.009, 0.2656, 0.0719]),
+    mean=np.array([0.76029, 0.59258, 0.97934, 0.00044, 0.32911, 0.41069, 0.0]),
+    scale=np.array([0.03533, 0.06172, 0.06866, 0.00184, 0.24982, 0.1029, 1.0]),
+    weights=np.array([-0.2478, 0.0546, -0.3536, 0.009, 0.2656, 0.0719, 0.0]),
     bias=0.4488,
-    review_at=0.6356,
+    review_at=0.6565,
 )
 
 
@@ -89,9 +89,10 @@ class Quality:
         return text
 
 
-def features(mask: np.ndarray, slice_scores: dict, volume: bool) -> np.ndarray:
+def features(mask: np.ndarray, slice_scores: dict, volume: bool, clicks_only: bool = False) -> np.ndarray:
     """The facts the estimate reads (in the order of `FEATURES`) from a boolean mask (``[z, y, x]`` or
-    ``[y, x]``) and the model's score per slice."""
+    ``[y, x]``), the model's score per slice and whether the result was asked for with clicks alone (no box: the
+    model guessed the object's size)."""
     scores = np.array([float(s) for s in slice_scores.values()] or [0.0])
     mask = np.asarray(mask, dtype=bool)
     slices = mask.shape[0] if mask.ndim == 3 else 1
@@ -127,7 +128,7 @@ def features(mask: np.ndarray, slice_scores: dict, volume: bool) -> np.ndarray:
                 if b == a + 1
             ]
             slice_jump = float(np.percentile(jumps, 90)) if jumps else 0.0
-    return np.array([scores.mean(), scores.min(), largest, border, open_end, slice_jump])
+    return np.array([scores.mean(), scores.min(), largest, border, open_end, slice_jump, float(clicks_only)])
 
 
 def standardised(values: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -136,11 +137,12 @@ def standardised(values: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.
     return np.clip((np.asarray(values) - mean) / scale, -3.0, 3.0)
 
 
-def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
+def assess(mask: np.ndarray, slice_scores: dict, volume: bool, clicks_only: bool = False) -> Quality:
     """The quality of one result (see the module docstring): a propagated volume is read by `VOLUME_FIT`,
-    anything else (a picture, one slice of a volume) by `PICTURE_FIT`."""
+    anything else (a picture, one slice of a volume) by `PICTURE_FIT`; ``clicks_only``: asked for with clicks
+    and no box."""
     fit = VOLUME_FIT if volume and np.ndim(mask) == 3 else PICTURE_FIT
-    values = features(mask, slice_scores, volume)
+    values = features(mask, slice_scores, volume, clicks_only)
     p_bad = fit.bad_probability(values)
     review = p_bad >= fit.review_at
     reasons = []
@@ -155,6 +157,7 @@ def assess(mask: np.ndarray, slice_scores: dict, volume: bool) -> Quality:
             "border": "runs into the image border",
             "open_end": "walk stopped while the object was still large",
             "slice_jump": "changes abruptly between slices",
+            "clicks_only": "clicks alone, no box",
         }
         order = np.argsort(-pushes)
         reasons = [words[FEATURES[i]] for i in order if pushes[i] > 0.5][:3]
