@@ -447,3 +447,27 @@ def test_an_exclude_click_on_the_rim_trims_the_edge_instead_of_shrinking_the_obj
     session.refine(obj, Prompt(points=(edge,)))
     assert 0.9 * before[10].sum() < obj.mask[10].sum() < before[10].sum()
     assert obj.mask.sum() > 0.9 * before.sum()  # the object is still there on the other slices
+
+
+def test_a_walk_from_a_click_alone_is_flagged_until_a_box_guides_it():
+    """A 3D walk from clicks alone carries the doubt "walked from a click alone" (the click left the size to the
+    model), also after more clicks; a box on any slice lifts it. One slice from a click is not flagged for it, and
+    a box-started walk never is."""
+    from oncoseg.session import CLICK_ONLY
+
+    truth = _truth()
+    session = _session(truth)
+    ys, xs = np.nonzero(truth[10])
+    click = Prompt(points=(Point(float(xs.mean()), float(ys.mean()), z=10),))
+    walked = session.segment(click, volume=True)
+    assert walked.clicks_only and walked.quality.review and walked.quality.reasons[0] == CLICK_ONLY
+    ys8, xs8 = np.nonzero(truth[8])
+    session.refine(walked, Prompt(points=(Point(float(xs8.mean()), float(ys8.mean()), z=8),)))
+    assert CLICK_ONLY in walked.quality.reasons  # clicks again: the size is still the model's guess
+    session.refine(walked, _box(truth[12], 12))
+    assert not walked.clicks_only and CLICK_ONLY not in walked.quality.reasons
+
+    one_slice = session.segment(click, volume=False)
+    assert one_slice.clicks_only and CLICK_ONLY not in one_slice.quality.reasons
+    boxed = session.segment(_box(truth[10], 10), volume=True)
+    assert not boxed.clicks_only and CLICK_ONLY not in boxed.quality.reasons

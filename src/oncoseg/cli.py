@@ -223,7 +223,19 @@ def add_prompt_options(parser: argparse.ArgumentParser, what: str) -> None:
     """INPUT, --modality, --box and --point (of `segment` and `refine`)."""
     parser.add_argument("input", help="image file or DICOM series folder")
     parser.add_argument("--box", action="append", default=[], metavar="X0,Y0,X1,Y1[,Z]", help=f"box {what}")
-    parser.add_argument("--point", action="append", default=[], metavar="X,Y[,Z][:neg]", help=f"point {what}")
+    parser.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        metavar="X,Y[,Z][:neg]",
+        help=f"point {what} (a click; ':neg' excludes)"
+        + (
+            ". Clicks alone leave the size to the model: a --3d walk from them reads REVIEW 'walked from a "
+            "click alone' (docs/results.md, Confidence); add a --box for a volume to trust"
+            if what == "prompt"
+            else ""
+        ),
+    )
     parser.add_argument(
         "--modality", choices=MODALITIES, help="intensity normalisation (default: from DICOM or file)"
     )

@@ -5,7 +5,7 @@ The estimate is a logistic model over a few facts every result has, whatever the
 own score (SAM's predicted IoU; the mean and the lowest over the slices of a volume), how much of the mask lies in
 its largest connected piece, how much of it touches the image border, and for a volume how open its ends are (a
 walk that stopped while the object was still large on its last slice) and how abruptly it changes between
-neighbouring slices. The weights and the review threshold come from `benchmarks/confidence.py`, fitted on train
+neighbouring slices; and whether it was asked for with clicks alone (no box: the model guessed the size). The weights and the review threshold come from `benchmarks/confidence.py`, fitted on train
 splits only (the review threshold flags 10 % of the good train results) and measured on test splits: see
 docs/results.md, "Confidence". A number is shown with its flag; a flagged result is not hidden.
 """
@@ -42,7 +42,10 @@ class Fit:
 # splits (174 pictures, 27 with Dice < 0.7; 153 propagated volumes, 92 bad; benchmarks/results/confidence.json), one
 # model for pictures and one for volumes: a volume's scores come from other decoders (the mask-prompt walk scores
 # its slices 0.1-0.2 lower than the box decoder; one model over both flagged every good volume, a liver of Dice
-# 0.96 too), its Dice from other errors. Test AUROC 0.77 (pictures), 0.72 (volumes); docs/results.md.
+# 0.96 too), its Dice from other errors. Pictures read "clicks_only" (BUSI test: 16 of 42 clicks bad, no box);
+# volumes ignore it, since a 3D walk from a click alone is flagged by its doubt (`oncoseg.session.CLICK_ONLY`),
+# and the volume threshold flags 10 % of the good train volumes the estimate decides alone (the box-started ones).
+# Test AUROC 0.82 (pictures), 0.72 (volumes); docs/results.md.
 PICTURE_FIT = Fit(
     mean=np.array([0.91155, 0.91155, 0.99987, 0.00012, 0.0, 0.0, 0.5]),
     scale=np.array([0.03408, 0.03408, 0.00104, 0.00048, 1.0, 1.0, 0.5]),
