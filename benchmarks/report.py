@@ -970,7 +970,11 @@ def confidence_section(result: dict) -> str:
         and "/click" not in r["group"]
         and r["dice"] >= result["bad_below"]
     )
-    clicked = [r for r in result["rows"]["test"] if r["volume"] and r.get("walk") != "box-only" and "/click" in r["group"]]
+    clicked = [
+        r
+        for r in result["rows"]["test"]
+        if r["volume"] and r.get("walk") != "box-only" and "/click" in r["group"]
+    ]
     clicked_bad = sum(r["dice"] < result["bad_below"] for r in clicked)
     clicked_train = [r for r in result["rows"]["train"] if r["volume"] and "/click" in r["group"]]
     clicked_train_bad = sum(r["dice"] < result["bad_below"] for r in clicked_train)
@@ -1002,11 +1006,12 @@ def confidence_section(result: dict) -> str:
         "scores as bad results and flagged nearly every volume, a liver of Dice 0.96 too (that fit: AUROC 0.89 "
         "over all test results, because it told pictures from volumes, but 19 of the 20 good test volumes "
         f"flagged). Now {ct_good_flagged} of the {ct_good} good box-started CT and MR organs (default walk) are "
-        "flagged. A 3D walk from clicks alone carries the doubt \"walked from a click alone\" "
+        'flagged. A 3D walk from clicks alone carries the doubt "walked from a click alone" '
         "(`oncoseg.session.CLICK_ONLY`) until a box guides it: the click leaves the size to the model, and "
         f"{clicked_train_bad} of {len(clicked_train)} such train walks were bad ({clicked_bad} of {len(clicked)} "
         "on test; a click that took the wrong structure, e.g. the DICOM aorta at Dice 0.08). The estimate alone "
-        "flags " + ", ".join(f"{fmt(r['bad_flagged'])} of the bad box-started CT and MR organs" for r in boxed)
+        "flags "
+        + ", ".join(f"{fmt(r['bad_flagged'])} of the bad box-started CT and MR organs" for r in boxed)
         + f" (not: {', '.join(missed)}): no CT or MR volume is in the train set (the example patients are the "
         "test). The "
         "hippocampus volumes in the train set were all walked with the mask-prompt decoder (the default for objects "

@@ -32,7 +32,6 @@ from oncoseg.prompts import MAX_OBJECTS, Box, Point, Prompt, box_from_mask, vali
 from oncoseg.quality import Quality, assess, with_doubts
 from oncoseg.volume import PropagationSettings, mask_iou, propagate, walk
 
-
 # A 3D walk from clicks alone is more likely wrong than right: the click leaves the object's size on its slice to
 # the model, and a wrong size there is carried through the volume. benchmarks/confidence.py, train splits: 36 of 51
 # click-started walks (MSD Hippocampus, BraTS) under Dice 0.7, against 22 of 51 from a box; test: 55 of 72 (the CT
