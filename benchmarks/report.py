@@ -486,7 +486,7 @@ def ct_clicks_section(result: dict) -> str:
 
 
 def trust_audit_section(result: dict) -> str:
-    commit = result.get("environment", {}).get("git_commit", "?")
+    commit = result.get("source_commit") or result.get("environment", {}).get("git_commit", "?")
     return "\n".join(
         [
             "## Issue 20's opening table, tried again",
