@@ -191,12 +191,19 @@ def _replay(phase: dict) -> str:
 
 
 def finetune_section(result: dict) -> str:
-    env, record = result["environment"], result["train_record"]
+    record = result["train_record"]
     phase = result["config"]["phases"][-1]
     rows = [
         [f"{result['dataset']} test ({result['test_cases']} volumes), {target}, GT box every slice",
          f"{result['before'][target]:.3f}", f"{result['after'][target]:.3f}", f"{result['gain'][target]:+.3f}"]
         for target in result["before"]
+    ]  # fmt: skip
+    propagated = result.get("propagate_before", {})
+    rows += [
+        [f"{result['dataset']} test ({result['test_cases']} volumes), {target}, GT box on the largest slice, propagated",
+         f"{propagated[target]:.3f}", f"{result['propagate_after'][target]:.3f}",
+         f"{result['propagate_gain'][target]:+.3f}"]
+        for target in propagated
     ]  # fmt: skip
     rows.append(
         ["Kvasir-SEG test (100), forgetting check", f"{result['kvasir_before']:.3f}", f"{result['kvasir_after']:.3f}",
@@ -207,12 +214,28 @@ def finetune_section(result: dict) -> str:
         f"{'met' if result['meets_gain'] else 'not met'}); Kvasir change {-result['forgetting']:+.3f} "
         f"(limit −{result['forgetting_limit']:.2f}: {'met' if result['meets_forgetting'] else 'not met'})."
     )
+    if propagated:
+        default = result["propagate_default"]
+        verdict += (
+            " Zero-shot is LiteMedSAM's own encoder, the one the adapter is trained on; both walk from the box alone "
+            "(the shipped mask-prompt decoder fits the student encoder only), so a fine-tuned model's 3D result of an "
+            "object the default walk follows with the mask (the whole hippocampus here) reads REVIEW 'walked from "
+            "the box alone'. The default model's walk (student encoder, following the "
+            "neighbour's mask) on the same volumes: "
+            + ", ".join(f"{t} {v:.3f}" for t, v in default.items())
+            + f"; against it the adapter's walk {'loses' if result['loses_3d_against_default'] else 'does not lose'}"
+            " 3D accuracy ("
+            + ", ".join(f"{t} {v:+.3f}" for t, v in result["propagate_against_default"].items())
+            + "), so it is "
+            + ("no default: use it per slice, or walk with the default model." if result["loses_3d_against_default"]
+               else "no worse in 3D.")
+        )  # fmt: skip
     return "\n".join(
         [
             "## Fine-tuning: LoRA on real data, before and after",
             "",
             (
-                f"Command: `.venv/bin/python benchmarks/finetune.py` (commit `{env.get('git_commit') or '?'}`; config "
+                f"Command: `.venv/bin/python benchmarks/finetune.py` ({source(result)}; config "
                 "`configs/finetune-hippocampus.yaml`: LoRA r=16/α=32/dropout 0.1 on the encoder's attention qkv/proj, "
                 f"mask decoder trained; {phase['epochs']} epochs × {phase['samples_per_epoch']} samples from the train "
                 f"split{_replay(phase)}, batch {result['config']['batch_size']}, AdamW lr {result['config']['lr']:g}, "
