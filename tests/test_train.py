@@ -110,6 +110,9 @@ def test_phases_chain_register_names_and_skip_when_done(shared_data, tmp_path, h
 
     config = write_config(tmp_path, shared_data, extra_phase=True)
     assert main(["train", str(config), "-q"]) == 0
+    # trained on volumes: the run says its validation was per slice and how to check the 3D walk
+    said = capsys.readouterr().out
+    assert "oncoseg evaluate msd-hippocampus --checkpoint second --modes propagate" in said
     first, second = tmp_path / "run" / "01-first", tmp_path / "run" / "02-second"
     for phase in (first, second):
         assert (phase / "adapter.safetensors").exists() and (phase / "last.ckpt").exists()

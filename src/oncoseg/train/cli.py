@@ -60,9 +60,11 @@ def _seconds(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from oncoseg.data.registry import REGISTRY
     from oncoseg.train.phases import load_config, train
 
     config = load_config(args.config)
+    volumes = []
     for record in train(config, progress=not args.quiet, progress_seconds=args.progress_every):
         if "adapter" in record:
             dice = record.get("best_val_dice")
@@ -70,4 +72,16 @@ def run(args: argparse.Namespace) -> int:
                 f"phase {record['phase']}: best validation Dice "
                 f"{'–' if dice is None else f'{dice:.3f}'}, adapter {record['adapter']}"
             )
+            phase = next((p for p in config.phases if p.name == record["phase"]), None)
+            volumes += [
+                d for d in getattr(phase, "datasets", ()) if d in REGISTRY and REGISTRY[d].dim == "3d"
+            ]
+    if volumes:
+        name = config.phases[-1].checkpoint_name or config.phases[-1].name
+        print(
+            "validation Dice is per slice (a box on every slice). In 3D a fine-tuned model walks from the box alone "
+            "and may leak (the hippocampus recipe: 0.848 per slice, 0.229 propagated against the default model's "
+            f"0.720): check with `oncoseg evaluate {volumes[0]} --checkpoint {name} --modes propagate` before "
+            "using it for volumes"
+        )
     return 0
