@@ -944,13 +944,6 @@ def source(result: dict) -> str:
     return f"commit `{commit}`"
 
 
-def bad_probability(fit: dict, values: list[float]) -> float:
-    """`oncoseg.quality.Fit.bad_probability` of a fit as the JSON stores it."""
-    z = [min(3.0, max(-3.0, (v - m) / s)) for v, m, s in zip(values, fit["mean"], fit["scale"], strict=True)]
-    logit = fit["bias"] + sum(w * x for w, x in zip(fit["weights"], z, strict=True))
-    return 1.0 / (1.0 + 2.718281828459045 ** (-logit))
-
-
 def confidence_section(result: dict) -> str:
     """How well the quality estimate and review flag separate bad results (Dice < 0.7) from good ones."""
     fits, test = result["fit"], result["test"]
@@ -1002,12 +995,15 @@ def confidence_section(result: dict) -> str:
     clicked_train = [r for r in result["rows"]["train"] if r["volume"] and "/click" in r["group"]]
     clicked_train_bad = sum(r["dice"] < result["bad_below"] for r in clicked_train)
     boxed = [r for r in test if r["group"] == "totalsegmentator-example/9 organs/box+propagate"]
+    from confidence import shipped  # the fit as oncoseg.quality ships it
+
+    volume_fit = shipped(fits["volume"])
     missed = [
         f"{r['case'].replace('_', ' ')} {r['target'].replace('_', ' ')} {r['dice']:.2f}"
         for r in result["rows"]["test"]
         if r["group"] == "totalsegmentator-example/9 organs/box+propagate"
         and r["dice"] < result["bad_below"]
-        and bad_probability(fits["volume"], r["features"]) < fits["volume"]["review_at"]
+        and volume_fit.bad_probability(r["features"]) < volume_fit.review_at
     ]
     false_alarms = "the good ones the doubt flags: " + ", ".join(
         f"{n} {t}" for t, n in good_doubted.most_common()

@@ -5,9 +5,10 @@ The estimate is a logistic model over a few facts every result has, whatever the
 own score (SAM's predicted IoU; the mean and the lowest over the slices of a volume), how much of the mask lies in
 its largest connected piece, how much of it touches the image border, and for a volume how open its ends are (a
 walk that stopped while the object was still large on its last slice) and how abruptly it changes between
-neighbouring slices; and whether it was asked for with clicks alone (no box: the model guessed the size). The weights and the review threshold come from `benchmarks/confidence.py`, fitted on train
-splits only (the review threshold flags 10 % of the good train results) and measured on test splits: see
-docs/results.md, "Confidence". A number is shown with its flag; a flagged result is not hidden.
+neighbouring slices; and whether it was asked for with clicks alone (no box: the model guessed the size). The
+weights and the review threshold come from `benchmarks/confidence.py`, fitted on train splits only (the review
+threshold flags 10 % of the good train results it decides) and measured on test splits: see docs/results.md,
+"Confidence". A number is shown with its flag; a flagged result is not hidden.
 """
 
 from __future__ import annotations

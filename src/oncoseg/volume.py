@@ -109,9 +109,8 @@ class VolumeResult:
     start_slice: int
     slice_scores: dict[int, float] = field(default_factory=dict)
     ends: dict[int, WalkEnd] = field(default_factory=dict)  # step (+1, -1) → why the walk ended that way
-    doubts: tuple[
-        str, ...
-    ] = ()  # reasons to review the volume known from how it was walked (`box_only_doubt`)
+    # reasons to review the volume known from how it was walked (`box_only_doubt`)
+    doubts: tuple[str, ...] = ()
 
     @property
     def slice_range(self) -> tuple[int, int]:

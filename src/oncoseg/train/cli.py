@@ -64,24 +64,22 @@ def run(args: argparse.Namespace) -> int:
     from oncoseg.train.phases import load_config, train
 
     config = load_config(args.config)
-    volumes = []
+    adapters = False
     for record in train(config, progress=not args.quiet, progress_seconds=args.progress_every):
         if "adapter" in record:
+            adapters = True
             dice = record.get("best_val_dice")
             print(
                 f"phase {record['phase']}: best validation Dice "
                 f"{'–' if dice is None else f'{dice:.3f}'}, adapter {record['adapter']}"
             )
-            phase = next((p for p in config.phases if p.name == record["phase"]), None)
-            volumes += [
-                d for d in getattr(phase, "datasets", ()) if d in REGISTRY and REGISTRY[d].dim == "3d"
-            ]
-    if volumes:
-        name = config.phases[-1].checkpoint_name or config.phases[-1].name
+    volumes = [d for p in config.phases for d in p.datasets if d in REGISTRY and REGISTRY[d].dim == "3d"]
+    if adapters and volumes:
+        last = config.phases[-1]
         print(
             "validation Dice is per slice (a box on every slice). In 3D a fine-tuned model walks from the box alone "
-            "and may leak (the hippocampus recipe: 0.848 per slice, 0.229 propagated against the default model's "
-            f"0.720): check with `oncoseg evaluate {volumes[0]} --checkpoint {name} --modes propagate` before "
-            "using it for volumes"
+            "and may leak (docs/results.md, Fine-tuning): check with `oncoseg evaluate "
+            f"{volumes[0]} --checkpoint {last.checkpoint_name or last.name} --modes propagate` before using it for "
+            "volumes"
         )
     return 0
